@@ -1,0 +1,33 @@
+//! The `greyrouter.v1` gRPC contract: message types, client and server stubs generated from
+//! `proto/greyrouter/v1/*.proto`, and the encoded file descriptor set for server reflection.
+//!
+//! Nothing else lives here: conversions to the domain types sit in the server crate.
+
+/// Messages and services of package `greyrouter.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("greyrouter.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every greyrouter proto file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/greyrouter_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn descriptor_set_decodes_and_names_both_services() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set decodes");
+        let services: Vec<String> = set
+            .file
+            .iter()
+            .filter(|file| file.package() == "greyrouter.v1")
+            .flat_map(|file| file.service.iter().map(|s| s.name().to_owned()))
+            .collect();
+        assert!(services.contains(&"Router".to_owned()), "{services:?}");
+        assert!(services.contains(&"Admin".to_owned()), "{services:?}");
+    }
+}

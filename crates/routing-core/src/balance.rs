@@ -1,0 +1,306 @@
+//! Load balancing among the instances of one service version.
+//!
+//! A [`Pool`] holds the instances of one (service, version), sorted by id. Only *eligible*
+//! instances (healthy, weight > 0) are ever picked; when the request's region has an eligible
+//! instance, only that region's are considered, otherwise every region's.
+//!
+//! Per candidate set (all regions, and each region) the pool keeps a cursor for the round-robin
+//! strategies and, built on first use, the structures a strategy needs: the weighted schedule, the
+//! hash ring, the cumulative health weights. The pool is immutable apart from those lazy caches,
+//! the cursors and the in-flight counters, so it is shared freely between routing-state revisions.
+//!
+//! Randomness and load come in as inputs (`entropy`, [`InstanceLoad`]): picking does no I/O and
+//! reads no clock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::hash::{fmix64, reduce, stable_hash};
+use crate::{Instance, Strategy};
+
+/// Points per instance on the consistent-hash ring.
+pub const RING_POINTS_PER_INSTANCE: u32 = 128;
+/// Bound on cycle length times members when building a weighted round-robin cycle; larger
+/// weight sums are scaled down to fit.
+pub const MAX_SCHEDULE_WORK: u64 = 1 << 24;
+
+/// Live load of one instance, kept across routing-state revisions.
+#[derive(Debug, Default)]
+pub struct InstanceLoad {
+    in_flight: AtomicU64,
+}
+
+impl InstanceLoad {
+    /// Returns the number of requests routed to the instance and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request routed to the instance.
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request that finished (never below zero).
+    pub fn finish(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// An instance of the pool and its live load.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The registered instance.
+    pub instance: Arc<Instance>,
+    /// Its live load.
+    pub load: Arc<InstanceLoad>,
+}
+
+/// What a pick needs besides the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PickRequest<'a> {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// The preferred region (empty: none).
+    pub region: &'a str,
+    /// The key of `consistent_hash`.
+    pub hash_key: &'a str,
+    /// A random value, used by `random`, `least_connections` and `health_aware`.
+    pub entropy: u64,
+}
+
+/// The instances of one service version.
+#[derive(Debug)]
+pub struct Pool {
+    members: Vec<Member>,
+    all: Candidates,
+    regions: BTreeMap<String, Candidates>,
+}
+
+/// A set of eligible members and the per-strategy structures over it.
+#[derive(Debug)]
+struct Candidates {
+    /// Indices into `Pool::members`, ascending.
+    members: Vec<u32>,
+    cursor: AtomicU64,
+    schedule: OnceLock<Vec<u32>>,
+    ring: OnceLock<Vec<(u64, u32)>>,
+    health: OnceLock<Vec<u64>>,
+}
+
+impl Pool {
+    /// Builds a pool from instances, carrying over the live load of instances that were in
+    /// `previous` (matched by id).
+    pub fn new(instances: impl IntoIterator<Item = Arc<Instance>>, previous: Option<&Pool>) -> Self {
+        let mut instances: Vec<Arc<Instance>> = instances.into_iter().collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        instances.dedup_by(|a, b| a.id == b.id);
+        let members: Vec<Member> = instances
+            .into_iter()
+            .map(|instance| {
+                let load = previous
+                    .and_then(|pool| pool.member(&instance.id))
+                    .map_or_else(Arc::default, |member| Arc::clone(&member.load));
+                Member { instance, load }
+            })
+            .collect();
+        let eligible = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.instance.is_eligible());
+        let mut all = Vec::new();
+        let mut regions: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (index, member) in eligible {
+            let index = index as u32;
+            all.push(index);
+            if !member.instance.region.is_empty() {
+                regions
+                    .entry(member.instance.region.clone())
+                    .or_default()
+                    .push(index);
+            }
+        }
+        Pool {
+            members,
+            all: Candidates::new(all),
+            regions: regions
+                .into_iter()
+                .map(|(region, members)| (region, Candidates::new(members)))
+                .collect(),
+        }
+    }
+
+    /// Returns the members, sorted by instance id.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Returns the member with this instance id.
+    pub fn member(&self, instance_id: &str) -> Option<&Member> {
+        self.members
+            .binary_search_by(|m| m.instance.id.as_str().cmp(instance_id))
+            .ok()
+            .map(|index| &self.members[index])
+    }
+
+    /// Whether any instance can take traffic.
+    pub fn has_eligible(&self) -> bool {
+        !self.all.members.is_empty()
+    }
+
+    /// Returns the number of eligible instances.
+    pub fn eligible_len(&self) -> usize {
+        self.all.members.len()
+    }
+
+    /// Picks an eligible instance, or `None` when there is none.
+    pub fn pick(&self, request: &PickRequest<'_>) -> Option<&Member> {
+        let candidates = self
+            .regions
+            .get(request.region)
+            .filter(|_| !request.region.is_empty())
+            .unwrap_or(&self.all);
+        let index = candidates.pick(&self.members, request)?;
+        self.members.get(index as usize)
+    }
+}
+
+impl Candidates {
+    fn new(members: Vec<u32>) -> Self {
+        Candidates {
+            members,
+            cursor: AtomicU64::new(0),
+            schedule: OnceLock::new(),
+            ring: OnceLock::new(),
+            health: OnceLock::new(),
+        }
+    }
+
+    fn pick(&self, members: &[Member], request: &PickRequest<'_>) -> Option<u32> {
+        let n = self.members.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        if n == 1 {
+            return Some(self.members[0]);
+        }
+        let position = match request.strategy {
+            Strategy::RoundRobin => self.cursor.fetch_add(1, Ordering::Relaxed) % n,
+            Strategy::Random => reduce(request.entropy, n),
+            Strategy::WeightedRoundRobin => {
+                let schedule = self.schedule.get_or_init(|| self.weighted_schedule(members));
+                let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % schedule.len() as u64;
+                u64::from(schedule[turn as usize])
+            }
+            Strategy::LeastConnections => self.power_of_two_choices(members, request.entropy),
+            Strategy::HealthAware => {
+                let cumulative = self.health.get_or_init(|| self.health_weights(members));
+                let total = cumulative.last().copied().unwrap_or(0);
+                if total == 0 {
+                    reduce(request.entropy, n)
+                } else {
+                    let point = reduce(request.entropy, total);
+                    cumulative.partition_point(|&c| c <= point) as u64
+                }
+            }
+            Strategy::ConsistentHash => {
+                let ring = self.ring.get_or_init(|| self.ring(members));
+                let key = stable_hash(&[request.hash_key.as_bytes()]);
+                let at = ring.partition_point(|&(point, _)| point < key);
+                u64::from(ring[at % ring.len()].1)
+            }
+        };
+        self.members.get(position as usize).copied()
+    }
+
+    /// Power of two choices: the less loaded (in flight per weight) of two distinct members.
+    fn power_of_two_choices(&self, members: &[Member], entropy: u64) -> u64 {
+        let n = self.members.len() as u64;
+        let first = reduce(entropy, n);
+        let mut second = reduce(fmix64(entropy ^ 0x9e37_79b9_7f4a_7c15), n - 1);
+        if second >= first {
+            second += 1;
+        }
+        let load = |position: u64| {
+            let member = &members[self.members[position as usize] as usize];
+            (member.load.in_flight(), u64::from(member.instance.weight))
+        };
+        let ((load_a, weight_a), (load_b, weight_b)) = (load(first), load(second));
+        // load_a / weight_a <= load_b / weight_b, without division.
+        if u128::from(load_a) * u128::from(weight_b) <= u128::from(load_b) * u128::from(weight_a) {
+            first
+        } else {
+            second
+        }
+    }
+
+    /// Smooth weighted round robin (as in nginx): each turn every member's credit grows by its
+    /// weight and the richest member, paying the total, is picked. 5:1:1 gives a a b a c a a,
+    /// not a a a a a b c. One cycle is computed once; picks then walk it with the cursor.
+    fn weighted_schedule(&self, members: &[Member]) -> Vec<u32> {
+        let mut weights: Vec<u64> = self
+            .members
+            .iter()
+            .map(|&m| u64::from(members[m as usize].instance.weight))
+            .collect();
+        let divisor = weights.iter().copied().fold(0, gcd).max(1);
+        weights.iter_mut().for_each(|w| *w /= divisor);
+        // Building costs cycle length times members: bound it by scaling the weights down.
+        let limit = (MAX_SCHEDULE_WORK / weights.len() as u64).max(weights.len() as u64);
+        let total: u64 = weights.iter().sum();
+        if total > limit {
+            weights
+                .iter_mut()
+                .for_each(|w| *w = (*w * limit / total).max(1));
+        }
+        let total: i64 = weights.iter().sum::<u64>() as i64;
+        let mut credit = vec![0i64; weights.len()];
+        let mut schedule = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            let mut best = 0;
+            for (position, weight) in weights.iter().enumerate() {
+                credit[position] += *weight as i64;
+                if credit[position] > credit[best] {
+                    best = position;
+                }
+            }
+            credit[best] -= total;
+            schedule.push(best as u32);
+        }
+        schedule
+    }
+
+    fn health_weights(&self, members: &[Member]) -> Vec<u64> {
+        let mut total = 0;
+        self.members
+            .iter()
+            .map(|&m| {
+                let instance = &members[m as usize].instance;
+                total += u64::from(instance.weight) * u64::from(instance.health_score.min(100));
+                total
+            })
+            .collect()
+    }
+
+    fn ring(&self, members: &[Member]) -> Vec<(u64, u32)> {
+        let mut ring = Vec::with_capacity(self.members.len() * RING_POINTS_PER_INSTANCE as usize);
+        for (position, &m) in self.members.iter().enumerate() {
+            let id = members[m as usize].instance.id.as_bytes();
+            for point in 0..RING_POINTS_PER_INSTANCE {
+                ring.push((stable_hash(&[id, &point.to_le_bytes()]), position as u32));
+            }
+        }
+        ring.sort_unstable();
+        ring
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A deterministic stream of entropy for repeatable statistical tests.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        fmix64(self.0)
+    }
+}
+
+fn instance(id: &str, weight: u32, region: &str, healthy: bool) -> Arc<Instance> {
+    Arc::new(Instance {
+        id: id.into(),
+        address: format!("{id}.internal:8080"),
+        service: "api".into(),
+        version: "v1".into(),
+        weight,
+        region: region.into(),
+        zone: String::new(),
+        metadata: BTreeMap::new(),
+        healthy,
+        health_score: 100,
+    })
+}
+
+fn pick<'p>(pool: &'p Pool, strategy: Strategy, region: &str, key: &str, rng: &mut SplitMix) -> Option<&'p str> {
+    pool.pick(&PickRequest {
+        strategy,
+        region,
+        hash_key: key,
+        entropy: rng.next(),
+    })
+    .map(|m| m.instance.id.as_str())
+}
+
+fn counts(pool: &Pool, strategy: Strategy, picks: usize) -> HashMap<String, usize> {
+    let mut rng = SplitMix(7);
+    let mut counts = HashMap::new();
+    for i in 0..picks {
+        let key = format!("key-{i}");
+        if let Some(id) = pick(pool, strategy, "", &key, &mut rng) {
+            *counts.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn weighted_round_robin_interleaves_five_one_one() {
+    let pool = Pool::new(
+        [instance("a", 5, "", true), instance("b", 1, "", true), instance("c", 1, "", true)],
+        None,
+    );
+    let mut rng = SplitMix(1);
+    let sequence: String = (0..14)
+        .map(|_| pick(&pool, Strategy::WeightedRoundRobin, "", "", &mut rng).unwrap_or("?"))
+        .collect();
+    assert_eq!(sequence, "aabacaaaabacaa");
+    // Bursting would give five of `a` in a row.
+    assert!(!sequence.contains("aaaaa"), "{sequence}");
+}
+
+#[test]
+fn drained_and_unhealthy_instances_are_skipped() {
+    let pool = Pool::new(
+        [instance("a", 0, "", true), instance("b", 1, "", false), instance("c", 1, "", true)],
+        None,
+    );
+    for strategy in Strategy::ALL {
+        let picked = counts(&pool, strategy, 50);
+        assert_eq!(picked.keys().collect::<Vec<_>>(), vec!["c"], "{strategy}");
+    }
+}
+
+#[test]
+fn no_eligible_instance_gives_none() {
+    let pool = Pool::new([instance("a", 0, "", true), instance("b", 1, "", false)], None);
+    assert!(!pool.has_eligible());
+    let mut rng = SplitMix(3);
+    for strategy in Strategy::ALL {
+        assert_eq!(pick(&pool, strategy, "", "k", &mut rng), None);
+    }
+}
+
+#[test]
+fn region_is_preferred_then_fails_over() {
+    let pool = Pool::new(
+        [
+            instance("eu-1", 1, "eu", true),
+            instance("eu-2", 1, "eu", false),
+            instance("us-1", 1, "us", true),
+            instance("ap-1", 1, "ap", false),
+        ],
+        None,
+    );
+    let mut rng = SplitMix(5);
+    for strategy in Strategy::ALL {
+        for _ in 0..20 {
+            assert_eq!(pick(&pool, strategy, "eu", "k", &mut rng), Some("eu-1"));
+        }
+        // No healthy instance in ap: any healthy instance serves.
+        let other = pick(&pool, strategy, "ap", "k", &mut rng);
+        assert!(matches!(other, Some("eu-1" | "us-1")), "{strategy}: {other:?}");
+    }
+}
+
+#[test]
+fn least_connections_prefers_the_idle_instance() {
+    let pool = Pool::new([instance("a", 1, "", true), instance("b", 1, "", true)], None);
+    for _ in 0..10 {
+        pool.members()[0].load.start();
+    }
+    let picked = counts(&pool, Strategy::LeastConnections, 100);
+    assert_eq!(picked.get("b"), Some(&100));
+    // Finishing never goes below zero.
+    let idle = &pool.members()[1].load;
+    idle.finish();
+    assert_eq!(idle.in_flight(), 0);
+}
+
+#[test]
+fn load_survives_a_rebuild() {
+    let first = Pool::new([instance("a", 1, "", true)], None);
+    first.members()[0].load.start();
+    let second = Pool::new([instance("a", 2, "", true), instance("b", 1, "", true)], Some(&first));
+    assert_eq!(second.member("a").map(|m| m.load.in_flight()), Some(1));
+    assert_eq!(second.member("b").map(|m| m.load.in_flight()), Some(0));
+}
+
+#[test]
+fn health_aware_follows_scores() {
+    let mut low = (*instance("low", 1, "", true)).clone();
+    low.health_score = 20;
+    let pool = Pool::new([Arc::new(low), instance("high", 1, "", true)], None);
+    let picked = counts(&pool, Strategy::HealthAware, 12_000);
+    // Expected 2,000 vs 10,000.
+    let low = picked.get("low").copied().unwrap_or(0);
+    assert!((1_800..=2_200).contains(&low), "{picked:?}");
+}
+
+fn instances_strategy() -> impl proptest::strategy::Strategy<Value = Vec<Arc<Instance>>> {
+    prop::collection::vec((0u32..6, prop::sample::select(vec!["", "eu", "us"]), any::<bool>()), 1..24)
+        .prop_map(|specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (weight, region, healthy))| instance(&format!("i{i:02}"), weight, region, healthy))
+                .collect()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Never an unhealthy or drained instance while an eligible one exists; the preferred
+    /// region's eligible instances whenever it has one.
+    #[test]
+    fn picks_are_eligible_and_regional(
+        instances in instances_strategy(),
+        region in prop::sample::select(vec!["", "eu", "us", "ap"]),
+        seed: u64,
+    ) {
+        let pool = Pool::new(instances.clone(), None);
+        let any_eligible = instances.iter().any(|i| i.is_eligible());
+        let regional = !region.is_empty() && instances.iter().any(|i| i.is_eligible() && i.region == region);
+        let mut rng = SplitMix(seed);
+        for strategy in Strategy::ALL {
+            for n in 0..8 {
+                let picked = pool.pick(&PickRequest { strategy, region, hash_key: &format!("k{n}"), entropy: rng.next() });
+                prop_assert_eq!(picked.is_some(), any_eligible);
+                if let Some(member) = picked {
+                    prop_assert!(member.instance.is_eligible());
+                    if regional {
+                        prop_assert_eq!(&member.instance.region, region);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Over one schedule cycle every instance gets exactly its share of the reduced weights,
+    /// and at every prefix no instance is more than two turns ahead of or behind its share.
+    #[test]
+    fn weighted_round_robin_is_exact_and_smooth(weights in prop::collection::vec(1u32..20, 1..12)) {
+        let instances: Vec<_> = weights.iter().enumerate()
+            .map(|(i, &w)| instance(&format!("i{i:02}"), w, "", true)).collect();
+        let pool = Pool::new(instances, None);
+        let divisor = weights.iter().copied().fold(0, |a, b| gcd(u64::from(a), u64::from(b)) as u32);
+        let reduced: Vec<u64> = weights.iter().map(|&w| u64::from(w / divisor)).collect();
+        let total: u64 = reduced.iter().sum();
+        let mut seen = vec![0u64; weights.len()];
+        let mut rng = SplitMix(0);
+        for step in 1..=total {
+            let id = pick(&pool, Strategy::WeightedRoundRobin, "", "", &mut rng).unwrap_or_default();
+            let index: usize = id[1..].parse().unwrap_or(usize::MAX);
+            prop_assert!(index < seen.len());
+            seen[index] += 1;
+            for (i, &w) in reduced.iter().enumerate() {
+                let ideal = (step * w) as f64 / total as f64;
+                prop_assert!((seen[i] as f64 - ideal).abs() <= 2.0, "step {} instance {} seen {} ideal {}", step, i, seen[i], ideal);
+            }
+        }
+        prop_assert_eq!(seen, reduced);
+    }
+
+    /// Round robin spreads n*k picks exactly k to each instance.
+    #[test]
+    fn round_robin_is_even(n in 1usize..16, rounds in 1usize..8) {
+        let instances: Vec<_> = (0..n).map(|i| instance(&format!("i{i:02}"), 1, "", true)).collect();
+        let pool = Pool::new(instances, None);
+        let picked = counts(&pool, Strategy::RoundRobin, n * rounds);
+        prop_assert_eq!(picked.len(), n);
+        prop_assert!(picked.values().all(|&c| c == rounds));
+    }
+
+    /// Random and least-connections (with no load) spread within 20% of the mean.
+    #[test]
+    fn random_choices_are_uniform(n in 2usize..8, seed: u64) {
+        let instances: Vec<_> = (0..n).map(|i| instance(&format!("i{i:02}"), 1, "", true)).collect();
+        let pool = Pool::new(instances, None);
+        for strategy in [Strategy::Random, Strategy::HealthAware, Strategy::LeastConnections] {
+            let picks = 2_000 * n;
+            let mut rng = SplitMix(seed);
+            let mut seen = HashMap::<String, usize>::new();
+            for _ in 0..picks {
+                if let Some(id) = pick(&pool, strategy, "", "", &mut rng) {
+                    *seen.entry(id.to_owned()).or_default() += 1;
+                }
+            }
+            for count in seen.values() {
+                prop_assert!((1_600..=2_400).contains(count), "{}: {:?}", strategy, seen);
+            }
+        }
+    }
+
+    /// When an instance leaves, only the keys it served move; the others keep their instance.
+    #[test]
+    fn consistent_hash_moves_only_the_leavers_keys(n in 2usize..12, leaver in 0usize..12) {
+        let leaver = leaver % n;
+        let instances: Vec<_> = (0..n).map(|i| instance(&format!("i{i:02}"), 1, "", true)).collect();
+        let before = Pool::new(instances.clone(), None);
+        let remaining: Vec<_> = instances.iter().enumerate().filter(|(i, _)| *i != leaver).map(|(_, x)| Arc::clone(x)).collect();
+        let after = Pool::new(remaining, None);
+        let left = format!("i{leaver:02}");
+        let mut rng = SplitMix(0);
+        for k in 0..500 {
+            let key = format!("user-{k}");
+            let was = pick(&before, Strategy::ConsistentHash, "", &key, &mut rng).map(str::to_owned);
+            let now = pick(&after, Strategy::ConsistentHash, "", &key, &mut rng).map(str::to_owned);
+            prop_assert!(was.is_some() && now.is_some());
+            if was.as_deref() != Some(left.as_str()) {
+                prop_assert_eq!(was, now);
+            }
+        }
+    }
+}
+
+#[test]
+fn consistent_hash_spreads_keys() {
+    let instances: Vec<_> = (0..4).map(|i| instance(&format!("i{i:02}"), 1, "", true)).collect();
+    let pool = Pool::new(instances, None);
+    let picked = counts(&pool, Strategy::ConsistentHash, 20_000);
+    // 128 points per instance keep each share within roughly 25% of the mean.
+    for count in picked.values() {
+        assert!((3_750..=6_250).contains(count), "{picked:?}");
+    }
+}

@@ -1,0 +1,38 @@
+//! The greyrouter domain and every routing decision, as plain data and pure functions.
+//!
+//! No I/O, no async, no clock: time and randomness are inputs, so every rule is tested without
+//! servers or sleeps. Every other crate depends on this one, never the reverse.
+//!
+//! Layout:
+//! - [`model`]: tenants, services, versions, instances, rollouts, experiments, overrides;
+//! - [`hash`]: the stable tenant hash and its 10,000 buckets;
+//! - [`balance`]: load balancing among a version's instances ([`Pool`]);
+//! - [`state`]: the persistent [`RoutingState`], [`Mutation`]s and version resolution;
+//! - [`watch`]: effective assignments and their differences, for watchers;
+//! - [`validate`]: name syntax and fixed limits.
+//!
+//! Invariants:
+//! - resolution order is emergency override > tenant pin > experiment variant > rollout >
+//!   the service's default version, and every answer carries its [`Source`];
+//! - raising a rollout's share never moves a tenant already on its version back;
+//! - an unhealthy or drained instance is never picked while an eligible one exists;
+//! - applying a mutation either yields the next revision or an error and no change.
+
+pub mod balance;
+mod error;
+pub mod hash;
+pub mod model;
+pub mod state;
+pub mod validate;
+pub mod watch;
+
+pub use balance::{InstanceLoad, Member, PickRequest, Pool};
+pub use error::{Entity, RoutingError};
+pub use model::{
+    Cohort, Experiment, Instance, Override, Resolution, Revision, Rollout, Service, Source,
+    Strategy, Tenant, Variant,
+};
+pub use state::{
+    Mutation, Outcome, Pin, RouteDecision, RouteQuery, RoutingState, Scope, StateDump,
+    TenantEntry,
+};

@@ -1,0 +1,92 @@
+//! The `Store` port: where routing state is kept and how every change reaches every router.
+//!
+//! In ports-and-adapters terms this crate is the port: the [`Store`] trait, the embedded
+//! [`MemoryStore`] adapter (the default: one process, nothing to install), and the behaviour
+//! [`suite`] that every adapter runs so that they cannot drift. Other adapters (Redis) live in
+//! their own crates and depend on this one; routers depend on the trait, never on an adapter.
+//!
+//! The model:
+//! - the store holds the authoritative state and a log of [`Change`]s, each a
+//!   [`Mutation`] with the revision it produced, one revision per change, without gaps;
+//! - [`Store::commit`] validates and applies a mutation atomically (compare-and-set included),
+//!   so two routers racing on the same tenant cannot both win;
+//! - a router loads a consistent snapshot with [`Store::load`], then follows
+//!   [`Store::changes_after`] from that revision, applying each change to its own copy with
+//!   [`RoutingState::apply`]; being deterministic, the copies stay identical. When the log no
+//!   longer reaches back far enough the store answers [`StoreError::Compacted`] and the router
+//!   loads a fresh snapshot.
+
+use std::time::Duration;
+
+use routing_core::{Mutation, Outcome, Revision, RoutingError, RoutingState};
+
+mod memory;
+#[cfg(any(test, feature = "test-suite"))]
+pub mod suite;
+
+pub use memory::{DEFAULT_LOG_CAPACITY, MemoryStore};
+
+/// One committed change: the mutation and the revision it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The revision after the change.
+    pub revision: Revision,
+    /// What changed.
+    pub mutation: Mutation,
+}
+
+/// What a commit reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The revision the change produced.
+    pub revision: Revision,
+    /// What applying it reported.
+    pub outcome: Outcome,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The mutation was refused by the routing rules; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] RoutingError),
+    /// The store cannot be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The change log no longer holds the changes after `requested`.
+    #[error("changes after revision {requested} are no longer kept (oldest kept follows {oldest})")]
+    Compacted {
+        /// The revision asked for.
+        requested: Revision,
+        /// Changes are kept only after this revision.
+        oldest: Revision,
+    },
+    /// The store holds data this router cannot read.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where routing state is kept. Every method is safe to call concurrently.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Returns a consistent snapshot of the whole state.
+    async fn load(&self) -> Result<RoutingState, StoreError>;
+
+    /// Validates and applies a mutation atomically, appending it to the change log.
+    async fn commit(&self, mutation: Mutation) -> Result<Commit, StoreError>;
+
+    /// Returns up to `limit` changes after revision `after`, in revision order, waiting up to
+    /// `wait` for the first one (an empty list when none came).
+    async fn changes_after(
+        &self,
+        after: Revision,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<Change>, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Names the store for logs and health ("memory", "redis://host:port/0").
+    fn describe(&self) -> String;
+}
