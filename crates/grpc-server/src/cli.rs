@@ -1,0 +1,1001 @@
+//! The command line: `greyrouter serve` runs the server; every other command is an admin
+//! client of a running server (`--server`), printing tables or, with `--output json`, JSON.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use greyrouter_proto::v1 as pb;
+use greyrouter_proto::v1::admin_client::AdminClient;
+use greyrouter_proto::v1::router_client::RouterClient;
+use routing_core::Strategy;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::config::{Config, ENV_VARS, EXIT_CONFIG, Overrides};
+use crate::convert;
+use crate::server::App;
+
+/// greyrouter: routes every tenant's requests to the right service version and instance.
+#[derive(Debug, Parser)]
+#[command(name = "greyrouter", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Server to talk to (admin commands).
+    #[arg(
+        long,
+        global = true,
+        env = "GREYROUTER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server.
+    Serve(ServeArgs),
+    /// Routes one request and prints the chosen instance.
+    Route(RouteArgs),
+    /// Tenants and their versions.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Services and their default versions.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Instances of service versions.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Moves tenants off a broken version at once (an emergency override).
+    Rollback(RollbackArgs),
+    /// Emergency overrides.
+    #[command(subcommand)]
+    Override(OverrideCommand),
+    /// Streams changes of effective assignments.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Store: `memory` [default].
+    #[arg(long)]
+    store: Option<String>,
+    /// TOML or JSON file of tenants, services, instances and pins to load into an empty store.
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// Log filter such as `info` or `greyrouter=debug`.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    service: String,
+    /// Preferred region (the tenant's when absent).
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Key for consistent_hash (the tenant id when absent).
+    #[arg(long, default_value = "")]
+    hash_key: String,
+    /// Strategy for this request (the service's when absent).
+    #[arg(long)]
+    strategy: Option<Strategy>,
+    /// Request metadata, KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_parser = key_value)]
+    metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Lists every tenant.
+    List,
+    /// Shows a tenant and each service's effective version and source.
+    Show { tenant: String },
+    /// Creates or updates a tenant.
+    Upsert {
+        tenant: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        region: String,
+        #[arg(long, default_value = "")]
+        tier: String,
+        /// Label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+        /// Creates the tenant inactive (not routed).
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Pins a tenant to a version of a service.
+    SetVersion {
+        tenant: String,
+        service: String,
+        version: String,
+        /// Only if the tenant is currently on this version (compare-and-set).
+        #[arg(long)]
+        expect: Option<String>,
+        /// Allows a version without a healthy instance.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Removes a tenant's pin.
+    ClearVersion { tenant: String, service: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Lists services.
+    List,
+    /// Creates or updates a service.
+    Upsert {
+        service: String,
+        #[arg(long)]
+        default_version: String,
+        #[arg(long, default_value = "round_robin")]
+        strategy: Strategy,
+        /// Declares a version (repeatable).
+        #[arg(long = "version")]
+        versions: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sets a service's default version.
+    SetDefault {
+        service: String,
+        version: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceCommand {
+    /// Registers an instance.
+    Register {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        id: String,
+        /// host:port
+        #[arg(long)]
+        address: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long, default_value = "")]
+        region: String,
+        #[arg(long, default_value = "")]
+        zone: String,
+        /// 0-100, for health_aware.
+        #[arg(long, default_value_t = 100)]
+        health_score: u32,
+        /// Registers it as unhealthy.
+        #[arg(long)]
+        unhealthy: bool,
+        /// Metadata, KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_parser = key_value)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Removes an instance.
+    Deregister { service: String, instance: String },
+    /// Lists a service's instances.
+    List {
+        service: String,
+        #[arg(long, default_value = "")]
+        version: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    service: String,
+    /// The broken version.
+    #[arg(long)]
+    from: String,
+    /// The version to go back to.
+    #[arg(long)]
+    to: String,
+    /// Only these tenants (repeatable); every tenant on the version when absent.
+    #[arg(long = "tenant")]
+    tenants: Vec<String>,
+    /// Allows a target without a healthy instance.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum OverrideCommand {
+    /// Lists overrides.
+    List { service: Option<String> },
+    /// Removes an override.
+    Clear { service: String, id: String },
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Tenants to watch (repeatable); all when absent.
+    #[arg(long = "tenant")]
+    tenants: Vec<String>,
+    /// Services to watch (repeatable); all when absent.
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// Resume after this revision instead of starting from a snapshot.
+    #[arg(long, default_value_t = 0)]
+    from_revision: u64,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{text}'"))
+}
+
+/// Runs a parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        command => {
+            let result = runtime.block_on(client(command, &cli.client));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| ENV_VARS.iter().any(|(name, _)| name == k))
+        .collect();
+    let flags = Overrides {
+        grpc_addr: args.grpc_addr,
+        store: args.store,
+        seed: args.seed,
+        log_level: args.log_level,
+    };
+    let config = match Config::load(args.config.as_deref(), &env, flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    init_tracing(&config);
+    let addr = config.grpc_addr;
+    let app = match App::start(config).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!("cannot start: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%addr, "cannot listen: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.serve(listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn channel(server: &str) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .map_err(|e| anyhow::anyhow!("invalid --server '{server}': {e}"))?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))
+}
+
+/// Formats a failed call as `CODE: message`.
+fn call_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
+    let channel = channel(&args.server).await?;
+    let mut admin = AdminClient::new(channel.clone());
+    let out = Printer(args.output);
+    match command {
+        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Route(route) => {
+            let mut router = RouterClient::new(channel);
+            let strategy = route
+                .strategy
+                .map_or(pb::Strategy::Unspecified, convert::strategy_to_proto);
+            let response = router
+                .route(pb::RouteRequest {
+                    tenant_id: route.tenant,
+                    service: route.service,
+                    metadata: route.metadata.into_iter().collect::<HashMap<_, _>>(),
+                    hash_key: route.hash_key,
+                    region: route.region,
+                    strategy: strategy.into(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.table(
+                &["INSTANCE", "ADDRESS", "VERSION", "SOURCE", "REVISION"],
+                vec![vec![
+                    response.instance_id.clone(),
+                    response.address.clone(),
+                    response.version.clone(),
+                    response.source.clone(),
+                    response.revision.to_string(),
+                ]],
+                json!({
+                    "instance_id": response.instance_id,
+                    "address": response.address,
+                    "version": response.version,
+                    "source": response.source,
+                    "revision": response.revision,
+                }),
+            );
+        }
+        Command::Tenant(command) => tenant(command, &mut admin, out).await?,
+        Command::Service(command) => service(command, &mut admin, out).await?,
+        Command::Instance(command) => instance(command, &mut admin, out).await?,
+        Command::Rollback(rollback) => {
+            let response = admin
+                .emergency_rollback(pb::EmergencyRollbackRequest {
+                    service: rollback.service.clone(),
+                    from_version: rollback.from.clone(),
+                    to_version: rollback.to.clone(),
+                    tenant_ids: rollback.tenants,
+                    force: rollback.force,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.message(
+                format!(
+                    "moved {} tenant(s) of {} from {} to {} (override {}, revision {})",
+                    response.moved_tenants,
+                    rollback.service,
+                    rollback.from,
+                    rollback.to,
+                    response.override_id,
+                    response.revision
+                ),
+                json!({
+                    "moved_tenants": response.moved_tenants,
+                    "override_id": response.override_id,
+                    "revision": response.revision,
+                }),
+            );
+        }
+        Command::Override(OverrideCommand::List { service }) => {
+            let response = admin
+                .list_overrides(pb::ListOverridesRequest {
+                    service: service.unwrap_or_default(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let rows = response
+                .overrides
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.id.clone(),
+                        o.service.clone(),
+                        o.from_version.clone(),
+                        o.to_version.clone(),
+                        if o.tenant_ids.is_empty() {
+                            "all".to_owned()
+                        } else {
+                            o.tenant_ids.join(",")
+                        },
+                    ]
+                })
+                .collect();
+            let values: Vec<Value> = response
+                .overrides
+                .iter()
+                .map(|o| {
+                    json!({"id": o.id, "service": o.service, "from_version": o.from_version,
+                           "to_version": o.to_version, "tenant_ids": o.tenant_ids,
+                           "created_revision": o.created_revision})
+                })
+                .collect();
+            out.table(
+                &["ID", "SERVICE", "FROM", "TO", "TENANTS"],
+                rows,
+                Value::Array(values),
+            );
+        }
+        Command::Override(OverrideCommand::Clear { service, id }) => {
+            let response = admin
+                .clear_override(pb::ClearOverrideRequest {
+                    service,
+                    override_id: id.clone(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(&format!("cleared override {id}"), response.revision);
+        }
+        Command::Watch(watch) => {
+            let mut router = RouterClient::new(channel);
+            let mut stream = router
+                .watch_assignments(pb::WatchAssignmentsRequest {
+                    tenant_ids: watch.tenants,
+                    services: watch.services,
+                    from_revision: watch.from_revision,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            while let Some(update) = stream.message().await.map_err(call_error)? {
+                out.update(&update);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tenant(
+    command: TenantCommand,
+    admin: &mut AdminClient<Channel>,
+    out: Printer,
+) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::List => {
+            let mut tenants = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = admin
+                    .list_tenants(pb::ListTenantsRequest {
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                tenants.extend(page.tenants);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            let rows = tenants
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.name.clone(),
+                        t.region.clone(),
+                        t.tier.clone(),
+                        t.active.to_string(),
+                        labels(&t.labels),
+                    ]
+                })
+                .collect();
+            let values = tenants.iter().map(tenant_json).collect();
+            out.table(
+                &["ID", "NAME", "REGION", "TIER", "ACTIVE", "LABELS"],
+                rows,
+                Value::Array(values),
+            );
+        }
+        TenantCommand::Show { tenant } => {
+            let response = admin
+                .get_tenant_services(pb::GetTenantServicesRequest { tenant_id: tenant })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let info = response.tenant.unwrap_or_default();
+            let services: Vec<Value> = response
+                .services
+                .iter()
+                .map(|s| {
+                    json!({"service": s.service, "version": s.version, "source": s.source,
+                           "pinned_version": s.pinned_version})
+                })
+                .collect();
+            if out.0 == Output::Json {
+                out.json(json!({"tenant": tenant_json(&info), "services": services,
+                                "revision": response.revision}));
+            } else {
+                println!(
+                    "tenant {} ({}) region={} tier={} active={} revision={}",
+                    info.id, info.name, info.region, info.tier, info.active, response.revision
+                );
+                let rows = response
+                    .services
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.service.clone(),
+                            s.version.clone(),
+                            s.source.clone(),
+                            s.pinned_version.clone(),
+                        ]
+                    })
+                    .collect();
+                out.table(
+                    &["SERVICE", "VERSION", "SOURCE", "PINNED"],
+                    rows,
+                    Value::Null,
+                );
+            }
+        }
+        TenantCommand::Upsert {
+            tenant,
+            name,
+            region,
+            tier,
+            labels,
+            inactive,
+        } => {
+            let response = admin
+                .upsert_tenant(pb::UpsertTenantRequest {
+                    tenant: Some(pb::Tenant {
+                        id: tenant.clone(),
+                        name,
+                        region,
+                        tier,
+                        labels: labels.into_iter().collect(),
+                        active: !inactive,
+                    }),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(&format!("tenant {tenant} saved"), response.revision);
+        }
+        TenantCommand::SetVersion {
+            tenant,
+            service,
+            version,
+            expect,
+            force,
+        } => {
+            let response = admin
+                .set_tenant_version(pb::SetTenantVersionRequest {
+                    tenant_id: tenant.clone(),
+                    service: service.clone(),
+                    version: version.clone(),
+                    expected_version: expect,
+                    force,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.message(
+                format!(
+                    "tenant {tenant} pinned to {service} {version} (was {}), revision {}",
+                    response.previous_version, response.revision
+                ),
+                json!({"previous_version": response.previous_version, "revision": response.revision}),
+            );
+        }
+        TenantCommand::ClearVersion { tenant, service } => {
+            let response = admin
+                .clear_tenant_version(pb::ClearTenantVersionRequest {
+                    tenant_id: tenant.clone(),
+                    service: service.clone(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let what = if response.cleared {
+                "pin removed"
+            } else {
+                "no pin to remove"
+            };
+            out.message(
+                format!(
+                    "tenant {tenant} {service}: {what}, revision {}",
+                    response.revision
+                ),
+                json!({"cleared": response.cleared, "revision": response.revision}),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn service(
+    command: ServiceCommand,
+    admin: &mut AdminClient<Channel>,
+    out: Printer,
+) -> anyhow::Result<()> {
+    match command {
+        ServiceCommand::List => {
+            let response = admin
+                .list_services(pb::ListServicesRequest {})
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let strategy_name = |value: i32| {
+                convert::strategy("strategy", value)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let rows = response
+                .services
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.default_version.clone(),
+                        strategy_name(s.strategy),
+                        s.versions.join(","),
+                    ]
+                })
+                .collect();
+            let values = response
+                .services
+                .iter()
+                .map(|s| {
+                    json!({"name": s.name, "default_version": s.default_version,
+                           "strategy": strategy_name(s.strategy), "versions": s.versions})
+                })
+                .collect();
+            out.table(
+                &["NAME", "DEFAULT", "STRATEGY", "VERSIONS"],
+                rows,
+                Value::Array(values),
+            );
+        }
+        ServiceCommand::Upsert {
+            service,
+            default_version,
+            strategy,
+            versions,
+            force,
+        } => {
+            let response = admin
+                .upsert_service(pb::UpsertServiceRequest {
+                    service: Some(pb::Service {
+                        name: service.clone(),
+                        default_version,
+                        strategy: convert::strategy_to_proto(strategy).into(),
+                        versions,
+                    }),
+                    force,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(&format!("service {service} saved"), response.revision);
+        }
+        ServiceCommand::SetDefault {
+            service,
+            version,
+            force,
+        } => {
+            let response = admin
+                .set_default_version(pb::SetDefaultVersionRequest {
+                    service: service.clone(),
+                    version: version.clone(),
+                    force,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(
+                &format!("service {service} defaults to {version}"),
+                response.revision,
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn instance(
+    command: InstanceCommand,
+    admin: &mut AdminClient<Channel>,
+    out: Printer,
+) -> anyhow::Result<()> {
+    match command {
+        InstanceCommand::Register {
+            service,
+            version,
+            id,
+            address,
+            weight,
+            region,
+            zone,
+            health_score,
+            unhealthy,
+            metadata,
+        } => {
+            let response = admin
+                .register_instance(pb::RegisterInstanceRequest {
+                    instance: Some(pb::Instance {
+                        id: id.clone(),
+                        address,
+                        service,
+                        version,
+                        weight: Some(weight),
+                        region,
+                        zone,
+                        metadata: metadata.into_iter().collect(),
+                        healthy: Some(!unhealthy),
+                        health_score: Some(health_score),
+                    }),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(&format!("instance {id} registered"), response.revision);
+        }
+        InstanceCommand::Deregister { service, instance } => {
+            let response = admin
+                .deregister_instance(pb::DeregisterInstanceRequest {
+                    service,
+                    instance_id: instance.clone(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(
+                &format!("instance {instance} deregistered"),
+                response.revision,
+            );
+        }
+        InstanceCommand::List { service, version } => {
+            let response = admin
+                .list_instances(pb::ListInstancesRequest { service, version })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let rows = response
+                .instances
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.clone(),
+                        i.address.clone(),
+                        i.version.clone(),
+                        i.weight.unwrap_or(1).to_string(),
+                        i.region.clone(),
+                        i.zone.clone(),
+                        i.healthy.unwrap_or(true).to_string(),
+                        i.health_score.unwrap_or(100).to_string(),
+                    ]
+                })
+                .collect();
+            let values = response
+                .instances
+                .iter()
+                .map(|i| {
+                    json!({"id": i.id, "address": i.address, "service": i.service,
+                           "version": i.version, "weight": i.weight.unwrap_or(1),
+                           "region": i.region, "zone": i.zone,
+                           "healthy": i.healthy.unwrap_or(true),
+                           "health_score": i.health_score.unwrap_or(100),
+                           "metadata": convert::sorted(&i.metadata)})
+                })
+                .collect();
+            out.table(
+                &[
+                    "ID", "ADDRESS", "VERSION", "WEIGHT", "REGION", "ZONE", "HEALTHY", "SCORE",
+                ],
+                rows,
+                Value::Array(values),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn labels(labels: &HashMap<String, String>) -> String {
+    convert::sorted(labels)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn tenant_json(t: &pb::Tenant) -> Value {
+    json!({"id": t.id, "name": t.name, "region": t.region, "tier": t.tier,
+           "labels": convert::sorted(&t.labels), "active": t.active})
+}
+
+/// Prints results as aligned tables or JSON.
+#[derive(Debug, Clone, Copy)]
+struct Printer(Output);
+
+impl Printer {
+    fn json(self, value: Value) {
+        println!("{value}");
+    }
+
+    fn table(self, headers: &[&str], rows: Vec<Vec<String>>, json: Value) {
+        if self.0 == Output::Json {
+            return self.json(json);
+        }
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |cells: Vec<String>| {
+            let text: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            println!("{}", text.join("  ").trim_end());
+        };
+        line(headers.iter().map(|h| (*h).to_owned()).collect());
+        for row in rows {
+            line(row);
+        }
+    }
+
+    fn message(self, text: String, json: Value) {
+        if self.0 == Output::Json {
+            self.json(json);
+        } else {
+            println!("{text}");
+        }
+    }
+
+    fn revision(self, text: &str, revision: u64) {
+        self.message(
+            format!("{text} (revision {revision})"),
+            json!({"revision": revision}),
+        );
+    }
+
+    fn update(self, update: &pb::AssignmentUpdate) {
+        if self.0 == Output::Json {
+            let upserts: Vec<Value> = update
+                .upserts
+                .iter()
+                .map(|a| {
+                    json!({"tenant_id": a.tenant_id, "service": a.service, "version": a.version,
+                           "source": a.source,
+                           "instances": a.instances.iter().map(|i| json!({
+                               "instance_id": i.instance_id, "address": i.address,
+                               "healthy": i.healthy})).collect::<Vec<_>>()})
+                })
+                .collect();
+            let removals: Vec<Value> = update
+                .removals
+                .iter()
+                .map(|k| json!({"tenant_id": k.tenant_id, "service": k.service}))
+                .collect();
+            return self.json(
+                json!({"revision": update.revision, "snapshot": update.snapshot,
+                "partial": update.partial, "upserts": upserts, "removals": removals}),
+            );
+        }
+        let kind = if update.snapshot {
+            "snapshot"
+        } else {
+            "change"
+        };
+        println!(
+            "revision {} {kind}: {} upsert(s), {} removal(s)",
+            update.revision,
+            update.upserts.len(),
+            update.removals.len()
+        );
+        for a in &update.upserts {
+            let addresses: Vec<&str> = a.instances.iter().map(|i| i.address.as_str()).collect();
+            println!(
+                "  {} {} -> {} ({}) [{}]",
+                a.tenant_id,
+                a.service,
+                a.version,
+                a.source,
+                addresses.join(" ")
+            );
+        }
+        for k in &update.removals {
+            println!("  {} {} removed", k.tenant_id, k.service);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

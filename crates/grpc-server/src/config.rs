@@ -1,0 +1,320 @@
+//! Server configuration: a typed struct layered defaults → file → environment → flags.
+//!
+//! The environment is passed in as a map, never read here, so tests build any layering they need.
+//! [`Config::validate`] reports every bad value at once; the binary then exits with status 64
+//! before binding any port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit status for a configuration error (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Everything `greyrouter serve` needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub grpc_addr: SocketAddr,
+    /// Where routing state is kept: `memory` (the default).
+    pub store: String,
+    /// A TOML or JSON file of tenants, services, instances and pins loaded at start.
+    pub seed: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Assignment watchers.
+    pub watch: WatchConfig,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `greyrouter=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// Limits on what a request may carry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest encoded request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Most metadata entries on a `Route` request.
+    pub max_metadata_entries: usize,
+    /// Most metadata bytes (keys and values) on a `Route` request.
+    pub max_metadata_bytes: usize,
+    /// Most tenants or services named by one watch.
+    pub max_watch_filter: usize,
+}
+
+/// Settings of `WatchAssignments`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Changes kept for watchers to resume from.
+    pub history: usize,
+    /// Most assignments in one streamed message; larger updates are split.
+    pub max_assignments_per_message: usize,
+    /// Messages buffered per watcher before it counts as slow.
+    pub buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            store: "memory".to_owned(),
+            seed: None,
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1024 * 1024,
+            max_metadata_entries: 64,
+            max_metadata_bytes: 8 * 1024,
+            max_watch_filter: 10_000,
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            history: 4096,
+            max_assignments_per_message: 1000,
+            buffer: 16,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--grpc-addr`.
+    pub grpc_addr: Option<SocketAddr>,
+    /// `--store`.
+    pub store: Option<String>,
+    /// `--seed`.
+    pub seed: Option<PathBuf>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+/// Environment variables read by [`Config::load`], and what they set.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("GREYROUTER_GRPC_ADDR", "grpc_addr"),
+    ("GREYROUTER_STORE", "store"),
+    ("GREYROUTER_SEED", "seed"),
+    ("GREYROUTER_LOG_LEVEL", "log.level"),
+    ("GREYROUTER_LOG_FORMAT", "log.format"),
+    ("GREYROUTER_MAX_REQUEST_BYTES", "limits.max_request_bytes"),
+    ("GREYROUTER_WATCH_HISTORY", "watch.history"),
+];
+
+/// A configuration that cannot be used; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Layers defaults, the file (if any), the environment and the flags, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut config = match file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => toml::from_str(&text).unwrap_or_else(|err| {
+                    problems.push(format!("{}: {err}", path.display()));
+                    Config::default()
+                }),
+                Err(err) => {
+                    problems.push(format!("{}: {err}", path.display()));
+                    Config::default()
+                }
+            },
+            None => Config::default(),
+        };
+        for (var, _) in ENV_VARS {
+            if let Some(value) = env.get(*var) {
+                if let Err(problem) = config.set_from_env(var, value) {
+                    problems.push(format!("{var}={value:?}: {problem}"));
+                }
+            }
+        }
+        if let Some(addr) = flags.grpc_addr {
+            config.grpc_addr = addr;
+        }
+        if let Some(store) = flags.store {
+            config.store = store;
+        }
+        if let Some(seed) = flags.seed {
+            config.seed = Some(seed);
+        }
+        if let Some(level) = flags.log_level {
+            config.log.level = level;
+        }
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn set_from_env(&mut self, var: &str, value: &str) -> Result<(), String> {
+        fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| e.to_string())
+        }
+        match var {
+            "GREYROUTER_GRPC_ADDR" => self.grpc_addr = parse(value)?,
+            "GREYROUTER_STORE" => self.store = value.to_owned(),
+            "GREYROUTER_SEED" => self.seed = Some(PathBuf::from(value)),
+            "GREYROUTER_LOG_LEVEL" => self.log.level = value.to_owned(),
+            "GREYROUTER_LOG_FORMAT" => self.log.format = value.to_owned(),
+            "GREYROUTER_MAX_REQUEST_BYTES" => self.limits.max_request_bytes = parse(value)?,
+            "GREYROUTER_WATCH_HISTORY" => self.watch.history = parse(value)?,
+            _ => return Err("unknown variable".to_owned()),
+        }
+        Ok(())
+    }
+
+    /// Checks every value; returns one line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.store != "memory" && !self.store.starts_with("memory://") {
+            problems.push(format!(
+                "store: unsupported store '{}' (this build supports: memory)",
+                self.store
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            problems.push(format!(
+                "log.format: '{}' is not text or json",
+                self.log.format
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!("log.level: {err}"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.limits.max_request_bytes) {
+            problems.push("limits.max_request_bytes: must be 1 KiB to 64 MiB".to_owned());
+        }
+        if self.limits.max_metadata_entries == 0 || self.limits.max_metadata_bytes == 0 {
+            problems.push("limits: metadata limits must be positive".to_owned());
+        }
+        if self.limits.max_watch_filter == 0 {
+            problems.push("limits.max_watch_filter: must be positive".to_owned());
+        }
+        if self.watch.history == 0 {
+            problems.push("watch.history: must be positive".to_owned());
+        }
+        if self.watch.max_assignments_per_message == 0 || self.watch.buffer == 0 {
+            problems
+                .push("watch: max_assignments_per_message and buffer must be positive".to_owned());
+        }
+        if let Some(seed) = &self.seed
+            && !seed.is_file()
+        {
+            problems.push(format!("seed: {} is not a readable file", seed.display()));
+        }
+        problems
+    }
+}
+
+/// How long an admin call waits for its own change to reach this router's snapshot.
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("greyrouter.toml");
+        std::fs::write(
+            &file,
+            "grpc_addr = \"127.0.0.1:6000\"\n[log]\nlevel = \"debug\"\n[watch]\nhistory = 10\n",
+        )
+        .expect("write");
+        let env = BTreeMap::from([
+            (
+                "GREYROUTER_GRPC_ADDR".to_owned(),
+                "127.0.0.1:7000".to_owned(),
+            ),
+            ("GREYROUTER_WATCH_HISTORY".to_owned(), "20".to_owned()),
+        ]);
+        let flags = Overrides {
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8000))),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &env, flags).expect("valid");
+        assert_eq!(config.grpc_addr.port(), 8000);
+        assert_eq!(config.watch.history, 20);
+        assert_eq!(config.log.level, "debug");
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[log]\nformat = \"xml\"\n[watch]\nhistory = 0\n").expect("write");
+        let env = BTreeMap::from([
+            ("GREYROUTER_GRPC_ADDR".to_owned(), "nowhere".to_owned()),
+            ("GREYROUTER_STORE".to_owned(), "etcd://x".to_owned()),
+        ]);
+        let err = Config::load(Some(&file), &env, Overrides::default()).expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "GREYROUTER_GRPC_ADDR",
+            "store:",
+            "log.format",
+            "watch.history",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("typo.toml");
+        std::fs::write(&file, "grpc_adr = \"127.0.0.1:1\"\n").expect("write");
+        let err =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect_err("typo");
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+}

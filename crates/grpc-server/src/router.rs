@@ -1,0 +1,265 @@
+//! The `Router` service: `Route` and `WatchAssignments`.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use greyrouter_proto::v1 as pb;
+use greyrouter_proto::v1::router_server::Router;
+use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
+use routing_core::{RouteQuery, validate};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::{Limits, WatchConfig};
+use crate::convert;
+use crate::replica::{Replay, Replica};
+use crate::status;
+
+/// Serves `greyrouter.v1.Router` from the replica's snapshot.
+#[derive(Debug, Clone)]
+pub struct RouterService {
+    replica: Arc<Replica>,
+    limits: Limits,
+    watch: WatchConfig,
+}
+
+impl RouterService {
+    /// Returns the service over a replica.
+    pub fn new(replica: Arc<Replica>, limits: Limits, watch: WatchConfig) -> Self {
+        RouterService {
+            replica,
+            limits,
+            watch,
+        }
+    }
+}
+
+thread_local! {
+    static ENTROPY: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64));
+}
+
+/// Returns a fresh random value (splitmix64 over a per-thread seed).
+fn entropy() -> u64 {
+    ENTROPY.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        routing_core::hash::fmix64(next)
+    })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Router for RouterService {
+    async fn route(
+        &self,
+        request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
+        let request = request.into_inner();
+        let check = || {
+            validate::name("tenant_id", &request.tenant_id)?;
+            validate::name("service", &request.service)?;
+            validate::optional_name("region", &request.region)?;
+            validate::text("hash_key", &request.hash_key)?;
+            convert::metadata(
+                &request.metadata,
+                self.limits.max_metadata_entries,
+                self.limits.max_metadata_bytes,
+            )?;
+            convert::strategy("strategy", request.strategy)
+        };
+        let strategy = check().map_err(|e| status::routing(&e))?;
+        let state = self.replica.current();
+        let decision = state
+            .route(&RouteQuery {
+                tenant_id: &request.tenant_id,
+                service: &request.service,
+                region: &request.region,
+                hash_key: &request.hash_key,
+                strategy,
+                entropy: entropy(),
+            })
+            .map_err(|e| status::routing(&e))?;
+        decision.member.load.start();
+        let instance = &decision.member.instance;
+        Ok(Response::new(pb::RouteResponse {
+            instance_id: instance.id.clone(),
+            address: instance.address.clone(),
+            version: decision.resolution.version,
+            source: decision.resolution.source.to_string(),
+            revision: decision.revision,
+        }))
+    }
+
+    type WatchAssignmentsStream = WatchStream;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let request = request.into_inner();
+        let limit = self.limits.max_watch_filter;
+        if request.tenant_ids.len() > limit || request.services.len() > limit {
+            return Err(status::invalid_argument(
+                "tenant_ids",
+                &format!("at most {limit} tenants and {limit} services"),
+            ));
+        }
+        let filter = AssignmentFilter {
+            tenant_ids: convert::names("tenant_ids", request.tenant_ids)
+                .map_err(|e| status::routing(&e))?,
+            services: convert::names("services", request.services)
+                .map_err(|e| status::routing(&e))?,
+        };
+        // Check a resume before answering, so the client sees OUT_OF_RANGE as the call's status.
+        if request.from_revision > 0 {
+            match self.replica.changes_after(request.from_revision) {
+                Replay::Changes(_) => {}
+                Replay::Gone => {
+                    return Err(Status::out_of_range(format!(
+                        "revision {} is older than the kept history; watch from revision 0 for a snapshot",
+                        request.from_revision
+                    )));
+                }
+                Replay::Ahead => {
+                    return Err(Status::out_of_range(format!(
+                        "revision {} is ahead of this router (at {}); watch from revision 0 for a snapshot",
+                        request.from_revision,
+                        self.replica.current().revision()
+                    )));
+                }
+            }
+        }
+        let (sender, receiver) = mpsc::channel(self.watch.buffer);
+        let watcher = Watcher {
+            replica: Arc::clone(&self.replica),
+            filter,
+            chunk: self.watch.max_assignments_per_message,
+            sender,
+        };
+        tokio::spawn(watcher.run(request.from_revision));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// One watch stream: sends a snapshot or a replay, then every change that alters what it follows.
+struct Watcher {
+    replica: Arc<Replica>,
+    filter: AssignmentFilter,
+    chunk: usize,
+    sender: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
+}
+
+impl Watcher {
+    async fn run(self, from_revision: u64) {
+        let mut revisions = self.replica.subscribe();
+        let mut at = if from_revision == 0 {
+            match self.send_snapshot().await {
+                Some(revision) => revision,
+                None => return,
+            }
+        } else {
+            from_revision
+        };
+        loop {
+            match self.replica.changes_after(at) {
+                Replay::Changes(changes) => {
+                    for change in changes {
+                        let diff =
+                            watch::diff(&change.before, &change.after, &change.scope, &self.filter);
+                        if !diff.is_empty() {
+                            let removals = diff
+                                .removals
+                                .into_iter()
+                                .map(|(tenant_id, service)| pb::AssignmentKey {
+                                    tenant_id,
+                                    service,
+                                })
+                                .collect();
+                            let sent = self
+                                .send(change.after.revision(), false, &diff.upserts, removals)
+                                .await;
+                            if !sent {
+                                return;
+                            }
+                        }
+                        at = change.after.revision();
+                    }
+                }
+                // Too slow to keep up with the kept history: start over from a snapshot.
+                Replay::Gone | Replay::Ahead => match self.send_snapshot().await {
+                    Some(revision) => at = revision,
+                    None => return,
+                },
+            }
+            tokio::select! {
+                changed = revisions.wait_for(|&r| r > at) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = self.sender.closed() => return,
+            }
+        }
+    }
+
+    /// Sends the current snapshot; returns its revision, or `None` when the client left.
+    async fn send_snapshot(&self) -> Option<u64> {
+        let state = self.replica.current();
+        let assignments = watch::snapshot(&state, &self.filter);
+        self.send(state.revision(), true, &assignments, Vec::new())
+            .await
+            .then_some(state.revision())
+    }
+
+    /// Sends one revision's update, split into messages of at most `chunk` assignments.
+    async fn send(
+        &self,
+        revision: u64,
+        snapshot: bool,
+        upserts: &[EffectiveAssignment],
+        removals: Vec<pb::AssignmentKey>,
+    ) -> bool {
+        let mut messages: Vec<pb::AssignmentUpdate> = upserts
+            .chunks(self.chunk)
+            .map(|chunk| pb::AssignmentUpdate {
+                revision,
+                snapshot,
+                upserts: chunk.iter().map(convert::assignment_message).collect(),
+                removals: Vec::new(),
+                partial: true,
+            })
+            .collect();
+        for chunk in removals.chunks(self.chunk) {
+            messages.push(pb::AssignmentUpdate {
+                revision,
+                snapshot,
+                upserts: Vec::new(),
+                removals: chunk.to_vec(),
+                partial: true,
+            });
+        }
+        if messages.is_empty() {
+            // An empty snapshot still tells the client where it stands.
+            messages.push(pb::AssignmentUpdate {
+                revision,
+                snapshot,
+                ..pb::AssignmentUpdate::default()
+            });
+        }
+        if let Some(last) = messages.last_mut() {
+            last.partial = false;
+        }
+        for message in messages {
+            if self.sender.send(Ok(message)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,139 @@
+//! Wiring: opens the store, loads the replica, seeds, and serves gRPC until shutdown.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use greyrouter_proto::v1::admin_server::AdminServer;
+use greyrouter_proto::v1::router_server::RouterServer;
+use greyrouter_store::{MemoryStore, Store};
+use routing_core::StateDump;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::replica::Replica;
+use crate::router::RouterService;
+
+/// A router ready to serve: its replica loaded and following the store.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    replica: Arc<Replica>,
+    follower: JoinHandle<()>,
+}
+
+impl App {
+    /// Opens the configured store, loads the state and applies the seed file to an empty store.
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        let store = open_store(&config.store)?;
+        let replica = Replica::load(store, config.watch.history)
+            .await
+            .context("cannot load routing state from the store")?;
+        let follower = tokio::spawn(Arc::clone(&replica).follow());
+        let app = App {
+            config,
+            replica,
+            follower,
+        };
+        if let Some(seed) = app.config.seed.clone() {
+            app.seed(&seed).await?;
+        }
+        Ok(app)
+    }
+
+    /// Returns the replica.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    async fn seed(&self, path: &Path) -> anyhow::Result<()> {
+        let dump = read_seed(path)?;
+        if self.replica.current().revision() > 0 {
+            tracing::info!(seed = %path.display(), "store already holds routing state; seed not applied");
+            return Ok(());
+        }
+        let mutations = dump.mutations();
+        let count = mutations.len();
+        for mutation in mutations {
+            self.replica
+                .commit(mutation.clone())
+                .await
+                .with_context(|| format!("{}: cannot apply {mutation:?}", path.display()))?;
+        }
+        tracing::info!(seed = %path.display(), changes = count, "seed applied");
+        Ok(())
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let limits = self.config.limits.clone();
+        let router = RouterService::new(
+            Arc::clone(&self.replica),
+            limits.clone(),
+            self.config.watch.clone(),
+        );
+        let admin = AdminService::new(Arc::clone(&self.replica));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<RouterServer<RouterService>>().await;
+        health.set_serving::<AdminServer<AdminService>>().await;
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(greyrouter_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(greyrouter_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("cannot build the reflection service")?;
+
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, store = %self.replica.store().describe(), revision = self.replica.current().revision(), "serving gRPC");
+        let result = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(
+                RouterServer::new(router).max_decoding_message_size(limits.max_request_bytes),
+            )
+            .add_service(
+                AdminServer::new(admin).max_decoding_message_size(limits.max_request_bytes),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+            .context("gRPC server failed");
+        self.follower.abort();
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Opens the store a configuration names.
+fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Store>> {
+    match spec {
+        "memory" | "memory://" => Ok(Arc::new(MemoryStore::default())),
+        other => anyhow::bail!("unsupported store '{other}'"),
+    }
+}
+
+/// Reads a seed file: JSON when it ends in `.json`, TOML otherwise.
+pub fn read_seed(path: &Path) -> anyhow::Result<StateDump> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read seed file {}", path.display()))?;
+    let dump = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?
+    } else {
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+    };
+    Ok(dump)
+}

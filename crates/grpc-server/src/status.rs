@@ -1,0 +1,127 @@
+//! The one table mapping every error to a gRPC status code.
+//!
+//! Clients decide retries from the code: `INVALID_ARGUMENT`, `NOT_FOUND` and
+//! `FAILED_PRECONDITION` are not retried as they are, `ABORTED` is retried after re-reading,
+//! `UNAVAILABLE` is retried later.
+
+use greyrouter_store::StoreError;
+use routing_core::RoutingError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Returns the status for a routing error.
+pub fn routing(err: &RoutingError) -> Status {
+    let message = err.to_string();
+    match err {
+        RoutingError::InvalidArgument { field, reason } => invalid_argument(field, reason),
+        RoutingError::NotFound { .. } => Status::not_found(message),
+        RoutingError::InactiveTenant(_) | RoutingError::VersionNotServable { .. } => {
+            Status::failed_precondition(message)
+        }
+        RoutingError::VersionMismatch { current, .. } => Status::with_error_details(
+            Code::Aborted,
+            message,
+            ErrorDetails::with_error_info(
+                "VERSION_MISMATCH",
+                "greyrouter",
+                [("current_version".to_owned(), current.clone())],
+            ),
+        ),
+        RoutingError::NoHealthyInstance { .. } => Status::unavailable(message),
+    }
+}
+
+/// Returns the status for a store error.
+pub fn store(err: &StoreError) -> Status {
+    match err {
+        StoreError::Rejected(err) => routing(err),
+        StoreError::Unavailable(_) => Status::unavailable(err.to_string()),
+        StoreError::Compacted { .. } => Status::out_of_range(err.to_string()),
+        StoreError::Corrupt(_) => Status::internal(err.to_string()),
+    }
+}
+
+/// Returns `INVALID_ARGUMENT` naming the field, with a `BadRequest` detail for clients that
+/// read rich errors.
+pub fn invalid_argument(field: &str, reason: &str) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {field}: {reason}"),
+        ErrorDetails::with_bad_request_violation(field, reason),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use routing_core::Entity;
+
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_code() {
+        let cases = [
+            (
+                RoutingError::invalid("tenant_id", "must not be empty"),
+                Code::InvalidArgument,
+            ),
+            (
+                RoutingError::not_found(Entity::Service, "api"),
+                Code::NotFound,
+            ),
+            (
+                RoutingError::InactiveTenant("t".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                RoutingError::VersionNotServable {
+                    service: "api".into(),
+                    version: "v2".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                RoutingError::VersionMismatch {
+                    tenant_id: "t".into(),
+                    service: "api".into(),
+                    expected: "v1".into(),
+                    current: "v2".into(),
+                },
+                Code::Aborted,
+            ),
+            (
+                RoutingError::NoHealthyInstance {
+                    service: "api".into(),
+                    version: "v1".into(),
+                },
+                Code::Unavailable,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(routing(&err).code(), code, "{err}");
+        }
+        assert_eq!(
+            store(&StoreError::Unavailable("down".into())).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            store(&StoreError::Compacted {
+                requested: 1,
+                oldest: 5
+            })
+            .code(),
+            Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let status = routing(&RoutingError::invalid("tenant.id", "must not be empty"));
+        assert_eq!(status.message(), "invalid tenant.id: must not be empty");
+        let details = status.get_error_details();
+        let violations = details.bad_request().map(|b| b.field_violations.clone());
+        assert_eq!(
+            violations.and_then(|v| v.first().map(|f| f.field.clone())),
+            Some("tenant.id".to_owned())
+        );
+    }
+}
