@@ -318,6 +318,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Ok(local) = listener.local_addr() {
+        // One line on stdout, so scripts that start on port 0 learn the address.
+        println!("greyrouter listening on {local}");
+    }
     match app.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -26,15 +26,23 @@ pub struct RouterService {
     replica: Arc<Replica>,
     limits: Limits,
     watch: WatchConfig,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RouterService {
-    /// Returns the service over a replica.
-    pub fn new(replica: Arc<Replica>, limits: Limits, watch: WatchConfig) -> Self {
+    /// Returns the service over a replica. Watch streams end with `UNAVAILABLE` once
+    /// `closing` turns true, so that a graceful shutdown does not wait for watchers.
+    pub fn new(
+        replica: Arc<Replica>,
+        limits: Limits,
+        watch: WatchConfig,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         RouterService {
             replica,
             limits,
             watch,
+            closing,
         }
     }
 }
@@ -141,6 +149,7 @@ impl Router for RouterService {
             filter,
             chunk: self.watch.max_assignments_per_message,
             sender,
+            closing: self.closing.clone(),
         };
         tokio::spawn(watcher.run(request.from_revision));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -153,10 +162,22 @@ struct Watcher {
     filter: AssignmentFilter,
     chunk: usize,
     sender: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Watcher {
     async fn run(self, from_revision: u64) {
+        let mut closing = self.closing.clone();
+        tokio::select! {
+            () = self.follow(from_revision) => {}
+            _ = closing.wait_for(|closing| *closing) => {
+                let status = Status::unavailable("server is shutting down; resume on another router");
+                let _ = self.sender.try_send(Err(status));
+            }
+        }
+    }
+
+    async fn follow(&self, from_revision: u64) {
         let mut revisions = self.replica.subscribe();
         let mut at = if from_revision == 0 {
             match self.send_snapshot().await {

@@ -75,10 +75,16 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let limits = self.config.limits.clone();
+        let (closing, closing_watchers) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            closing.send_replace(true);
+        };
         let router = RouterService::new(
             Arc::clone(&self.replica),
             limits.clone(),
             self.config.watch.clone(),
+            closing_watchers,
         );
         let admin = AdminService::new(Arc::clone(&self.replica));
 

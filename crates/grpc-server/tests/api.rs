@@ -1,0 +1,668 @@
+//! Every Admin and Router RPC against a real server on an ephemeral port.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+
+use greyrouter_proto::v1 as pb;
+use support::{TestServer, instance, tenant};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn route_answers_version_instance_source_and_revision() {
+    let mut server = TestServer::start().await;
+    server.populate(2).await;
+    let revision = server.pin("t1", "api", "v2").await;
+
+    let default = server.route("t0", "api").await.expect("route t0");
+    assert_eq!(
+        (
+            default.version.as_str(),
+            default.source.as_str(),
+            default.instance_id.as_str()
+        ),
+        ("v1", "default", "a1")
+    );
+    assert_eq!(default.address, "a1.internal:8080");
+    let pinned = server.route("t1", "api").await.expect("route t1");
+    assert_eq!(
+        (pinned.version.as_str(), pinned.source.as_str()),
+        ("v2", "pin")
+    );
+    assert_eq!(pinned.instance_id, "b1");
+    assert_eq!(pinned.revision, revision);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_are_listed_in_pages() {
+    let mut server = TestServer::start().await;
+    for i in 0..25 {
+        server.tenant(&format!("tenant-{i:02}"), "eu").await;
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = server
+            .admin
+            .list_tenants(pb::ListTenantsRequest {
+                page_size: 10,
+                page_token: token,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.tenants.len() <= 10);
+        seen.extend(page.tenants.into_iter().map(|t| t.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("tenant-{i:02}")).collect();
+    assert_eq!(seen, expected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn services_and_instances_are_managed() {
+    let mut server = TestServer::start().await;
+    server.populate(0).await;
+    server.instance("api", "v1", "a2", "us").await;
+    let listed = server
+        .admin
+        .list_instances(pb::ListInstancesRequest {
+            service: "api".into(),
+            version: "v1".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<&str> = listed.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "a2"]);
+    assert_eq!(listed.instances[0].weight, Some(1));
+    assert_eq!(listed.instances[0].healthy, Some(true));
+
+    server
+        .admin
+        .deregister_instance(pb::DeregisterInstanceRequest {
+            service: "api".into(),
+            instance_id: "a2".into(),
+        })
+        .await
+        .expect("deregister");
+    let all = server
+        .admin
+        .list_instances(pb::ListInstancesRequest {
+            service: "api".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<&str> = all.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "b1"]);
+
+    let services = server
+        .admin
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("services")
+        .into_inner();
+    assert_eq!(services.services.len(), 1);
+    assert_eq!(services.services[0].versions, ["v1", "v2"]);
+
+    let gone = server
+        .admin
+        .deregister_instance(pb::DeregisterInstanceRequest {
+            service: "api".into(),
+            instance_id: "a2".into(),
+        })
+        .await
+        .expect_err("already gone");
+    assert_eq!(gone.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn default_version_moves_unpinned_tenants() {
+    let mut server = TestServer::start().await;
+    server.populate(2).await;
+    server.pin("t0", "api", "v1").await;
+    let response = server
+        .admin
+        .set_default_version(pb::SetDefaultVersionRequest {
+            service: "api".into(),
+            version: "v2".into(),
+            force: false,
+        })
+        .await
+        .expect("set default")
+        .into_inner();
+    let t0 = server.route("t0", "api").await.expect("route");
+    let t1 = server.route("t1", "api").await.expect("route");
+    assert_eq!((t0.version.as_str(), t0.source.as_str()), ("v1", "pin"));
+    assert_eq!((t1.version.as_str(), t1.source.as_str()), ("v2", "default"));
+    assert_eq!(t1.revision, response.revision);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn compare_and_set_wins_once_and_reports_the_current_version() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    let set = |expected: &str| pb::SetTenantVersionRequest {
+        tenant_id: "t0".into(),
+        service: "api".into(),
+        version: "v2".into(),
+        expected_version: Some(expected.into()),
+        force: false,
+    };
+    let won = server
+        .admin
+        .set_tenant_version(set("v1"))
+        .await
+        .expect("first wins")
+        .into_inner();
+    assert_eq!(won.previous_version, "v1");
+    let lost = server
+        .admin
+        .set_tenant_version(set("v1"))
+        .await
+        .expect_err("second loses");
+    assert_eq!(lost.code(), Code::Aborted);
+    assert!(lost.message().contains("'v2'"), "{}", lost.message());
+    let info = lost
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("error info");
+    assert_eq!(
+        info.metadata.get("current_version").map(String::as_str),
+        Some("v2")
+    );
+
+    // Both racing from one client through two connections: exactly one wins.
+    server.tenant("t9", "eu").await;
+    let race = |mut admin: greyrouter_proto::v1::admin_client::AdminClient<_>| async move {
+        admin
+            .set_tenant_version(pb::SetTenantVersionRequest {
+                tenant_id: "t9".into(),
+                service: "api".into(),
+                version: "v2".into(),
+                expected_version: Some("v1".into()),
+                force: false,
+            })
+            .await
+    };
+    let (a, b) = tokio::join!(race(server.admin.clone()), race(server.admin.clone()));
+    assert_eq!([a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clearing_a_pin_returns_the_tenant_to_the_default() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    server.pin("t0", "api", "v2").await;
+    let clear = || pb::ClearTenantVersionRequest {
+        tenant_id: "t0".into(),
+        service: "api".into(),
+    };
+    let cleared = server
+        .admin
+        .clear_tenant_version(clear())
+        .await
+        .expect("clear")
+        .into_inner();
+    assert!(cleared.cleared);
+    let again = server
+        .admin
+        .clear_tenant_version(clear())
+        .await
+        .expect("clear")
+        .into_inner();
+    assert!(!again.cleared);
+    assert_eq!(again.revision, cleared.revision + 1);
+    let routed = server.route("t0", "api").await.expect("route");
+    assert_eq!(
+        (routed.version.as_str(), routed.source.as_str()),
+        ("v1", "default")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_services_show_version_source_and_pin() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    server.service("billing", "b1", pb::Strategy::Random).await;
+    server.instance("billing", "b1", "bill-1", "eu").await;
+    server.pin("t0", "api", "v2").await;
+    let response = server
+        .admin
+        .get_tenant_services(pb::GetTenantServicesRequest {
+            tenant_id: "t0".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(response.tenant.map(|t| t.id), Some("t0".to_owned()));
+    let by_service: HashMap<&str, (&str, &str, &str)> = response
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.service.as_str(),
+                (
+                    s.version.as_str(),
+                    s.source.as_str(),
+                    s.pinned_version.as_str(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(by_service["api"], ("v2", "pin", "v2"));
+    assert_eq!(by_service["billing"], ("b1", "default", ""));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn emergency_rollback_moves_every_tenant_at_once_and_can_be_cleared() {
+    let mut server = TestServer::start().await;
+    server.populate(20).await;
+    server
+        .admin
+        .set_default_version(pb::SetDefaultVersionRequest {
+            service: "api".into(),
+            version: "v2".into(),
+            force: false,
+        })
+        .await
+        .expect("default v2");
+    server.pin("t0", "api", "v2").await;
+    server.pin("t1", "api", "v1").await;
+    let rollback = server
+        .admin
+        .emergency_rollback(pb::EmergencyRollbackRequest {
+            service: "api".into(),
+            from_version: "v2".into(),
+            to_version: "v1".into(),
+            tenant_ids: vec![],
+            force: false,
+        })
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(rollback.moved_tenants, 19, "t1 was already on v1");
+    assert_eq!(rollback.override_id, format!("rb-{}", rollback.revision));
+    for i in 0..20 {
+        let routed = server.route(&format!("t{i}"), "api").await.expect("route");
+        assert_eq!(routed.version, "v1", "t{i}");
+        assert_eq!(routed.revision, rollback.revision);
+    }
+    let pinned = server.route("t0", "api").await.expect("route");
+    assert_eq!(pinned.source, format!("override:{}", rollback.override_id));
+
+    let listed = server
+        .admin
+        .list_overrides(pb::ListOverridesRequest {
+            service: "api".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.overrides.len(), 1);
+    assert_eq!(listed.overrides[0].from_version, "v2");
+
+    server
+        .admin
+        .clear_override(pb::ClearOverrideRequest {
+            service: "api".into(),
+            override_id: rollback.override_id.clone(),
+        })
+        .await
+        .expect("clear");
+    let back = server.route("t0", "api").await.expect("route");
+    assert_eq!((back.version.as_str(), back.source.as_str()), ("v2", "pin"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rollback_of_listed_tenants_moves_only_them() {
+    let mut server = TestServer::start().await;
+    server.populate(3).await;
+    for t in ["t0", "t1", "t2"] {
+        server.pin(t, "api", "v2").await;
+    }
+    let rollback = server
+        .admin
+        .emergency_rollback(pb::EmergencyRollbackRequest {
+            service: "api".into(),
+            from_version: "v2".into(),
+            to_version: "v1".into(),
+            tenant_ids: vec!["t1".into()],
+            force: false,
+        })
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(rollback.moved_tenants, 1);
+    let versions: Vec<String> = [
+        server.route("t0", "api").await,
+        server.route("t1", "api").await,
+        server.route("t2", "api").await,
+    ]
+    .into_iter()
+    .map(|r| r.expect("route").version)
+    .collect();
+    assert_eq!(versions, ["v2", "v1", "v2"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn strategies_and_region_preference_apply_per_request() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    server.instance("api", "v1", "a2", "eu").await;
+    server.instance("api", "v1", "us1", "us").await;
+    let route = |strategy: pb::Strategy, region: &str, hash_key: &str| pb::RouteRequest {
+        tenant_id: "t0".into(),
+        service: "api".into(),
+        metadata: HashMap::new(),
+        hash_key: hash_key.into(),
+        region: region.into(),
+        strategy: strategy.into(),
+    };
+    // Tenant t0 lives in eu: round robin alternates between the two eu instances only.
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let r = server
+            .router
+            .route(route(pb::Strategy::RoundRobin, "", ""))
+            .await
+            .expect("route");
+        seen.insert(r.into_inner().instance_id);
+    }
+    assert_eq!(seen, HashSet::from(["a1".to_owned(), "a2".to_owned()]));
+    // Asking for us picks the us instance.
+    let us = server
+        .router
+        .route(route(pb::Strategy::Random, "us", ""))
+        .await
+        .expect("route");
+    assert_eq!(us.into_inner().instance_id, "us1");
+    // Consistent hash: the same key keeps its instance.
+    let first = server
+        .router
+        .route(route(pb::Strategy::ConsistentHash, "", "user-42"))
+        .await
+        .expect("route")
+        .into_inner()
+        .instance_id;
+    for _ in 0..5 {
+        let again = server
+            .router
+            .route(route(pb::Strategy::ConsistentHash, "", "user-42"))
+            .await
+            .expect("route")
+            .into_inner()
+            .instance_id;
+        assert_eq!(again, first);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_status() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+
+    let empty = server.route("", "api").await.expect_err("empty tenant");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert_eq!(empty.message(), "invalid tenant_id: must not be empty");
+    let field = empty
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations[0].field.clone());
+    assert_eq!(field.as_deref(), Some("tenant_id"));
+
+    let long = server
+        .route(&"x".repeat(200), "api")
+        .await
+        .expect_err("too long");
+    assert_eq!(long.code(), Code::InvalidArgument);
+
+    let unknown_tenant = server
+        .route("nobody", "api")
+        .await
+        .expect_err("unknown tenant");
+    assert_eq!(unknown_tenant.code(), Code::NotFound);
+    assert!(unknown_tenant.message().contains("nobody"));
+    let unknown_service = server
+        .route("t0", "nothing")
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown_service.code(), Code::NotFound);
+
+    let bad_strategy = server
+        .router
+        .route(pb::RouteRequest {
+            tenant_id: "t0".into(),
+            service: "api".into(),
+            strategy: 99,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown strategy");
+    assert_eq!(bad_strategy.code(), Code::InvalidArgument);
+    assert!(bad_strategy.message().contains("strategy"));
+
+    let too_much_metadata = server
+        .router
+        .route(pb::RouteRequest {
+            tenant_id: "t0".into(),
+            service: "api".into(),
+            metadata: (0..100)
+                .map(|i| (format!("k{i}"), "v".to_owned()))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("metadata limit");
+    assert_eq!(too_much_metadata.code(), Code::InvalidArgument);
+    assert!(too_much_metadata.message().contains("metadata"));
+
+    let huge = server
+        .router
+        .route(pb::RouteRequest {
+            tenant_id: "t0".into(),
+            service: "api".into(),
+            hash_key: "k".repeat(2 * 1024 * 1024),
+            ..Default::default()
+        })
+        .await
+        .expect_err("request size limit");
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+
+    let unknown_version = server
+        .admin
+        .set_tenant_version(pb::SetTenantVersionRequest {
+            tenant_id: "t0".into(),
+            service: "api".into(),
+            version: "v9".into(),
+            expected_version: None,
+            force: false,
+        })
+        .await
+        .expect_err("unknown version");
+    assert_eq!(unknown_version.code(), Code::NotFound);
+
+    let missing_tenant = server
+        .admin
+        .upsert_tenant(pb::UpsertTenantRequest { tenant: None })
+        .await
+        .expect_err("missing tenant");
+    assert_eq!(missing_tenant.code(), Code::InvalidArgument);
+    assert_eq!(missing_tenant.message(), "invalid tenant: is required");
+
+    let bad_address = server
+        .admin
+        .register_instance(pb::RegisterInstanceRequest {
+            instance: Some(pb::Instance {
+                address: "no-port".into(),
+                ..instance("api", "v1", "x1", "eu")
+            }),
+        })
+        .await
+        .expect_err("bad address");
+    assert_eq!(bad_address.code(), Code::InvalidArgument);
+    assert!(bad_address.message().contains("instance.address"));
+
+    let bad_tenant = server
+        .admin
+        .upsert_tenant(pb::UpsertTenantRequest {
+            tenant: Some(tenant("has space", "eu")),
+        })
+        .await
+        .expect_err("bad id");
+    assert!(bad_tenant.message().contains("tenant.id"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn versions_without_healthy_instances_are_refused_unless_forced() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    server
+        .admin
+        .register_instance(pb::RegisterInstanceRequest {
+            instance: Some(pb::Instance {
+                healthy: Some(false),
+                ..instance("api", "v3", "c1", "eu")
+            }),
+        })
+        .await
+        .expect("register unhealthy");
+    let request = |force| pb::SetTenantVersionRequest {
+        tenant_id: "t0".into(),
+        service: "api".into(),
+        version: "v3".into(),
+        expected_version: None,
+        force,
+    };
+    let refused = server
+        .admin
+        .set_tenant_version(request(false))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("no healthy instance"),
+        "{}",
+        refused.message()
+    );
+    server
+        .admin
+        .set_tenant_version(request(true))
+        .await
+        .expect("forced");
+    let unavailable = server
+        .route("t0", "api")
+        .await
+        .expect_err("nothing healthy");
+    assert_eq!(unavailable.code(), Code::Unavailable);
+    assert!(
+        unavailable.message().contains("no healthy instance"),
+        "{}",
+        unavailable.message()
+    );
+
+    let mut inactive = tenant("sleepy", "eu");
+    inactive.active = false;
+    server
+        .admin
+        .upsert_tenant(pb::UpsertTenantRequest {
+            tenant: Some(inactive),
+        })
+        .await
+        .expect("upsert");
+    let status = server.route("sleepy", "api").await.expect_err("inactive");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_mutation_returns_the_next_revision() {
+    let mut server = TestServer::start().await;
+    let mut revisions = vec![
+        server.service("api", "v1", pb::Strategy::RoundRobin).await,
+        server.instance("api", "v1", "a1", "eu").await,
+        server.tenant("t0", "eu").await,
+    ];
+    revisions.push(server.pin("t0", "api", "v1").await);
+    assert_eq!(revisions, [1, 2, 3, 4]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let server = TestServer::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "greyrouter.v1.Router", "greyrouter.v1.Admin"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("message")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "greyrouter.v1.Router",
+        "greyrouter.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    server.stop().await;
+}
