@@ -94,7 +94,10 @@ struct Candidates {
 impl Pool {
     /// Builds a pool from instances, carrying over the live load of instances that were in
     /// `previous` (matched by id).
-    pub fn new(instances: impl IntoIterator<Item = Arc<Instance>>, previous: Option<&Pool>) -> Self {
+    pub fn new(
+        instances: impl IntoIterator<Item = Arc<Instance>>,
+        previous: Option<&Pool>,
+    ) -> Self {
         let mut instances: Vec<Arc<Instance>> = instances.into_iter().collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         instances.dedup_by(|a, b| a.id == b.id);
@@ -191,7 +194,9 @@ impl Candidates {
             Strategy::RoundRobin => self.cursor.fetch_add(1, Ordering::Relaxed) % n,
             Strategy::Random => reduce(request.entropy, n),
             Strategy::WeightedRoundRobin => {
-                let schedule = self.schedule.get_or_init(|| self.weighted_schedule(members));
+                let schedule = self
+                    .schedule
+                    .get_or_init(|| self.weighted_schedule(members));
                 let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % schedule.len() as u64;
                 u64::from(schedule[turn as usize])
             }

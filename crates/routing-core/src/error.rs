@@ -23,7 +23,9 @@ pub enum RoutingError {
     #[error("tenant '{0}' is inactive")]
     InactiveTenant(String),
     /// Assigning a version that has no healthy, undrained instance (without `force`).
-    #[error("version '{version}' of service '{service}' has no healthy instance; use force to assign it anyway")]
+    #[error(
+        "version '{version}' of service '{service}' has no healthy instance; use force to assign it anyway"
+    )]
     VersionNotServable {
         /// The service.
         service: String,
@@ -31,7 +33,9 @@ pub enum RoutingError {
         version: String,
     },
     /// A compare-and-set found another version than the expected one.
-    #[error("tenant '{tenant_id}' is on version '{current}' of service '{service}', not '{expected}'")]
+    #[error(
+        "tenant '{tenant_id}' is on version '{current}' of service '{service}', not '{expected}'"
+    )]
     VersionMismatch {
         /// The tenant.
         tenant_id: String,
@@ -65,6 +69,10 @@ pub enum Entity {
     Instance,
     /// An emergency override.
     Override,
+    /// A gradual rollout.
+    Rollout,
+    /// An A/B experiment.
+    Experiment,
 }
 
 impl std::fmt::Display for Entity {
@@ -75,6 +83,8 @@ impl std::fmt::Display for Entity {
             Entity::Version => "version",
             Entity::Instance => "instance",
             Entity::Override => "override",
+            Entity::Rollout => "rollout",
+            Entity::Experiment => "experiment",
         })
     }
 }

@@ -58,7 +58,10 @@ mod tests {
         assert_eq!(stable_hash(&[]), fmix64(FNV_OFFSET));
         assert_eq!(stable_hash(&[b"tenant-1"]), stable_hash(&[b"tenant-1"]));
         assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
-        assert_eq!(bucket("rollout", "r1", "acme"), bucket("rollout", "r1", "acme"));
+        assert_eq!(
+            bucket("rollout", "r1", "acme"),
+            bucket("rollout", "r1", "acme")
+        );
     }
 
     #[test]

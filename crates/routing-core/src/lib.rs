@@ -33,6 +33,5 @@ pub use model::{
     Strategy, Tenant, Variant,
 };
 pub use state::{
-    Mutation, Outcome, Pin, RouteDecision, RouteQuery, RoutingState, Scope, StateDump,
-    TenantEntry,
+    Mutation, Outcome, Pin, RouteDecision, RouteQuery, RoutingState, Scope, StateDump, TenantEntry,
 };

@@ -104,7 +104,10 @@ impl FromStr for Strategy {
             .find(|strategy| strategy.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown strategy '{s}' (expected one of {})", names.join(", "))
+                format!(
+                    "unknown strategy '{s}' (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -372,8 +375,14 @@ mod tests {
     fn sources_print_as_documented() {
         assert_eq!(Source::Pin.to_string(), "pin");
         assert_eq!(Source::Default.to_string(), "default");
-        assert_eq!(Source::Override { id: "rb-7".into() }.to_string(), "override:rb-7");
-        assert_eq!(Source::Rollout { id: "r1".into() }.to_string(), "rollout:r1");
+        assert_eq!(
+            Source::Override { id: "rb-7".into() }.to_string(),
+            "override:rb-7"
+        );
+        assert_eq!(
+            Source::Rollout { id: "r1".into() }.to_string(),
+            "rollout:r1"
+        );
         let source = Source::Experiment {
             id: "e1".into(),
             variant: "b".into(),

@@ -131,7 +131,9 @@ impl ServiceEntry {
     }
 
     fn servable(&self, version: &str) -> bool {
-        self.pools.get(version).is_some_and(|pool| pool.has_eligible())
+        self.pools
+            .get(version)
+            .is_some_and(|pool| pool.has_eligible())
     }
 
     /// Checks that `version` may be assigned: known, and servable unless forced.
@@ -524,8 +526,14 @@ impl RoutingState {
                 let entry = match self.services.get(&service.name) {
                     Some(existing) => {
                         let mut entry = ServiceEntry::clone(existing);
-                        entry.service.versions.extend(service.versions.iter().cloned());
-                        entry.service.versions.insert(service.default_version.clone());
+                        entry
+                            .service
+                            .versions
+                            .extend(service.versions.iter().cloned());
+                        entry
+                            .service
+                            .versions
+                            .insert(service.default_version.clone());
                         if entry.service.default_version != service.default_version {
                             entry.check_assignable(&service.default_version, *force)?;
                         }
@@ -545,7 +553,9 @@ impl RoutingState {
             Mutation::RegisterInstance { instance } => {
                 validate_instance(instance)?;
                 let mut entry = self.service_entry(&instance.service)?;
-                if let Some(old_version) = entry.instance_versions.get(&instance.id).cloned() {
+                if let Some(old_version) = entry.instance_versions.get(&instance.id).cloned()
+                    && old_version != instance.version
+                {
                     let rest = entry
                         .instances_of(&old_version)
                         .into_iter()
@@ -553,7 +563,12 @@ impl RoutingState {
                         .collect();
                     entry.set_instances(&old_version, rest);
                 }
-                let mut instances = entry.instances_of(&instance.version);
+                // Replaced within its version's pool, so the new pool keeps its live load.
+                let mut instances: Vec<Arc<Instance>> = entry
+                    .instances_of(&instance.version)
+                    .into_iter()
+                    .filter(|i| i.id != instance.id)
+                    .collect();
                 instances.push(Arc::new(instance.clone()));
                 entry.set_instances(&instance.version, instances);
                 entry
@@ -571,12 +586,9 @@ impl RoutingState {
                 validate::name("service", service)?;
                 validate::name("instance_id", instance_id)?;
                 let mut entry = self.service_entry(service)?;
-                let version = entry
-                    .instance_versions
-                    .remove(instance_id)
-                    .ok_or_else(|| {
-                        RoutingError::not_found(Entity::Instance, format!("{service}/{instance_id}"))
-                    })?;
+                let version = entry.instance_versions.remove(instance_id).ok_or_else(|| {
+                    RoutingError::not_found(Entity::Instance, format!("{service}/{instance_id}"))
+                })?;
                 let rest = entry
                     .instances_of(&version)
                     .into_iter()
@@ -721,6 +733,7 @@ impl RoutingState {
             }
             Mutation::UpsertRollout { rollout } => {
                 validate::name("rollout.id", &rollout.id)?;
+                validate::name("rollout.service", &rollout.service)?;
                 validate::name("rollout.to_version", &rollout.to_version)?;
                 validate::text("rollout.salt", &rollout.salt)?;
                 if rollout.basis_points > crate::hash::BUCKETS {
@@ -744,6 +757,7 @@ impl RoutingState {
             }
             Mutation::UpsertExperiment { experiment } => {
                 validate::name("experiment.id", &experiment.id)?;
+                validate::name("experiment.service", &experiment.service)?;
                 validate::text("experiment.salt", &experiment.salt)?;
                 if experiment.variants.is_empty() {
                     return Err(RoutingError::invalid(
@@ -754,6 +768,7 @@ impl RoutingState {
                 let mut entry = self.service_entry(&experiment.service)?;
                 for variant in &experiment.variants {
                     validate::name("experiment.variants.name", &variant.name)?;
+                    validate::name("experiment.variants.version", &variant.version)?;
                     if !entry.knows(&variant.version) {
                         return Err(RoutingError::not_found(
                             Entity::Version,
@@ -771,8 +786,17 @@ impl RoutingState {
                 service,
                 rollout_id,
             } => {
+                validate::name("service", service)?;
+                validate::name("rollout_id", rollout_id)?;
                 let mut entry = self.service_entry(service)?;
+                let before = entry.rollouts.len();
                 entry.rollouts.retain(|r| &r.id != rollout_id);
+                if entry.rollouts.len() == before {
+                    return Err(RoutingError::not_found(
+                        Entity::Rollout,
+                        format!("{service}/{rollout_id}"),
+                    ));
+                }
                 self.services.insert(service.clone(), Arc::new(entry));
                 Ok(Outcome::Done)
             }
@@ -780,8 +804,17 @@ impl RoutingState {
                 service,
                 experiment_id,
             } => {
+                validate::name("service", service)?;
+                validate::name("experiment_id", experiment_id)?;
                 let mut entry = self.service_entry(service)?;
+                let before = entry.experiments.len();
                 entry.experiments.retain(|e| &e.id != experiment_id);
+                if entry.experiments.len() == before {
+                    return Err(RoutingError::not_found(
+                        Entity::Experiment,
+                        format!("{service}/{experiment_id}"),
+                    ));
+                }
                 self.services.insert(service.clone(), Arc::new(entry));
                 Ok(Outcome::Done)
             }
@@ -790,7 +823,8 @@ impl RoutingState {
 
     /// Returns a copy of a service's entry to modify.
     fn service_entry(&self, name: &str) -> Result<ServiceEntry, RoutingError> {
-        self.find_service(name).map(|entry| ServiceEntry::clone(entry))
+        self.find_service(name)
+            .map(|entry| ServiceEntry::clone(entry))
     }
 
     /// Returns the whole state as plain records.
@@ -918,9 +952,12 @@ impl StateDump {
             service: service.clone(),
             force: true,
         });
-        let instances = self.instances.iter().map(|instance| Mutation::RegisterInstance {
-            instance: instance.clone(),
-        });
+        let instances = self
+            .instances
+            .iter()
+            .map(|instance| Mutation::RegisterInstance {
+                instance: instance.clone(),
+            });
         let pins = self.pins.iter().map(|pin| Mutation::SetTenantVersion {
             tenant_id: pin.tenant_id.clone(),
             service: pin.service.clone(),
@@ -948,4 +985,4 @@ impl StateDump {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -81,13 +81,19 @@ pub fn address(field: &str, value: &str) -> Result<(), RoutingError> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     if host.is_empty() || host.len() > 253 {
-        return Err(RoutingError::invalid(field, "host must be 1-253 characters"));
+        return Err(RoutingError::invalid(
+            field,
+            "host must be 1-253 characters",
+        ));
     }
     if !host
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
     {
-        return Err(RoutingError::invalid(field, "host has an invalid character"));
+        return Err(RoutingError::invalid(
+            field,
+            "host has an invalid character",
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
@@ -103,7 +109,7 @@ mod tests {
     fn names() {
         assert!(name("tenant_id", "acme-corp").is_ok());
         assert!(name("version", "v1.2.0-rc.1+build").is_ok());
-        let err = name("tenant_id", "").unwrap_err();
+        let err = name("tenant_id", "").expect_err("an empty name is refused");
         assert_eq!(err.to_string(), "invalid tenant_id: must not be empty");
         assert!(name("service", "a b").is_err());
         assert!(name("service", &"x".repeat(MAX_NAME_LEN + 1)).is_err());

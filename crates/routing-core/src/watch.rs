@@ -9,9 +9,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::Resolution;
 use crate::balance::Pool;
 use crate::state::{RoutingState, Scope, ServiceEntry, TenantEntry};
-use crate::Resolution;
 
 /// The pairs a watcher follows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,15 +122,17 @@ pub fn diff(
 ) -> AssignmentDiff {
     let mut result = AssignmentDiff::default();
     let (tenant_ids, service_names): (Vec<String>, Vec<String>) = match scope {
-        Scope::Everything => (all_tenants(after, filter), all_services(before, after, filter)),
-        Scope::Tenant(id) => (
-            vec![id.clone()],
+        Scope::Everything => (
+            all_tenants(after, filter),
             all_services(before, after, filter),
         ),
+        Scope::Tenant(id) => (vec![id.clone()], all_services(before, after, filter)),
         Scope::Service(name) | Scope::ServiceVersion { service: name, .. } => {
             (all_tenants(after, filter), vec![name.clone()])
         }
-        Scope::Assignment { tenant_id, service } => (vec![tenant_id.clone()], vec![service.clone()]),
+        Scope::Assignment { tenant_id, service } => {
+            (vec![tenant_id.clone()], vec![service.clone()])
+        }
     };
     let service_names: Vec<&String> = service_names
         .iter()
@@ -141,7 +143,9 @@ pub fn diff(
             let old = assignment(before, tenant_id, service);
             let new = assignment(after, tenant_id, service);
             match (old, new) {
-                (Some(_), None) => result.removals.push((tenant_id.clone(), (*service).clone())),
+                (Some(_), None) => result
+                    .removals
+                    .push((tenant_id.clone(), (*service).clone())),
                 (old, Some(new)) => {
                     if !old.is_some_and(|old| old.same_as(&new)) {
                         result.upserts.push(new);
@@ -164,7 +168,11 @@ fn all_tenants(state: &RoutingState, filter: &AssignmentFilter) -> Vec<String> {
         .collect()
 }
 
-fn all_services(before: &RoutingState, after: &RoutingState, filter: &AssignmentFilter) -> Vec<String> {
+fn all_services(
+    before: &RoutingState,
+    after: &RoutingState,
+    filter: &AssignmentFilter,
+) -> Vec<String> {
     let mut names: BTreeSet<String> = before
         .services()
         .chain(after.services())
@@ -173,3 +181,6 @@ fn all_services(before: &RoutingState, after: &RoutingState, filter: &Assignment
     names.retain(|name| filter.wants_service(name));
     names.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use proptest::prelude::*;
+// The model `Strategy` by name; proptest's `Strategy` trait for its methods only.
+use proptest::strategy::Strategy as _;
 
 use super::*;
+use crate::Strategy;
 
 /// A deterministic stream of entropy for repeatable statistical tests.
 struct SplitMix(u64);
@@ -30,7 +33,13 @@ fn instance(id: &str, weight: u32, region: &str, healthy: bool) -> Arc<Instance>
     })
 }
 
-fn pick<'p>(pool: &'p Pool, strategy: Strategy, region: &str, key: &str, rng: &mut SplitMix) -> Option<&'p str> {
+fn pick<'p>(
+    pool: &'p Pool,
+    strategy: Strategy,
+    region: &str,
+    key: &str,
+    rng: &mut SplitMix,
+) -> Option<&'p str> {
     pool.pick(&PickRequest {
         strategy,
         region,
@@ -55,7 +64,11 @@ fn counts(pool: &Pool, strategy: Strategy, picks: usize) -> HashMap<String, usiz
 #[test]
 fn weighted_round_robin_interleaves_five_one_one() {
     let pool = Pool::new(
-        [instance("a", 5, "", true), instance("b", 1, "", true), instance("c", 1, "", true)],
+        [
+            instance("a", 5, "", true),
+            instance("b", 1, "", true),
+            instance("c", 1, "", true),
+        ],
         None,
     );
     let mut rng = SplitMix(1);
@@ -70,7 +83,11 @@ fn weighted_round_robin_interleaves_five_one_one() {
 #[test]
 fn drained_and_unhealthy_instances_are_skipped() {
     let pool = Pool::new(
-        [instance("a", 0, "", true), instance("b", 1, "", false), instance("c", 1, "", true)],
+        [
+            instance("a", 0, "", true),
+            instance("b", 1, "", false),
+            instance("c", 1, "", true),
+        ],
         None,
     );
     for strategy in Strategy::ALL {
@@ -81,7 +98,10 @@ fn drained_and_unhealthy_instances_are_skipped() {
 
 #[test]
 fn no_eligible_instance_gives_none() {
-    let pool = Pool::new([instance("a", 0, "", true), instance("b", 1, "", false)], None);
+    let pool = Pool::new(
+        [instance("a", 0, "", true), instance("b", 1, "", false)],
+        None,
+    );
     assert!(!pool.has_eligible());
     let mut rng = SplitMix(3);
     for strategy in Strategy::ALL {
@@ -107,13 +127,19 @@ fn region_is_preferred_then_fails_over() {
         }
         // No healthy instance in ap: any healthy instance serves.
         let other = pick(&pool, strategy, "ap", "k", &mut rng);
-        assert!(matches!(other, Some("eu-1" | "us-1")), "{strategy}: {other:?}");
+        assert!(
+            matches!(other, Some("eu-1" | "us-1")),
+            "{strategy}: {other:?}"
+        );
     }
 }
 
 #[test]
 fn least_connections_prefers_the_idle_instance() {
-    let pool = Pool::new([instance("a", 1, "", true), instance("b", 1, "", true)], None);
+    let pool = Pool::new(
+        [instance("a", 1, "", true), instance("b", 1, "", true)],
+        None,
+    );
     for _ in 0..10 {
         pool.members()[0].load.start();
     }
@@ -129,7 +155,10 @@ fn least_connections_prefers_the_idle_instance() {
 fn load_survives_a_rebuild() {
     let first = Pool::new([instance("a", 1, "", true)], None);
     first.members()[0].load.start();
-    let second = Pool::new([instance("a", 2, "", true), instance("b", 1, "", true)], Some(&first));
+    let second = Pool::new(
+        [instance("a", 2, "", true), instance("b", 1, "", true)],
+        Some(&first),
+    );
     assert_eq!(second.member("a").map(|m| m.load.in_flight()), Some(1));
     assert_eq!(second.member("b").map(|m| m.load.in_flight()), Some(0));
 }
@@ -146,14 +175,23 @@ fn health_aware_follows_scores() {
 }
 
 fn instances_strategy() -> impl proptest::strategy::Strategy<Value = Vec<Arc<Instance>>> {
-    prop::collection::vec((0u32..6, prop::sample::select(vec!["", "eu", "us"]), any::<bool>()), 1..24)
-        .prop_map(|specs| {
-            specs
-                .into_iter()
-                .enumerate()
-                .map(|(i, (weight, region, healthy))| instance(&format!("i{i:02}"), weight, region, healthy))
-                .collect()
-        })
+    prop::collection::vec(
+        (
+            0u32..6,
+            prop::sample::select(vec!["", "eu", "us"]),
+            any::<bool>(),
+        ),
+        1..24,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (weight, region, healthy))| {
+                instance(&format!("i{i:02}"), weight, region, healthy)
+            })
+            .collect()
+    })
 }
 
 proptest! {
@@ -264,7 +302,9 @@ proptest! {
 
 #[test]
 fn consistent_hash_spreads_keys() {
-    let instances: Vec<_> = (0..4).map(|i| instance(&format!("i{i:02}"), 1, "", true)).collect();
+    let instances: Vec<_> = (0..4)
+        .map(|i| instance(&format!("i{i:02}"), 1, "", true))
+        .collect();
     let pool = Pool::new(instances, None);
     let picked = counts(&pool, Strategy::ConsistentHash, 20_000);
     // 128 points per instance keep each share within roughly 25% of the mean.

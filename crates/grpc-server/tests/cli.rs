@@ -1,0 +1,190 @@
+//! The `greyrouter` binary as a user runs it: `serve` with the example seed, the admin
+//! commands against it, configuration errors, and shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_greyrouter");
+
+fn example_seed() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed.toml")
+}
+
+/// A `greyrouter serve` process on an ephemeral port.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn greyrouter serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("greyrouter listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Served {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.url])
+            .output()
+            .expect("run greyrouter")
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn serves_the_example_seed_and_answers_the_cli() {
+    let seed = example_seed();
+    let server = Served::start(&["--seed", seed.to_str().expect("utf-8 path")]);
+
+    let routed = stdout(&server.cli(&[
+        "route",
+        "--tenant",
+        "acme-corp",
+        "--service",
+        "user-service",
+        "--output",
+        "json",
+    ]));
+    let routed: serde_json::Value = serde_json::from_str(&routed).expect("json");
+    assert_eq!(routed["version"], "v2.0");
+    assert_eq!(routed["source"], "pin");
+
+    let table = stdout(&server.cli(&["route", "--tenant", "globex", "--service", "user-service"]));
+    assert!(table.starts_with("INSTANCE"), "{table}");
+    assert!(
+        table.contains("v1.0") && table.contains("default"),
+        "{table}"
+    );
+
+    stdout(&server.cli(&[
+        "tenant",
+        "set-version",
+        "globex",
+        "user-service",
+        "v2.0",
+        "--expect",
+        "v1.0",
+    ]));
+    let shown = stdout(&server.cli(&["tenant", "show", "globex", "--output", "json"]));
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    let user = shown["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["service"] == "user-service"))
+        .cloned()
+        .expect("user-service");
+    assert_eq!(user["version"], "v2.0");
+    assert_eq!(user["source"], "pin");
+
+    let refused = server.cli(&[
+        "tenant",
+        "set-version",
+        "globex",
+        "user-service",
+        "v1.0",
+        "--expect",
+        "v1.0",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Aborted"));
+
+    let rollback =
+        stdout(&server.cli(&["rollback", "user-service", "--from", "v2.0", "--to", "v1.0"]));
+    assert!(rollback.contains("moved 2 tenant(s)"), "{rollback}");
+
+    stdout(&server.cli(&[
+        "instance",
+        "register",
+        "--service",
+        "order-service",
+        "--version",
+        "v1.2",
+        "--id",
+        "order-v12-3",
+        "--address",
+        "10.0.3.12:8080",
+    ]));
+    let instances = stdout(&server.cli(&["instance", "list", "order-service", "--output", "json"]));
+    let instances: serde_json::Value = serde_json::from_str(&instances).expect("json");
+    assert_eq!(instances.as_array().map(Vec::len), Some(3));
+
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM should shut down cleanly: {status:?}"
+    );
+}
+
+#[test]
+fn configuration_errors_exit_64_before_listening() {
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--store",
+            "nowhere://x",
+        ])
+        .env("GREYROUTER_WATCH_HISTORY", "many")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("store"), "{stderr}");
+    assert!(stderr.contains("GREYROUTER_WATCH_HISTORY"), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing was served");
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let output = Command::new(BIN)
+        .args(["tenant", "list", "--server", "http://127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+}
