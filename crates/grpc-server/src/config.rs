@@ -165,10 +165,10 @@ impl Config {
             None => Config::default(),
         };
         for (var, _) in ENV_VARS {
-            if let Some(value) = env.get(*var) {
-                if let Err(problem) = config.set_from_env(var, value) {
-                    problems.push(format!("{var}={value:?}: {problem}"));
-                }
+            if let Some(value) = env.get(*var)
+                && let Err(problem) = config.set_from_env(var, value)
+            {
+                problems.push(format!("{var}={value:?}: {problem}"));
             }
         }
         if let Some(addr) = flags.grpc_addr {

@@ -8,7 +8,7 @@
 //!
 //! The states are built once per benchmark, lazily, so a filtered run builds only what it
 //! measures; each build reports its time on stderr. The state shape:
-//! - `services` services `svc-00`..; default version `v2`, versions `v1`, `v2`, `v3`;
+//! - [`SERVICES`] services `svc-00`..; default version `v2`, versions `v1`, `v2`, `v3`;
 //!   strategies cycle through [`Strategy::ALL`] (service `i` uses `ALL[i % 6]`);
 //! - 4 instances per version: weights 1, 2, 3, 1; health 100, 90, 80, 70; two in `eu-west`,
 //!   two in `us-east`;
