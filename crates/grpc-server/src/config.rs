@@ -309,6 +309,14 @@ mod tests {
     }
 
     #[test]
+    fn deployed_example_is_the_default() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/greyrouter.toml");
+        let config = Config::load(Some(&file), &BTreeMap::new(), Overrides::default())
+            .expect("deploy/greyrouter.toml is valid");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("typo.toml");
