@@ -79,9 +79,15 @@ impl Replica {
         }))
     }
 
-    /// Returns the current state.
+    /// Returns the current state, to keep.
     pub fn current(&self) -> Arc<RoutingState> {
         self.current.load_full()
+    }
+
+    /// Returns the current state for a short read (no reference-count traffic: the `Route`
+    /// path).
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<RoutingState>> {
+        self.current.load()
     }
 
     /// Returns the store.

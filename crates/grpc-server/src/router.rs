@@ -82,7 +82,7 @@ impl Router for RouterService {
             convert::strategy("strategy", request.strategy)
         };
         let strategy = check().map_err(|e| status::routing(&e))?;
-        let state = self.replica.current();
+        let state = self.replica.snapshot();
         let decision = state
             .route(&RouteQuery {
                 tenant_id: &request.tenant_id,

@@ -859,7 +859,53 @@ impl RoutingState {
     /// Rebuilds a state from plain records, checking every record.
     pub fn from_dump(dump: &StateDump) -> Result<RoutingState, RoutingError> {
         let mut state = RoutingState::default();
-        for mutation in dump.mutations() {
+        let services = dump.services.iter().map(|service| Mutation::UpsertService {
+            service: service.clone(),
+            force: true,
+        });
+        let instances = dump.instances.iter().map(|instance| Mutation::RegisterInstance {
+            instance: instance.clone(),
+        });
+        for mutation in services.chain(instances) {
+            state.apply_in_place(&mutation)?;
+        }
+        // Tenants go in with all their pins at once: one insert per tenant, not one per pin.
+        let mut pins: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+        for pin in &dump.pins {
+            validate::name("pin.service", &pin.service)?;
+            validate::name("pin.version", &pin.version)?;
+            let service = state.find_service(&pin.service)?;
+            if !service.knows(&pin.version) {
+                return Err(RoutingError::not_found(
+                    Entity::Version,
+                    format!("{}/{}", pin.service, pin.version),
+                ));
+            }
+            pins.entry(pin.tenant_id.as_str())
+                .or_default()
+                .insert(pin.service.clone(), pin.version.clone());
+        }
+        for tenant in &dump.tenants {
+            validate_tenant(tenant)?;
+            let entry = TenantEntry {
+                tenant: tenant.clone(),
+                pins: pins.remove(tenant.id.as_str()).unwrap_or_default(),
+            };
+            state.tenants.insert(tenant.id.clone(), Arc::new(entry));
+        }
+        if let Some(tenant_id) = pins.keys().next() {
+            return Err(RoutingError::not_found(Entity::Tenant, *tenant_id));
+        }
+        let rollouts = dump.rollouts.iter().map(|rollout| Mutation::UpsertRollout {
+            rollout: rollout.clone(),
+        });
+        let experiments = dump
+            .experiments
+            .iter()
+            .map(|experiment| Mutation::UpsertExperiment {
+                experiment: experiment.clone(),
+            });
+        for mutation in rollouts.chain(experiments) {
             state.apply_in_place(&mutation)?;
         }
         let mut overrides: Vec<&Override> = dump.overrides.iter().collect();
