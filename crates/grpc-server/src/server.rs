@@ -3,15 +3,17 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use greyrouter_proto::v1::admin_server::AdminServer;
 use greyrouter_proto::v1::router_server::RouterServer;
 use greyrouter_store::{MemoryStore, Store};
+use redis_store::RedisStore;
 use routing_core::StateDump;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::config::Config;
@@ -29,7 +31,7 @@ pub struct App {
 impl App {
     /// Opens the configured store, loads the state and applies the seed file to an empty store.
     pub async fn start(config: Config) -> anyhow::Result<App> {
-        let store = open_store(&config.store)?;
+        let store = open_store(&config).await?;
         let replica = Replica::load(store, config.watch.history)
             .await
             .context("cannot load routing state from the store")?;
@@ -91,6 +93,11 @@ impl App {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RouterServer<RouterService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
+        let health_task = tokio::spawn(watch_store_health(
+            Arc::clone(self.replica.store()),
+            health.clone(),
+            Duration::from_millis(self.config.health_interval_ms),
+        ));
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(greyrouter_proto::FILE_DESCRIPTOR_SET)
@@ -115,20 +122,67 @@ impl App {
             .add_service(
                 AdminServer::new(admin).max_decoding_message_size(limits.max_request_bytes),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                // Small replies must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
             .context("gRPC server failed");
         self.follower.abort();
+        health_task.abort();
         tracing::info!("stopped");
         result
     }
 }
 
 /// Opens the store a configuration names.
-fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Store>> {
-    match spec {
-        "memory" | "memory://" => Ok(Arc::new(MemoryStore::default())),
-        other => anyhow::bail!("unsupported store '{other}'"),
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.uses_redis() {
+        let store = RedisStore::connect(config.redis_config())
+            .await
+            .context("cannot open the Redis store")?;
+        return Ok(Arc::new(store));
+    }
+    Ok(Arc::new(MemoryStore::default()))
+}
+
+/// Reports the Admin service (writes) as serving only while the store answers; routing keeps
+/// serving from the replica whatever the store does.
+async fn watch_store_health(
+    store: Arc<dyn Store>,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+) {
+    let mut serving = true;
+    loop {
+        let ok = match tokio::time::timeout(interval, store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                if serving {
+                    tracing::warn!(%err, "store unavailable: writes fail, routing continues from the replica");
+                }
+                false
+            }
+            Err(_) => {
+                if serving {
+                    tracing::warn!(
+                        "store does not answer: writes fail, routing continues from the replica"
+                    );
+                }
+                false
+            }
+        };
+        if ok != serving {
+            serving = ok;
+            if ok {
+                tracing::info!("store available again");
+                health.set_serving::<AdminServer<AdminService>>().await;
+            } else {
+                health.set_not_serving::<AdminServer<AdminService>>().await;
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -9,7 +9,8 @@
 //! - the store holds the authoritative state and a log of [`Change`]s, each a
 //!   [`Mutation`] with the revision it produced, one revision per change, without gaps;
 //! - [`Store::commit`] validates and applies a mutation atomically (compare-and-set included),
-//!   so two routers racing on the same tenant cannot both win;
+//!   so two routers racing on the same tenant cannot both win; a store that validates against
+//!   the caller's copy refuses a stale copy with [`StoreError::Conflict`];
 //! - a router loads a consistent snapshot with [`Store::load`], then follows
 //!   [`Store::changes_after`] from that revision, applying each change to its own copy with
 //!   [`RoutingState::apply`]; being deterministic, the copies stay identical. When the log no
@@ -61,6 +62,13 @@ pub enum StoreError {
         /// Changes are kept only after this revision.
         oldest: Revision,
     },
+    /// The state the caller validated against is no longer the latest: another router
+    /// committed first. Catch up to `current` and try again.
+    #[error("another change was committed first (store at revision {current})")]
+    Conflict {
+        /// The store's revision.
+        current: Revision,
+    },
     /// The store holds data this router cannot read.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
@@ -73,7 +81,11 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self) -> Result<RoutingState, StoreError>;
 
     /// Validates and applies a mutation atomically, appending it to the change log.
-    async fn commit(&self, mutation: Mutation) -> Result<Commit, StoreError>;
+    ///
+    /// `base` is the caller's copy of the state. A store may validate against it and refuse
+    /// with [`StoreError::Conflict`] when it is not the latest (optimistic concurrency), or
+    /// validate against its own latest state and ignore it.
+    async fn commit(&self, base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError>;
 
     /// Returns up to `limit` changes after revision `after`, in revision order, waiting up to
     /// `wait` for the first one (an empty list when none came).

@@ -74,7 +74,9 @@ impl Store for MemoryStore {
         Ok(self.lock().state.clone())
     }
 
-    async fn commit(&self, mutation: Mutation) -> Result<Commit, StoreError> {
+    /// Validates against the store's own latest state (always current here), so `base` is not
+    /// needed and no conflict arises.
+    async fn commit(&self, _base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError> {
         let revision = {
             let mut inner = self.lock();
             let (state, outcome) = inner.state.apply(&mutation)?;
@@ -128,7 +130,10 @@ mod tests {
         let store = MemoryStore::new(2);
         for i in 0..4 {
             store
-                .commit(crate::suite::tenant(&format!("t{i}")))
+                .commit(
+                    &RoutingState::default(),
+                    crate::suite::tenant(&format!("t{i}")),
+                )
                 .await
                 .expect("commit");
         }
@@ -137,7 +142,13 @@ mod tests {
             .await
             .expect_err("log holds only revisions 3 and 4");
         assert!(
-            matches!(err, StoreError::Compacted { requested: 0, oldest: 2 }),
+            matches!(
+                err,
+                StoreError::Compacted {
+                    requested: 0,
+                    oldest: 2
+                }
+            ),
             "{err:?}"
         );
         let kept = store

@@ -22,7 +22,8 @@ macro_rules! store_suite {
             changes_are_followed_in_order,
             waiting_follower_wakes_on_commit,
             load_matches_a_follower,
-            emergency_rollback_is_one_change);
+            emergency_rollback_is_one_change,
+            stale_copies_never_overwrite_newer_changes);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -90,8 +91,23 @@ fn pin(tenant_id: &str, version: &str, expected: Option<&str>) -> Mutation {
     }
 }
 
+/// Commits like a router does: validates against a freshly loaded copy, and on a conflict
+/// (another committer was first) loads again and retries.
+pub async fn try_commit(
+    store: &dyn Store,
+    mutation: Mutation,
+) -> Result<crate::Commit, StoreError> {
+    loop {
+        let base = store.load().await?;
+        match store.commit(&base, mutation.clone()).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => return other,
+        }
+    }
+}
+
 async fn commit(store: &dyn Store, mutation: Mutation) -> crate::Commit {
-    match store.commit(mutation.clone()).await {
+    match try_commit(store, mutation.clone()).await {
         Ok(commit) => commit,
         Err(err) => panic!("commit of {mutation:?} failed: {err}"),
     }
@@ -122,8 +138,7 @@ pub async fn revisions_count_every_change(store: &dyn Store) {
 pub async fn rejected_changes_leave_no_trace(store: &dyn Store) {
     populate(store, 1).await;
     let before = store.load().await.expect("load").dump();
-    let err = store
-        .commit(pin("nobody", "v2", None))
+    let err = try_commit(store, pin("nobody", "v2", None))
         .await
         .expect_err("unknown tenant");
     assert!(
@@ -148,8 +163,8 @@ pub async fn rejected_changes_leave_no_trace(store: &dyn Store) {
 pub async fn compare_and_set_admits_one_winner(store: &dyn Store) {
     populate(store, 1).await;
     let (first, second) = tokio::join!(
-        store.commit(pin("t0", "v2", Some("v1"))),
-        store.commit(pin("t0", "v2", Some("v1")))
+        try_commit(store, pin("t0", "v2", Some("v1"))),
+        try_commit(store, pin("t0", "v2", Some("v1")))
     );
     let wins = [&first, &second].iter().filter(|r| r.is_ok()).count();
     assert_eq!(wins, 1, "{first:?} {second:?}");
@@ -172,7 +187,10 @@ pub async fn changes_are_followed_in_order(store: &dyn Store) {
         .changes_after(0, 100, Duration::ZERO)
         .await
         .expect("changes");
-    assert_eq!(all.iter().map(|c| c.revision).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        all.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
     assert_eq!(
         all.iter().map(|c| c.mutation.clone()).collect::<Vec<_>>(),
         mutations
@@ -251,4 +269,23 @@ pub async fn emergency_rollback_is_one_change(store: &dyn Store) {
         let resolution = state.resolve(&format!("t{i}"), "api").expect("resolve");
         assert_eq!(resolution.version, "v1", "t{i}");
     }
+}
+
+/// A change validated against an old copy never undoes a newer one: the store either
+/// validates against its latest state or refuses with a conflict.
+pub async fn stale_copies_never_overwrite_newer_changes(store: &dyn Store) {
+    populate(store, 1).await;
+    let stale = store.load().await.expect("load");
+    commit(store, pin("t0", "v2", Some("v1"))).await;
+    match store.commit(&stale, pin("t0", "v2", Some("v1"))).await {
+        Err(StoreError::Conflict { current }) => {
+            assert_eq!(current, stale.revision() + 1);
+        }
+        Err(StoreError::Rejected(RoutingError::VersionMismatch { current, .. })) => {
+            assert_eq!(current, "v2");
+        }
+        other => panic!("a stale compare-and-set must not succeed: {other:?}"),
+    }
+    let state = store.load().await.expect("load");
+    assert_eq!(state.revision(), stale.revision() + 1);
 }

@@ -1,0 +1,414 @@
+//! The command line: `greyrouter-load seed` and `greyrouter-load run`, turned into
+//! [`SeedConfig`] and [`RunConfig`] and carried out on a tokio runtime.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::distribution::Distribution;
+use crate::duration::parse_duration;
+use crate::error::Error;
+use crate::keyspace::KeyspaceSpec;
+use crate::run::{Rpc, RunConfig, Stop, run};
+use crate::seed::{SeedConfig, seed};
+use crate::summary::Checks;
+
+/// Exit status when a check (`--max-p99-ms`, `--fail-on-error`) fails.
+pub const EXIT_CHECK_FAILED: u8 = 1;
+/// Exit status for a bad setting (clap uses the same for bad flags).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the target cannot be reached or a seeding call fails (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// greyrouter-load: seeds a greyrouter server and measures it under load.
+#[derive(Debug, Parser)]
+#[command(name = "greyrouter-load", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sends requests and reports throughput, errors and latency percentiles.
+    Run(RunArgs),
+    /// Creates the services, instances and tenants a run asks for, through Admin (upserts).
+    Seed(SeedArgs),
+}
+
+/// The tenants and services, shared by `seed` and `run` so that they name the same keys.
+#[derive(Debug, Clone, Args)]
+pub struct KeyspaceArgs {
+    /// Server to load.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Number of tenants.
+    #[arg(long, default_value_t = 10_000)]
+    pub tenants: usize,
+    /// Number of services.
+    #[arg(long, default_value_t = 20)]
+    pub services: usize,
+    /// Tenant ids are this prefix and a number from 0.
+    #[arg(long, default_value = "tenant-")]
+    pub tenant_prefix: String,
+    /// Service names are this prefix and a number from 0.
+    #[arg(long, default_value = "service-")]
+    pub service_prefix: String,
+}
+
+impl KeyspaceArgs {
+    fn spec(&self) -> KeyspaceSpec {
+        KeyspaceSpec {
+            tenants: self.tenants,
+            services: self.services,
+            tenant_prefix: self.tenant_prefix.clone(),
+            service_prefix: self.service_prefix.clone(),
+        }
+    }
+}
+
+/// How tenants are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DistributionKind {
+    /// Every tenant equally often.
+    Uniform,
+    /// Tenant i (from 0) with probability proportional to 1/(i+1)^s.
+    Zipf,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Server and keys.
+    #[command(flatten)]
+    pub keyspace: KeyspaceArgs,
+    /// Method to call.
+    #[arg(long, value_enum, default_value_t = Rpc::Route)]
+    pub rpc: Rpc,
+    /// Workers, each with one request in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Separate HTTP/2 connections; workers are spread over them round-robin.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Stop after this many recorded requests.
+    #[arg(long, conflicts_with = "duration")]
+    pub requests: Option<u64>,
+    /// Stop after this long (after the warm-up), e.g. 10s, 500ms, 2m [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Send unrecorded requests for this long first.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// How tenants are chosen (services are always uniform).
+    #[arg(long, value_enum, default_value_t = DistributionKind::Uniform)]
+    pub distribution: DistributionKind,
+    /// Exponent of the Zipf distribution (0 is uniform; larger is more skewed).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Deadline of each call.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Seed of the key choice: equal seeds replay the same keys.
+    #[arg(long, default_value_t = 1)]
+    pub rng_seed: u64,
+    /// Runtime worker threads [default: one per available core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 when the p99 latency exceeds this many milliseconds.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Exit with status 1 when any request failed.
+    #[arg(long)]
+    pub fail_on_error: bool,
+}
+
+impl RunArgs {
+    /// Returns the run these flags describe.
+    pub fn config(&self) -> RunConfig {
+        RunConfig {
+            target: self.keyspace.target.clone(),
+            rpc: self.rpc,
+            concurrency: self.concurrency,
+            connections: self.connections,
+            stop: match (self.requests, self.duration) {
+                (Some(requests), _) => Stop::Requests(requests),
+                (None, Some(duration)) => Stop::Duration(duration),
+                (None, None) => Stop::Duration(Duration::from_secs(10)),
+            },
+            warmup: self.warmup,
+            keyspace: self.keyspace.spec(),
+            distribution: match self.distribution {
+                DistributionKind::Uniform => Distribution::Uniform,
+                DistributionKind::Zipf => Distribution::Zipf { s: self.zipf_s },
+            },
+            timeout: self.timeout,
+            rng_seed: self.rng_seed,
+        }
+    }
+
+    /// Returns the checks these flags ask for, or why `--max-p99-ms` is unusable.
+    pub fn checks(&self) -> Result<Checks, Error> {
+        let max_p99 = self
+            .max_p99_ms
+            .map(|ms| {
+                Duration::try_from_secs_f64(ms / 1e3).map_err(|_| Error::InvalidConfig {
+                    field: "--max-p99-ms",
+                    reason: format!("{ms} is not a number of milliseconds >= 0"),
+                })
+            })
+            .transpose()?;
+        Ok(Checks {
+            max_p99,
+            fail_on_error: self.fail_on_error,
+        })
+    }
+}
+
+/// Flags of `seed`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    /// Server and keys.
+    #[command(flatten)]
+    pub keyspace: KeyspaceArgs,
+    /// Versions of every service, comma-separated; the first is the default.
+    #[arg(long, value_delimiter = ',', default_value = "v1")]
+    pub versions: Vec<String>,
+    /// Instances registered per version of each service.
+    #[arg(long, default_value_t = 4)]
+    pub instances: usize,
+    /// Most Admin calls in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Separate HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Deadline of each call.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SeedArgs {
+    /// Returns the seed these flags describe.
+    pub fn config(&self) -> SeedConfig {
+        SeedConfig {
+            target: self.keyspace.target.clone(),
+            keyspace: self.keyspace.spec(),
+            versions: self.versions.clone(),
+            instances_per_version: self.instances,
+            concurrency: self.concurrency,
+            connections: self.connections,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Carries out a parsed command line; returns the process's exit status.
+pub fn execute(cli: Cli) -> ExitCode {
+    let threads = match &cli.command {
+        Command::Run(args) => args.threads,
+        Command::Seed(_) => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("greyrouter-load: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => execute_run(&args).await,
+            Command::Seed(args) => execute_seed(&args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("greyrouter-load: {}", crate::error::chain(&err));
+            ExitCode::from(match err {
+                Error::InvalidConfig { .. } | Error::InvalidTarget { .. } => EXIT_USAGE,
+                Error::Connect { .. } | Error::Seed { .. } => EXIT_UNAVAILABLE,
+                Error::Worker(_) => 1,
+            })
+        }
+    }
+}
+
+async fn execute_seed(args: &SeedArgs) -> Result<ExitCode, Error> {
+    let report = seed(&args.config()).await?;
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => unreachable!("a seed report always serializes: {err}"),
+        }
+    } else {
+        println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn execute_run(args: &RunArgs) -> Result<ExitCode, Error> {
+    let checks = args.checks()?;
+    let config = args.config();
+    config.validate()?;
+    let stop = match config.stop {
+        Stop::Requests(n) => format!("{n} requests"),
+        Stop::Duration(d) => crate::duration::HumanDuration(d).to_string(),
+    };
+    eprintln!(
+        "greyrouter-load: {} on {} for {stop} after a {} warm-up, {} workers over {} connections",
+        config.rpc,
+        config.target,
+        crate::duration::HumanDuration(config.warmup),
+        config.concurrency,
+        config.connections
+    );
+    let mut summary = run(&config).await?;
+    summary.violations = checks.violations(&summary);
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{summary}");
+    }
+    for violation in &summary.violations {
+        eprintln!("greyrouter-load: check failed: {violation}");
+    }
+    Ok(if summary.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CHECK_FAILED)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("greyrouter-load").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_match_the_documentation() {
+        let Command::Run(args) = parse(&["run"]).command else {
+            panic!("run expected")
+        };
+        let config = args.config();
+        assert_eq!(config, RunConfig::default());
+        assert_eq!(args.checks().expect("checks"), Checks::default());
+    }
+
+    #[test]
+    fn run_flags_reach_the_config() {
+        let Command::Run(args) = parse(&[
+            "run",
+            "--target",
+            "http://127.0.0.1:50061",
+            "--requests",
+            "2000",
+            "--concurrency",
+            "8",
+            "--connections",
+            "2",
+            "--warmup",
+            "500ms",
+            "--distribution",
+            "zipf",
+            "--zipf-s",
+            "1.2",
+            "--tenants",
+            "50",
+            "--services",
+            "3",
+            "--tenant-prefix",
+            "t",
+            "--max-p99-ms",
+            "2.5",
+            "--fail-on-error",
+            "--json",
+        ])
+        .command
+        else {
+            panic!("run expected")
+        };
+        let config = args.config();
+        assert_eq!(config.target, "http://127.0.0.1:50061");
+        assert_eq!(config.stop, Stop::Requests(2000));
+        assert_eq!((config.concurrency, config.connections), (8, 2));
+        assert_eq!(config.warmup, Duration::from_millis(500));
+        assert_eq!(config.distribution, Distribution::Zipf { s: 1.2 });
+        assert_eq!(config.keyspace.tenant_id(3), "t3");
+        assert_eq!(config.keyspace.services, 3);
+        let checks = args.checks().expect("checks");
+        assert_eq!(checks.max_p99, Some(Duration::from_micros(2500)));
+        assert!(checks.fail_on_error && args.json);
+    }
+
+    #[test]
+    fn requests_and_duration_exclude_each_other() {
+        let err = Cli::try_parse_from([
+            "greyrouter-load",
+            "run",
+            "--requests",
+            "10",
+            "--duration",
+            "1s",
+        ])
+        .expect_err("conflict");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = Cli::try_parse_from(["greyrouter-load", "run", "--duration", "10"])
+            .expect_err("no unit");
+        assert!(err.to_string().contains("missing unit"), "{err}");
+    }
+
+    #[test]
+    fn seed_defaults_match_the_documentation() {
+        let Command::Seed(args) = parse(&["seed"]).command else {
+            panic!("seed expected")
+        };
+        assert_eq!(args.config(), SeedConfig::default());
+        let Command::Seed(args) =
+            parse(&["seed", "--versions", "v1,v2", "--instances", "2"]).command
+        else {
+            panic!("seed expected")
+        };
+        assert_eq!(args.config().versions, ["v1", "v2"]);
+        assert_eq!(args.config().instances_per_version, 2);
+    }
+
+    #[test]
+    fn a_negative_p99_bound_is_refused() {
+        let Command::Run(args) = parse(&["run", "--max-p99-ms=-1"]).command else {
+            panic!("run expected")
+        };
+        assert!(matches!(
+            args.checks(),
+            Err(Error::InvalidConfig {
+                field: "--max-p99-ms",
+                ..
+            })
+        ));
+    }
+}

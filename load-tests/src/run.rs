@@ -1,0 +1,358 @@
+//! The load itself: `concurrency` workers, each with one request in flight (a closed loop),
+//! spread round-robin over `connections` HTTP/2 connections.
+//!
+//! The hot path of a worker is: draw a tenant and a service from its own RNG, clone two
+//! prebuilt strings into the request, read the clock, await the call, read the clock, record
+//! into its own histogram. The only shared write is one relaxed `fetch_add` per request in
+//! `--requests` mode; there are no locks. Tallies are merged after every worker has finished.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use greyrouter_proto::v1 as pb;
+use greyrouter_proto::v1::router_client::RouterClient;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::connection::connect;
+use crate::cpu;
+use crate::distribution::{Distribution, Sampler};
+use crate::error::Error;
+use crate::keyspace::KeyspaceSpec;
+use crate::rng::SplitMix64;
+use crate::summary::{CpuUsage, Summary};
+use crate::tally::Tally;
+
+/// The method a run calls. A new method adds a variant here, one to the private `Call` enum,
+/// and its arm in `Shared::prepare` and in the worker loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Rpc {
+    /// `greyrouter.v1.Router/Route`.
+    #[default]
+    Route,
+}
+
+impl fmt::Display for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rpc::Route => f.write_str("route"),
+        }
+    }
+}
+
+/// When a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// After this many recorded requests (warm-up requests not counted).
+    Requests(u64),
+    /// After this long from the end of the warm-up; calls in flight then still complete.
+    Duration(Duration),
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Server URI, e.g. `http://127.0.0.1:50051`.
+    pub target: String,
+    /// The method called.
+    pub rpc: Rpc,
+    /// Workers, each with one request in flight.
+    pub concurrency: usize,
+    /// Separate HTTP/2 connections; worker `w` uses connection `w % connections`.
+    pub connections: usize,
+    /// When the run ends.
+    pub stop: Stop,
+    /// Time spent sending requests that are not recorded, before the run proper.
+    pub warmup: Duration,
+    /// Tenants and services asked for.
+    pub keyspace: KeyspaceSpec,
+    /// How tenants are chosen (services are chosen uniformly).
+    pub distribution: Distribution,
+    /// Deadline of each call.
+    pub timeout: Duration,
+    /// Seed of the workers' generators: equal seeds ask for the same keys in the same order.
+    pub rng_seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            target: "http://127.0.0.1:50051".to_owned(),
+            rpc: Rpc::Route,
+            concurrency: 32,
+            connections: 4,
+            stop: Stop::Duration(Duration::from_secs(10)),
+            warmup: Duration::from_secs(2),
+            keyspace: KeyspaceSpec::default(),
+            distribution: Distribution::Uniform,
+            timeout: Duration::from_secs(10),
+            rng_seed: 1,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Checks every setting, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |field, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.concurrency == 0 {
+            return invalid("--concurrency", "must be at least 1");
+        }
+        if self.connections == 0 {
+            return invalid("--connections", "must be at least 1");
+        }
+        if self.connections > self.concurrency {
+            return invalid(
+                "--connections",
+                "must not exceed --concurrency (a connection without a worker is idle)",
+            );
+        }
+        if self.keyspace.tenants == 0 {
+            return invalid("--tenants", "must be at least 1");
+        }
+        if self.keyspace.services == 0 {
+            return invalid("--services", "must be at least 1");
+        }
+        if let Distribution::Zipf { s } = self.distribution
+            && !(s.is_finite() && s >= 0.0)
+        {
+            return invalid("--zipf-s", "must be a finite number >= 0");
+        }
+        match self.stop {
+            Stop::Requests(0) => return invalid("--requests", "must be at least 1"),
+            Stop::Duration(d) if d.is_zero() => {
+                return invalid("--duration", "must be longer than 0s");
+            }
+            _ => {}
+        }
+        if self.timeout.is_zero() {
+            return invalid("--timeout", "must be longer than 0s");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the load described by `config` and returns what it measured. Failed calls are counted
+/// in the summary; an error means the run could not take place (bad settings, no connection).
+pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
+    config.validate()?;
+    let channels = connect(&config.target, config.connections, config.timeout).await?;
+    let keyspace = config.keyspace.build();
+
+    let start = Instant::now();
+    let record_from = start + config.warmup;
+    let shared = Arc::new(Shared {
+        rpc: config.rpc,
+        tenant_sampler: Sampler::new(config.distribution, keyspace.tenants.len()),
+        service_sampler: Sampler::new(Distribution::Uniform, keyspace.services.len()),
+        tenants: keyspace.tenants,
+        services: keyspace.services,
+        record_from,
+        end: match config.stop {
+            Stop::Requests(limit) => End::Requests {
+                limit,
+                issued: AtomicU64::new(0),
+            },
+            Stop::Duration(duration) => End::Deadline(record_from + duration),
+        },
+    });
+
+    let mut workers = JoinSet::new();
+    for index in 0..config.concurrency {
+        let channel = channels[index % channels.len()].clone();
+        let rng = SplitMix64::for_stream(config.rng_seed, index as u64);
+        workers.spawn(worker(Arc::clone(&shared), channel, rng));
+    }
+
+    tokio::time::sleep_until(record_from.into()).await;
+    let cpu_before = cpu::process_cpu_time();
+    let mut tally = Tally::new();
+    while let Some(done) = workers.join_next().await {
+        tally.merge(done?);
+    }
+    let elapsed = record_from.elapsed();
+    let cpu_after = cpu::process_cpu_time();
+
+    let generator_cpu = cpu_before.zip(cpu_after).map(|(before, after)| {
+        let seconds = after.saturating_sub(before).as_secs_f64();
+        CpuUsage {
+            seconds,
+            cores: seconds / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+            available_cores: std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    });
+    Ok(Summary::new(config, &tally, elapsed, generator_cpu))
+}
+
+/// State every worker reads; only `End::Requests::issued` is written.
+struct Shared {
+    rpc: Rpc,
+    tenants: Vec<String>,
+    services: Vec<String>,
+    tenant_sampler: Sampler,
+    service_sampler: Sampler,
+    record_from: Instant,
+    end: End,
+}
+
+enum End {
+    Requests { limit: u64, issued: AtomicU64 },
+    Deadline(Instant),
+}
+
+/// A request ready to send.
+enum Call {
+    Route(pb::RouteRequest),
+}
+
+impl Shared {
+    /// Returns the next request, with keys drawn from `rng`.
+    #[inline]
+    fn prepare(&self, rng: &mut SplitMix64) -> Call {
+        match self.rpc {
+            Rpc::Route => {
+                let tenant = &self.tenants[self.tenant_sampler.sample(rng)];
+                let service = &self.services[self.service_sampler.sample(rng)];
+                Call::Route(pb::RouteRequest {
+                    tenant_id: tenant.clone(),
+                    service: service.clone(),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    /// Returns whether a recorded request starting at `now` may be sent.
+    #[inline]
+    fn admit(&self, now: Instant) -> bool {
+        match &self.end {
+            End::Requests { limit, issued } => issued.fetch_add(1, Ordering::Relaxed) < *limit,
+            End::Deadline(deadline) => now < *deadline,
+        }
+    }
+}
+
+/// Sends requests one after another until the run ends; returns what it recorded.
+async fn worker(shared: Arc<Shared>, channel: Channel, mut rng: SplitMix64) -> Tally {
+    let mut router = RouterClient::new(channel);
+    let mut tally = Tally::new();
+    loop {
+        let call = shared.prepare(&mut rng);
+        let started = Instant::now();
+        let recorded = started >= shared.record_from;
+        if recorded && !shared.admit(started) {
+            break;
+        }
+        let result = match call {
+            Call::Route(request) => router.route(request).await.map(drop),
+        };
+        if !recorded {
+            tally.warmup += 1;
+            continue;
+        }
+        match result {
+            Ok(()) => tally.record_ok(started.elapsed()),
+            Err(status) => tally.record_error(&status),
+        }
+    }
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RunConfig::default().validate().expect("valid");
+    }
+
+    #[test]
+    fn names_the_bad_setting() {
+        let cases = [
+            (
+                RunConfig {
+                    concurrency: 0,
+                    ..RunConfig::default()
+                },
+                "--concurrency",
+            ),
+            (
+                RunConfig {
+                    concurrency: 2,
+                    connections: 4,
+                    ..RunConfig::default()
+                },
+                "--connections",
+            ),
+            (
+                RunConfig {
+                    distribution: Distribution::Zipf { s: -1.0 },
+                    ..RunConfig::default()
+                },
+                "--zipf-s",
+            ),
+            (
+                RunConfig {
+                    stop: Stop::Requests(0),
+                    ..RunConfig::default()
+                },
+                "--requests",
+            ),
+            (
+                RunConfig {
+                    stop: Stop::Duration(Duration::ZERO),
+                    ..RunConfig::default()
+                },
+                "--duration",
+            ),
+        ];
+        for (config, flag) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, flag),
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_name_keys_of_the_keyspace() {
+        let keyspace = KeyspaceSpec {
+            tenants: 50,
+            services: 3,
+            ..KeyspaceSpec::default()
+        }
+        .build();
+        let shared = Shared {
+            rpc: Rpc::Route,
+            tenant_sampler: Sampler::new(Distribution::Zipf { s: 1.0 }, 50),
+            service_sampler: Sampler::new(Distribution::Uniform, 3),
+            tenants: keyspace.tenants.clone(),
+            services: keyspace.services.clone(),
+            record_from: Instant::now(),
+            end: End::Requests {
+                limit: 2,
+                issued: AtomicU64::new(0),
+            },
+        };
+        let mut rng = SplitMix64::new(9);
+        for _ in 0..100 {
+            let Call::Route(request) = shared.prepare(&mut rng);
+            assert!(keyspace.tenants.contains(&request.tenant_id));
+            assert!(keyspace.services.contains(&request.service));
+        }
+        let now = Instant::now();
+        assert!(shared.admit(now));
+        assert!(shared.admit(now));
+        assert!(!shared.admit(now), "the third request is over the limit");
+    }
+}

@@ -1,0 +1,225 @@
+//! Seeds and loads a real greyrouter server started in this process on 127.0.0.1:0.
+
+use std::time::Duration;
+
+use greyrouter::config::Config;
+use greyrouter::server::App;
+use greyrouter_load::distribution::Distribution;
+use greyrouter_load::keyspace::KeyspaceSpec;
+use greyrouter_load::run::{RunConfig, Stop, run};
+use greyrouter_load::seed::{SeedConfig, seed};
+use greyrouter_load::summary::Checks;
+use greyrouter_proto::v1 as pb;
+use greyrouter_proto::v1::router_client::RouterClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Deadline for anything a test waits on.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A server running in this process.
+struct Server {
+    target: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let app = App::start(Config::default()).await.expect("server starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            target: format!("http://{addr}"),
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        within(self.task)
+            .await
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+}
+
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .expect("deadline passed")
+}
+
+fn keyspace() -> KeyspaceSpec {
+    KeyspaceSpec {
+        tenants: 50,
+        services: 3,
+        ..KeyspaceSpec::default()
+    }
+}
+
+fn seed_config(target: &str) -> SeedConfig {
+    SeedConfig {
+        target: target.to_owned(),
+        keyspace: keyspace(),
+        instances_per_version: 2,
+        concurrency: 8,
+        connections: 2,
+        ..SeedConfig::default()
+    }
+}
+
+fn run_config(target: &str) -> RunConfig {
+    RunConfig {
+        target: target.to_owned(),
+        concurrency: 8,
+        connections: 2,
+        stop: Stop::Requests(2_000),
+        warmup: Duration::ZERO,
+        keyspace: keyspace(),
+        distribution: Distribution::Zipf { s: 1.0 },
+        ..RunConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_then_routes_every_request() {
+    let server = Server::start().await;
+
+    let report = within(seed(&seed_config(&server.target)))
+        .await
+        .expect("seed");
+    assert_eq!(
+        (report.services, report.instances, report.tenants),
+        (3, 6, 50)
+    );
+    assert_eq!(report.calls, 59);
+    assert!(report.revision >= 59, "one revision per upsert at least");
+
+    // Seeding again upserts the same entities: it succeeds and changes nothing routed.
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("second seed");
+
+    // A seeded tenant routes to one of its service's seeded instances.
+    let mut router = RouterClient::connect(server.target.clone())
+        .await
+        .expect("connect");
+    let routed = router
+        .route(pb::RouteRequest {
+            tenant_id: "tenant-49".to_owned(),
+            service: "service-2".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("route")
+        .into_inner();
+    assert_eq!(routed.version, "v1");
+    assert!(
+        ["10.0.2.0:8080", "10.0.2.1:8080"].contains(&routed.address.as_str()),
+        "{routed:?}"
+    );
+
+    let summary = within(run(&run_config(&server.target))).await.expect("run");
+    assert_eq!(summary.total, 2_000);
+    assert_eq!(summary.errors, 0, "{:?}", summary.error_samples);
+    assert_eq!(summary.ok, 2_000);
+    assert_eq!(summary.ok + summary.errors, summary.total);
+    assert!(summary.error_codes.is_empty());
+    assert_eq!(summary.latency_us.count, summary.ok);
+    assert!(summary.latency_us.p50 > 0);
+    assert!(summary.latency_us.p50 <= summary.latency_us.p99);
+    assert!(summary.latency_us.p99 <= summary.latency_us.max);
+    assert_eq!(summary.warmup_requests, 0);
+    assert!(summary.throughput_rps > 0.0);
+    let checks = Checks {
+        max_p99: None,
+        fail_on_error: true,
+    };
+    assert!(checks.violations(&summary).is_empty());
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tenants_are_counted_by_code() {
+    let server = Server::start().await;
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("seed");
+
+    // Tenants 50 to 99 were never created.
+    let config = RunConfig {
+        keyspace: KeyspaceSpec {
+            tenants: 100,
+            ..keyspace()
+        },
+        distribution: Distribution::Uniform,
+        stop: Stop::Requests(500),
+        ..run_config(&server.target)
+    };
+    let summary = within(run(&config)).await.expect("run");
+    assert_eq!(summary.total, 500);
+    assert_eq!(summary.ok + summary.errors, 500);
+    assert!(summary.ok > 0 && summary.errors > 0, "{summary:?}");
+    assert_eq!(summary.error_codes.get("NOT_FOUND"), Some(&summary.errors));
+    assert_eq!(summary.latency_us.count, summary.ok);
+    let checks = Checks {
+        max_p99: None,
+        fail_on_error: true,
+    };
+    assert_eq!(checks.violations(&summary).len(), 1);
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_run_leaves_out_its_warm_up() {
+    let server = Server::start().await;
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("seed");
+
+    let config = RunConfig {
+        stop: Stop::Duration(Duration::from_millis(300)),
+        warmup: Duration::from_millis(100),
+        ..run_config(&server.target)
+    };
+    let summary = within(run(&config)).await.expect("run");
+    assert!(summary.warmup_requests > 0);
+    assert!(summary.total > 0);
+    assert_eq!(summary.ok + summary.errors, summary.total);
+    assert_eq!(summary.errors, 0, "{:?}", summary.error_samples);
+    assert!(summary.elapsed_secs >= 0.3, "{}", summary.elapsed_secs);
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_is_an_error() {
+    // Bind a port, then free it, so that nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let config = RunConfig {
+        stop: Stop::Requests(1),
+        ..run_config(&format!("http://{addr}"))
+    };
+    let err = within(run(&config)).await.expect_err("nothing listens");
+    assert!(
+        matches!(err, greyrouter_load::Error::Connect { .. }),
+        "{err}"
+    );
+    let message = greyrouter_load::error::chain(&err);
+    assert!(
+        message.starts_with(&format!("cannot connect to http://{addr}: ")),
+        "the cause follows: {message}"
+    );
+}
