@@ -20,7 +20,8 @@ pub const EXIT_CONFIG: i32 = 64;
 pub struct Config {
     /// Address the gRPC server listens on.
     pub grpc_addr: SocketAddr,
-    /// Where routing state is kept: `memory` (the default).
+    /// Where routing state is kept: `memory` (the default), or a Redis URL
+    /// (`redis://`, `redis-sentinel://`, `redis-cluster://`).
     pub store: String,
     /// A TOML or JSON file of tenants, services, instances and pins loaded at start.
     pub seed: Option<PathBuf>,
@@ -30,6 +31,65 @@ pub struct Config {
     pub limits: Limits,
     /// Assignment watchers.
     pub watch: WatchConfig,
+    /// The Redis store, when `store` is a Redis URL.
+    pub redis: RedisSettings,
+    /// How often the store is checked for health, in milliseconds.
+    pub health_interval_ms: u64,
+}
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Prefix (hash tag) of every key.
+    pub prefix: String,
+    /// How long a Redis command may take before the change fails as `UNAVAILABLE`.
+    pub command_timeout_ms: u64,
+    /// How long connecting may take.
+    pub connect_timeout_ms: u64,
+    /// First reconnection delay; it doubles up to the maximum.
+    pub reconnect_min_delay_ms: u64,
+    /// Longest reconnection delay.
+    pub reconnect_max_delay_ms: u64,
+    /// Changes kept in the change stream.
+    pub stream_max_len: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        let defaults = redis_store::RedisConfig::new("");
+        RedisSettings {
+            prefix: defaults.prefix,
+            command_timeout_ms: millis(defaults.command_timeout),
+            connect_timeout_ms: millis(defaults.connect_timeout),
+            reconnect_min_delay_ms: millis(defaults.reconnect_min_delay),
+            reconnect_max_delay_ms: millis(defaults.reconnect_max_delay),
+            stream_max_len: defaults.stream_max_len,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Config {
+    /// Whether the store is Redis.
+    pub fn uses_redis(&self) -> bool {
+        self.store.starts_with("redis")
+    }
+
+    /// Returns the Redis store settings for the configured URL.
+    pub fn redis_config(&self) -> redis_store::RedisConfig {
+        let mut config = redis_store::RedisConfig::new(self.store.clone());
+        config.prefix = self.redis.prefix.clone();
+        config.command_timeout = Duration::from_millis(self.redis.command_timeout_ms);
+        config.connect_timeout = Duration::from_millis(self.redis.connect_timeout_ms);
+        config.reconnect_min_delay = Duration::from_millis(self.redis.reconnect_min_delay_ms);
+        config.reconnect_max_delay = Duration::from_millis(self.redis.reconnect_max_delay_ms);
+        config.stream_max_len = self.redis.stream_max_len;
+        config
+    }
 }
 
 /// Logging settings.
@@ -77,6 +137,8 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: Limits::default(),
             watch: WatchConfig::default(),
+            redis: RedisSettings::default(),
+            health_interval_ms: 1000,
         }
     }
 }
@@ -133,6 +195,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("GREYROUTER_LOG_FORMAT", "log.format"),
     ("GREYROUTER_MAX_REQUEST_BYTES", "limits.max_request_bytes"),
     ("GREYROUTER_WATCH_HISTORY", "watch.history"),
+    ("GREYROUTER_REDIS_PREFIX", "redis.prefix"),
+    (
+        "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS",
+        "redis.command_timeout_ms",
+    ),
 ];
 
 /// A configuration that cannot be used; lists every problem found.
@@ -206,6 +273,10 @@ impl Config {
             "GREYROUTER_LOG_FORMAT" => self.log.format = value.to_owned(),
             "GREYROUTER_MAX_REQUEST_BYTES" => self.limits.max_request_bytes = parse(value)?,
             "GREYROUTER_WATCH_HISTORY" => self.watch.history = parse(value)?,
+            "GREYROUTER_REDIS_PREFIX" => self.redis.prefix = value.to_owned(),
+            "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS" => {
+                self.redis.command_timeout_ms = parse(value)?;
+            }
             _ => return Err("unknown variable".to_owned()),
         }
         Ok(())
@@ -214,11 +285,16 @@ impl Config {
     /// Checks every value; returns one line per problem.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.store != "memory" && !self.store.starts_with("memory://") {
+        if self.uses_redis() {
+            problems.extend(self.redis_config().problems());
+        } else if self.store != "memory" && self.store != "memory://" {
             problems.push(format!(
-                "store: unsupported store '{}' (this build supports: memory)",
+                "store: unsupported store '{}' (use memory, redis://, redis-sentinel:// or redis-cluster://)",
                 self.store
             ));
+        }
+        if self.health_interval_ms == 0 {
+            problems.push("health_interval_ms: must be positive".to_owned());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(

@@ -22,6 +22,8 @@ use crate::config::READ_YOUR_WRITES_TIMEOUT;
 const PULL_WAIT: Duration = Duration::from_secs(5);
 /// Most changes pulled at once.
 const PULL_LIMIT: usize = 1024;
+/// Commits retried after conflicts before giving up.
+const MAX_COMMIT_ATTEMPTS: usize = 20;
 /// Pause before retrying after a store error.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -102,8 +104,21 @@ impl Replica {
 
     /// Commits a mutation to the store and waits until this replica has applied it, so that
     /// the caller's next read here sees its own write.
+    ///
+    /// When another router committed first, this replica catches up and validates again.
     pub async fn commit(&self, mutation: Mutation) -> Result<Commit, StoreError> {
-        let commit = self.store.commit(mutation).await?;
+        let mut attempts = 0;
+        let commit = loop {
+            let base = self.current();
+            match self.store.commit(&base, mutation.clone()).await {
+                Err(StoreError::Conflict { current }) if attempts < MAX_COMMIT_ATTEMPTS => {
+                    attempts += 1;
+                    self.wait_for_revision(current.max(base.revision() + 1))
+                        .await?;
+                }
+                other => break other?,
+            }
+        };
         let mut revisions = self.subscribe();
         let caught_up = tokio::time::timeout(
             READ_YOUR_WRITES_TIMEOUT,
@@ -117,6 +132,22 @@ impl Replica {
             );
         }
         Ok(commit)
+    }
+
+    /// Waits until this replica has applied `revision`.
+    async fn wait_for_revision(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut revisions = self.subscribe();
+        tokio::time::timeout(
+            READ_YOUR_WRITES_TIMEOUT,
+            revisions.wait_for(|&r| r >= revision),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "this router has not caught up with revision {revision} of the store"
+            ))
+        })
     }
 
     /// Returns the applied changes after `revision`, contiguous from it.

@@ -37,6 +37,7 @@ pub fn store(err: &StoreError) -> Status {
         StoreError::Rejected(err) => routing(err),
         StoreError::Unavailable(_) => Status::unavailable(err.to_string()),
         StoreError::Compacted { .. } => Status::out_of_range(err.to_string()),
+        StoreError::Conflict { .. } => Status::aborted(err.to_string()),
         StoreError::Corrupt(_) => Status::internal(err.to_string()),
     }
 }

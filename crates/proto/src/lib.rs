@@ -4,7 +4,13 @@
 //! Nothing else lives here: conversions to the domain types sit in the server crate.
 
 /// Messages and services of package `greyrouter.v1`.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, rust_2018_idioms)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    rust_2018_idioms
+)]
 pub mod v1 {
     tonic::include_proto!("greyrouter.v1");
 }

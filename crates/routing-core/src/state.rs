@@ -863,9 +863,12 @@ impl RoutingState {
             service: service.clone(),
             force: true,
         });
-        let instances = dump.instances.iter().map(|instance| Mutation::RegisterInstance {
-            instance: instance.clone(),
-        });
+        let instances = dump
+            .instances
+            .iter()
+            .map(|instance| Mutation::RegisterInstance {
+                instance: instance.clone(),
+            });
         for mutation in services.chain(instances) {
             state.apply_in_place(&mutation)?;
         }

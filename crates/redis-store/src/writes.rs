@@ -1,0 +1,217 @@
+//! What a mutation writes to the key layout, derived from the states before and after it.
+//!
+//! Each write sets or removes one field or member; the commit script applies them, bumps the
+//! revision and appends the change in one atomic step. Records are written whole from the state
+//! after the change, so the keys always hold exactly what [`RoutingState::dump`] would.
+
+use routing_core::{Mutation, RoutingState, Tenant};
+
+use crate::keys::Keys;
+
+/// One field or member written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// `HSET key field value`.
+    HSet {
+        key: String,
+        field: String,
+        value: String,
+    },
+    /// `HDEL key field`.
+    HDel { key: String, field: String },
+    /// `SADD key member`.
+    SAdd { key: String, member: String },
+    /// `SREM key member`.
+    SRem { key: String, member: String },
+}
+
+impl Write {
+    /// Returns the script's op code, key, field or member, and value.
+    pub(crate) fn parts(&self) -> (&'static str, &str, &str, &str) {
+        match self {
+            Write::HSet { key, field, value } => ("hset", key, field, value),
+            Write::HDel { key, field } => ("hdel", key, field, ""),
+            Write::SAdd { key, member } => ("sadd", key, member, ""),
+            Write::SRem { key, member } => ("srem", key, member, ""),
+        }
+    }
+}
+
+fn hset(key: String, field: &str, value: impl Into<String>) -> Write {
+    Write::HSet {
+        key,
+        field: field.to_owned(),
+        value: value.into(),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising plain records with string keys cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Returns the writes that bring the keys from `before` to `after`, which `mutation` produced.
+pub(crate) fn writes(
+    keys: &Keys,
+    before: &RoutingState,
+    after: &RoutingState,
+    mutation: &Mutation,
+) -> Vec<Write> {
+    let mut out = Vec::new();
+    match mutation {
+        Mutation::UpsertTenant { tenant } => {
+            if let Some(entry) = after.tenant(&tenant.id) {
+                tenant_writes(keys, &entry.tenant, &mut out);
+            }
+        }
+        Mutation::UpsertService { service, .. } => {
+            service_writes(keys, after, &service.name, &mut out)
+        }
+        Mutation::SetDefaultVersion { service, .. } => {
+            service_writes(keys, after, service, &mut out)
+        }
+        Mutation::RegisterInstance { instance } => {
+            service_writes(keys, after, &instance.service, &mut out);
+            if let Some(old) = instance_version(before, &instance.service, &instance.id)
+                && old != instance.version
+            {
+                out.push(Write::HDel {
+                    key: keys.instances(&instance.service, &old),
+                    field: instance.id.clone(),
+                });
+            }
+            let stored = after
+                .service(&instance.service)
+                .and_then(|s| s.pool(&instance.version))
+                .and_then(|pool| pool.member(&instance.id))
+                .map_or_else(|| json(instance), |m| json(m.instance.as_ref()));
+            out.push(hset(
+                keys.instances(&instance.service, &instance.version),
+                &instance.id,
+                stored,
+            ));
+        }
+        Mutation::DeregisterInstance {
+            service,
+            instance_id,
+        } => {
+            if let Some(version) = instance_version(before, service, instance_id) {
+                out.push(Write::HDel {
+                    key: keys.instances(service, &version),
+                    field: instance_id.clone(),
+                });
+            }
+        }
+        Mutation::SetTenantVersion {
+            tenant_id,
+            service,
+            version,
+            ..
+        } => out.push(hset(
+            keys.tenant_services(tenant_id),
+            service,
+            version.clone(),
+        )),
+        Mutation::ClearTenantVersion { tenant_id, service } => out.push(Write::HDel {
+            key: keys.tenant_services(tenant_id),
+            field: service.clone(),
+        }),
+        Mutation::EmergencyRollback { service, .. } => {
+            let made = after
+                .service(service)
+                .and_then(|s| s.overrides().last().cloned());
+            if let Some(rule) = made {
+                out.push(hset(keys.overrides(service), &rule.id, json(&rule)));
+            }
+        }
+        Mutation::ClearOverride {
+            service,
+            override_id,
+        } => out.push(Write::HDel {
+            key: keys.overrides(service),
+            field: override_id.clone(),
+        }),
+        Mutation::UpsertRollout { rollout } => out.push(hset(
+            keys.rollouts(&rollout.service),
+            &rollout.id,
+            json(rollout),
+        )),
+        Mutation::RemoveRollout {
+            service,
+            rollout_id,
+        } => out.push(Write::HDel {
+            key: keys.rollouts(service),
+            field: rollout_id.clone(),
+        }),
+        Mutation::UpsertExperiment { experiment } => out.push(hset(
+            keys.experiments(&experiment.service),
+            &experiment.id,
+            json(experiment),
+        )),
+        Mutation::RemoveExperiment {
+            service,
+            experiment_id,
+        } => out.push(Write::HDel {
+            key: keys.experiments(service),
+            field: experiment_id.clone(),
+        }),
+    }
+    out
+}
+
+fn tenant_writes(keys: &Keys, tenant: &Tenant, out: &mut Vec<Write>) {
+    let key = keys.tenant_metadata(&tenant.id);
+    out.push(hset(key.clone(), "name", tenant.name.clone()));
+    out.push(hset(key.clone(), "region", tenant.region.clone()));
+    out.push(hset(key.clone(), "tier", tenant.tier.clone()));
+    out.push(hset(
+        key.clone(),
+        "active",
+        if tenant.active { "1" } else { "0" },
+    ));
+    out.push(hset(key, "labels", json(&tenant.labels)));
+    out.push(Write::SAdd {
+        key: keys.tenants(),
+        member: tenant.id.clone(),
+    });
+    let active = if tenant.active {
+        Write::SAdd {
+            key: keys.active_tenants(),
+            member: tenant.id.clone(),
+        }
+    } else {
+        Write::SRem {
+            key: keys.active_tenants(),
+            member: tenant.id.clone(),
+        }
+    };
+    out.push(active);
+}
+
+fn service_writes(keys: &Keys, after: &RoutingState, name: &str, out: &mut Vec<Write>) {
+    let Some(entry) = after.service(name) else {
+        return;
+    };
+    let service = &entry.service;
+    let key = keys.service(name);
+    out.push(hset(
+        key.clone(),
+        "default_version",
+        service.default_version.clone(),
+    ));
+    out.push(hset(key.clone(), "strategy", service.strategy.as_str()));
+    out.push(hset(key, "versions", json(&service.versions)));
+    out.push(Write::SAdd {
+        key: keys.services(),
+        member: name.to_owned(),
+    });
+}
+
+/// The version an instance is registered under, if any.
+fn instance_version(state: &RoutingState, service: &str, instance_id: &str) -> Option<String> {
+    state
+        .service(service)?
+        .pools()
+        .find(|(_, pool)| pool.member(instance_id).is_some())
+        .map(|(version, _)| version.clone())
+}

@@ -1,0 +1,367 @@
+//! Test harness: real servers for the tests that need them, each on its own free loopback port
+//! and in its own temporary directory, so tests run in parallel without touching the machine's
+//! own services.
+//!
+//! A missing server binary is a test failure with a message saying what to install, never a
+//! silent skip (`.ci/run` and `scripts/test` install what is missing).
+//!
+//! Readiness is awaited with [`eventually`]: a condition polled until a deadline, not a fixed
+//! sleep.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
+pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Returns a loopback port that was free a moment ago; with `bus`, port + 10000 was free too
+/// (Redis Cluster's bus port).
+pub fn free_port(bus: bool) -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        if !bus {
+            return port;
+        }
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{name} is not installed: install Debian's redis-server package (scripts/test does)")
+    })
+}
+
+/// Sends one command to a Redis server over RESP and returns the raw reply, or `None` when the
+/// server does not answer.
+pub fn redis_command(port: u16, args: &[&str]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buffer).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        if reply_complete(&reply) {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// Whether a RESP reply is complete (enough for the simple, bulk and error replies used here).
+fn reply_complete(reply: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(reply);
+    match text.chars().next() {
+        Some('+' | '-' | ':') => text.ends_with("\r\n"),
+        Some('$') => {
+            let Some((header, rest)) = text.split_once("\r\n") else {
+                return false;
+            };
+            match header[1..].parse::<i64>() {
+                Ok(len) if len < 0 => true,
+                Ok(len) => rest.len() >= len as usize + 2,
+                Err(_) => true,
+            }
+        }
+        Some(_) => text.ends_with("\r\n"),
+        None => false,
+    }
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a standalone server on a free port.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(free_port(false), &[])
+    }
+
+    /// Starts a server on `port` with extra arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--daemonize".into(),
+            "no".into(),
+            "--logfile".into(),
+            "redis.log".into(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let mut server = RedisServer {
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(binary("redis-server"))
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            &format!("redis-server on port {port}"),
+            READY_DEADLINE,
+            || redis_command(port, &["PING"]).filter(|r| r.starts_with("+PONG")),
+        );
+    }
+
+    /// Returns the port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Returns the working directory (logs, dumps).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Returns `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Sends a command to this server.
+    pub fn command(&self, args: &[&str]) -> String {
+        redis_command(self.port, args)
+            .unwrap_or_else(|| panic!("redis on port {} does not answer", self.port))
+    }
+
+    /// Stops the server abruptly (no save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server after saving its data to `dump.rdb` in its directory.
+    pub fn shutdown_saving(&mut self) {
+        let _ = redis_command(self.port, &["SHUTDOWN", "SAVE"]);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (loading `dump.rdb` if saved).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters on loopback ports.
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them into one cluster.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(
+                    free_port(true),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new(binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        for node in &nodes {
+            let port = node.port();
+            eventually("cluster_state:ok", READY_DEADLINE, || {
+                redis_command(port, &["CLUSTER", "INFO"]).filter(|r| r.contains("cluster_state:ok"))
+            });
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Returns `redis-cluster://127.0.0.1:<port>?node=...` naming every node.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", node.port()));
+        }
+        url
+    }
+}
+
+/// A master, a replica and one sentinel watching them as `mymaster`.
+pub struct RedisSentinel {
+    /// The initial master.
+    pub master: RedisServer,
+    /// The initial replica.
+    pub replica: RedisServer,
+    /// The sentinel.
+    pub sentinel: RedisServer,
+}
+
+/// The sentinel's name for the monitored master.
+pub const SENTINEL_SERVICE: &str = "mymaster";
+
+impl RedisSentinel {
+    /// Starts the three processes and waits until the sentinel sees the replica.
+    pub fn start() -> RedisSentinel {
+        let master = RedisServer::start();
+        let master_port = master.port().to_string();
+        let replica = RedisServer::start_with(
+            free_port(false),
+            &["--replicaof", "127.0.0.1", &master_port],
+        );
+        let replica_port = replica.port();
+        eventually("replica in sync", READY_DEADLINE, || {
+            redis_command(replica_port, &["INFO", "replication"])
+                .filter(|r| r.contains("master_link_status:up"))
+        });
+        let sentinel_port = free_port(false);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+                 sentinel failover-timeout {SENTINEL_SERVICE} 5000\n"
+            ),
+        )
+        .expect("write sentinel.conf");
+        let config = config.to_string_lossy().into_owned();
+        let mut sentinel = RedisServer {
+            port: sentinel_port,
+            dir,
+            args: vec![config, "--sentinel".into()],
+            child: None,
+        };
+        sentinel.spawn();
+        eventually("sentinel sees the replica", READY_DEADLINE, || {
+            redis_command(sentinel_port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE])
+                .filter(|r| r.contains(&replica_port.to_string()))
+        });
+        RedisSentinel {
+            master,
+            replica,
+            sentinel,
+        }
+    }
+
+    /// Returns `redis-sentinel://127.0.0.1:<sentinel port>/0?sentinelServiceName=mymaster`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={SENTINEL_SERVICE}",
+            self.sentinel.port()
+        )
+    }
+
+    /// Returns the port of the current master as the sentinel reports it.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = redis_command(
+            self.sentinel.port(),
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+        )?;
+        reply
+            .split("\r\n")
+            .filter(|line| !line.starts_with(['*', '$']))
+            .filter_map(|line| line.parse().ok())
+            .next()
+    }
+
+    /// Forces a failover and waits until the replica is the master.
+    pub fn failover(&self) {
+        let reply = self
+            .sentinel
+            .command(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+        assert!(reply.starts_with("+OK"), "failover refused: {reply}");
+        let replica_port = self.replica.port();
+        eventually("the replica promoted", READY_DEADLINE, || {
+            (self.master_port() == Some(replica_port)).then_some(())
+        });
+        eventually("the new master accepts writes", READY_DEADLINE, || {
+            redis_command(replica_port, &["INFO", "replication"])
+                .filter(|r| r.contains("role:master"))
+        });
+    }
+}
