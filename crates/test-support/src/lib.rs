@@ -351,10 +351,13 @@ impl RedisSentinel {
 
     /// Forces a failover and waits until the replica is the master.
     pub fn failover(&self) {
-        let reply = self
-            .sentinel
-            .command(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
-        assert!(reply.starts_with("+OK"), "failover refused: {reply}");
+        // Right after start the sentinel may not yet count the replica as promotable
+        // (NOGOODSLAVE) until it has heard from it directly.
+        let sentinel_port = self.sentinel.port();
+        eventually("the sentinel to accept a failover", READY_DEADLINE, || {
+            redis_command(sentinel_port, &["SENTINEL", "FAILOVER", SENTINEL_SERVICE])
+                .filter(|reply| reply.starts_with("+OK"))
+        });
         let replica_port = self.replica.port();
         eventually("the replica promoted", READY_DEADLINE, || {
             (self.master_port() == Some(replica_port)).then_some(())

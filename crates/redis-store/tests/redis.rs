@@ -1,0 +1,205 @@
+//! What only the Redis store has: its key layout, a trimmed or reset change stream, outages,
+//! Redis Cluster and Sentinel failover. Real `redis-server` processes, each test its own.
+
+use std::time::{Duration, Instant};
+
+use greyrouter_store::suite::{instance, service, tenant, try_commit};
+use greyrouter_store::{Store, StoreError};
+use greyrouter_test_support::{RedisCluster, RedisSentinel, RedisServer};
+use redis_store::{RedisConfig, RedisStore};
+use routing_core::Mutation;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn fast(url: String) -> RedisConfig {
+    let mut config = RedisConfig::new(url);
+    config.command_timeout = Duration::from_millis(500);
+    config.reconnect_min_delay = Duration::from_millis(20);
+    config.reconnect_max_delay = Duration::from_millis(200);
+    config
+}
+
+fn pin(tenant_id: &str, version: &str) -> Mutation {
+    Mutation::SetTenantVersion {
+        tenant_id: tenant_id.into(),
+        service: "api".into(),
+        version: version.into(),
+        expected_version: None,
+        force: false,
+    }
+}
+
+async fn populate(store: &dyn Store) {
+    for mutation in [tenant("t0"), service(), instance("a1", "v1"), instance("b1", "v2")] {
+        try_commit(store, mutation).await.expect("commit");
+    }
+}
+
+/// Retries a commit until it succeeds (Redis coming back, a failover finishing).
+async fn commit_eventually(store: &dyn Store, mutation: Mutation) -> u64 {
+    let start = Instant::now();
+    loop {
+        match try_commit(store, mutation.clone()).await {
+            Ok(commit) => return commit.revision,
+            Err(StoreError::Unavailable(reason)) => {
+                assert!(start.elapsed() < DEADLINE, "still unavailable: {reason}");
+                tokio::task::yield_now().await;
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_are_readable_and_never_expire() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.prefix = "acme-prod".into();
+    let store = RedisStore::connect(config).await.expect("connect");
+    populate(&store).await;
+    try_commit(&store, pin("t0", "v2")).await.expect("pin");
+
+    let pinned = server.command(&["HGET", "{acme-prod}:tenant:t0:services", "api"]);
+    assert!(pinned.contains("v2"), "{pinned}");
+    let active = server.command(&["SISMEMBER", "{acme-prod}:active_tenants", "t0"]);
+    assert_eq!(active, ":1\r\n");
+    let instance = server.command(&["HGET", "{acme-prod}:service:api:version:v1:instances", "a1"]);
+    assert!(instance.contains("a1.internal:8080"), "{instance}");
+    let revision = server.command(&["GET", "{acme-prod}:revision"]);
+    assert!(revision.ends_with("5\r\n"), "{revision}");
+    for key in [
+        "{acme-prod}:tenant:t0:services",
+        "{acme-prod}:tenant:t0:metadata",
+        "{acme-prod}:service:api",
+        "{acme-prod}:revision",
+        "{acme-prod}:changes",
+    ] {
+        assert_eq!(server.command(&["TTL", key]), ":-1\r\n", "{key} must not expire");
+    }
+}
+
+#[tokio::test]
+async fn prefixes_keep_stores_apart() {
+    let server = RedisServer::start();
+    let mut first = RedisConfig::new(server.url());
+    first.prefix = "one".into();
+    let mut second = RedisConfig::new(server.url());
+    second.prefix = "two".into();
+    let one = RedisStore::connect(first).await.expect("connect");
+    let two = RedisStore::connect(second).await.expect("connect");
+    populate(&one).await;
+    assert_eq!(one.load().await.expect("load").revision(), 4);
+    assert_eq!(two.load().await.expect("load").revision(), 0);
+}
+
+#[tokio::test]
+async fn a_trimmed_stream_is_reported_as_compacted() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.stream_max_len = 100;
+    let store = RedisStore::connect(config).await.expect("connect");
+    for i in 0..400 {
+        try_commit(&store, tenant(&format!("t{i}"))).await.expect("commit");
+    }
+    let err = store
+        .changes_after(0, 10, Duration::ZERO)
+        .await
+        .expect_err("the first changes were trimmed");
+    assert!(matches!(err, StoreError::Compacted { requested: 0, .. }), "{err:?}");
+    let recent = store
+        .changes_after(395, 10, Duration::ZERO)
+        .await
+        .expect("recent changes are kept");
+    assert_eq!(recent.iter().map(|c| c.revision).collect::<Vec<_>>(), [396, 397, 398, 399, 400]);
+}
+
+#[tokio::test]
+async fn a_store_reset_to_an_older_state_is_detected() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect");
+    populate(&store).await;
+    server.command(&["FLUSHALL"]);
+    let err = store
+        .changes_after(4, 10, Duration::ZERO)
+        .await
+        .expect_err("revision 4 no longer exists");
+    assert!(matches!(err, StoreError::Compacted { requested: 4, oldest: 0 }), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(fast(server.url())).await.expect("connect");
+    populate(&store).await;
+    let base = store.load().await.expect("load");
+
+    server.kill();
+    let started = Instant::now();
+    let err = store
+        .commit(&base, pin("t0", "v2"))
+        .await
+        .expect_err("redis is down");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().starts_with("store unavailable: redis"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "failing took {:?}", started.elapsed());
+    assert!(store.ping().await.is_err());
+
+    server.restart();
+    // The restarted server kept no data; the same client works again without being rebuilt.
+    let revision = commit_eventually(&store, tenant("after-restart")).await;
+    assert_eq!(revision, 1);
+    store.ping().await.expect("ping after recovery");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(RedisConfig::new(cluster.url()))
+        .await
+        .expect("connect to the cluster");
+    populate(&store).await;
+    let commit = try_commit(&store, pin("t0", "v2")).await.expect("pin");
+    assert_eq!(commit.revision, 5);
+    let state = store.load().await.expect("load");
+    assert_eq!(state.resolve("t0", "api").expect("resolve").version, "v2");
+    let changes = store
+        .changes_after(0, 100, Duration::ZERO)
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), 5);
+    // Racing compare-and-set on the cluster: one winner.
+    let race = |expected: &'static str| {
+        try_commit(
+            &store,
+            Mutation::SetTenantVersion {
+                tenant_id: "t0".into(),
+                service: "api".into(),
+                version: "v1".into(),
+                expected_version: Some(expected.into()),
+                force: false,
+            },
+        )
+    };
+    let (a, b) = tokio::join!(race("v2"), race("v2"));
+    assert_eq!([a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_working_through_a_sentinel_failover() {
+    let sentinel = RedisSentinel::start();
+    let store = RedisStore::connect(fast(sentinel.url()))
+        .await
+        .expect("connect through the sentinel");
+    populate(&store).await;
+    let before = store.load().await.expect("load").revision();
+
+    sentinel.failover();
+    let revision = commit_eventually(&store, pin("t0", "v2")).await;
+    assert_eq!(revision, before + 1, "the promoted replica had every change");
+    let state = store.load().await.expect("load");
+    assert_eq!(state.resolve("t0", "api").expect("resolve").version, "v2");
+    let port = sentinel.master_port().expect("master");
+    assert_eq!(port, sentinel.replica.port());
+}

@@ -1,0 +1,56 @@
+//! The Store behaviour suite against real Redis: the same checks the in-memory store passes.
+//! Each test runs its own `redis-server` on a free port.
+
+use std::time::Duration;
+
+use greyrouter_store::{Change, Commit, Store, StoreError};
+use greyrouter_test_support::RedisServer;
+use redis_store::{RedisConfig, RedisStore};
+use routing_core::{Mutation, Revision, RoutingState};
+
+/// A store and the server it talks to, stopped together.
+struct Isolated {
+    store: RedisStore,
+    _server: RedisServer,
+}
+
+#[async_trait::async_trait]
+impl Store for Isolated {
+    async fn load(&self) -> Result<RoutingState, StoreError> {
+        self.store.load().await
+    }
+
+    async fn commit(&self, base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError> {
+        self.store.commit(base, mutation).await
+    }
+
+    async fn changes_after(
+        &self,
+        after: Revision,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<Change>, StoreError> {
+        self.store.changes_after(after, limit, wait).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+}
+
+async fn isolated() -> Isolated {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect");
+    Isolated {
+        store,
+        _server: server,
+    }
+}
+
+greyrouter_store::store_suite!(isolated());
