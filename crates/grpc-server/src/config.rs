@@ -35,6 +35,8 @@ pub struct Config {
     pub redis: RedisSettings,
     /// How often the store is checked for health, in milliseconds.
     pub health_interval_ms: u64,
+    /// On shutdown, how long open calls may take to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
 }
 
 /// Settings of the Redis store.
@@ -139,6 +141,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             redis: RedisSettings::default(),
             health_interval_ms: 1000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }

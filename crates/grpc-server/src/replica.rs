@@ -228,6 +228,15 @@ impl Replica {
     /// Replaces the state with a fresh snapshot from the store.
     async fn reload(&self) {
         match self.store.load().await {
+            Ok(state) if state.revision() == 0 && self.current().revision() > 0 => {
+                // An emptied store (flushed by mistake) must not empty every router's routing
+                // table: keep routing from this replica until the state is restored.
+                tracing::error!(
+                    revision = self.current().revision(),
+                    "the store is empty; keeping the last routing state until it is restored"
+                );
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
             Ok(state) => {
                 let before = self.current();
                 tracing::info!(

@@ -78,10 +78,24 @@ impl App {
     ) -> anyhow::Result<()> {
         let limits = self.config.limits.clone();
         let (closing, closing_watchers) = tokio::sync::watch::channel(false);
+        let mut closed = closing.subscribe();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let draining = health.clone();
         let shutdown = async move {
             shutdown.await;
+            // Tell load balancers to stop sending, and end watch streams.
+            draining
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            draining
+                .set_not_serving::<RouterServer<RouterService>>()
+                .await;
+            draining
+                .set_not_serving::<AdminServer<AdminService>>()
+                .await;
             closing.send_replace(true);
         };
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let router = RouterService::new(
             Arc::clone(&self.replica),
             limits.clone(),
@@ -90,7 +104,6 @@ impl App {
         );
         let admin = AdminService::new(Arc::clone(&self.replica));
 
-        let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RouterServer<RouterService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         let health_task = tokio::spawn(watch_store_health(
@@ -112,7 +125,7 @@ impl App {
 
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, store = %self.replica.store().describe(), revision = self.replica.current().revision(), "serving gRPC");
-        let result = tonic::transport::Server::builder()
+        let serve = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -126,9 +139,19 @@ impl App {
                 // Small replies must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
-            )
-            .await
-            .context("gRPC server failed");
+            );
+        // Calls still open (streams a client never closes) get `shutdown_grace_ms` to finish.
+        let forced = async {
+            let _ = closed.wait_for(|closing| *closing).await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = serve => result.context("gRPC server failed"),
+            () = forced => {
+                tracing::warn!(?grace, "calls still open after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
         self.follower.abort();
         health_task.abort();
         tracing::info!("stopped");

@@ -609,11 +609,7 @@ async fn every_mutation_returns_the_next_revision() {
 #[tokio::test]
 async fn health_and_reflection_are_served() {
     let server = TestServer::start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = server.channel.clone();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "greyrouter.v1.Router", "greyrouter.v1.Admin"] {
         let status = health

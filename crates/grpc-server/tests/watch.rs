@@ -301,3 +301,35 @@ async fn shutdown_ends_watch_streams_with_unavailable() {
     let status = within(stream.message()).await.expect_err("stream ends");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_forever_for_streams_it_does_not_own() {
+    let mut config = Config::default();
+    config.shutdown_grace_ms = 200;
+    let server = TestServer::with_config(config).await;
+    // A health watch stays open until the client closes it; shutdown gives it the grace period.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let mut statuses = within(health.watch(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    }))
+    .await
+    .expect("watch")
+    .into_inner();
+    within(statuses.message())
+        .await
+        .expect("ok")
+        .expect("first status");
+    within(server.stop()).await;
+    // Before stopping, the server told the watcher it no longer serves.
+    loop {
+        let status = within(statuses.message())
+            .await
+            .expect("ok")
+            .expect("status");
+        if status.status
+            == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        {
+            break;
+        }
+    }
+}

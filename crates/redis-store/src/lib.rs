@@ -481,16 +481,20 @@ impl Store for RedisStore {
         let block = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let reply: Value = self
             .follower
-            .xread(Some(limit as u64), Some(block), &stream, format!("{after}-0"))
+            .xread(
+                Some(limit as u64),
+                Some(block),
+                &stream,
+                format!("{after}-0"),
+            )
             .await
             .map_err(|e| unavailable(&e))?;
         if reply.is_null() {
             return Ok(Vec::new());
         }
-        let mut response: XReadResponse<String, String, String, String> =
-            reply
-                .into_xread_response()
-                .map_err(|e| corrupt(format!("change stream reply: {e}")))?;
+        let mut response: XReadResponse<String, String, String, String> = reply
+            .into_xread_response()
+            .map_err(|e| corrupt(format!("change stream reply: {e}")))?;
         let entries = response.remove(&stream).unwrap_or_default();
         let changes = entries
             .iter()

@@ -30,7 +30,12 @@ fn pin(tenant_id: &str, version: &str) -> Mutation {
 }
 
 async fn populate(store: &dyn Store) {
-    for mutation in [tenant("t0"), service(), instance("a1", "v1"), instance("b1", "v2")] {
+    for mutation in [
+        tenant("t0"),
+        service(),
+        instance("a1", "v1"),
+        instance("b1", "v2"),
+    ] {
         try_commit(store, mutation).await.expect("commit");
     }
 }
@@ -74,7 +79,11 @@ async fn keys_are_readable_and_never_expire() {
         "{acme-prod}:revision",
         "{acme-prod}:changes",
     ] {
-        assert_eq!(server.command(&["TTL", key]), ":-1\r\n", "{key} must not expire");
+        assert_eq!(
+            server.command(&["TTL", key]),
+            ":-1\r\n",
+            "{key} must not expire"
+        );
     }
 }
 
@@ -99,18 +108,26 @@ async fn a_trimmed_stream_is_reported_as_compacted() {
     config.stream_max_len = 100;
     let store = RedisStore::connect(config).await.expect("connect");
     for i in 0..400 {
-        try_commit(&store, tenant(&format!("t{i}"))).await.expect("commit");
+        try_commit(&store, tenant(&format!("t{i}")))
+            .await
+            .expect("commit");
     }
     let err = store
         .changes_after(0, 10, Duration::ZERO)
         .await
         .expect_err("the first changes were trimmed");
-    assert!(matches!(err, StoreError::Compacted { requested: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Compacted { requested: 0, .. }),
+        "{err:?}"
+    );
     let recent = store
         .changes_after(395, 10, Duration::ZERO)
         .await
         .expect("recent changes are kept");
-    assert_eq!(recent.iter().map(|c| c.revision).collect::<Vec<_>>(), [396, 397, 398, 399, 400]);
+    assert_eq!(
+        recent.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [396, 397, 398, 399, 400]
+    );
 }
 
 #[tokio::test]
@@ -125,13 +142,24 @@ async fn a_store_reset_to_an_older_state_is_detected() {
         .changes_after(4, 10, Duration::ZERO)
         .await
         .expect_err("revision 4 no longer exists");
-    assert!(matches!(err, StoreError::Compacted { requested: 4, oldest: 0 }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Compacted {
+                requested: 4,
+                oldest: 0
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
     let mut server = RedisServer::start();
-    let store = RedisStore::connect(fast(server.url())).await.expect("connect");
+    let store = RedisStore::connect(fast(server.url()))
+        .await
+        .expect("connect");
     populate(&store).await;
     let base = store.load().await.expect("load");
 
@@ -142,8 +170,15 @@ async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
         .await
         .expect_err("redis is down");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(err.to_string().starts_with("store unavailable: redis"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "failing took {:?}", started.elapsed());
+    assert!(
+        err.to_string().starts_with("store unavailable: redis"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failing took {:?}",
+        started.elapsed()
+    );
     assert!(store.ping().await.is_err());
 
     server.restart();
@@ -197,7 +232,11 @@ async fn keeps_working_through_a_sentinel_failover() {
 
     sentinel.failover();
     let revision = commit_eventually(&store, pin("t0", "v2")).await;
-    assert_eq!(revision, before + 1, "the promoted replica had every change");
+    assert_eq!(
+        revision,
+        before + 1,
+        "the promoted replica had every change"
+    );
     let state = store.load().await.expect("load");
     assert_eq!(state.resolve("t0", "api").expect("resolve").version, "v2");
     let port = sentinel.master_port().expect("master");

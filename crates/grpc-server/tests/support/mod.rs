@@ -21,6 +21,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A server running in this process on 127.0.0.1:0.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub channel: Channel,
     pub admin: AdminClient<Channel>,
     pub router: RouterClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
@@ -51,6 +52,7 @@ impl TestServer {
             .expect("connect");
         TestServer {
             addr,
+            channel: channel.clone(),
             admin: AdminClient::new(channel.clone()),
             router: RouterClient::new(channel),
             stop: Some(stop),

@@ -1,0 +1,247 @@
+//! A fleet of routers on one real Redis: changes made through one replica reach the others,
+//! compare-and-set has one winner across replicas, and an outage of Redis never fails a route.
+
+mod support;
+
+use greyrouter::config::Config;
+use greyrouter_proto::v1 as pb;
+use greyrouter_test_support::RedisServer;
+use support::{TestServer, within};
+use tonic::Code;
+
+fn redis_config(server: &RedisServer) -> Config {
+    let mut config = Config::default();
+    config.store = server.url();
+    config.redis.command_timeout_ms = 300;
+    config.redis.reconnect_min_delay_ms = 20;
+    config.redis.reconnect_max_delay_ms = 200;
+    config.health_interval_ms = 50;
+    config
+}
+
+async fn fleet(redis: &RedisServer, size: usize) -> Vec<TestServer> {
+    let mut replicas = Vec::new();
+    for _ in 0..size {
+        replicas.push(TestServer::with_config(redis_config(redis)).await);
+    }
+    replicas
+}
+
+async fn watch_t0(server: &mut TestServer) -> tonic::Streaming<pb::AssignmentUpdate> {
+    let mut stream = within(
+        server
+            .router
+            .watch_assignments(pb::WatchAssignmentsRequest {
+                tenant_ids: vec!["t0".into()],
+                services: vec!["api".into()],
+                from_revision: 0,
+            }),
+    )
+    .await
+    .expect("watch")
+    .into_inner();
+    let snapshot = within(stream.message())
+        .await
+        .expect("ok")
+        .expect("snapshot");
+    assert!(snapshot.snapshot);
+    stream
+}
+
+/// Waits for the next update of t0/api on a watch stream and returns its version.
+async fn next_version(stream: &mut tonic::Streaming<pb::AssignmentUpdate>) -> (u64, String) {
+    let update = within(stream.message()).await.expect("ok").expect("update");
+    let version = update
+        .upserts
+        .first()
+        .map(|a| a.version.clone())
+        .unwrap_or_default();
+    (update.revision, version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_reaches_the_others() {
+    let redis = RedisServer::start();
+    let mut replicas = fleet(&redis, 3).await;
+    replicas[0].populate(2).await;
+    // Replica C started before anything existed; B and C learn everything from the stream.
+    let mut watch_b = watch_t0(&mut replicas[1]).await;
+    let mut watch_c = watch_t0(&mut replicas[2]).await;
+
+    let revision = replicas[0].pin("t0", "api", "v2").await;
+    for watch in [&mut watch_b, &mut watch_c] {
+        assert_eq!(next_version(watch).await, (revision, "v2".to_owned()));
+    }
+    for replica in &mut replicas[1..] {
+        let routed = replica.route("t0", "api").await.expect("route");
+        assert_eq!(
+            (routed.version.as_str(), routed.source.as_str()),
+            ("v2", "pin")
+        );
+        assert_eq!(routed.revision, revision);
+        assert_eq!(
+            replica.route("t1", "api").await.expect("route").version,
+            "v1"
+        );
+    }
+    // A replica started now loads the same state from Redis.
+    let mut late = TestServer::with_config(redis_config(&redis)).await;
+    assert_eq!(
+        late.route("t0", "api").await.expect("route").revision,
+        revision
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
+    late.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_compare_and_set_on_two_replicas_has_one_winner() {
+    let redis = RedisServer::start();
+    let mut replicas = fleet(&redis, 2).await;
+    replicas[0].populate(20).await;
+    let set = |tenant: String| pb::SetTenantVersionRequest {
+        tenant_id: tenant,
+        service: "api".into(),
+        version: "v2".into(),
+        expected_version: Some("v1".into()),
+        force: false,
+    };
+    for i in 0..20 {
+        let tenant = format!("t{i}");
+        let (mut a, mut b) = (replicas[0].admin.clone(), replicas[1].admin.clone());
+        let (first, second) = tokio::join!(
+            a.set_tenant_version(set(tenant.clone())),
+            b.set_tenant_version(set(tenant.clone()))
+        );
+        let outcomes = [&first, &second];
+        assert_eq!(
+            outcomes.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{tenant}: {first:?} {second:?}"
+        );
+        let loser = outcomes
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("one loses");
+        assert_eq!(loser.code(), Code::Aborted, "{loser:?}");
+        assert!(loser.message().contains("'v2'"), "{}", loser.message());
+    }
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_survives_a_redis_outage_and_replicas_converge_after() {
+    let mut redis = RedisServer::start();
+    let mut replicas = fleet(&redis, 2).await;
+    replicas[0].populate(3).await;
+    let mut watch_b = watch_t0(&mut replicas[1]).await;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(replicas[0].channel.clone());
+    let admin_health = || tonic_health::pb::HealthCheckRequest {
+        service: "greyrouter.v1.Admin".into(),
+    };
+
+    redis.shutdown_saving();
+
+    // Every route still answers, from each replica's snapshot.
+    for replica in &mut replicas {
+        for i in 0..50 {
+            let routed = replica.route(&format!("t{}", i % 3), "api").await;
+            assert!(routed.is_ok(), "route failed during the outage: {routed:?}");
+        }
+    }
+    // Writes fail fast and say why.
+    let refused = replicas[0]
+        .admin
+        .set_tenant_version(pb::SetTenantVersionRequest {
+            tenant_id: "t0".into(),
+            service: "api".into(),
+            version: "v2".into(),
+            expected_version: None,
+            force: false,
+        })
+        .await
+        .expect_err("redis is down");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("redis"), "{}", refused.message());
+    // Health says writes are down, routing is up.
+    let mut statuses = within(health.watch(admin_health()))
+        .await
+        .expect("watch health")
+        .into_inner();
+    loop {
+        let status = within(statuses.message())
+            .await
+            .expect("ok")
+            .expect("status")
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
+    let router = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "greyrouter.v1.Router".into(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(
+        router.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // Redis comes back with its data: writes work again and replica B catches up by itself.
+    redis.restart();
+    loop {
+        let status = within(statuses.message())
+            .await
+            .expect("ok")
+            .expect("status")
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    drop(statuses);
+    let revision = replicas[0].pin("t0", "api", "v2").await;
+    assert_eq!(
+        next_version(&mut watch_b).await,
+        (revision, "v2".to_owned())
+    );
+    assert_eq!(
+        replicas[1].route("t0", "api").await.expect("route").version,
+        "v2"
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_redis_does_not_empty_the_routing_table() {
+    let redis = RedisServer::start();
+    let mut replicas = fleet(&redis, 1).await;
+    replicas[0].populate(2).await;
+    redis.command(&["FLUSHALL"]);
+    // The replica notices on its next read of the stream; routing keeps answering meanwhile.
+    for _ in 0..20 {
+        let routed = replicas[0].route("t1", "api").await;
+        assert!(routed.is_ok(), "{routed:?}");
+    }
+    let refused = replicas[0]
+        .admin
+        .upsert_tenant(pb::UpsertTenantRequest {
+            tenant: Some(support::tenant("t9", "eu")),
+        })
+        .await
+        .expect_err("writes on top of an emptied store are refused");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
