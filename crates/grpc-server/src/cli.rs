@@ -80,7 +80,8 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Store: `memory` [default].
+    /// Store: `memory` [default], `redis://host:port/db`, `redis-sentinel://...` or
+    /// `redis-cluster://...`.
     #[arg(long)]
     store: Option<String>,
     /// TOML or JSON file of tenants, services, instances and pins to load into an empty store.
