@@ -9,14 +9,21 @@ use greyrouter_test_support::RedisServer;
 use support::{TestServer, within};
 use tonic::Code;
 
-fn redis_config(server: &RedisServer) -> Config {
-    let mut config = Config::default();
-    config.store = server.url();
+/// A router on the Redis at `url`, with short timeouts so outages show quickly.
+fn on_redis(url: String) -> Config {
+    let mut config = Config {
+        store: url,
+        health_interval_ms: 50,
+        ..Config::default()
+    };
     config.redis.command_timeout_ms = 300;
     config.redis.reconnect_min_delay_ms = 20;
     config.redis.reconnect_max_delay_ms = 200;
-    config.health_interval_ms = 50;
     config
+}
+
+fn redis_config(server: &RedisServer) -> Config {
+    on_redis(server.url())
 }
 
 async fn fleet(redis: &RedisServer, size: usize) -> Vec<TestServer> {
@@ -45,6 +52,12 @@ async fn watch_t0(server: &mut TestServer) -> tonic::Streaming<pb::AssignmentUpd
         .expect("ok")
         .expect("snapshot");
     assert!(snapshot.snapshot);
+    // This replica may not have received t0 yet: wait until it has.
+    let mut has_t0 = !snapshot.upserts.is_empty();
+    while !has_t0 {
+        let update = within(stream.message()).await.expect("ok").expect("update");
+        has_t0 = !update.upserts.is_empty();
+    }
     stream
 }
 
@@ -244,4 +257,56 @@ async fn an_emptied_redis_does_not_empty_the_routing_table() {
     for replica in replicas {
         replica.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_on_sentinel_keeps_working_through_a_failover() {
+    let sentinel = greyrouter_test_support::RedisSentinel::start();
+    let mut router = TestServer::with_config(on_redis(sentinel.url())).await;
+    router.populate(2).await;
+
+    sentinel.failover();
+    // Routing never stopped; the first changes may still meet the old master and fail as
+    // UNAVAILABLE until the client has followed the sentinel to the new one.
+    for _ in 0..20 {
+        assert!(router.route("t0", "api").await.is_ok());
+    }
+    let request = || pb::SetTenantVersionRequest {
+        tenant_id: "t0".into(),
+        service: "api".into(),
+        version: "v2".into(),
+        expected_version: None,
+        force: false,
+    };
+    let revision = within(async {
+        loop {
+            match router.admin.set_tenant_version(request()).await {
+                Ok(response) => break response.into_inner().revision,
+                Err(status) if status.code() == Code::Unavailable => tokio::task::yield_now().await,
+                Err(status) => panic!("unexpected {status:?}"),
+            }
+        }
+    })
+    .await;
+    let routed = router.route("t0", "api").await.expect("route");
+    assert_eq!((routed.version.as_str(), routed.revision), ("v2", revision));
+    assert_eq!(sentinel.master_port(), Some(sentinel.replica.port()));
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_on_a_redis_cluster_agree() {
+    let cluster = greyrouter_test_support::RedisCluster::start();
+    let mut a = TestServer::with_config(on_redis(cluster.url())).await;
+    let mut b = TestServer::with_config(on_redis(cluster.url())).await;
+    a.populate(1).await;
+    let mut watch_b = watch_t0(&mut b).await;
+    let revision = a.pin("t0", "api", "v2").await;
+    assert_eq!(
+        next_version(&mut watch_b).await,
+        (revision, "v2".to_owned())
+    );
+    assert_eq!(b.route("t0", "api").await.expect("route").version, "v2");
+    a.stop().await;
+    b.stop().await;
 }

@@ -304,8 +304,10 @@ async fn shutdown_ends_watch_streams_with_unavailable() {
 
 #[tokio::test]
 async fn shutdown_does_not_wait_forever_for_streams_it_does_not_own() {
-    let mut config = Config::default();
-    config.shutdown_grace_ms = 200;
+    let config = Config {
+        shutdown_grace_ms: 200,
+        ..Config::default()
+    };
     let server = TestServer::with_config(config).await;
     // A health watch stays open until the client closes it; shutdown gives it the grace period.
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());

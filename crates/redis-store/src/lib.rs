@@ -413,7 +413,7 @@ impl Store for RedisStore {
         let mut args: Vec<String> = vec![
             base.revision().to_string(),
             self.config.stream_max_len.to_string(),
-            serde_json::to_string(&mutation).map_err(|e| corrupt(e))?,
+            serde_json::to_string(&mutation).map_err(corrupt)?,
             writes.len().to_string(),
         ];
         for write in &writes {
