@@ -1,5 +1,5 @@
-//! The command line: `greyrouter-load seed` and `greyrouter-load run`, turned into
-//! [`SeedConfig`] and [`RunConfig`] and carried out on a tokio runtime.
+//! The command line: `greyrouter-load seed`, `run` and `propagation`, turned into
+//! [`SeedConfig`], [`RunConfig`] and [`PropagationConfig`] and carried out on a tokio runtime.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,15 +10,18 @@ use crate::distribution::Distribution;
 use crate::duration::parse_duration;
 use crate::error::Error;
 use crate::keyspace::KeyspaceSpec;
+use crate::propagation::{PropagationConfig, propagation};
 use crate::run::{Rpc, RunConfig, Stop, run};
 use crate::seed::{SeedConfig, seed};
 use crate::summary::Checks;
 
-/// Exit status when a check (`--max-p99-ms`, `--fail-on-error`) fails.
+/// Exit status when a check (`--max-p99-ms`, `--fail-on-error`) fails, or a change of
+/// `propagation` did not arrive.
 pub const EXIT_CHECK_FAILED: u8 = 1;
 /// Exit status for a bad setting (clap uses the same for bad flags).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit status when the target cannot be reached or a seeding call fails (`EX_UNAVAILABLE`).
+/// Exit status when the target cannot be reached, or a seeding or measuring call fails
+/// (`EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// greyrouter-load: seeds a greyrouter server and measures it under load.
@@ -37,6 +40,8 @@ pub enum Command {
     Run(RunArgs),
     /// Creates the services, instances and tenants a run asks for, through Admin (upserts).
     Seed(SeedArgs),
+    /// Measures how long a change made on one router takes to reach a watcher of another.
+    Propagation(PropagationArgs),
 }
 
 /// The tenants and services, shared by `seed` and `run` so that they name the same keys.
@@ -212,11 +217,43 @@ impl SeedArgs {
     }
 }
 
+/// Flags of `propagation`.
+#[derive(Debug, Clone, Args)]
+pub struct PropagationArgs {
+    /// Router the changes are made on (`Admin/SetTenantVersion`).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub writer: String,
+    /// Router the changes are watched on (`Router/WatchAssignments`) [default: the writer].
+    #[arg(long)]
+    pub watcher: Option<String>,
+    /// Number of changes, made one after another.
+    #[arg(long, default_value_t = 1_000)]
+    pub changes: usize,
+    /// Deadline of each call, and longest wait for one change to arrive.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PropagationArgs {
+    /// Returns the measurement these flags describe.
+    pub fn config(&self) -> PropagationConfig {
+        PropagationConfig {
+            writer: self.writer.clone(),
+            watcher: self.watcher.clone().unwrap_or_else(|| self.writer.clone()),
+            changes: self.changes,
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// Carries out a parsed command line; returns the process's exit status.
 pub fn execute(cli: Cli) -> ExitCode {
     let threads = match &cli.command {
         Command::Run(args) => args.threads,
-        Command::Seed(_) => None,
+        Command::Seed(_) | Command::Propagation(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -234,6 +271,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Run(args) => execute_run(&args).await,
             Command::Seed(args) => execute_seed(&args).await,
+            Command::Propagation(args) => execute_propagation(&args).await,
         }
     });
     match outcome {
@@ -242,7 +280,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             eprintln!("greyrouter-load: {}", crate::error::chain(&err));
             ExitCode::from(match err {
                 Error::InvalidConfig { .. } | Error::InvalidTarget { .. } => EXIT_USAGE,
-                Error::Connect { .. } | Error::Seed { .. } => EXIT_UNAVAILABLE,
+                Error::Connect { .. } | Error::Seed { .. } | Error::Call { .. } => EXIT_UNAVAILABLE,
                 Error::Worker(_) => 1,
             })
         }
@@ -258,6 +296,31 @@ async fn execute_seed(args: &SeedArgs) -> Result<ExitCode, Error> {
         }
     } else {
         println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn execute_propagation(args: &PropagationArgs) -> Result<ExitCode, Error> {
+    let config = args.config();
+    config.validate()?;
+    eprintln!(
+        "greyrouter-load: {} changes on {}, watched on {}",
+        config.changes, config.writer, config.watcher
+    );
+    let report = propagation(&config).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    if report.missing > 0 {
+        eprintln!(
+            "greyrouter-load: check failed: {} of {} changes did not arrive within --timeout {}",
+            report.missing,
+            report.changes,
+            crate::duration::HumanDuration(config.timeout)
+        );
+        return Ok(ExitCode::from(EXIT_CHECK_FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -396,6 +459,43 @@ mod tests {
         };
         assert_eq!(args.config().versions, ["v1", "v2"]);
         assert_eq!(args.config().instances_per_version, 2);
+    }
+
+    #[test]
+    fn propagation_defaults_and_flags_reach_the_config() {
+        let Command::Propagation(args) = parse(&["propagation"]).command else {
+            panic!("propagation expected")
+        };
+        assert_eq!(args.config(), PropagationConfig::default());
+        let Command::Propagation(args) = parse(&[
+            "propagation",
+            "--writer",
+            "http://127.0.0.1:50061",
+            "--watcher",
+            "http://127.0.0.1:50062",
+            "--changes",
+            "50",
+            "--timeout",
+            "2s",
+            "--json",
+        ])
+        .command
+        else {
+            panic!("propagation expected")
+        };
+        let config = args.config();
+        assert_eq!(config.writer, "http://127.0.0.1:50061");
+        assert_eq!(config.watcher, "http://127.0.0.1:50062");
+        assert_eq!(config.changes, 50);
+        assert_eq!(config.timeout, Duration::from_secs(2));
+        assert!(args.json);
+        // Without --watcher, the writer watches its own changes.
+        let Command::Propagation(args) =
+            parse(&["propagation", "--writer", "http://127.0.0.1:50061"]).command
+        else {
+            panic!("propagation expected")
+        };
+        assert_eq!(args.config().watcher, "http://127.0.0.1:50061");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Why a seed or a run could not be carried out. Failed requests of a run are not errors:
-//! they are counted in its [`Summary`](crate::summary::Summary).
+//! Why a seed, a run or a propagation measurement could not be carried out. Failed requests of
+//! a run are not errors: they are counted in its [`Summary`](crate::summary::Summary).
 //!
 //! Messages do not repeat their source; [`chain`] joins an error with its sources.
 
@@ -15,7 +15,7 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Why a seed or a run could not be carried out.
+/// Why a seed, a run or a propagation measurement could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A setting is out of range.
@@ -48,6 +48,14 @@ pub enum Error {
         /// The call and the entity it was about, e.g. `upsert tenant 'tenant-7'`.
         what: String,
         /// The server's answer.
+        status: Box<tonic::Status>,
+    },
+    /// A call of a measurement failed, or its watch stream ended.
+    #[error("{what}: {status}")]
+    Call {
+        /// The call and where it went, e.g. `SetTenantVersion on http://127.0.0.1:50061`.
+        what: String,
+        /// The server's answer, or why the stream ended.
         status: Box<tonic::Status>,
     },
     /// A worker task panicked or was cancelled.

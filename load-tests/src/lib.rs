@@ -3,13 +3,18 @@
 //! It seeds a running server through `greyrouter.v1.Admin` ([`seed::seed`]), then drives
 //! `greyrouter.v1.Router/Route` with a fixed number of workers ([`run::run`]) and reports
 //! throughput, error codes and latency percentiles ([`summary::Summary`]), as text or JSON.
+//! [`propagation::propagation`] measures how long a change made through one router of a fleet
+//! takes to reach a watcher of another.
 //! `main.rs` only parses the command line ([`cli`]); tests call these functions directly.
 //!
 //! Layout:
-//! - [`cli`]: flags → [`run::RunConfig`] / [`seed::SeedConfig`], output, exit status;
+//! - [`cli`]: flags → [`run::RunConfig`] / [`seed::SeedConfig`] /
+//!   [`propagation::PropagationConfig`], output, exit status;
 //! - [`seed`]: services, instances and tenants created with bounded concurrency;
 //! - [`run`]: the closed-loop workers; [`tally`]: what one worker records;
 //!   [`summary`]: merged figures and the `--max-p99-ms` / `--fail-on-error` checks;
+//! - [`propagation`]: `SetTenantVersion` on one router, `WatchAssignments` on another, and the
+//!   delay between them;
 //! - [`keyspace`]: the tenant and service names both sides use;
 //! - [`distribution`]: uniform and Zipf key choice; [`rng`]: SplitMix64;
 //! - [`duration`]: `10s` / `500ms` / `2m` parsing; [`cpu`]: the generator's own CPU time.
@@ -42,6 +47,7 @@ pub mod distribution;
 pub mod duration;
 pub mod error;
 pub mod keyspace;
+pub mod propagation;
 pub mod rng;
 pub mod run;
 pub mod seed;

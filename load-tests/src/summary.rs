@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::distribution::Distribution;
@@ -31,6 +32,35 @@ pub struct Latency {
     pub p99_9: u64,
     /// Slowest request.
     pub max: u64,
+}
+
+impl Latency {
+    /// Returns the percentiles of `histogram` (microseconds); all zero when it is empty.
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Latency {
+        let count = histogram.len();
+        if count == 0 {
+            return Latency {
+                count,
+                min: 0,
+                mean: 0.0,
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p99_9: 0,
+                max: 0,
+            };
+        }
+        Latency {
+            count,
+            min: histogram.min(),
+            mean: histogram.mean(),
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p99_9: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
 }
 
 /// CPU the generator itself used while recording.
@@ -95,25 +125,7 @@ impl Summary {
         elapsed: Duration,
         generator_cpu: Option<CpuUsage>,
     ) -> Summary {
-        let histogram = &tally.latency_us;
-        let count = histogram.len();
-        let quantile = |q: f64| {
-            if count == 0 {
-                0
-            } else {
-                histogram.value_at_quantile(q)
-            }
-        };
-        let latency_us = Latency {
-            count,
-            min: if count == 0 { 0 } else { histogram.min() },
-            mean: if count == 0 { 0.0 } else { histogram.mean() },
-            p50: quantile(0.50),
-            p90: quantile(0.90),
-            p99: quantile(0.99),
-            p99_9: quantile(0.999),
-            max: if count == 0 { 0 } else { histogram.max() },
-        };
+        let latency_us = Latency::from_histogram(&tally.latency_us);
         let mut error_codes = BTreeMap::new();
         let mut error_samples = BTreeMap::new();
         for index in 0..CODES {

@@ -51,9 +51,7 @@ impl Tally {
     /// Records a successful request that took `latency`.
     #[inline]
     pub fn record_ok(&mut self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us
-            .saturating_record(micros.min(MAX_LATENCY_US));
+        record(&mut self.latency_us, latency);
         self.ok += 1;
     }
 
@@ -90,7 +88,17 @@ impl Tally {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// Records `latency` in microseconds into a histogram made by [`new_histogram`]; latencies
+/// above [`MAX_LATENCY_US`] are recorded as that.
+#[inline]
+pub fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.min(MAX_LATENCY_US));
+}
+
+/// Returns an empty latency histogram: microseconds, up to [`MAX_LATENCY_US`], 3 significant
+/// digits.
+pub fn new_histogram() -> Histogram<u64> {
     match Histogram::new_with_max(MAX_LATENCY_US, SIGNIFICANT_DIGITS) {
         Ok(histogram) => histogram,
         Err(err) => unreachable!("constant histogram bounds are valid: {err:?}"),

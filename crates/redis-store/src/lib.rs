@@ -452,12 +452,15 @@ impl Store for RedisStore {
         wait: Duration,
     ) -> Result<Vec<Change>, StoreError> {
         let stream = self.keys.changes();
+        // The revision is read before the stream: every change up to it is then in the stream
+        // unless trimmed, so an empty range below it is a real gap, not a change that landed
+        // between the two reads.
+        let current = self.revision().await?;
         let entries: Vec<(String, HashMap<String, String>)> = self
             .client
             .xrange(&stream, format!("{}-0", after + 1), "+", Some(limit as u64))
             .await
             .map_err(|e| unavailable(&e))?;
-        let current = self.revision().await?;
         if current < after {
             // The store was reset to an older state (flushed and restored).
             return Err(StoreError::Compacted {

@@ -242,3 +242,39 @@ async fn keeps_working_through_a_sentinel_failover() {
     let port = sentinel.master_port().expect("master");
     assert_eq!(port, sentinel.replica.port());
 }
+
+/// Regression: a change committed between the follower's read of the stream and its read of the
+/// revision was taken for a trimmed stream, and the router reloaded a full snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_landing_between_reads_is_not_a_gap() {
+    let server = RedisServer::start();
+    let writer = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect");
+    let follower = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect");
+    const CHANGES: u64 = 400;
+    // The writer keeps its own copy, so commits follow each other as fast as Redis allows.
+    let writing = async {
+        let mut base = writer.load().await.expect("load");
+        for i in 0..CHANGES {
+            let mutation = tenant(&format!("t{i}"));
+            writer.commit(&base, mutation.clone()).await.expect("commit");
+            base = base.apply(&mutation).expect("apply").0;
+        }
+    };
+    let following = async {
+        let mut at = 0;
+        while at < CHANGES {
+            let changes = follower
+                .changes_after(at, 1, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|err| panic!("following from {at}: {err}"));
+            if let Some(last) = changes.last() {
+                at = last.revision;
+            }
+        }
+    };
+    tokio::join!(writing, following);
+}
