@@ -260,7 +260,10 @@ async fn a_change_landing_between_reads_is_not_a_gap() {
         let mut base = writer.load().await.expect("load");
         for i in 0..CHANGES {
             let mutation = tenant(&format!("t{i}"));
-            writer.commit(&base, mutation.clone()).await.expect("commit");
+            writer
+                .commit(&base, mutation.clone())
+                .await
+                .expect("commit");
             base = base.apply(&mutation).expect("apply").0;
         }
     };
