@@ -8,9 +8,11 @@ use std::sync::Arc;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::admin_server::Admin;
 use greyrouter_store::Commit;
-use routing_core::{Entity, Mutation, Outcome, RoutingError, validate};
+use routing_core::model::{RolloutDecision, RolloutEvent, RolloutPhase, RolloutPlan};
+use routing_core::{Entity, Experiment, Mutation, Outcome, Rollout, RoutingError, validate};
 use tonic::{Request, Response, Status};
 
+use crate::audit::{self, Actor};
 use crate::convert;
 use crate::replica::Replica;
 use crate::status;
@@ -18,6 +20,8 @@ use crate::status;
 /// Default and largest page of `ListTenants`.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Most changes one `ListEvents` call reads.
+const MAX_EVENTS_SCANNED: usize = 20_000;
 
 /// Serves `greyrouter.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -31,32 +35,19 @@ impl AdminService {
         AdminService { replica }
     }
 
-    async fn commit(&self, mutation: Mutation) -> Result<Commit, Status> {
-        let kind = mutation_name(&mutation);
-        let result = self.replica.commit(mutation).await;
+    async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, Status> {
+        let kind = audit::kind(&mutation);
+        let result = self.replica.commit(mutation, actor).await;
         match &result {
-            Ok(commit) => tracing::info!(mutation = kind, revision = commit.revision, "committed"),
+            Ok(commit) => tracing::info!(
+                mutation = kind,
+                revision = commit.revision,
+                actor = %actor.name,
+                "committed"
+            ),
             Err(err) => tracing::debug!(mutation = kind, %err, "refused"),
         }
         result.map_err(|e| status::store(&e))
-    }
-}
-
-fn mutation_name(mutation: &Mutation) -> &'static str {
-    match mutation {
-        Mutation::UpsertTenant { .. } => "upsert_tenant",
-        Mutation::UpsertService { .. } => "upsert_service",
-        Mutation::RegisterInstance { .. } => "register_instance",
-        Mutation::DeregisterInstance { .. } => "deregister_instance",
-        Mutation::SetDefaultVersion { .. } => "set_default_version",
-        Mutation::SetTenantVersion { .. } => "set_tenant_version",
-        Mutation::ClearTenantVersion { .. } => "clear_tenant_version",
-        Mutation::EmergencyRollback { .. } => "emergency_rollback",
-        Mutation::ClearOverride { .. } => "clear_override",
-        Mutation::UpsertRollout { .. } => "upsert_rollout",
-        Mutation::RemoveRollout { .. } => "remove_rollout",
-        Mutation::UpsertExperiment { .. } => "upsert_experiment",
-        Mutation::RemoveExperiment { .. } => "remove_experiment",
     }
 }
 
@@ -70,11 +61,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertTenantRequest>,
     ) -> Result<Response<pb::UpsertTenantResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let tenant = convert::required("tenant", request.into_inner().tenant).map_err(invalid)?;
         let commit = self
-            .commit(Mutation::UpsertTenant {
-                tenant: convert::tenant(tenant),
-            })
+            .commit(
+                Mutation::UpsertTenant {
+                    tenant: convert::tenant(tenant),
+                },
+                &actor,
+            )
             .await?;
         Ok(Response::new(pb::UpsertTenantResponse {
             revision: commit.revision,
@@ -114,15 +109,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertServiceRequest>,
     ) -> Result<Response<pb::UpsertServiceResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
         let service = convert::required("service", request.service)
             .and_then(convert::service)
             .map_err(invalid)?;
         let commit = self
-            .commit(Mutation::UpsertService {
-                service,
-                force: request.force,
-            })
+            .commit(
+                Mutation::UpsertService {
+                    service,
+                    force: request.force,
+                },
+                &actor,
+            )
             .await?;
         Ok(Response::new(pb::UpsertServiceResponse {
             revision: commit.revision,
@@ -147,10 +146,13 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::RegisterInstanceResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let instance = convert::required("instance", request.into_inner().instance)
             .and_then(convert::instance)
             .map_err(invalid)?;
-        let commit = self.commit(Mutation::RegisterInstance { instance }).await?;
+        let commit = self
+            .commit(Mutation::RegisterInstance { instance }, &actor)
+            .await?;
         Ok(Response::new(pb::RegisterInstanceResponse {
             revision: commit.revision,
         }))
@@ -160,12 +162,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeregisterInstanceRequest>,
     ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
         let commit = self
-            .commit(Mutation::DeregisterInstance {
-                service: request.service,
-                instance_id: request.instance_id,
-            })
+            .commit(
+                Mutation::DeregisterInstance {
+                    service: request.service,
+                    instance_id: request.instance_id,
+                },
+                &actor,
+            )
             .await?;
         Ok(Response::new(pb::DeregisterInstanceResponse {
             revision: commit.revision,
@@ -199,13 +205,17 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetDefaultVersionRequest>,
     ) -> Result<Response<pb::SetDefaultVersionResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
         let commit = self
-            .commit(Mutation::SetDefaultVersion {
-                service: request.service,
-                version: request.version,
-                force: request.force,
-            })
+            .commit(
+                Mutation::SetDefaultVersion {
+                    service: request.service,
+                    version: request.version,
+                    force: request.force,
+                },
+                &actor,
+            )
             .await?;
         Ok(Response::new(pb::SetDefaultVersionResponse {
             revision: commit.revision,
@@ -216,15 +226,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetTenantVersionRequest>,
     ) -> Result<Response<pb::SetTenantVersionResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
         let commit = self
-            .commit(Mutation::SetTenantVersion {
-                tenant_id: request.tenant_id,
-                service: request.service,
-                version: request.version,
-                expected_version: request.expected_version,
-                force: request.force,
-            })
+            .commit(
+                Mutation::SetTenantVersion {
+                    tenant_id: request.tenant_id,
+                    service: request.service,
+                    version: request.version,
+                    expected_version: request.expected_version,
+                    force: request.force,
+                },
+                &actor,
+            )
             .await?;
         let previous_version = match commit.outcome {
             Outcome::Reassigned { previous_version } => previous_version,
@@ -240,12 +254,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearTenantVersionRequest>,
     ) -> Result<Response<pb::ClearTenantVersionResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
         let commit = self
-            .commit(Mutation::ClearTenantVersion {
-                tenant_id: request.tenant_id,
-                service: request.service,
-            })
+            .commit(
+                Mutation::ClearTenantVersion {
+                    tenant_id: request.tenant_id,
+                    service: request.service,
+                },
+                &actor,
+            )
             .await?;
         Ok(Response::new(pb::ClearTenantVersionResponse {
             revision: commit.revision,
@@ -290,29 +308,44 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EmergencyRollbackRequest>,
     ) -> Result<Response<pb::EmergencyRollbackResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
+        let actor = actor.with_reason(&request.reason);
         let tenant_ids = convert::names("tenant_ids", request.tenant_ids).map_err(invalid)?;
-        let commit = self
-            .commit(Mutation::EmergencyRollback {
-                service: request.service,
-                from_version: request.from_version,
-                to_version: request.to_version,
-                tenant_ids,
-                force: request.force,
-            })
-            .await?;
-        let (override_id, moved_tenants) = match commit.outcome {
+        let mutation = Mutation::EmergencyRollback {
+            service: request.service,
+            from_version: request.from_version,
+            to_version: request.to_version,
+            tenant_ids,
+            force: request.force,
+        };
+        let (revision, outcome) = if request.dry_run {
+            // What would happen now, without committing anything.
+            let state = self.replica.current();
+            let (_, outcome) = state.apply(&mutation).map_err(invalid)?;
+            (state.revision(), outcome)
+        } else {
+            let commit = self.commit(mutation, &actor).await?;
+            (commit.revision, commit.outcome)
+        };
+        let (override_id, moved_tenants) = match outcome {
             Outcome::RolledBack {
                 override_id,
                 moved_tenants,
             } => (override_id, moved_tenants),
             _ => (String::new(), 0),
         };
-        tracing::warn!(revision = commit.revision, %override_id, moved_tenants, "emergency rollback");
+        if !request.dry_run {
+            tracing::warn!(revision, %override_id, moved_tenants, actor = %actor.name, reason = %actor.reason, "emergency rollback");
+        }
         Ok(Response::new(pb::EmergencyRollbackResponse {
-            revision: commit.revision,
+            revision,
             moved_tenants,
-            override_id,
+            override_id: if request.dry_run {
+                String::new()
+            } else {
+                override_id
+            },
         }))
     }
 
@@ -341,15 +374,369 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearOverrideRequest>,
     ) -> Result<Response<pb::ClearOverrideResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
         let commit = self
-            .commit(Mutation::ClearOverride {
-                service: request.service,
-                override_id: request.override_id,
-            })
+            .commit(
+                Mutation::ClearOverride {
+                    service: request.service,
+                    override_id: request.override_id,
+                },
+                &actor,
+            )
             .await?;
         Ok(Response::new(pb::ClearOverrideResponse {
             revision: commit.revision,
         }))
+    }
+
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
+        let request = request.into_inner();
+        validate::name("service", &request.service).map_err(invalid)?;
+        validate::name("to_version", &request.to_version).map_err(invalid)?;
+        validate::optional_name("id", &request.id).map_err(invalid)?;
+        if request.interval_seconds == 0 {
+            return Err(invalid(RoutingError::invalid(
+                "interval_seconds",
+                "must be positive",
+            )));
+        }
+        let steps = convert::steps(&request.steps).map_err(invalid)?;
+        let analysis = convert::analysis(request.analysis).map_err(invalid)?;
+        let cohort = convert::cohort(request.cohort).map_err(invalid)?;
+        let now = audit::now_ms();
+        let id = if request.id.is_empty() {
+            format!(
+                "{}-{}",
+                request.to_version,
+                self.replica.current().revision() + 1
+            )
+        } else {
+            request.id
+        };
+        let rollout = Rollout {
+            id: id.clone(),
+            service: request.service.clone(),
+            to_version: request.to_version,
+            basis_points: 0,
+            salt: String::new(),
+            cohort,
+            plan: Some(RolloutPlan {
+                from_version: String::new(),
+                steps,
+                interval_ms: request.interval_seconds.saturating_mul(1000),
+                analysis,
+                phase: RolloutPhase::Running,
+                step: 0,
+                step_started_ms: now,
+                failed_checks: 0,
+                decisions: Vec::new(),
+            }),
+        };
+        let commit = self
+            .commit(
+                Mutation::StartRollout {
+                    rollout,
+                    force: request.force,
+                },
+                &actor,
+            )
+            .await?;
+        self.rollout_response(&request.service, &id, commit.revision)
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        let request = request.into_inner();
+        validate::name("service", &request.service).map_err(invalid)?;
+        validate::name("id", &request.id).map_err(invalid)?;
+        let revision = self.replica.current().revision();
+        self.rollout_response(&request.service, &request.id, revision)
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let service = request.into_inner().service;
+        validate::optional_name("service", &service).map_err(invalid)?;
+        let state = self.replica.current();
+        if !service.is_empty() && state.service(&service).is_none() {
+            return Err(invalid(RoutingError::not_found(Entity::Service, &service)));
+        }
+        let rollouts = state
+            .services()
+            .filter(|entry| service.is_empty() || entry.service.name == service)
+            .flat_map(|entry| entry.rollouts().iter().map(convert::rollout_message))
+            .collect();
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts,
+            revision: state.revision(),
+        }))
+    }
+
+    async fn pause_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        self.control_rollout(request, RolloutEvent::Paused).await
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        self.control_rollout(request, RolloutEvent::Resumed).await
+    }
+
+    async fn promote_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        self.control_rollout(request, RolloutEvent::Promoted).await
+    }
+
+    async fn abort_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        self.control_rollout(request, RolloutEvent::Aborted).await
+    }
+
+    async fn create_experiment(
+        &self,
+        request: Request<pb::CreateExperimentRequest>,
+    ) -> Result<Response<pb::ExperimentResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
+        let request = request.into_inner();
+        validate::name("service", &request.service).map_err(invalid)?;
+        validate::name("id", &request.id).map_err(invalid)?;
+        let state = self.replica.current();
+        if state
+            .service(&request.service)
+            .is_some_and(|s| s.experiments().iter().any(|e| e.id == request.id))
+        {
+            return Err(invalid(RoutingError::FailedPrecondition(format!(
+                "experiment '{}' of service '{}' already exists",
+                request.id, request.service
+            ))));
+        }
+        let experiment = Experiment {
+            id: request.id.clone(),
+            service: request.service.clone(),
+            salt: format!("{}/{}", request.service, request.id),
+            variants: convert::variants(request.variants),
+            cohort: convert::cohort(request.cohort).map_err(invalid)?,
+            sticky: Default::default(),
+        };
+        let commit = self
+            .commit(Mutation::UpsertExperiment { experiment }, &actor)
+            .await?;
+        self.experiment_response(&request.service, &request.id, commit.revision)
+    }
+
+    async fn update_experiment(
+        &self,
+        request: Request<pb::UpdateExperimentRequest>,
+    ) -> Result<Response<pb::ExperimentResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let commit = self
+            .commit(
+                Mutation::UpdateExperiment {
+                    service: request.service.clone(),
+                    experiment_id: request.id.clone(),
+                    variants: convert::variants(request.variants),
+                    rebalance: request.rebalance,
+                },
+                &actor,
+            )
+            .await?;
+        self.experiment_response(&request.service, &request.id, commit.revision)
+    }
+
+    async fn get_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<pb::ExperimentResponse>, Status> {
+        let request = request.into_inner();
+        validate::name("service", &request.service).map_err(invalid)?;
+        validate::name("id", &request.id).map_err(invalid)?;
+        let revision = self.replica.current().revision();
+        self.experiment_response(&request.service, &request.id, revision)
+    }
+
+    async fn stop_experiment(
+        &self,
+        request: Request<pb::StopExperimentRequest>,
+    ) -> Result<Response<pb::StopExperimentResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let commit = self
+            .commit(
+                Mutation::RemoveExperiment {
+                    service: request.service,
+                    experiment_id: request.id,
+                },
+                &actor,
+            )
+            .await?;
+        Ok(Response::new(pb::StopExperimentResponse {
+            revision: commit.revision,
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let request = request.into_inner();
+        validate::optional_name("tenant_id", &request.tenant_id).map_err(invalid)?;
+        validate::optional_name("service", &request.service).map_err(invalid)?;
+        let limit = match request.limit as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let mut events = Vec::new();
+        let mut at = request.since_revision;
+        // Reads the log in pages until the page is full or the log ends; at most this many
+        // changes are scanned per call, so a narrow filter over a long log answers in parts.
+        let mut scanned = 0;
+        while events.len() < limit && scanned < MAX_EVENTS_SCANNED {
+            let changes = self
+                .replica
+                .store()
+                .changes_after(at, MAX_PAGE, std::time::Duration::ZERO)
+                .await
+                .map_err(|e| status::store(&e))?;
+            let Some(last) = changes.last() else { break };
+            at = last.revision;
+            scanned += changes.len();
+            for change in changes {
+                let (tenant_id, service) = audit::subject(&change.mutation);
+                let tenant_matches = request.tenant_id.is_empty()
+                    || tenant_id == request.tenant_id
+                    || (tenant_id.is_empty() && !service.is_empty());
+                let service_matches = request.service.is_empty() || service == request.service;
+                if !(tenant_matches && service_matches) {
+                    continue;
+                }
+                events.push(pb::Event {
+                    revision: change.revision,
+                    at_ms: change.meta.at_ms,
+                    actor: change.meta.actor,
+                    reason: change.meta.reason,
+                    kind: audit::kind(&change.mutation).to_owned(),
+                    tenant_id,
+                    service,
+                    before: change.meta.before,
+                    after: change.meta.after,
+                });
+                if events.len() == limit {
+                    at = change.revision;
+                    break;
+                }
+            }
+        }
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_revision: at,
+        }))
+    }
+}
+
+impl AdminService {
+    fn rollout_response(
+        &self,
+        service: &str,
+        id: &str,
+        revision: u64,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        let state = self.replica.current();
+        let rollout = state
+            .service(service)
+            .ok_or_else(|| invalid(RoutingError::not_found(Entity::Service, service)))?
+            .rollouts()
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| {
+                invalid(RoutingError::not_found(
+                    Entity::Rollout,
+                    format!("{service}/{id}"),
+                ))
+            })?;
+        Ok(Response::new(pb::RolloutResponse {
+            rollout: Some(convert::rollout_message(rollout)),
+            revision,
+        }))
+    }
+
+    fn experiment_response(
+        &self,
+        service: &str,
+        id: &str,
+        revision: u64,
+    ) -> Result<Response<pb::ExperimentResponse>, Status> {
+        let state = self.replica.current();
+        let experiment = state
+            .service(service)
+            .ok_or_else(|| invalid(RoutingError::not_found(Entity::Service, service)))?
+            .experiments()
+            .iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| {
+                invalid(RoutingError::not_found(
+                    Entity::Experiment,
+                    format!("{service}/{id}"),
+                ))
+            })?;
+        Ok(Response::new(pb::ExperimentResponse {
+            experiment: Some(convert::experiment_message(&state, experiment)),
+            revision,
+        }))
+    }
+
+    async fn control_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+        event: RolloutEvent,
+    ) -> Result<Response<pb::RolloutResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata());
+        let request = request.into_inner();
+        let actor = actor.with_reason(&request.reason);
+        validate::name("service", &request.service).map_err(invalid)?;
+        validate::name("id", &request.id).map_err(invalid)?;
+        let note = if actor.reason.is_empty() {
+            format!("by {}", actor.name)
+        } else {
+            format!("by {}: {}", actor.name, actor.reason)
+        };
+        let decision = RolloutDecision {
+            at_ms: audit::now_ms(),
+            step: 0,
+            basis_points: 0,
+            event,
+            canary: None,
+            baseline: None,
+            note,
+        };
+        let commit = self
+            .commit(
+                Mutation::ControlRollout {
+                    service: request.service.clone(),
+                    rollout_id: request.id.clone(),
+                    decision,
+                    force: request.force,
+                },
+                &actor,
+            )
+            .await?;
+        self.rollout_response(&request.service, &request.id, commit.revision)
     }
 }

@@ -11,8 +11,11 @@ use greyrouter_proto::v1::admin_client::AdminClient;
 use greyrouter_proto::v1::router_client::RouterClient;
 use routing_core::Strategy;
 use serde_json::{Value, json};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+use crate::audit::{ACTOR_HEADER, REASON_HEADER};
 use crate::config::{Config, ENV_VARS, EXIT_CONFIG, Overrides};
 use crate::convert;
 use crate::server::App;
@@ -40,6 +43,12 @@ struct ClientArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Who you are, for the audit trail ($USER when absent).
+    #[arg(long, global = true, env = "GREYROUTER_ACTOR", default_value = "")]
+    actor: String,
+    /// Why you make this change, for the audit trail.
+    #[arg(long = "why", global = true, default_value = "")]
+    reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +79,24 @@ enum Command {
     Override(OverrideCommand),
     /// Streams changes of effective assignments.
     Watch(WatchArgs),
+    /// Prints the audit trail: who changed what, when and why.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Events after this revision.
+    #[arg(long, default_value_t = 0)]
+    since: u64,
+    /// Only events about this tenant (and service-wide changes).
+    #[arg(long, default_value = "")]
+    tenant: String,
+    /// Only events about this service.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
 }
 
 #[derive(Debug, Args)]
@@ -216,17 +243,29 @@ enum InstanceCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["service", "all_services_on_version"])))]
 struct RollbackArgs {
-    service: String,
-    /// The broken version.
+    /// The service to roll back.
+    service: Option<String>,
+    /// The broken version (with a service).
+    #[arg(long, requires = "service")]
+    from: Option<String>,
+    /// The version to go back to: required with a service; with --all-services-on-version,
+    /// each service's default version when absent.
     #[arg(long)]
-    from: String,
-    /// The version to go back to.
-    #[arg(long)]
-    to: String,
+    to: Option<String>,
+    /// Rolls back every service with tenants on this version.
+    #[arg(long, conflicts_with_all = ["service", "from"])]
+    all_services_on_version: Option<String>,
     /// Only these tenants (repeatable); every tenant on the version when absent.
     #[arg(long = "tenant")]
     tenants: Vec<String>,
+    /// Does not ask for confirmation.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Shows what would move, changing nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Allows a target without a healthy instance.
     #[arg(long)]
     force: bool,
@@ -374,6 +413,53 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Adds who is calling (and why) to every admin call, for the audit trail.
+#[derive(Debug, Clone)]
+struct Identify {
+    actor: MetadataValue<Ascii>,
+    reason: Option<MetadataValue<Ascii>>,
+}
+
+impl Identify {
+    fn new(args: &ClientArgs) -> anyhow::Result<Identify> {
+        let actor = if args.actor.is_empty() {
+            std::env::var("USER").unwrap_or_else(|_| "cli".to_owned())
+        } else {
+            args.actor.clone()
+        };
+        let ascii = |text: &str, what: &str| {
+            MetadataValue::try_from(text)
+                .map_err(|_| anyhow::anyhow!("{what} must be printable ASCII"))
+        };
+        Ok(Identify {
+            actor: ascii(&actor, "--actor")?,
+            reason: if args.reason.is_empty() {
+                None
+            } else {
+                Some(ascii(&args.reason, "--reason")?)
+            },
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Identify {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert(ACTOR_HEADER, self.actor.clone());
+        if let Some(reason) = &self.reason
+            && !metadata.contains_key(REASON_HEADER)
+        {
+            metadata.insert(REASON_HEADER, reason.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Admin = AdminClient<InterceptedService<Channel, Identify>>;
+
 async fn channel(server: &str) -> anyhow::Result<Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
         .map_err(|e| anyhow::anyhow!("invalid --server '{server}': {e}"))?;
@@ -390,7 +476,7 @@ fn call_error(status: tonic::Status) -> anyhow::Error {
 
 async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
     let channel = channel(&args.server).await?;
-    let mut admin = AdminClient::new(channel.clone());
+    let mut admin = AdminClient::with_interceptor(channel.clone(), Identify::new(args)?);
     let out = Printer(args.output);
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
@@ -433,34 +519,9 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
         Command::Service(command) => service(command, &mut admin, out).await?,
         Command::Instance(command) => instance(command, &mut admin, out).await?,
         Command::Rollback(rollback) => {
-            let response = admin
-                .emergency_rollback(pb::EmergencyRollbackRequest {
-                    service: rollback.service.clone(),
-                    from_version: rollback.from.clone(),
-                    to_version: rollback.to.clone(),
-                    tenant_ids: rollback.tenants,
-                    force: rollback.force,
-                })
-                .await
-                .map_err(call_error)?
-                .into_inner();
-            out.message(
-                format!(
-                    "moved {} tenant(s) of {} from {} to {} (override {}, revision {})",
-                    response.moved_tenants,
-                    rollback.service,
-                    rollback.from,
-                    rollback.to,
-                    response.override_id,
-                    response.revision
-                ),
-                json!({
-                    "moved_tenants": response.moved_tenants,
-                    "override_id": response.override_id,
-                    "revision": response.revision,
-                }),
-            );
+            rollback_command(rollback, &args.reason, &mut admin, out).await?;
         }
+        Command::Events(events) => events_command(events, &mut admin, out).await?,
         Command::Override(OverrideCommand::List { service }) => {
             let response = admin
                 .list_overrides(pb::ListOverridesRequest {
@@ -531,11 +592,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn tenant(
-    command: TenantCommand,
-    admin: &mut AdminClient<Channel>,
-    out: Printer,
-) -> anyhow::Result<()> {
+async fn tenant(command: TenantCommand, admin: &mut Admin, out: Printer) -> anyhow::Result<()> {
     match command {
         TenantCommand::List => {
             let mut tenants = Vec::new();
@@ -693,11 +750,7 @@ async fn tenant(
     Ok(())
 }
 
-async fn service(
-    command: ServiceCommand,
-    admin: &mut AdminClient<Channel>,
-    out: Printer,
-) -> anyhow::Result<()> {
+async fn service(command: ServiceCommand, admin: &mut Admin, out: Printer) -> anyhow::Result<()> {
     match command {
         ServiceCommand::List => {
             let response = admin
@@ -783,11 +836,7 @@ async fn service(
     Ok(())
 }
 
-async fn instance(
-    command: InstanceCommand,
-    admin: &mut AdminClient<Channel>,
-    out: Printer,
-) -> anyhow::Result<()> {
+async fn instance(command: InstanceCommand, admin: &mut Admin, out: Printer) -> anyhow::Result<()> {
     match command {
         InstanceCommand::Register {
             service,
@@ -879,6 +928,232 @@ async fn instance(
         }
     }
     Ok(())
+}
+
+/// One emergency rollback to make: service, versions, tenants that would move.
+struct PlannedRollback {
+    service: String,
+    from: String,
+    to: String,
+    moving: u64,
+}
+
+async fn rollback_command(
+    rollback: RollbackArgs,
+    reason: &str,
+    admin: &mut Admin,
+    out: Printer,
+) -> anyhow::Result<()> {
+    let request =
+        |service: &str, from: &str, to: &str, dry_run: bool| pb::EmergencyRollbackRequest {
+            service: service.to_owned(),
+            from_version: from.to_owned(),
+            to_version: to.to_owned(),
+            tenant_ids: rollback.tenants.clone(),
+            force: rollback.force,
+            dry_run,
+            reason: reason.to_owned(),
+        };
+    // What would move, service by service, changing nothing.
+    let mut plan = Vec::new();
+    if let Some(version) = &rollback.all_services_on_version {
+        let services = admin
+            .list_services(pb::ListServicesRequest {})
+            .await
+            .map_err(call_error)?
+            .into_inner()
+            .services;
+        for service in services
+            .into_iter()
+            .filter(|s| s.versions.contains(version))
+        {
+            let to = rollback
+                .to
+                .clone()
+                .unwrap_or_else(|| service.default_version.clone());
+            if &to == version || !service.versions.contains(&to) {
+                eprintln!(
+                    "skipping {}: no version to go back to from {version} (use --to)",
+                    service.name
+                );
+                continue;
+            }
+            let moving = admin
+                .emergency_rollback(request(&service.name, version, &to, true))
+                .await
+                .map_err(call_error)?
+                .into_inner()
+                .moved_tenants;
+            if moving > 0 {
+                plan.push(PlannedRollback {
+                    service: service.name,
+                    from: version.clone(),
+                    to,
+                    moving,
+                });
+            }
+        }
+    } else {
+        let (Some(service), Some(from), Some(to)) =
+            (&rollback.service, &rollback.from, &rollback.to)
+        else {
+            anyhow::bail!("give a service with --from and --to, or --all-services-on-version");
+        };
+        let moving = admin
+            .emergency_rollback(request(service, from, to, true))
+            .await
+            .map_err(call_error)?
+            .into_inner()
+            .moved_tenants;
+        plan.push(PlannedRollback {
+            service: service.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            moving,
+        });
+    }
+    let total: u64 = plan.iter().map(|p| p.moving).sum();
+    if out.0 == Output::Table {
+        out.table(
+            &["SERVICE", "FROM", "TO", "TENANTS MOVING"],
+            plan.iter()
+                .map(|p| {
+                    vec![
+                        p.service.clone(),
+                        p.from.clone(),
+                        p.to.clone(),
+                        p.moving.to_string(),
+                    ]
+                })
+                .collect(),
+            Value::Null,
+        );
+    }
+    if rollback.dry_run || plan.is_empty() {
+        let plan_json: Vec<Value> = plan
+            .iter()
+            .map(|p| json!({"service": p.service, "from_version": p.from, "to_version": p.to, "moving_tenants": p.moving}))
+            .collect();
+        out.message(
+            format!("dry run: {total} tenant(s) would move; nothing changed"),
+            json!({"dry_run": true, "moving_tenants": total, "rollbacks": plan_json}),
+        );
+        return Ok(());
+    }
+    if !rollback.yes {
+        eprint!(
+            "Roll back {total} tenant(s) across {} service(s)? [y/N] ",
+            plan.len()
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            anyhow::bail!("rollback cancelled; nothing changed");
+        }
+    }
+    let mut done = Vec::new();
+    for planned in &plan {
+        let response = admin
+            .emergency_rollback(request(&planned.service, &planned.from, &planned.to, false))
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        if out.0 == Output::Table {
+            println!(
+                "moved {} tenant(s) of {} from {} to {} (override {}, revision {})",
+                response.moved_tenants,
+                planned.service,
+                planned.from,
+                planned.to,
+                response.override_id,
+                response.revision
+            );
+        }
+        done.push(json!({
+            "service": planned.service,
+            "moved_tenants": response.moved_tenants,
+            "override_id": response.override_id,
+            "revision": response.revision,
+        }));
+    }
+    if out.0 == Output::Json {
+        out.json(Value::Array(done));
+    }
+    Ok(())
+}
+
+async fn events_command(events: EventsArgs, admin: &mut Admin, out: Printer) -> anyhow::Result<()> {
+    let response = admin
+        .list_events(pb::ListEventsRequest {
+            since_revision: events.since,
+            tenant_id: events.tenant,
+            service: events.service,
+            limit: events.limit,
+        })
+        .await
+        .map_err(call_error)?
+        .into_inner();
+    let rows = response
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                e.revision.to_string(),
+                format_time(e.at_ms),
+                e.actor.clone(),
+                e.kind.clone(),
+                e.tenant_id.clone(),
+                e.service.clone(),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    let values = response
+        .events
+        .iter()
+        .map(|e| {
+            let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+            json!({"revision": e.revision, "at_ms": e.at_ms, "actor": e.actor, "reason": e.reason,
+                   "kind": e.kind, "tenant_id": e.tenant_id, "service": e.service,
+                   "before": parse(&e.before), "after": parse(&e.after)})
+        })
+        .collect();
+    out.table(
+        &[
+            "REVISION",
+            "TIME (UTC)",
+            "ACTOR",
+            "CHANGE",
+            "TENANT",
+            "SERVICE",
+            "REASON",
+        ],
+        rows,
+        Value::Array(values),
+    );
+    Ok(())
+}
+
+/// Formats milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn format_time(at_ms: u64) -> String {
+    let seconds = at_ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 fn labels(labels: &HashMap<String, String>) -> String {
@@ -1002,5 +1277,12 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000_000), "2026-11-18 11:06:40");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

@@ -37,6 +37,39 @@ pub struct Config {
     pub health_interval_ms: u64,
     /// On shutdown, how long open calls may take to finish, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Outcome windows, outlier ejection and the rollout driver.
+    pub outcomes: OutcomeSettings,
+}
+
+/// Settings of outcome reports, outlier ejection and rollouts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutcomeSettings {
+    /// How far back outcome windows reach, in seconds; rollout steps are judged on at most this.
+    pub window_seconds: u64,
+    /// Slots of a window (its resolution).
+    pub window_slots: u32,
+    /// Outlier ejection of instances.
+    pub ejection: routing_core::ejection::EjectionPolicy,
+    /// How often the rollout driver looks at running rollouts, in milliseconds.
+    pub rollout_tick_ms: u64,
+    /// How long the driver's lease lasts without renewal, in milliseconds.
+    pub rollout_lease_ms: u64,
+    /// This replica's name for the lease (a random one when empty).
+    pub replica_id: String,
+}
+
+impl Default for OutcomeSettings {
+    fn default() -> Self {
+        OutcomeSettings {
+            window_seconds: 600,
+            window_slots: 60,
+            ejection: routing_core::ejection::EjectionPolicy::default(),
+            rollout_tick_ms: 1000,
+            rollout_lease_ms: 10_000,
+            replica_id: String::new(),
+        }
+    }
 }
 
 /// Settings of the Redis store.
@@ -142,6 +175,7 @@ impl Default for Config {
             redis: RedisSettings::default(),
             health_interval_ms: 1000,
             shutdown_grace_ms: 10_000,
+            outcomes: OutcomeSettings::default(),
         }
     }
 }
@@ -295,6 +329,23 @@ impl Config {
                 "store: unsupported store '{}' (use memory, redis://, redis-sentinel:// or redis-cluster://)",
                 self.store
             ));
+        }
+        let window = routing_core::outcome::WindowConfig {
+            span_ms: self.outcomes.window_seconds.saturating_mul(1000),
+            slots: self.outcomes.window_slots,
+        };
+        if let Err(problem) = window.validate() {
+            problems.push(format!("outcomes.window: {problem}"));
+        }
+        if let Err(problem) = self.outcomes.ejection.validate() {
+            problems.push(format!("outcomes.ejection: {problem}"));
+        }
+        if self.outcomes.rollout_tick_ms == 0
+            || self.outcomes.rollout_lease_ms <= self.outcomes.rollout_tick_ms
+        {
+            problems.push(
+                "outcomes: rollout_tick_ms must be positive and below rollout_lease_ms".to_owned(),
+            );
         }
         if self.health_interval_ms == 0 {
             problems.push("health_interval_ms: must be positive".to_owned());

@@ -6,8 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use greyrouter_proto::v1 as pb;
+use routing_core::analysis::{AnalysisPolicy, Measurement, StepAction};
+use routing_core::model::{RolloutDecision, RolloutEvent};
 use routing_core::watch::EffectiveAssignment;
-use routing_core::{Instance, Override, RoutingError, Service, Strategy, Tenant};
+use routing_core::{
+    Experiment, Instance, Override, Rollout, RoutingError, Service, Strategy, Tenant, Variant,
+};
 
 /// Returns the domain strategy of a proto enum value; `None` for unspecified.
 pub fn strategy(field: &str, value: i32) -> Result<Option<Strategy>, RoutingError> {
@@ -210,4 +214,226 @@ pub fn metadata(
 /// Sorted copy of a proto map, for stable output.
 pub fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Converts a cohort, checking its names.
+pub fn cohort(message: Option<pb::Cohort>) -> Result<routing_core::Cohort, RoutingError> {
+    let message = message.unwrap_or_default();
+    let labels: BTreeMap<String, String> = message.labels.into_iter().collect();
+    routing_core::validate::entries("cohort.labels", &labels)?;
+    Ok(routing_core::Cohort {
+        tiers: names("cohort.tiers", message.tiers)?,
+        labels,
+        tenant_ids: names("cohort.tenant_ids", message.tenant_ids)?,
+    })
+}
+
+/// Returns the message of a cohort.
+pub fn cohort_message(cohort: &routing_core::Cohort) -> pb::Cohort {
+    pb::Cohort {
+        tiers: cohort.tiers.iter().cloned().collect(),
+        labels: cohort.labels.clone().into_iter().collect(),
+        tenant_ids: cohort.tenant_ids.iter().cloned().collect(),
+    }
+}
+
+/// Converts an analysis policy; zero fields take the defaults.
+pub fn analysis(message: Option<pb::AnalysisPolicy>) -> Result<AnalysisPolicy, RoutingError> {
+    let defaults = AnalysisPolicy::default();
+    let Some(message) = message else {
+        return Ok(defaults);
+    };
+    let fraction = |field: &str, percent: f64, default: f64| {
+        if !percent.is_finite() || percent < 0.0 {
+            Err(RoutingError::invalid(
+                field,
+                "must be a positive percentage",
+            ))
+        } else if percent == 0.0 {
+            Ok(default)
+        } else {
+            Ok(percent / 100.0)
+        }
+    };
+    let policy = AnalysisPolicy {
+        max_error_rate: fraction(
+            "analysis.max_error_rate_percent",
+            message.max_error_rate_percent,
+            defaults.max_error_rate,
+        )?,
+        max_error_rate_increase: fraction(
+            "analysis.max_error_rate_increase_percent",
+            message.max_error_rate_increase_percent,
+            defaults.max_error_rate_increase,
+        )?,
+        max_p99_increase: fraction(
+            "analysis.max_p99_increase_percent",
+            message.max_p99_increase_percent,
+            defaults.max_p99_increase,
+        )?,
+        max_p99_ms: (message.max_p99_ms > 0).then_some(message.max_p99_ms),
+        min_requests: if message.min_requests == 0 {
+            defaults.min_requests
+        } else {
+            message.min_requests
+        },
+        max_failed_checks: if message.max_failed_checks == 0 {
+            defaults.max_failed_checks
+        } else {
+            message.max_failed_checks
+        },
+    };
+    policy
+        .validate()
+        .map_err(|reason| RoutingError::invalid("analysis", reason))?;
+    Ok(policy)
+}
+
+/// Returns the message of an analysis policy.
+pub fn analysis_message(policy: &AnalysisPolicy) -> pb::AnalysisPolicy {
+    pb::AnalysisPolicy {
+        max_error_rate_percent: policy.max_error_rate * 100.0,
+        max_error_rate_increase_percent: policy.max_error_rate_increase * 100.0,
+        max_p99_increase_percent: policy.max_p99_increase * 100.0,
+        max_p99_ms: policy.max_p99_ms.unwrap_or(0),
+        min_requests: policy.min_requests,
+        max_failed_checks: policy.max_failed_checks,
+    }
+}
+
+/// Converts rollout steps in percent to basis points.
+pub fn steps(percents: &[f64]) -> Result<Vec<u32>, RoutingError> {
+    if percents.is_empty() {
+        return Err(RoutingError::invalid("steps", "must not be empty"));
+    }
+    percents
+        .iter()
+        .map(|&percent| {
+            if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
+                Ok((percent * 100.0).round() as u32)
+            } else {
+                Err(RoutingError::invalid(
+                    "steps",
+                    format!("{percent} is not a share above 0 and at most 100 percent"),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn measurement_message(measurement: &Measurement) -> pb::Measurement {
+    pb::Measurement {
+        requests: measurement.requests,
+        errors: measurement.errors,
+        error_rate: measurement.error_rate,
+        p99_ms: measurement.p99_ms.unwrap_or(0),
+    }
+}
+
+/// Returns the event name and detail of a rollout decision.
+pub fn decision_event(decision: &RolloutDecision) -> (&'static str, String) {
+    match &decision.event {
+        RolloutEvent::Started => ("started", decision.note.clone()),
+        RolloutEvent::Paused => ("paused", decision.note.clone()),
+        RolloutEvent::Resumed => ("resumed", decision.note.clone()),
+        RolloutEvent::Promoted => ("promoted", decision.note.clone()),
+        RolloutEvent::Aborted => ("aborted", decision.note.clone()),
+        RolloutEvent::Step { action } => {
+            let name = match action {
+                StepAction::Wait => "wait",
+                StepAction::Advance { .. } => "advance",
+                StepAction::Complete => "complete",
+                StepAction::Hold { .. } => "hold",
+                StepAction::FailCheck { .. } => "fail_check",
+                StepAction::Abort { .. } => "abort",
+            };
+            (name, crate::rollouts::describe(action))
+        }
+    }
+}
+
+/// Returns the message of a rollout.
+pub fn rollout_message(rollout: &Rollout) -> pb::Rollout {
+    let percent = |bp: u32| f64::from(bp) / 100.0;
+    let mut message = pb::Rollout {
+        id: rollout.id.clone(),
+        service: rollout.service.clone(),
+        to_version: rollout.to_version.clone(),
+        percent: percent(rollout.basis_points),
+        cohort: Some(cohort_message(&rollout.cohort)),
+        phase: "fixed".to_owned(),
+        ..pb::Rollout::default()
+    };
+    if let Some(plan) = &rollout.plan {
+        message.from_version = plan.from_version.clone();
+        message.steps = plan.steps.iter().map(|&bp| percent(bp)).collect();
+        message.step = plan.step as u32;
+        message.interval_ms = plan.interval_ms;
+        message.phase = plan.phase.as_str().to_owned();
+        message.failed_checks = plan.failed_checks;
+        message.step_started_ms = plan.step_started_ms;
+        message.analysis = Some(analysis_message(&plan.analysis));
+        message.decisions = plan
+            .decisions
+            .iter()
+            .map(|decision| {
+                let (event, detail) = decision_event(decision);
+                pb::RolloutDecision {
+                    at_ms: decision.at_ms,
+                    step: decision.step as u32,
+                    percent: percent(decision.basis_points),
+                    event: event.to_owned(),
+                    detail,
+                    canary: decision.canary.as_ref().map(measurement_message),
+                    baseline: decision.baseline.as_ref().map(measurement_message),
+                }
+            })
+            .collect();
+    }
+    message
+}
+
+/// Converts experiment variants.
+pub fn variants(messages: Vec<pb::Variant>) -> Vec<Variant> {
+    messages
+        .into_iter()
+        .map(|v| Variant {
+            name: v.name,
+            version: v.version,
+            weight: v.weight,
+        })
+        .collect()
+}
+
+/// Returns the message of an experiment, with how many active tenants each variant has now.
+pub fn experiment_message(
+    state: &routing_core::RoutingState,
+    experiment: &Experiment,
+) -> pb::Experiment {
+    let mut tenants_per_variant: std::collections::HashMap<String, u64> = experiment
+        .variants
+        .iter()
+        .map(|v| (v.name.clone(), 0))
+        .collect();
+    for entry in state.tenants_after(None).filter(|t| t.tenant.active) {
+        if let Some(variant) = experiment.variant_for(&entry.tenant) {
+            *tenants_per_variant.entry(variant.name.clone()).or_default() += 1;
+        }
+    }
+    pb::Experiment {
+        id: experiment.id.clone(),
+        service: experiment.service.clone(),
+        variants: experiment
+            .variants
+            .iter()
+            .map(|v| pb::Variant {
+                name: v.name.clone(),
+                version: v.version.clone(),
+                weight: v.weight,
+            })
+            .collect(),
+        cohort: Some(cohort_message(&experiment.cohort)),
+        sticky_tenants: experiment.sticky.len() as u64,
+        tenants_per_variant,
+    }
 }

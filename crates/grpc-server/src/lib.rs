@@ -5,16 +5,21 @@
 //! - [`config`]: the typed configuration, layered file → environment → flags;
 //! - [`replica`]: this router's copy of the routing state, following the store;
 //! - [`router`], [`admin`]: the tonic services;
+//! - [`outcomes`]: outcome windows, outlier ejection; [`rollouts`]: the rollout driver;
+//! - [`audit`]: who changed what, when and why;
 //! - [`convert`]: proto ↔ domain conversions; [`status`]: the error → status table;
 //! - [`server`]: wiring and serving; [`cli`]: the command line.
 //!
 //! [`Store`]: greyrouter_store::Store
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod outcomes;
 pub mod replica;
+pub mod rollouts;
 pub mod router;
 pub mod server;
 pub mod status;

@@ -16,6 +16,7 @@ use greyrouter_store::{Commit, Store, StoreError};
 use routing_core::{Mutation, Revision, RoutingState, Scope};
 use tokio::sync::watch;
 
+use crate::audit::{self, Actor};
 use crate::config::READ_YOUR_WRITES_TIMEOUT;
 
 /// How long one pull from the store waits for a change.
@@ -106,11 +107,15 @@ impl Replica {
     /// the caller's next read here sees its own write.
     ///
     /// When another router committed first, this replica catches up and validates again.
-    pub async fn commit(&self, mutation: Mutation) -> Result<Commit, StoreError> {
+    pub async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, StoreError> {
         let mut attempts = 0;
         let commit = loop {
             let base = self.current();
-            match self.store.commit(&base, mutation.clone()).await {
+            // Validating here first spares the store a refused change, and gives the audit
+            // trail the records before and after.
+            let (after, _) = base.apply(&mutation)?;
+            let meta = audit::meta(actor, &base, &after, &mutation, audit::now_ms());
+            match self.store.commit(&base, mutation.clone(), meta).await {
                 Err(StoreError::Conflict { current }) if attempts < MAX_COMMIT_ATTEMPTS => {
                     attempts += 1;
                     self.wait_for_revision(current.max(base.revision() + 1))

@@ -9,14 +9,16 @@ use std::sync::Arc;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_server::Router;
 use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
-use routing_core::{RouteQuery, validate};
+use routing_core::{RouteQuery, RoutingError, validate};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::now_ms;
 use crate::config::{Limits, WatchConfig};
 use crate::convert;
+use crate::outcomes::Outcomes;
 use crate::replica::{Replay, Replica};
 use crate::status;
 
@@ -24,6 +26,7 @@ use crate::status;
 #[derive(Debug, Clone)]
 pub struct RouterService {
     replica: Arc<Replica>,
+    outcomes: Arc<Outcomes>,
     limits: Limits,
     watch: WatchConfig,
     closing: tokio::sync::watch::Receiver<bool>,
@@ -34,12 +37,14 @@ impl RouterService {
     /// `closing` turns true, so that a graceful shutdown does not wait for watchers.
     pub fn new(
         replica: Arc<Replica>,
+        outcomes: Arc<Outcomes>,
         limits: Limits,
         watch: WatchConfig,
         closing: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         RouterService {
             replica,
+            outcomes,
             limits,
             watch,
             closing,
@@ -91,6 +96,7 @@ impl Router for RouterService {
                 hash_key: &request.hash_key,
                 strategy,
                 entropy: entropy(),
+                now_ms: now_ms(),
             })
             .map_err(|e| status::routing(&e))?;
         decision.member.load.start();
@@ -102,6 +108,34 @@ impl Router for RouterService {
             source: decision.resolution.source.to_string(),
             revision: decision.revision,
         }))
+    }
+
+    async fn report_outcome(
+        &self,
+        request: Request<tonic::Streaming<pb::Outcome>>,
+    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        let mut reports = request.into_inner();
+        let mut tally = Tally::default();
+        while let Some(report) = reports.message().await? {
+            tally.add(
+                self.outcomes
+                    .record(&self.replica.snapshot(), &report, now_ms()),
+            );
+        }
+        Ok(Response::new(tally.into_response()))
+    }
+
+    async fn report_outcomes(
+        &self,
+        request: Request<pb::ReportOutcomesRequest>,
+    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        let state = self.replica.snapshot();
+        let now = now_ms();
+        let mut tally = Tally::default();
+        for report in &request.get_ref().outcomes {
+            tally.add(self.outcomes.record(&state, report, now));
+        }
+        Ok(Response::new(tally.into_response()))
     }
 
     type WatchAssignmentsStream = WatchStream;
@@ -153,6 +187,36 @@ impl Router for RouterService {
         };
         tokio::spawn(watcher.run(request.from_revision));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Counts accepted and rejected outcome reports.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: u64,
+    rejected: u64,
+    first_rejection: String,
+}
+
+impl Tally {
+    fn add(&mut self, result: Result<(), RoutingError>) {
+        match result {
+            Ok(()) => self.accepted += 1,
+            Err(err) => {
+                if self.rejected == 0 {
+                    self.first_rejection = err.to_string();
+                }
+                self.rejected += 1;
+            }
+        }
+    }
+
+    fn into_response(self) -> pb::ReportOutcomeResponse {
+        pb::ReportOutcomeResponse {
+            accepted: self.accepted,
+            rejected: self.rejected,
+            first_rejection: self.first_rejection,
+        }
     }
 }
 

@@ -11,13 +11,17 @@ use greyrouter_proto::v1::router_server::RouterServer;
 use greyrouter_store::{MemoryStore, Store};
 use redis_store::RedisStore;
 use routing_core::StateDump;
+use routing_core::outcome::WindowConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
+use crate::audit::Actor;
 use crate::config::Config;
+use crate::outcomes::Outcomes;
 use crate::replica::Replica;
+use crate::rollouts;
 use crate::router::RouterService;
 
 /// A router ready to serve: its replica loaded and following the store.
@@ -52,6 +56,16 @@ impl App {
         &self.replica
     }
 
+    /// Returns this replica's name for leases: configured, or process id and a random suffix.
+    fn replica_id(&self) -> String {
+        if !self.config.outcomes.replica_id.is_empty() {
+            return self.config.outcomes.replica_id.clone();
+        }
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        format!("greyrouter-{}-{:08x}", std::process::id(), random as u32)
+    }
+
     async fn seed(&self, path: &Path) -> anyhow::Result<()> {
         let dump = read_seed(path)?;
         if self.replica.current().revision() > 0 {
@@ -62,7 +76,10 @@ impl App {
         let count = mutations.len();
         for mutation in mutations {
             self.replica
-                .commit(mutation.clone())
+                .commit(
+                    mutation.clone(),
+                    &Actor::system("seed", path.display().to_string()),
+                )
                 .await
                 .with_context(|| format!("{}: cannot apply {mutation:?}", path.display()))?;
         }
@@ -96,8 +113,23 @@ impl App {
             closing.send_replace(true);
         };
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let outcomes = Arc::new(Outcomes::new(
+            self.config.outcomes.ejection.clone(),
+            WindowConfig {
+                span_ms: self.config.outcomes.window_seconds.saturating_mul(1000),
+                slots: self.config.outcomes.window_slots,
+            },
+        ));
+        let driver = tokio::spawn(rollouts::drive(
+            Arc::clone(&self.replica),
+            Arc::clone(&outcomes),
+            self.replica_id(),
+            Duration::from_millis(self.config.outcomes.rollout_tick_ms),
+            Duration::from_millis(self.config.outcomes.rollout_lease_ms),
+        ));
         let router = RouterService::new(
             Arc::clone(&self.replica),
+            outcomes,
             limits.clone(),
             self.config.watch.clone(),
             closing_watchers,
@@ -154,6 +186,7 @@ impl App {
         };
         self.follower.abort();
         health_task.abort();
+        driver.abort();
         tracing::info!("stopped");
         result
     }

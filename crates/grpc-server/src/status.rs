@@ -15,9 +15,9 @@ pub fn routing(err: &RoutingError) -> Status {
     match err {
         RoutingError::InvalidArgument { field, reason } => invalid_argument(field, reason),
         RoutingError::NotFound { .. } => Status::not_found(message),
-        RoutingError::InactiveTenant(_) | RoutingError::VersionNotServable { .. } => {
-            Status::failed_precondition(message)
-        }
+        RoutingError::InactiveTenant(_)
+        | RoutingError::VersionNotServable { .. }
+        | RoutingError::FailedPrecondition(_) => Status::failed_precondition(message),
         RoutingError::VersionMismatch { current, .. } => Status::with_error_details(
             Code::Aborted,
             message,

@@ -291,6 +291,7 @@ async fn emergency_rollback_moves_every_tenant_at_once_and_can_be_cleared() {
             to_version: "v1".into(),
             tenant_ids: vec![],
             force: false,
+            ..Default::default()
         })
         .await
         .expect("rollback")
@@ -344,6 +345,7 @@ async fn rollback_of_listed_tenants_moves_only_them() {
             to_version: "v1".into(),
             tenant_ids: vec!["t1".into()],
             force: false,
+            ..Default::default()
         })
         .await
         .expect("rollback")

@@ -1,7 +1,7 @@
 //! The `greyrouter` binary as a user runs it: `serve` with the example seed, the admin
 //! commands against it, configuration errors, and shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -47,6 +47,21 @@ impl Served {
             .args(["--server", &self.url])
             .output()
             .expect("run greyrouter")
+    }
+
+    fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.url, "--actor", "oncall-alice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run greyrouter");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("answer");
+        }
+        child.wait_with_output().expect("wait")
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
@@ -132,9 +147,33 @@ fn serves_the_example_seed_and_answers_the_cli() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("Aborted"));
 
-    let rollback =
-        stdout(&server.cli(&["rollback", "user-service", "--from", "v2.0", "--to", "v1.0"]));
-    assert!(rollback.contains("moved 2 tenant(s)"), "{rollback}");
+    let rollback = ["rollback", "user-service", "--from", "v2.0", "--to", "v1.0"];
+    let dry = stdout(&server.cli(&[&rollback[..], &["--dry-run"]].concat()));
+    assert!(dry.contains("2 tenant(s) would move"), "{dry}");
+    // Asked to confirm, the answer "n" changes nothing.
+    let declined = server.cli_with_input(&rollback, "n\n");
+    assert!(!declined.status.success());
+    let asked = String::from_utf8_lossy(&declined.stderr);
+    assert!(
+        asked.contains("Roll back 2 tenant(s) across 1 service(s)?"),
+        "{asked}"
+    );
+    assert!(asked.contains("nothing changed"), "{asked}");
+    let confirmed = server.cli_with_input(
+        &[&rollback[..], &["--why", "v2.0 leaks memory"]].concat(),
+        "y\n",
+    );
+    let moved = stdout(&confirmed);
+    assert!(moved.contains("moved 2 tenant(s)"), "{moved}");
+    // The audit trail says who and why.
+    let events = stdout(&server.cli(&["events", "--service", "user-service"]));
+    let last = events.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("emergency_rollback")
+            && last.contains("oncall-alice")
+            && last.contains("v2.0 leaks memory"),
+        "{events}"
+    );
 
     stdout(&server.cli(&[
         "instance",

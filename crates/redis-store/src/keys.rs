@@ -8,7 +8,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{p}:revision` | string | the revision of the last change |
-//! | `{p}:changes` | stream | the last changes: entry id `<revision>-0`, field `mutation` (JSON) |
+//! | `{p}:changes` | stream | the last changes (the audit trail): entry id `<revision>-0`; fields `mutation` (JSON), `actor`, `reason`, `at_ms`, `before`, `after` |
 //! | `{p}:tenants` | set | every tenant id |
 //! | `{p}:active_tenants` | set | ids of active tenants |
 //! | `{p}:tenant:<id>:metadata` | hash | `name`, `region`, `tier`, `active` (`1`/`0`), `labels` (JSON) |
@@ -20,7 +20,9 @@
 //! | `{p}:service:<name>:rollouts` | hash | rollout id → rollout (JSON) |
 //! | `{p}:service:<name>:experiments` | hash | experiment id → experiment (JSON) |
 //!
-//! Nothing here has a TTL: pins and defaults never expire. Names may contain `:`; inside a key it
+//! | `{p}:lease:<name>` | string | the holder of a lease (the replica driving rollouts); expires |
+//!
+//! Routing state has no TTL: pins and defaults never expire. Only leases do. Names may contain `:`; inside a key it
 //! is written `%3A` (names never contain `%`), so no two names share a key.
 
 /// Returns a name as a key part: `:` becomes `%3A`.
@@ -104,6 +106,11 @@ impl Keys {
     /// A service's rollouts.
     pub fn rollouts(&self, service: &str) -> String {
         format!("{}:service:{}:rollouts", self.tag, part(service))
+    }
+
+    /// A lease (its holder, with an expiry).
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{}", self.tag, part(name))
     }
 
     /// A service's experiments.

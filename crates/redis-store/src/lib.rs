@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::streams::XReadResponse;
-use greyrouter_store::{Change, Commit, Store, StoreError};
+use greyrouter_store::{Change, ChangeMeta, Commit, Store, StoreError};
 use routing_core::{
     Experiment, Instance, Mutation, Override, Pin, Revision, Rollout, RoutingState, Service,
     StateDump, Tenant,
@@ -148,8 +148,20 @@ for i = 0, count - 1 do
   end
 end
 local revision = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', revision), 'mutation', ARGV[3])
+local audit = 5 + count * 4
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', revision), 'mutation', ARGV[3],
+  'actor', ARGV[audit], 'reason', ARGV[audit + 1], 'at_ms', ARGV[audit + 2],
+  'before', ARGV[audit + 3], 'after', ARGV[audit + 4])
 return {1, revision}
+";
+
+const LEASE_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
 ";
 
 fn unavailable(err: &Error) -> StoreError {
@@ -353,7 +365,19 @@ impl RedisStore {
             .and_then(|(rev, _)| rev.parse().ok())
             .ok_or_else(|| corrupt(format!("change id {id}")))?;
         let mutation: Mutation = parse(field(fields, "mutation")?)?;
-        Ok(Change { revision, mutation })
+        let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        let meta = ChangeMeta {
+            actor: text("actor"),
+            reason: text("reason"),
+            at_ms: text("at_ms").parse().unwrap_or(0),
+            before: text("before"),
+            after: text("after"),
+        };
+        Ok(Change {
+            revision,
+            mutation,
+            meta,
+        })
     }
 
     /// Checks that `changes` continue right after `after`.
@@ -406,7 +430,12 @@ impl Store for RedisStore {
         ))
     }
 
-    async fn commit(&self, base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError> {
+    async fn commit(
+        &self,
+        base: &RoutingState,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
         let (after, outcome) = base.apply(&mutation)?;
         let writes = writes::writes(&self.keys, base, &after, &mutation);
         let mut keys = vec![self.keys.revision(), self.keys.changes()];
@@ -415,6 +444,13 @@ impl Store for RedisStore {
             self.config.stream_max_len.to_string(),
             serde_json::to_string(&mutation).map_err(corrupt)?,
             writes.len().to_string(),
+        ];
+        let audit = [
+            meta.actor,
+            meta.reason,
+            meta.at_ms.to_string(),
+            meta.before,
+            meta.after,
         ];
         for write in &writes {
             let (op, key, field, value) = write.parts();
@@ -432,6 +468,7 @@ impl Store for RedisStore {
                 value.to_owned(),
             ]);
         }
+        args.extend(audit);
         let (applied, revision): (i64, u64) = self
             .client
             .eval(COMMIT_SCRIPT, keys, args)
@@ -504,6 +541,20 @@ impl Store for RedisStore {
             .map(|(id, fields)| Self::parse_change(id, fields))
             .collect::<Result<Vec<_>, _>>()?;
         Self::contiguous(after, changes)
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let held: i64 = self
+            .client
+            .eval(
+                LEASE_SCRIPT,
+                vec![self.keys.lease(name)],
+                vec![holder.to_owned(), millis.to_string()],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(held == 1)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -155,8 +155,56 @@ pub(crate) fn writes(
             key: keys.experiments(service),
             field: experiment_id.clone(),
         }),
+        Mutation::StartRollout { rollout, .. } => {
+            rollout_writes(keys, after, &rollout.service, &rollout.id, &mut out);
+        }
+        Mutation::ProgressRollout {
+            service,
+            rollout_id,
+            ..
+        }
+        | Mutation::ControlRollout {
+            service,
+            rollout_id,
+            ..
+        } => {
+            // A completed or promoted rollout also changes the default version.
+            service_writes(keys, after, service, &mut out);
+            rollout_writes(keys, after, service, rollout_id, &mut out);
+        }
+        Mutation::UpdateExperiment {
+            service,
+            experiment_id,
+            ..
+        } => {
+            let updated = after
+                .service(service)
+                .and_then(|s| s.experiments().iter().find(|e| &e.id == experiment_id));
+            if let Some(experiment) = updated {
+                out.push(hset(
+                    keys.experiments(service),
+                    experiment_id,
+                    json(experiment),
+                ));
+            }
+        }
     }
     out
+}
+
+fn rollout_writes(
+    keys: &Keys,
+    after: &RoutingState,
+    service: &str,
+    id: &str,
+    out: &mut Vec<Write>,
+) {
+    let rollout = after
+        .service(service)
+        .and_then(|s| s.rollouts().iter().find(|r| r.id == id));
+    if let Some(rollout) = rollout {
+        out.push(hset(keys.rollouts(service), id, json(rollout)));
+    }
 }
 
 fn tenant_writes(keys: &Keys, tenant: &Tenant, out: &mut Vec<Write>) {

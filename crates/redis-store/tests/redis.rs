@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use greyrouter_store::suite::{instance, service, tenant, try_commit};
-use greyrouter_store::{Store, StoreError};
+use greyrouter_store::{ChangeMeta, Store, StoreError};
 use greyrouter_test_support::{RedisCluster, RedisSentinel, RedisServer};
 use redis_store::{RedisConfig, RedisStore};
 use routing_core::Mutation;
@@ -166,7 +166,7 @@ async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
     server.kill();
     let started = Instant::now();
     let err = store
-        .commit(&base, pin("t0", "v2"))
+        .commit(&base, pin("t0", "v2"), ChangeMeta::default())
         .await
         .expect_err("redis is down");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
@@ -261,7 +261,7 @@ async fn a_change_landing_between_reads_is_not_a_gap() {
         for i in 0..CHANGES {
             let mutation = tenant(&format!("t{i}"));
             writer
-                .commit(&base, mutation.clone())
+                .commit(&base, mutation.clone(), ChangeMeta::default())
                 .await
                 .expect("commit");
             base = base.apply(&mutation).expect("apply").0;

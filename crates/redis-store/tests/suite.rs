@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use greyrouter_store::{Change, Commit, Store, StoreError};
+use greyrouter_store::{Change, ChangeMeta, Commit, Store, StoreError};
 use greyrouter_test_support::RedisServer;
 use redis_store::{RedisConfig, RedisStore};
 use routing_core::{Mutation, Revision, RoutingState};
@@ -20,8 +20,13 @@ impl Store for Isolated {
         self.store.load().await
     }
 
-    async fn commit(&self, base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError> {
-        self.store.commit(base, mutation).await
+    async fn commit(
+        &self,
+        base: &RoutingState,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
+        self.store.commit(base, mutation, meta).await
     }
 
     async fn changes_after(
@@ -31,6 +36,10 @@ impl Store for Isolated {
         wait: Duration,
     ) -> Result<Vec<Change>, StoreError> {
         self.store.changes_after(after, limit, wait).await
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.store.lease(name, holder, ttl).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -168,6 +168,7 @@ fn fixture(tenants: usize) -> Fixture {
                 basis_points: 3_000,
                 salt: format!("rollout-{name}"),
                 cohort: Cohort::default(),
+                plan: None,
             });
         }
     }
@@ -271,6 +272,7 @@ fn pick(c: &mut Criterion) {
                         region: "eu-west",
                         hash_key: &keys[key],
                         entropy: entropy.next(),
+                        now_ms: 0,
                     };
                     pool.pick(black_box(&request))
                         .expect("the pool has instances")
@@ -298,6 +300,7 @@ fn bench_route(c: &mut Criterion, id: &str, fixture: &dyn Fn() -> &'static Fixtu
                 hash_key: "",
                 strategy: None,
                 entropy: entropy.next(),
+                now_ms: 0,
             };
             let decision = fixture
                 .state

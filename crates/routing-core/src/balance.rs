@@ -6,14 +6,14 @@
 //!
 //! Per candidate set (all regions, and each region) the pool keeps a cursor for the round-robin
 //! strategies and, built on first use, the structures a strategy needs: the weighted schedule, the
-//! hash ring, the cumulative health weights. The pool is immutable apart from those lazy caches,
+//! hash ring. The pool is immutable apart from those lazy caches,
 //! the cursors and the in-flight counters, so it is shared freely between routing-state revisions.
 //!
 //! Randomness and load come in as inputs (`entropy`, [`InstanceLoad`]): picking does no I/O and
 //! reads no clock.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::hash::{fmix64, reduce, stable_hash};
@@ -25,13 +25,53 @@ pub const RING_POINTS_PER_INSTANCE: u32 = 128;
 /// weight sums are scaled down to fit.
 pub const MAX_SCHEDULE_WORK: u64 = 1 << 24;
 
-/// Live load of one instance, kept across routing-state revisions.
-#[derive(Debug, Default)]
+/// Live load and health of one instance, kept across routing-state revisions.
+///
+/// Outcome reports feed it: they end in-flight requests, eject an instance that keeps failing
+/// (until a time), and lower its live health score.
+#[derive(Debug)]
 pub struct InstanceLoad {
     in_flight: AtomicU64,
+    ejected_until_ms: AtomicU64,
+    live_score: AtomicU8,
+}
+
+impl Default for InstanceLoad {
+    fn default() -> Self {
+        InstanceLoad {
+            in_flight: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            live_score: AtomicU8::new(100),
+        }
+    }
 }
 
 impl InstanceLoad {
+    /// Whether the instance is ejected (by outlier detection) at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Ejects the instance until `until_ms` (0 lifts an ejection).
+    pub fn eject_until(&self, until_ms: u64) {
+        self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
+    }
+
+    /// Returns the end of the current ejection (0: none).
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Returns the live health score, 0-100, from outcome reports (100 without reports).
+    pub fn live_score(&self) -> u8 {
+        self.live_score.load(Ordering::Relaxed)
+    }
+
+    /// Sets the live health score (clamped to 100).
+    pub fn set_live_score(&self, score: u8) {
+        self.live_score.store(score.min(100), Ordering::Relaxed);
+    }
+
     /// Returns the number of requests routed to the instance and not yet finished.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
@@ -70,6 +110,8 @@ pub struct PickRequest<'a> {
     pub hash_key: &'a str,
     /// A random value, used by `random`, `least_connections` and `health_aware`.
     pub entropy: u64,
+    /// The time, for ejections (milliseconds since the Unix epoch).
+    pub now_ms: u64,
 }
 
 /// The instances of one service version.
@@ -88,7 +130,6 @@ struct Candidates {
     cursor: AtomicU64,
     schedule: OnceLock<Vec<u32>>,
     ring: OnceLock<Vec<(u64, u32)>>,
-    health: OnceLock<Vec<u64>>,
 }
 
 impl Pool {
@@ -166,8 +207,16 @@ impl Pool {
             .get(request.region)
             .filter(|_| !request.region.is_empty())
             .unwrap_or(&self.all);
-        let index = candidates.pick(&self.members, request)?;
-        self.members.get(index as usize)
+        let position = candidates.pick(&self.members, request)?;
+        // An ejected instance passes its turn to the next candidate that is not ejected; when
+        // every candidate is ejected, ejections are ignored (panic mode): better a struggling
+        // instance than none.
+        let n = candidates.members.len();
+        let chosen = (0..n)
+            .map(|offset| candidates.members[(position + offset) % n])
+            .find(|&m| !self.members[m as usize].load.is_ejected(request.now_ms))
+            .unwrap_or(candidates.members[position]);
+        self.members.get(chosen as usize)
     }
 }
 
@@ -178,17 +227,17 @@ impl Candidates {
             cursor: AtomicU64::new(0),
             schedule: OnceLock::new(),
             ring: OnceLock::new(),
-            health: OnceLock::new(),
         }
     }
 
-    fn pick(&self, members: &[Member], request: &PickRequest<'_>) -> Option<u32> {
+    /// Returns the position (in `self.members`) the strategy picks.
+    fn pick(&self, members: &[Member], request: &PickRequest<'_>) -> Option<usize> {
         let n = self.members.len() as u64;
         if n == 0 {
             return None;
         }
         if n == 1 {
-            return Some(self.members[0]);
+            return Some(0);
         }
         let position = match request.strategy {
             Strategy::RoundRobin => self.cursor.fetch_add(1, Ordering::Relaxed) % n,
@@ -201,16 +250,7 @@ impl Candidates {
                 u64::from(schedule[turn as usize])
             }
             Strategy::LeastConnections => self.power_of_two_choices(members, request.entropy),
-            Strategy::HealthAware => {
-                let cumulative = self.health.get_or_init(|| self.health_weights(members));
-                let total = cumulative.last().copied().unwrap_or(0);
-                if total == 0 {
-                    reduce(request.entropy, n)
-                } else {
-                    let point = reduce(request.entropy, total);
-                    cumulative.partition_point(|&c| c <= point) as u64
-                }
-            }
+            Strategy::HealthAware => self.health_weighted(members, request.entropy),
             Strategy::ConsistentHash => {
                 let ring = self.ring.get_or_init(|| self.ring(members));
                 let key = stable_hash(&[request.hash_key.as_bytes()]);
@@ -218,7 +258,7 @@ impl Candidates {
                 u64::from(ring[at % ring.len()].1)
             }
         };
-        self.members.get(position as usize).copied()
+        Some(position as usize).filter(|&p| p < self.members.len())
     }
 
     /// Power of two choices: the less loaded (in flight per weight) of two distinct members.
@@ -278,16 +318,27 @@ impl Candidates {
         schedule
     }
 
-    fn health_weights(&self, members: &[Member]) -> Vec<u64> {
-        let mut total = 0;
-        self.members
-            .iter()
-            .map(|&m| {
-                let instance = &members[m as usize].instance;
-                total += u64::from(instance.weight) * u64::from(instance.health_score.min(100));
-                total
-            })
-            .collect()
+    /// At random, in proportion to weight x registered score x live score.
+    fn health_weighted(&self, members: &[Member], entropy: u64) -> u64 {
+        let weight = |m: u32| {
+            let member = &members[m as usize];
+            u64::from(member.instance.weight)
+                * u64::from(member.instance.health_score.min(100))
+                * u64::from(member.load.live_score())
+        };
+        let total: u64 = self.members.iter().map(|&m| weight(m)).sum();
+        if total == 0 {
+            return reduce(entropy, self.members.len() as u64);
+        }
+        let mut point = reduce(entropy, total);
+        for (position, &m) in self.members.iter().enumerate() {
+            let w = weight(m);
+            if point < w {
+                return position as u64;
+            }
+            point -= w;
+        }
+        self.members.len() as u64 - 1
     }
 
     fn ring(&self, members: &[Member]) -> Vec<(u64, u32)> {

@@ -46,6 +46,9 @@ pub enum RoutingError {
         /// The version the tenant is actually on.
         current: String,
     },
+    /// The change does not fit the current state (a rollout already running, a stale decision).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// No instance of the resolved version can take traffic.
     #[error("no healthy instance of service '{service}' version '{version}'")]
     NoHealthyInstance {

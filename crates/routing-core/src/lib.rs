@@ -9,7 +9,10 @@
 //! - [`balance`]: load balancing among a version's instances ([`Pool`]);
 //! - [`state`]: the persistent [`RoutingState`], [`Mutation`]s and version resolution;
 //! - [`watch`]: effective assignments and their differences, for watchers;
-//! - [`validate`]: name syntax and fixed limits.
+//! - [`validate`]: name syntax and fixed limits;
+//! - [`outcome`]: request outcome statistics ([`Stats`]) over a sliding time [`Window`];
+//! - [`ejection`]: circuit breaking and outlier ejection of one instance ([`InstanceHealth`]);
+//! - [`analysis`]: canary analysis ([`judge`]) and rollout progression ([`next_step`]).
 //!
 //! Invariants:
 //! - resolution order is emergency override > tenant pin > experiment variant > rollout >
@@ -18,20 +21,26 @@
 //! - an unhealthy or drained instance is never picked while an eligible one exists;
 //! - applying a mutation either yields the next revision or an error and no change.
 
+pub mod analysis;
 pub mod balance;
+pub mod ejection;
 mod error;
 pub mod hash;
 pub mod model;
+pub mod outcome;
 pub mod state;
 pub mod validate;
 pub mod watch;
 
+pub use analysis::{AnalysisPolicy, Measurement, StepAction, Verdict, judge, next_step};
 pub use balance::{InstanceLoad, Member, PickRequest, Pool};
+pub use ejection::{EjectionPolicy, InstanceHealth, may_eject};
 pub use error::{Entity, RoutingError};
 pub use model::{
     Cohort, Experiment, Instance, Override, Resolution, Revision, Rollout, Service, Source,
     Strategy, Tenant, Variant,
 };
+pub use outcome::{LATENCY_BOUNDS_MS, Stats, Window, WindowConfig};
 pub use state::{
     Mutation, Outcome, Pin, RouteDecision, RouteQuery, RoutingState, Scope, StateDump, TenantEntry,
 };

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{AnalysisPolicy, Measurement, StepAction};
 use crate::hash;
 
 /// A revision of the routing state: every change increments it by one.
@@ -195,7 +196,7 @@ impl Cohort {
 }
 
 /// A gradual rollout: a share of a service's tenants moves to `to_version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// Unique identifier.
@@ -211,17 +212,129 @@ pub struct Rollout {
     /// The tenants eligible for the rollout.
     #[serde(default)]
     pub cohort: Cohort,
+    /// The managed progression: steps, analysis and decisions. Absent for a fixed share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RolloutPlan>,
 }
 
 impl Rollout {
     /// Whether the tenant is on the rollout's version at its current share.
     ///
     /// A tenant is included when its bucket is below the share, so raising the share only ever
-    /// adds tenants.
+    /// adds tenants. An aborted or promoted rollout includes nobody (after a promotion the
+    /// version is the default).
     pub fn includes(&self, tenant: &Tenant) -> bool {
-        self.cohort.contains(tenant)
+        self.is_live()
+            && self.cohort.contains(tenant)
             && hash::bucket("rollout", &self.salt, &tenant.id) < self.basis_points
     }
+
+    /// Whether the rollout still routes tenants: fixed, running or paused.
+    pub fn is_live(&self) -> bool {
+        self.plan
+            .as_ref()
+            .is_none_or(|plan| matches!(plan.phase, RolloutPhase::Running | RolloutPhase::Paused))
+    }
+}
+
+/// Where a managed rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// Advancing step by step as analysis allows.
+    Running,
+    /// Held at its current share until resumed.
+    Paused,
+    /// Finished: the version became the service's default.
+    Promoted,
+    /// Stopped: every moved tenant went back to the previous version.
+    Aborted,
+}
+
+impl RolloutPhase {
+    /// Returns the name shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Running => "running",
+            RolloutPhase::Paused => "paused",
+            RolloutPhase::Promoted => "promoted",
+            RolloutPhase::Aborted => "aborted",
+        }
+    }
+}
+
+/// What a rollout decision did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RolloutEvent {
+    /// The rollout started at its first step.
+    Started,
+    /// The analysis of a step decided.
+    Step {
+        /// The decision.
+        action: StepAction,
+    },
+    /// An operator paused it.
+    Paused,
+    /// An operator resumed it.
+    Resumed,
+    /// It was promoted: the version became the default.
+    Promoted,
+    /// An operator aborted it: every moved tenant went back.
+    Aborted,
+}
+
+/// Most decisions a rollout keeps (the oldest are dropped).
+pub const MAX_ROLLOUT_DECISIONS: usize = 200;
+
+/// The managed progression of a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPlan {
+    /// The version tenants leave: the service's default when the rollout started (the baseline
+    /// of the analysis).
+    pub from_version: String,
+    /// Shares in basis points, strictly increasing.
+    pub steps: Vec<u32>,
+    /// How long each step runs before it is judged.
+    pub interval_ms: u64,
+    /// Limits the new version must keep to.
+    #[serde(default)]
+    pub analysis: AnalysisPolicy,
+    /// Where the rollout stands.
+    pub phase: RolloutPhase,
+    /// Index of the current step.
+    pub step: usize,
+    /// When the current step (or the current check of it) started.
+    pub step_started_ms: u64,
+    /// Failed checks in a row.
+    pub failed_checks: u32,
+    /// Every decision, with the figures behind it (the last [`MAX_ROLLOUT_DECISIONS`]).
+    #[serde(default)]
+    pub decisions: Vec<RolloutDecision>,
+}
+
+/// One decision about a rollout, with the figures behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutDecision {
+    /// When it was made.
+    pub at_ms: u64,
+    /// The step it judged.
+    pub step: usize,
+    /// The share after the decision, in basis points.
+    pub basis_points: u32,
+    /// What happened.
+    pub event: RolloutEvent,
+    /// The new version's figures over the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Measurement>,
+    /// The previous version's figures over the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Measurement>,
+    /// Who or what decided, and why (operator actions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 /// One arm of an A/B experiment.
@@ -237,6 +350,9 @@ pub struct Variant {
 }
 
 /// An A/B experiment: the cohort is split between variants by a salted tenant hash.
+///
+/// Assignments are sticky: when the weights change (without a rebalance), every tenant keeps the
+/// variant it had, recorded in `sticky`; only tenants new to the experiment follow the new weights.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Experiment {
@@ -251,13 +367,22 @@ pub struct Experiment {
     /// The tenants in the experiment.
     #[serde(default)]
     pub cohort: Cohort,
+    /// Variants kept by tenants across weight changes (tenant id → variant name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sticky: BTreeMap<String, String>,
 }
 
 impl Experiment {
-    /// Returns the variant the tenant is bucketed into, if it is in the experiment.
+    /// Returns the variant the tenant is on, if it is in the experiment: its sticky variant, or
+    /// the one its bucket falls into.
     pub fn variant_for(&self, tenant: &Tenant) -> Option<&Variant> {
         if !self.cohort.contains(tenant) {
             return None;
+        }
+        if let Some(name) = self.sticky.get(&tenant.id)
+            && let Some(variant) = self.variants.iter().find(|v| &v.name == name)
+        {
+            return Some(variant);
         }
         let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
         if total == 0 {
@@ -431,6 +556,7 @@ mod tests {
                 },
             ],
             cohort: Cohort::default(),
+            sticky: Default::default(),
         };
         let b = (0..20_000)
             .filter(|i| {

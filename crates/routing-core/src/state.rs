@@ -13,11 +13,15 @@ use std::sync::Arc;
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::StepAction;
 use crate::balance::{Member, PickRequest, Pool};
 use crate::error::Entity;
+use crate::model::{
+    MAX_ROLLOUT_DECISIONS, RolloutDecision, RolloutEvent, RolloutPhase, RolloutPlan,
+};
 use crate::{
     Experiment, Instance, Override, Resolution, Revision, Rollout, RoutingError, Service, Source,
-    Strategy, Tenant, validate,
+    Strategy, Tenant, Variant, validate,
 };
 
 /// A tenant and its pins (service → version).
@@ -173,7 +177,7 @@ impl ServiceEntry {
 }
 
 /// A change of routing state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Mutation {
     /// Creates or replaces a tenant (its pins are kept).
@@ -279,6 +283,47 @@ pub enum Mutation {
         /// The experiment.
         experiment_id: String,
     },
+    /// Starts a managed rollout at its first step; its plan's baseline is the current default.
+    StartRollout {
+        /// The rollout, with its plan.
+        rollout: Rollout,
+        /// Allows a version without a healthy instance.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Records a decision of the rollout's analysis and applies it.
+    ProgressRollout {
+        /// The service.
+        service: String,
+        /// The rollout.
+        rollout_id: String,
+        /// The decision (its `event` is a step action).
+        decision: RolloutDecision,
+    },
+    /// Pauses, resumes, promotes or aborts a managed rollout.
+    ControlRollout {
+        /// The service.
+        service: String,
+        /// The rollout.
+        rollout_id: String,
+        /// What to do, when and why (`event` is paused, resumed, promoted or aborted).
+        decision: RolloutDecision,
+        /// With a promotion: allows a version without a healthy instance.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Changes an experiment's weights. Without `rebalance`, every tenant keeps its variant.
+    UpdateExperiment {
+        /// The service.
+        service: String,
+        /// The experiment.
+        experiment_id: String,
+        /// The variants with their new weights.
+        variants: Vec<Variant>,
+        /// Lets tenants move to follow the new weights.
+        #[serde(default)]
+        rebalance: bool,
+    },
 }
 
 /// What applying a mutation reports besides the new state.
@@ -343,7 +388,11 @@ impl Mutation {
             | Mutation::EmergencyRollback { service, .. }
             | Mutation::ClearOverride { service, .. }
             | Mutation::RemoveRollout { service, .. }
-            | Mutation::RemoveExperiment { service, .. } => Scope::Service(service.clone()),
+            | Mutation::RemoveExperiment { service, .. }
+            | Mutation::ProgressRollout { service, .. }
+            | Mutation::ControlRollout { service, .. }
+            | Mutation::UpdateExperiment { service, .. } => Scope::Service(service.clone()),
+            Mutation::StartRollout { rollout, .. } => Scope::Service(rollout.service.clone()),
             Mutation::UpsertRollout { rollout } => Scope::Service(rollout.service.clone()),
             Mutation::UpsertExperiment { experiment } => Scope::Service(experiment.service.clone()),
             Mutation::SetTenantVersion {
@@ -372,6 +421,8 @@ pub struct RouteQuery<'a> {
     pub strategy: Option<Strategy>,
     /// A random value for the random strategies.
     pub entropy: u64,
+    /// The time, for ejections (milliseconds since the Unix epoch).
+    pub now_ms: u64,
 }
 
 /// A routing decision: the version, why, and the picked instance.
@@ -461,6 +512,7 @@ impl RoutingState {
                 query.hash_key
             },
             entropy: query.entropy,
+            now_ms: query.now_ms,
         };
         let member = service
             .pools
@@ -759,23 +811,8 @@ impl RoutingState {
                 validate::name("experiment.id", &experiment.id)?;
                 validate::name("experiment.service", &experiment.service)?;
                 validate::text("experiment.salt", &experiment.salt)?;
-                if experiment.variants.is_empty() {
-                    return Err(RoutingError::invalid(
-                        "experiment.variants",
-                        "must not be empty",
-                    ));
-                }
                 let mut entry = self.service_entry(&experiment.service)?;
-                for variant in &experiment.variants {
-                    validate::name("experiment.variants.name", &variant.name)?;
-                    validate::name("experiment.variants.version", &variant.version)?;
-                    if !entry.knows(&variant.version) {
-                        return Err(RoutingError::not_found(
-                            Entity::Version,
-                            format!("{}/{}", experiment.service, variant.version),
-                        ));
-                    }
-                }
+                validate_variants(&entry, &experiment.variants)?;
                 entry.experiments.retain(|e| e.id != experiment.id);
                 entry.experiments.push(experiment.clone());
                 self.services
@@ -815,6 +852,74 @@ impl RoutingState {
                         format!("{service}/{experiment_id}"),
                     ));
                 }
+                self.services.insert(service.clone(), Arc::new(entry));
+                Ok(Outcome::Done)
+            }
+            Mutation::StartRollout { rollout, force } => {
+                let mut entry = self.service_entry(&rollout.service)?;
+                let rollout = start_rollout(&entry, rollout, *force)?;
+                entry.rollouts.push(rollout);
+                self.services
+                    .insert(entry.service.name.clone(), Arc::new(entry));
+                Ok(Outcome::Done)
+            }
+            Mutation::ProgressRollout {
+                service,
+                rollout_id,
+                decision,
+            } => {
+                let mut entry = self.service_entry(service)?;
+                progress_rollout(&mut entry, rollout_id, decision)?;
+                self.services.insert(service.clone(), Arc::new(entry));
+                Ok(Outcome::Done)
+            }
+            Mutation::ControlRollout {
+                service,
+                rollout_id,
+                decision,
+                force,
+            } => {
+                let mut entry = self.service_entry(service)?;
+                control_rollout(&mut entry, rollout_id, decision, *force)?;
+                self.services.insert(service.clone(), Arc::new(entry));
+                Ok(Outcome::Done)
+            }
+            Mutation::UpdateExperiment {
+                service,
+                experiment_id,
+                variants,
+                rebalance,
+            } => {
+                let mut entry = self.service_entry(service)?;
+                let position = entry
+                    .experiments
+                    .iter()
+                    .position(|e| &e.id == experiment_id)
+                    .ok_or_else(|| {
+                        RoutingError::not_found(
+                            Entity::Experiment,
+                            format!("{service}/{experiment_id}"),
+                        )
+                    })?;
+                validate_variants(&entry, variants)?;
+                let mut experiment = entry.experiments[position].clone();
+                if *rebalance {
+                    experiment.sticky.clear();
+                } else {
+                    // Every tenant in the experiment keeps the variant it has now.
+                    for tenant in self.tenants.values().filter(|t| t.tenant.active) {
+                        if experiment.sticky.contains_key(&tenant.tenant.id) {
+                            continue;
+                        }
+                        if let Some(variant) = experiment.variant_for(&tenant.tenant) {
+                            experiment
+                                .sticky
+                                .insert(tenant.tenant.id.clone(), variant.name.clone());
+                        }
+                    }
+                }
+                experiment.variants = variants.clone();
+                entry.experiments[position] = experiment;
                 self.services.insert(service.clone(), Arc::new(entry));
                 Ok(Outcome::Done)
             }
@@ -923,6 +1028,282 @@ impl RoutingState {
     }
 }
 
+/// Checks a new managed rollout and returns it at its first step.
+fn start_rollout(
+    entry: &ServiceEntry,
+    rollout: &Rollout,
+    force: bool,
+) -> Result<Rollout, RoutingError> {
+    validate::name("rollout.id", &rollout.id)?;
+    validate::name("rollout.to_version", &rollout.to_version)?;
+    validate::text("rollout.salt", &rollout.salt)?;
+    let Some(plan) = &rollout.plan else {
+        return Err(RoutingError::invalid("rollout.plan", "is required"));
+    };
+    if plan.steps.is_empty() {
+        return Err(RoutingError::invalid("steps", "must not be empty"));
+    }
+    if plan.steps.windows(2).any(|w| w[0] >= w[1])
+        || plan
+            .steps
+            .iter()
+            .any(|&s| s == 0 || s > crate::hash::BUCKETS)
+    {
+        return Err(RoutingError::invalid(
+            "steps",
+            "must be strictly increasing shares above 0% and at most 100%",
+        ));
+    }
+    if plan.interval_ms == 0 {
+        return Err(RoutingError::invalid("interval", "must be positive"));
+    }
+    plan.analysis
+        .validate()
+        .map_err(|reason| RoutingError::invalid("analysis", reason))?;
+    let service = &entry.service.name;
+    if entry.rollouts.iter().any(|r| r.id == rollout.id) {
+        return Err(RoutingError::FailedPrecondition(format!(
+            "rollout '{}' of service '{service}' already exists",
+            rollout.id
+        )));
+    }
+    if let Some(live) = entry.rollouts.iter().find(|r| r.is_live()) {
+        return Err(RoutingError::FailedPrecondition(format!(
+            "service '{service}' already has rollout '{}' in progress; promote or abort it first",
+            live.id
+        )));
+    }
+    if rollout.to_version == entry.service.default_version {
+        return Err(RoutingError::invalid(
+            "to_version",
+            format!("'{}' is already the default version", rollout.to_version),
+        ));
+    }
+    entry.check_assignable(&rollout.to_version, force)?;
+    let mut started = rollout.clone();
+    started.service = service.clone();
+    if started.salt.is_empty() {
+        started.salt = format!("{service}/{}", rollout.id);
+    }
+    started.basis_points = plan.steps[0];
+    started.plan = Some(RolloutPlan {
+        from_version: entry.service.default_version.clone(),
+        steps: plan.steps.clone(),
+        interval_ms: plan.interval_ms,
+        analysis: plan.analysis.clone(),
+        phase: RolloutPhase::Running,
+        step: 0,
+        step_started_ms: plan.step_started_ms,
+        failed_checks: 0,
+        decisions: vec![RolloutDecision {
+            at_ms: plan.step_started_ms,
+            step: 0,
+            basis_points: plan.steps[0],
+            event: RolloutEvent::Started,
+            canary: None,
+            baseline: None,
+            note: String::new(),
+        }],
+    });
+    Ok(started)
+}
+
+/// Returns the managed rollout `id` of a service and its plan, to modify.
+fn managed_rollout<'e>(
+    entry: &'e mut ServiceEntry,
+    id: &str,
+) -> Result<&'e mut Rollout, RoutingError> {
+    let service = entry.service.name.clone();
+    let rollout = entry
+        .rollouts
+        .iter_mut()
+        .find(|r| r.id == id)
+        .ok_or_else(|| RoutingError::not_found(Entity::Rollout, format!("{service}/{id}")))?;
+    if rollout.plan.is_none() {
+        return Err(RoutingError::FailedPrecondition(format!(
+            "rollout '{id}' has a fixed share and no plan to drive"
+        )));
+    }
+    Ok(rollout)
+}
+
+fn record(plan: &mut RolloutPlan, decision: RolloutDecision) {
+    plan.decisions.push(decision);
+    let excess = plan.decisions.len().saturating_sub(MAX_ROLLOUT_DECISIONS);
+    plan.decisions.drain(..excess);
+}
+
+/// Applies the analysis' decision on the current step.
+fn progress_rollout(
+    entry: &mut ServiceEntry,
+    id: &str,
+    decision: &RolloutDecision,
+) -> Result<(), RoutingError> {
+    let RolloutEvent::Step { action } = &decision.event else {
+        return Err(RoutingError::invalid(
+            "decision.event",
+            "must be a step decision",
+        ));
+    };
+    let rollout = managed_rollout(entry, id)?;
+    let to_version = rollout.to_version.clone();
+    let Some(plan) = rollout.plan.as_mut() else {
+        return Ok(());
+    };
+    if plan.phase != RolloutPhase::Running {
+        return Err(RoutingError::FailedPrecondition(format!(
+            "rollout '{id}' is {}, not running",
+            plan.phase.as_str()
+        )));
+    }
+    if decision.step != plan.step {
+        return Err(RoutingError::FailedPrecondition(format!(
+            "decision for step {} of rollout '{id}', which is at step {}",
+            decision.step, plan.step
+        )));
+    }
+    let mut promote = false;
+    match action {
+        StepAction::Wait => {
+            return Err(RoutingError::invalid(
+                "decision",
+                "waiting is not a decision",
+            ));
+        }
+        StepAction::Hold { .. } => plan.step_started_ms = decision.at_ms,
+        StepAction::Advance { basis_points } => {
+            let next = plan.step + 1;
+            if plan.steps.get(next) != Some(basis_points) {
+                return Err(RoutingError::invalid(
+                    "decision",
+                    format!("step {next} of rollout '{id}' is not {basis_points} basis points"),
+                ));
+            }
+            plan.step = next;
+            plan.step_started_ms = decision.at_ms;
+            plan.failed_checks = 0;
+            rollout.basis_points = *basis_points;
+        }
+        StepAction::FailCheck { failed_checks, .. } => {
+            plan.failed_checks = *failed_checks;
+            plan.step_started_ms = decision.at_ms;
+        }
+        StepAction::Abort { .. } => {
+            plan.phase = RolloutPhase::Aborted;
+            rollout.basis_points = 0;
+        }
+        StepAction::Complete => {
+            plan.phase = RolloutPhase::Promoted;
+            rollout.basis_points = crate::hash::BUCKETS;
+            promote = true;
+        }
+    }
+    let mut decision = decision.clone();
+    decision.basis_points = rollout.basis_points;
+    record(plan, decision);
+    if promote {
+        entry.service.default_version = to_version;
+    }
+    Ok(())
+}
+
+/// Applies an operator's pause, resume, promotion or abort.
+fn control_rollout(
+    entry: &mut ServiceEntry,
+    id: &str,
+    decision: &RolloutDecision,
+    force: bool,
+) -> Result<(), RoutingError> {
+    let to_version = managed_rollout(entry, id)?.to_version.clone();
+    if matches!(decision.event, RolloutEvent::Promoted) {
+        entry.check_assignable(&to_version, force)?;
+    }
+    let rollout = managed_rollout(entry, id)?;
+    let Some(plan) = rollout.plan.as_mut() else {
+        return Ok(());
+    };
+    let phase = plan.phase;
+    let refuse = |what: &str| {
+        Err(RoutingError::FailedPrecondition(format!(
+            "rollout '{id}' is {}; it cannot be {what}",
+            phase.as_str()
+        )))
+    };
+    match (&decision.event, phase) {
+        (RolloutEvent::Paused, RolloutPhase::Running) => plan.phase = RolloutPhase::Paused,
+        (RolloutEvent::Paused, _) => return refuse("paused"),
+        (RolloutEvent::Resumed, RolloutPhase::Paused) => {
+            plan.phase = RolloutPhase::Running;
+            plan.step_started_ms = decision.at_ms;
+        }
+        (RolloutEvent::Resumed, _) => return refuse("resumed"),
+        (RolloutEvent::Promoted, RolloutPhase::Running | RolloutPhase::Paused) => {
+            plan.phase = RolloutPhase::Promoted;
+            rollout.basis_points = crate::hash::BUCKETS;
+        }
+        (RolloutEvent::Promoted, _) => return refuse("promoted"),
+        (RolloutEvent::Aborted, RolloutPhase::Running | RolloutPhase::Paused) => {
+            plan.phase = RolloutPhase::Aborted;
+            rollout.basis_points = 0;
+        }
+        (RolloutEvent::Aborted, _) => return refuse("aborted"),
+        (RolloutEvent::Started | RolloutEvent::Step { .. }, _) => {
+            return Err(RoutingError::invalid(
+                "decision.event",
+                "must be paused, resumed, promoted or aborted",
+            ));
+        }
+    }
+    let mut decision = decision.clone();
+    decision.step = plan.step;
+    decision.basis_points = rollout.basis_points;
+    record(plan, decision);
+    if phase != RolloutPhase::Promoted
+        && rollout
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.phase == RolloutPhase::Promoted)
+    {
+        entry.service.default_version = to_version;
+    }
+    Ok(())
+}
+
+/// Checks an experiment's variants against the service.
+fn validate_variants(entry: &ServiceEntry, variants: &[Variant]) -> Result<(), RoutingError> {
+    if variants.is_empty() {
+        return Err(RoutingError::invalid(
+            "experiment.variants",
+            "must not be empty",
+        ));
+    }
+    for variant in variants {
+        validate::name("experiment.variants.name", &variant.name)?;
+        validate::name("experiment.variants.version", &variant.version)?;
+        if !entry.knows(&variant.version) {
+            return Err(RoutingError::not_found(
+                Entity::Version,
+                format!("{}/{}", entry.service.name, variant.version),
+            ));
+        }
+    }
+    let mut names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(RoutingError::invalid(
+            "experiment.variants.name",
+            "names must be unique",
+        ));
+    }
+    if variants.iter().all(|v| v.weight == 0) {
+        return Err(RoutingError::invalid(
+            "experiment.variants.weight",
+            "at least one variant needs a weight",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_tenant(tenant: &Tenant) -> Result<(), RoutingError> {
     validate::name("tenant.id", &tenant.id)?;
     validate::text("tenant.name", &tenant.name)?;
@@ -961,7 +1342,7 @@ pub struct Pin {
 }
 
 /// The routing state as plain records: a seed file, a backup, a store's snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateDump {
     /// The revision (ignored when seeding).

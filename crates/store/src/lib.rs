@@ -27,13 +27,30 @@ pub mod suite;
 
 pub use memory::{DEFAULT_LOG_CAPACITY, MemoryStore};
 
-/// One committed change: the mutation and the revision it produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One committed change: the mutation, the revision it produced, and who made it, when and why.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// The revision after the change.
     pub revision: Revision,
     /// What changed.
     pub mutation: Mutation,
+    /// Who, when, why, and the records before and after.
+    pub meta: ChangeMeta,
+}
+
+/// The audit record of a change: who made it, when, why, and what it changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeMeta {
+    /// Who made it (a user, a service, `rollout-driver`).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The changed records before the change (JSON).
+    pub before: String,
+    /// The changed records after the change (JSON).
+    pub after: String,
 }
 
 /// What a commit reports.
@@ -85,7 +102,12 @@ pub trait Store: Send + Sync + 'static {
     /// `base` is the caller's copy of the state. A store may validate against it and refuse
     /// with [`StoreError::Conflict`] when it is not the latest (optimistic concurrency), or
     /// validate against its own latest state and ignore it.
-    async fn commit(&self, base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError>;
+    async fn commit(
+        &self,
+        base: &RoutingState,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError>;
 
     /// Returns up to `limit` changes after revision `after`, in revision order, waiting up to
     /// `wait` for the first one (an empty list when none came).
@@ -95,6 +117,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         wait: Duration,
     ) -> Result<Vec<Change>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl`; returns whether `holder` holds
+    /// it. Only one holder holds a lease at a time (the replica that drives rollouts).
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use routing_core::{Mutation, Revision, RoutingState};
 use tokio::sync::watch;
 
-use crate::{Change, Commit, Store, StoreError};
+use crate::{Change, ChangeMeta, Commit, Store, StoreError};
 
 /// Changes kept by default for routers to follow.
 pub const DEFAULT_LOG_CAPACITY: usize = 100_000;
@@ -24,6 +24,7 @@ pub struct MemoryStore {
 struct Inner {
     state: RoutingState,
     log: VecDeque<Change>,
+    leases: std::collections::HashMap<String, (String, std::time::Instant)>,
 }
 
 impl Default for MemoryStore {
@@ -76,13 +77,22 @@ impl Store for MemoryStore {
 
     /// Validates against the store's own latest state (always current here), so `base` is not
     /// needed and no conflict arises.
-    async fn commit(&self, _base: &RoutingState, mutation: Mutation) -> Result<Commit, StoreError> {
+    async fn commit(
+        &self,
+        _base: &RoutingState,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
         let revision = {
             let mut inner = self.lock();
             let (state, outcome) = inner.state.apply(&mutation)?;
             let revision = state.revision();
             inner.state = state;
-            inner.log.push_back(Change { revision, mutation });
+            inner.log.push_back(Change {
+                revision,
+                mutation,
+                meta,
+            });
             while inner.log.len() > self.log_capacity {
                 inner.log.pop_front();
             }
@@ -110,6 +120,21 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut inner = self.lock();
+        let free = match inner.leases.get(name) {
+            Some((current, expires)) => current == holder || *expires <= now,
+            None => true,
+        };
+        if free {
+            inner
+                .leases
+                .insert(name.to_owned(), (holder.to_owned(), now + ttl));
+        }
+        Ok(free)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -133,6 +158,7 @@ mod tests {
                 .commit(
                     &RoutingState::default(),
                     crate::suite::tenant(&format!("t{i}")),
+                    ChangeMeta::default(),
                 )
                 .await
                 .expect("commit");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use routing_core::{Entity, Instance, Mutation, Outcome, RoutingError, Service, Strategy, Tenant};
 
-use crate::{Store, StoreError};
+use crate::{ChangeMeta, Store, StoreError};
 
 /// Generates one `#[tokio::test]` per behaviour, each on a store made by `$make`
 /// (an `async` block returning the store).
@@ -23,7 +23,8 @@ macro_rules! store_suite {
             waiting_follower_wakes_on_commit,
             load_matches_a_follower,
             emergency_rollback_is_one_change,
-            stale_copies_never_overwrite_newer_changes);
+            stale_copies_never_overwrite_newer_changes,
+            a_lease_has_one_holder_at_a_time);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -99,7 +100,14 @@ pub async fn try_commit(
 ) -> Result<crate::Commit, StoreError> {
     loop {
         let base = store.load().await?;
-        match store.commit(&base, mutation.clone()).await {
+        let meta = ChangeMeta {
+            actor: "suite".to_owned(),
+            reason: "behaviour suite".to_owned(),
+            at_ms: 1_700_000_000_000,
+            before: "{}".to_owned(),
+            after: "{\"changed\":true}".to_owned(),
+        };
+        match store.commit(&base, mutation.clone(), meta).await {
             Err(StoreError::Conflict { .. }) => continue,
             other => return other,
         }
@@ -195,6 +203,16 @@ pub async fn changes_are_followed_in_order(store: &dyn Store) {
         all.iter().map(|c| c.mutation.clone()).collect::<Vec<_>>(),
         mutations
     );
+    // The audit record travels with the change.
+    let meta = &all[0].meta;
+    assert_eq!(
+        (meta.actor.as_str(), meta.reason.as_str(), meta.at_ms),
+        ("suite", "behaviour suite", 1_700_000_000_000)
+    );
+    assert_eq!(
+        (meta.before.as_str(), meta.after.as_str()),
+        ("{}", "{\"changed\":true}")
+    );
     let page = store
         .changes_after(2, 2, Duration::ZERO)
         .await
@@ -277,7 +295,10 @@ pub async fn stale_copies_never_overwrite_newer_changes(store: &dyn Store) {
     populate(store, 1).await;
     let stale = store.load().await.expect("load");
     commit(store, pin("t0", "v2", Some("v1"))).await;
-    match store.commit(&stale, pin("t0", "v2", Some("v1"))).await {
+    match store
+        .commit(&stale, pin("t0", "v2", Some("v1")), ChangeMeta::default())
+        .await
+    {
         Err(StoreError::Conflict { current }) => {
             assert_eq!(current, stale.revision() + 1);
         }
@@ -288,4 +309,37 @@ pub async fn stale_copies_never_overwrite_newer_changes(store: &dyn Store) {
     }
     let state = store.load().await.expect("load");
     assert_eq!(state.revision(), stale.revision() + 1);
+}
+
+/// A lease has one holder until it lapses; the holder renews it.
+pub async fn a_lease_has_one_holder_at_a_time(store: &dyn Store) {
+    let long = Duration::from_secs(60);
+    assert!(store.lease("driver", "a", long).await.expect("lease"));
+    assert!(!store.lease("driver", "b", long).await.expect("lease"));
+    assert!(store.lease("driver", "a", long).await.expect("renew"));
+    assert!(
+        store
+            .lease("other", "b", long)
+            .await
+            .expect("another lease")
+    );
+    // A lapsed lease goes to the next taker.
+    assert!(
+        store
+            .lease("short", "a", Duration::from_millis(1))
+            .await
+            .expect("lease")
+    );
+    let start = std::time::Instant::now();
+    loop {
+        if store.lease("short", "b", long).await.expect("lease") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the lease never lapsed"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!store.lease("short", "a", long).await.expect("lease"));
 }

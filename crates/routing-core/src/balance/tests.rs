@@ -45,6 +45,7 @@ fn pick<'p>(
         region,
         hash_key: key,
         entropy: rng.next(),
+        now_ms: 0,
     })
     .map(|m| m.instance.id.as_str())
 }
@@ -211,7 +212,7 @@ proptest! {
         let mut rng = SplitMix(seed);
         for strategy in Strategy::ALL {
             for n in 0..8 {
-                let picked = pool.pick(&PickRequest { strategy, region, hash_key: &format!("k{n}"), entropy: rng.next() });
+                let picked = pool.pick(&PickRequest { strategy, region, hash_key: &format!("k{n}"), entropy: rng.next() , now_ms: 0});
                 prop_assert_eq!(picked.is_some(), any_eligible);
                 if let Some(member) = picked {
                     prop_assert!(member.instance.is_eligible());

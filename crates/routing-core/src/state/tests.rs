@@ -77,6 +77,7 @@ pub(crate) mod fixtures {
             basis_points,
             salt: id.into(),
             cohort: Cohort::default(),
+            plan: None,
         }
     }
 
@@ -100,6 +101,7 @@ pub(crate) mod fixtures {
                 })
                 .collect(),
             cohort: Cohort::default(),
+            sticky: Default::default(),
         }
     }
 
@@ -1580,6 +1582,7 @@ fn query<'a>(tenant_id: &'a str, service: &'a str) -> RouteQuery<'a> {
         hash_key: "",
         strategy: None,
         entropy: 0,
+        now_ms: 0,
     }
 }
 
