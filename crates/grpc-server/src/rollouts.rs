@@ -46,13 +46,14 @@ pub async fn drive(
             }
         }
         if leading {
-            step_all(&replica, &outcomes, now_ms()).await;
+            step_all(&replica, &outcomes, &holder, now_ms()).await;
         }
     }
 }
 
-/// Judges every running rollout whose step has run its interval, and commits the decisions.
-pub async fn step_all(replica: &Replica, outcomes: &Outcomes, now_ms: u64) {
+/// Judges every running rollout whose step has run its interval, and commits the decisions in
+/// the name of `rollout-driver:<holder>`.
+pub async fn step_all(replica: &Replica, outcomes: &Outcomes, holder: &str, now_ms: u64) {
     let state = replica.current();
     for service in state.services() {
         for rollout in service.rollouts() {
@@ -93,7 +94,7 @@ pub async fn step_all(replica: &Replica, outcomes: &Outcomes, now_ms: u64) {
                 rollout_id: rollout.id.clone(),
                 decision,
             };
-            let actor = Actor::system(LEASE, reason);
+            let actor = Actor::system(&format!("{LEASE}:{holder}"), reason);
             match replica.commit(mutation, &actor).await {
                 Ok(commit) => tracing::info!(
                     service = %name,
