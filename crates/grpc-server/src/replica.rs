@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use greyrouter_store::{Commit, Store, StoreError};
+use greyrouter_store::{Change, Commit, Store, StoreError};
 use routing_core::{Mutation, Revision, RoutingState, Scope};
 use tokio::sync::watch;
 
@@ -37,6 +37,8 @@ pub struct AppliedChange {
     pub after: Arc<RoutingState>,
     /// The pairs it may have altered.
     pub scope: Scope,
+    /// What it was and why (`kind by actor: reason`), empty for a resynchronisation.
+    pub cause: String,
 }
 
 /// The changes after a revision, or why they cannot be replayed.
@@ -197,7 +199,7 @@ impl Replica {
             match self.store.changes_after(after, PULL_LIMIT, PULL_WAIT).await {
                 Ok(changes) => {
                     for change in changes {
-                        if let Err(err) = self.apply(change.revision, &change.mutation) {
+                        if let Err(err) = self.apply(&change) {
                             tracing::error!(%err, revision = change.revision, "cannot apply change; reloading");
                             self.reload().await;
                             break;
@@ -213,19 +215,27 @@ impl Replica {
         }
     }
 
-    fn apply(&self, revision: Revision, mutation: &Mutation) -> Result<(), String> {
+    fn apply(&self, change: &Change) -> Result<(), String> {
         let before = self.current();
-        if revision != before.revision() + 1 {
+        if change.revision != before.revision() + 1 {
             return Err(format!(
-                "gap: at revision {}, next change is {revision}",
-                before.revision()
+                "gap: at revision {}, next change is {}",
+                before.revision(),
+                change.revision
             ));
         }
-        let (after, _) = before.apply(mutation).map_err(|e| e.to_string())?;
+        let (after, _) = before.apply(&change.mutation).map_err(|e| e.to_string())?;
+        let meta = &change.meta;
+        let mut cause = format!("{} by {}", audit::kind(&change.mutation), meta.actor);
+        if !meta.reason.is_empty() {
+            cause.push_str(": ");
+            cause.push_str(&meta.reason);
+        }
         self.publish(AppliedChange {
             before,
             after: Arc::new(after),
-            scope: mutation.scope(),
+            scope: change.mutation.scope(),
+            cause,
         });
         Ok(())
     }
@@ -253,6 +263,7 @@ impl Replica {
                     before,
                     after: Arc::new(state),
                     scope: Scope::Everything,
+                    cause: String::new(),
                 });
             }
             Err(err) => {

@@ -79,7 +79,12 @@ pub async fn step_all(replica: &Replica, outcomes: &Outcomes, holder: &str, now_
             if action == StepAction::Wait {
                 continue;
             }
-            let reason = describe(&action);
+            let reason = format!(
+                "{} (canary {}; baseline {})",
+                describe(&action),
+                figures(&canary),
+                figures(&baseline)
+            );
             let decision = RolloutDecision {
                 at_ms: now_ms,
                 step: plan.step,
@@ -126,6 +131,18 @@ pub fn describe(action: &StepAction) -> String {
         } => format!("check {failed_checks} failed: {}", reasons.join("; ")),
         StepAction::Abort { reasons } => format!("aborted, rolling back: {}", reasons.join("; ")),
     }
+}
+
+/// Summarises outcome figures: "120 requests, 0.83% errors, p99 8 ms".
+pub fn figures(stats: &routing_core::outcome::Stats) -> String {
+    let p99 = stats
+        .p99_ms()
+        .map_or_else(|| "p99 n/a".to_owned(), |ms| format!("p99 {ms} ms"));
+    format!(
+        "{} requests, {:.2}% errors, {p99}",
+        stats.requests,
+        stats.error_rate() * 100.0
+    )
 }
 
 /// Formats basis points as a percentage ("12.5%").

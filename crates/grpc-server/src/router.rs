@@ -267,7 +267,13 @@ impl Watcher {
                                 })
                                 .collect();
                             let sent = self
-                                .send(change.after.revision(), false, &diff.upserts, removals)
+                                .send(
+                                    change.after.revision(),
+                                    false,
+                                    &diff.upserts,
+                                    removals,
+                                    &change.cause,
+                                )
                                 .await;
                             if !sent {
                                 return;
@@ -297,7 +303,7 @@ impl Watcher {
     async fn send_snapshot(&self) -> Option<u64> {
         let state = self.replica.current();
         let assignments = watch::snapshot(&state, &self.filter);
-        self.send(state.revision(), true, &assignments, Vec::new())
+        self.send(state.revision(), true, &assignments, Vec::new(), "")
             .await
             .then_some(state.revision())
     }
@@ -309,6 +315,7 @@ impl Watcher {
         snapshot: bool,
         upserts: &[EffectiveAssignment],
         removals: Vec<pb::AssignmentKey>,
+        cause: &str,
     ) -> bool {
         let mut messages: Vec<pb::AssignmentUpdate> = upserts
             .chunks(self.chunk)
@@ -318,6 +325,7 @@ impl Watcher {
                 upserts: chunk.iter().map(convert::assignment_message).collect(),
                 removals: Vec::new(),
                 partial: true,
+                cause: cause.to_owned(),
             })
             .collect();
         for chunk in removals.chunks(self.chunk) {
@@ -327,6 +335,7 @@ impl Watcher {
                 upserts: Vec::new(),
                 removals: chunk.to_vec(),
                 partial: true,
+                cause: cause.to_owned(),
             });
         }
         if messages.is_empty() {

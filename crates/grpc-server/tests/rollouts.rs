@@ -151,6 +151,17 @@ async fn a_healthy_rollout_advances_to_completion() {
         "about 25% of 39 tenants: {on_v2}"
     );
 
+    let mut watch = within(
+        server
+            .router
+            .watch_assignments(pb::WatchAssignmentsRequest {
+                services: vec!["api".into()],
+                ..Default::default()
+            }),
+    )
+    .await
+    .expect("watch")
+    .into_inner();
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = tokio::spawn(report_traffic(
         vec![server.router.clone()],
@@ -159,6 +170,21 @@ async fn a_healthy_rollout_advances_to_completion() {
         Arc::clone(&stop),
     ));
     let done = await_phase(&mut server.admin, "promoted").await;
+    // The watch stream says why tenants moved: the decision and its figures.
+    let cause = within(async {
+        loop {
+            let update = watch.message().await.expect("ok").expect("update");
+            if update.cause.contains("advance to 50%") {
+                return update.cause;
+            }
+        }
+    })
+    .await;
+    assert!(
+        cause.starts_with("progress_rollout by rollout-driver:"),
+        "{cause}"
+    );
+    assert!(cause.contains("requests, 0.00% errors"), "{cause}");
     stop.store(true, Ordering::Relaxed);
     traffic.await.expect("traffic");
 

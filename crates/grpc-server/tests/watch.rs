@@ -106,6 +106,7 @@ async fn snapshot_then_every_change_that_matters() {
     assert_eq!(update.revision, revision);
     assert_eq!(keys(&update), [entry("t1", "api", "v2", "pin")]);
     assert_eq!(update.upserts[0].instances[0].instance_id, "b1");
+    assert_eq!(update.cause, "set_tenant_version by anonymous");
 
     // A new instance of v1 changes the instance set of t0 only (t1 is on v2).
     let revision = server.instance("api", "v1", "a2", "eu").await;
