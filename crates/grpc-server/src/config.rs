@@ -25,6 +25,9 @@ pub struct Config {
     pub store: String,
     /// A TOML or JSON file of tenants, services, instances and pins loaded at start.
     pub seed: Option<PathBuf>,
+    /// With the embedded store: a file every change is appended to as a JSON line (the audit
+    /// trail beyond the in-memory log). With Redis the change stream is the trail.
+    pub audit_file: Option<PathBuf>,
     /// Logging.
     pub log: LogConfig,
     /// Request limits.
@@ -169,6 +172,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: "memory".to_owned(),
             seed: None,
+            audit_file: None,
             log: LogConfig::default(),
             limits: Limits::default(),
             watch: WatchConfig::default(),

@@ -200,7 +200,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             .context("cannot open the Redis store")?;
         return Ok(Arc::new(store));
     }
-    Ok(Arc::new(MemoryStore::default()))
+    let store = MemoryStore::default();
+    Ok(Arc::new(match &config.audit_file {
+        Some(path) => store.with_audit_file(path),
+        None => store,
+    }))
 }
 
 /// Reports the Admin service (writes) as serving only while the store answers; routing keeps

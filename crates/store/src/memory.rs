@@ -18,6 +18,7 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     revision: watch::Sender<Revision>,
     log_capacity: usize,
+    audit_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -40,7 +41,43 @@ impl MemoryStore {
             inner: Mutex::new(Inner::default()),
             revision: watch::Sender::new(0),
             log_capacity: log_capacity.max(1),
+            audit_file: None,
         }
+    }
+
+    /// Also appends every change, as one JSON line, to `path`: the audit trail outlives the
+    /// bounded log and the process. A change whose line cannot be written is refused.
+    pub fn with_audit_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.audit_file = Some(path.into());
+        self
+    }
+
+    fn append_audit(&self, change: &Change) -> Result<(), StoreError> {
+        use std::io::Write;
+        let Some(path) = &self.audit_file else {
+            return Ok(());
+        };
+        let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        let line = serde_json::json!({
+            "revision": change.revision,
+            "at_ms": change.meta.at_ms,
+            "actor": change.meta.actor,
+            "reason": change.meta.reason,
+            "mutation": change.mutation,
+            "before": parse(&change.meta.before),
+            "after": parse(&change.meta.after),
+        });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "{line}"));
+        written.map_err(|err| {
+            StoreError::Unavailable(format!(
+                "cannot write the audit log {}: {err}",
+                path.display()
+            ))
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -87,12 +124,14 @@ impl Store for MemoryStore {
             let mut inner = self.lock();
             let (state, outcome) = inner.state.apply(&mutation)?;
             let revision = state.revision();
-            inner.state = state;
-            inner.log.push_back(Change {
+            let change = Change {
                 revision,
                 mutation,
                 meta,
-            });
+            };
+            self.append_audit(&change)?;
+            inner.state = state;
+            inner.log.push_back(change);
             while inner.log.len() > self.log_capacity {
                 inner.log.pop_front();
             }
@@ -149,6 +188,52 @@ mod tests {
     use super::*;
 
     crate::store_suite!(async { MemoryStore::default() });
+
+    #[tokio::test]
+    async fn the_audit_file_gets_one_line_per_change() {
+        let dir = std::env::temp_dir().join(format!("greyrouter-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let store = MemoryStore::default().with_audit_file(&path);
+        let meta = ChangeMeta {
+            actor: "alice".into(),
+            reason: "onboarding".into(),
+            at_ms: 42,
+            before: "null".into(),
+            after: "{\"id\":\"t1\"}".into(),
+        };
+        for id in ["t1", "t2"] {
+            store
+                .commit(
+                    &RoutingState::default(),
+                    crate::suite::tenant(id),
+                    meta.clone(),
+                )
+                .await
+                .expect("commit");
+        }
+        let text = std::fs::read_to_string(&path).expect("audit file");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["revision"], 2);
+        assert_eq!(lines[0]["actor"], "alice");
+        assert_eq!(lines[0]["after"]["id"], "t1");
+        assert_eq!(lines[0]["mutation"]["op"], "upsert_tenant");
+
+        // An audit log that cannot be written refuses the change.
+        let broken = MemoryStore::default().with_audit_file(dir.join("missing/dir/audit.jsonl"));
+        let err = broken
+            .commit(&RoutingState::default(), crate::suite::tenant("t1"), meta)
+            .await
+            .expect_err("unwritable audit log");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert_eq!(broken.load().await.expect("load").revision(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn compacted_log_is_reported() {
