@@ -227,3 +227,72 @@ fn unreachable_server_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn rollouts_and_experiments_from_the_cli() {
+    let seed = example_seed();
+    let server = Served::start(&["--seed", seed.to_str().expect("utf-8 path")]);
+    let started = stdout(&server.cli(&[
+        "rollout",
+        "start",
+        "user-service",
+        "--to",
+        "v2.0",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "600",
+        "--id",
+        "r1",
+        "--tier",
+        "internal",
+    ]));
+    assert!(
+        started.contains("rollout r1 of user-service: v1.0 -> v2.0, running at 10%"),
+        "{started}"
+    );
+    assert!(started.contains("started"), "{started}");
+    let listed = stdout(&server.cli(&["rollout", "list", "--output", "json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed[0]["phase"], "running");
+    let aborted =
+        stdout(&server.cli(&["rollout", "abort", "user-service", "r1", "--why", "testing"]));
+    assert!(aborted.contains("aborted at 0%"), "{aborted}");
+    assert!(aborted.contains("testing"), "{aborted}");
+
+    let created = stdout(&server.cli(&[
+        "experiment",
+        "create",
+        "order-service",
+        "checkout",
+        "--variant",
+        "control=v1.2:1",
+        "--variant",
+        "treatment=v1.2:1",
+    ]));
+    assert!(created.starts_with("VARIANT"), "{created}");
+    let shown = stdout(&server.cli(&[
+        "experiment",
+        "show",
+        "order-service",
+        "checkout",
+        "--output",
+        "json",
+    ]));
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    let tenants: u64 = shown["variants"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|v| v["tenants"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(tenants, 3, "every seeded tenant is in one variant: {shown}");
+    let bad = server.cli(&[
+        "experiment",
+        "create",
+        "order-service",
+        "x",
+        "--variant",
+        "nonsense",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("NAME=VERSION:WEIGHT"));
+}
