@@ -386,6 +386,7 @@ pub async fn propagation(config: &PropagationConfig) -> Result<PropagationReport
             version: version.to_owned(),
             expected_version: None,
             force: false,
+            migrate: false,
         };
         let sent = Instant::now();
         let reply = admin.set_tenant_version(request).await;

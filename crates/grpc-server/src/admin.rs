@@ -10,11 +10,13 @@ use greyrouter_proto::v1::admin_server::Admin;
 use greyrouter_store::Commit;
 use routing_core::model::{RolloutDecision, RolloutEvent, RolloutPhase, RolloutPlan};
 use routing_core::{Entity, Experiment, Mutation, Outcome, Rollout, RoutingError, validate};
+use schema_manager::SchemaError;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{self, Actor};
 use crate::convert;
 use crate::replica::Replica;
+use crate::schema::{self, Schemas};
 use crate::status;
 
 /// Default and largest page of `ListTenants`.
@@ -27,12 +29,21 @@ const MAX_EVENTS_SCANNED: usize = 20_000;
 #[derive(Debug, Clone)]
 pub struct AdminService {
     replica: Arc<Replica>,
+    schemas: Option<Arc<Schemas>>,
 }
 
 impl AdminService {
-    /// Returns the service over a replica.
-    pub fn new(replica: Arc<Replica>) -> Self {
-        AdminService { replica }
+    /// Returns the service over a replica, with schema migrations when configured.
+    pub fn new(replica: Arc<Replica>, schemas: Option<Arc<Schemas>>) -> Self {
+        AdminService { replica, schemas }
+    }
+
+    fn schemas(&self) -> Result<&Arc<Schemas>, Status> {
+        self.schemas.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "schema migrations are not configured on this router (set [schema] database_url)",
+            )
+        })
     }
 
     async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, Status> {
@@ -228,6 +239,22 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SetTenantVersionResponse>, Status> {
         let actor = Actor::from_metadata(request.metadata());
         let request = request.into_inner();
+        if let Some(schemas) = &self.schemas {
+            let state = self.replica.current();
+            if let Some(tenant) = state.tenant(&request.tenant_id)
+                && state.service(&request.service).is_some()
+            {
+                schemas
+                    .gate(
+                        &tenant.tenant,
+                        &request.service,
+                        &request.version,
+                        request.migrate,
+                    )
+                    .await
+                    .map_err(|e| status::gate(&e))?;
+            }
+        }
         let commit = self
             .commit(
                 Mutation::SetTenantVersion {
@@ -647,6 +674,214 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListEventsResponse {
             events,
             next_revision: at,
+        }))
+    }
+
+    async fn upgrade_schema(
+        &self,
+        request: Request<pb::UpgradeSchemaRequest>,
+    ) -> Result<Response<pb::UpgradeSchemaResponse>, Status> {
+        let schemas = self.schemas()?;
+        let request = request.into_inner();
+        validate::name("service", &request.service).map_err(invalid)?;
+        let catalog = schemas
+            .migrator()
+            .catalog()
+            .service(&request.service)
+            .ok_or_else(|| {
+                status::schema(&SchemaError::NoCatalog {
+                    service: request.service.clone(),
+                })
+            })?;
+        let target = match request.target_schema {
+            Some(target) => target,
+            None => {
+                validate::name("target_version", &request.target_version).map_err(invalid)?;
+                catalog
+                    .required_for(&request.target_version)
+                    .ok_or_else(|| {
+                        invalid(RoutingError::not_found(
+                            Entity::Version,
+                            format!(
+                                "{}/{} in the migration manifest",
+                                request.service, request.target_version
+                            ),
+                        ))
+                    })?
+            }
+        };
+        if target > catalog.latest() {
+            return Err(status::schema(&SchemaError::UnknownSchemaVersion {
+                service: request.service.clone(),
+                version: target,
+            }));
+        }
+        let state = self.replica.current();
+        let tenants: Vec<routing_core::Tenant> = if request.tenant_ids.is_empty() {
+            let cohort = convert::cohort(request.cohort).map_err(invalid)?;
+            state
+                .tenants_after(None)
+                .filter(|t| t.tenant.active && cohort.contains(&t.tenant))
+                .map(|t| t.tenant.clone())
+                .collect()
+        } else {
+            let ids = convert::names("tenant_ids", request.tenant_ids).map_err(invalid)?;
+            ids.iter()
+                .map(|id| {
+                    state
+                        .tenant(id)
+                        .map(|t| t.tenant.clone())
+                        .ok_or_else(|| invalid(RoutingError::not_found(Entity::Tenant, id)))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if !request.dry_run {
+            let upgrade_id = schemas.start(tenants, &request.service, target);
+            return Ok(Response::new(pb::UpgradeSchemaResponse {
+                upgrade_id,
+                target_schema: target,
+                plans: Vec::new(),
+            }));
+        }
+        let mut plans = Vec::with_capacity(tenants.len());
+        for tenant in &tenants {
+            let plan = schemas
+                .migrator()
+                .plan(tenant, &request.service, target)
+                .await;
+            plans.push(match plan {
+                Ok(plan) => pb::TenantSchemaPlan {
+                    tenant_id: tenant.id.clone(),
+                    from: plan.from,
+                    to: plan.to,
+                    steps: plan
+                        .steps
+                        .iter()
+                        .map(|step| pb::SchemaStep {
+                            version: step.version,
+                            name: step.name.clone(),
+                            direction: schema::direction(step.direction).to_owned(),
+                        })
+                        .collect(),
+                    error: String::new(),
+                },
+                Err(err) => pb::TenantSchemaPlan {
+                    tenant_id: tenant.id.clone(),
+                    error: err.to_string(),
+                    ..Default::default()
+                },
+            });
+        }
+        Ok(Response::new(pb::UpgradeSchemaResponse {
+            upgrade_id: String::new(),
+            target_schema: target,
+            plans,
+        }))
+    }
+
+    async fn get_schema_upgrade(
+        &self,
+        request: Request<pb::GetSchemaUpgradeRequest>,
+    ) -> Result<Response<pb::SchemaUpgrade>, Status> {
+        let id = request.into_inner().upgrade_id;
+        let upgrade = self.schemas()?.upgrade(&id).ok_or_else(|| {
+            Status::not_found(format!("schema upgrade '{id}' not found on this router"))
+        })?;
+        Ok(Response::new(upgrade.snapshot()))
+    }
+
+    type WatchSchemaUpgradeStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::SchemaUpgrade, Status>> + Send>,
+    >;
+
+    async fn watch_schema_upgrade(
+        &self,
+        request: Request<pb::GetSchemaUpgradeRequest>,
+    ) -> Result<Response<Self::WatchSchemaUpgradeStream>, Status> {
+        let id = request.into_inner().upgrade_id;
+        let upgrade = self.schemas()?.upgrade(&id).ok_or_else(|| {
+            Status::not_found(format!("schema upgrade '{id}' not found on this router"))
+        })?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut changes = upgrade.subscribe();
+            loop {
+                changes.borrow_and_update();
+                let snapshot = upgrade.snapshot();
+                let finished = snapshot.state == "finished";
+                if sender.send(Ok(snapshot)).await.is_err() || finished {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn get_tenant_schema(
+        &self,
+        request: Request<pb::GetTenantSchemaRequest>,
+    ) -> Result<Response<pb::GetTenantSchemaResponse>, Status> {
+        let schemas = self.schemas()?;
+        let request = request.into_inner();
+        validate::name("tenant_id", &request.tenant_id).map_err(invalid)?;
+        validate::optional_name("service", &request.service).map_err(invalid)?;
+        let state = self.replica.current();
+        let tenant = state
+            .tenant(&request.tenant_id)
+            .ok_or_else(|| invalid(RoutingError::not_found(Entity::Tenant, &request.tenant_id)))?;
+        let catalogs: Vec<_> = schemas
+            .migrator()
+            .catalog()
+            .services()
+            .filter(|c| request.service.is_empty() || c.service == request.service)
+            .collect();
+        if !request.service.is_empty() && catalogs.is_empty() {
+            return Err(status::schema(&SchemaError::NoCatalog {
+                service: request.service,
+            }));
+        }
+        let mut services = Vec::new();
+        for catalog in catalogs {
+            let status = schemas
+                .migrator()
+                .status(&tenant.tenant, &catalog.service)
+                .await
+                .map_err(|e| status::schema(&e))?;
+            let required = state
+                .service(&catalog.service)
+                .map(|service| service.resolve(tenant).version)
+                .and_then(|version| catalog.required_for(&version))
+                .unwrap_or(0);
+            services.push(pb::ServiceSchema {
+                service: catalog.service.clone(),
+                current: status.current,
+                required,
+                latest: catalog.latest(),
+                history: status
+                    .history
+                    .iter()
+                    .map(|applied| pb::AppliedMigration {
+                        version: applied.version,
+                        name: applied.name.clone(),
+                        checksum: applied.checksum.clone(),
+                        direction: applied.direction.clone(),
+                        applied_at_ms: applied.applied_at_ms,
+                        duration_ms: applied.duration_ms,
+                        success: applied.success,
+                        applied_by: applied.applied_by.clone(),
+                        error: applied.error.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(Response::new(pb::GetTenantSchemaResponse {
+            tenant_id: request.tenant_id,
+            services,
         }))
     }
 }

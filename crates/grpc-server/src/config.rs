@@ -42,6 +42,59 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Outcome windows, outlier ejection and the rollout driver.
     pub outcomes: OutcomeSettings,
+    /// Per-tenant schema migrations.
+    pub schema: SchemaSettings,
+}
+
+/// Settings of per-tenant schema migrations.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaSettings {
+    /// The migration catalog: `<dir>/<service>/NNNN_name.up.sql` and `versions.toml`.
+    pub migrations: PathBuf,
+    /// A tenant's database, `{tenant}` replaced by its id, e.g.
+    /// `postgres://app@db:5432/app` (a schema per tenant) or `postgres://app@db/tenant_{tenant}`.
+    /// Empty: schema migrations are off.
+    pub database_url: String,
+    /// The tenant's schema in that database (a tenant label `schema` overrides it).
+    pub schema: String,
+    /// Tenants migrated at once by one upgrade.
+    pub max_concurrent_upgrades: usize,
+    /// Longest a single migration may run, in milliseconds.
+    pub migration_timeout_ms: u64,
+    /// How long to wait for another migrator working on the same tenant, in milliseconds.
+    pub lock_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for SchemaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("SchemaSettings")
+            .field("migrations", &self.migrations)
+            .field(
+                "database_url",
+                &if self.database_url.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SchemaSettings {
+    fn default() -> Self {
+        SchemaSettings {
+            migrations: PathBuf::from("migrations"),
+            database_url: String::new(),
+            schema: "tenant_{tenant}".to_owned(),
+            max_concurrent_upgrades: 5,
+            migration_timeout_ms: 60_000,
+            lock_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Settings of outcome reports, outlier ejection and rollouts.
@@ -180,6 +233,7 @@ impl Default for Config {
             health_interval_ms: 1000,
             shutdown_grace_ms: 10_000,
             outcomes: OutcomeSettings::default(),
+            schema: SchemaSettings::default(),
         }
     }
 }
@@ -315,6 +369,8 @@ impl Config {
             "GREYROUTER_MAX_REQUEST_BYTES" => self.limits.max_request_bytes = parse(value)?,
             "GREYROUTER_WATCH_HISTORY" => self.watch.history = parse(value)?,
             "GREYROUTER_REDIS_PREFIX" => self.redis.prefix = value.to_owned(),
+            "GREYROUTER_SCHEMA_DATABASE_URL" => self.schema.database_url = value.to_owned(),
+            "GREYROUTER_SCHEMA_MIGRATIONS" => self.schema.migrations = PathBuf::from(value),
             "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS" => {
                 self.redis.command_timeout_ms = parse(value)?;
             }
@@ -350,6 +406,25 @@ impl Config {
             problems.push(
                 "outcomes: rollout_tick_ms must be positive and below rollout_lease_ms".to_owned(),
             );
+        }
+        if !self.schema.database_url.is_empty() {
+            if !self.schema.migrations.is_dir() {
+                problems.push(format!(
+                    "schema.migrations: {} is not a directory",
+                    self.schema.migrations.display()
+                ));
+            }
+            if !self.schema.database_url.starts_with("postgres://")
+                && !self.schema.database_url.starts_with("postgresql://")
+            {
+                problems.push("schema.database_url: must be a postgres:// URL".to_owned());
+            }
+            if self.schema.max_concurrent_upgrades == 0 || self.schema.migration_timeout_ms == 0 {
+                problems.push(
+                    "schema: max_concurrent_upgrades and migration_timeout_ms must be positive"
+                        .to_owned(),
+                );
+            }
         }
         if self.health_interval_ms == 0 {
             problems.push("health_interval_ms: must be positive".to_owned());

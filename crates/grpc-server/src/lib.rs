@@ -6,7 +6,7 @@
 //! - [`replica`]: this router's copy of the routing state, following the store;
 //! - [`router`], [`admin`]: the tonic services;
 //! - [`outcomes`]: outcome windows, outlier ejection; [`rollouts`]: the rollout driver;
-//! - [`audit`]: who changed what, when and why;
+//! - [`audit`]: who changed what, when and why; [`schema`]: per-tenant schema migrations;
 //! - [`convert`]: proto ↔ domain conversions; [`status`]: the error → status table;
 //! - [`server`]: wiring and serving; [`cli`]: the command line.
 //!
@@ -21,5 +21,6 @@ pub mod outcomes;
 pub mod replica;
 pub mod rollouts;
 pub mod router;
+pub mod schema;
 pub mod server;
 pub mod status;

@@ -23,6 +23,8 @@ use crate::outcomes::Outcomes;
 use crate::replica::Replica;
 use crate::rollouts;
 use crate::router::RouterService;
+use crate::schema::Schemas;
+use schema_manager::{Catalog, Migrator, MigratorOptions, Templates};
 
 /// A router ready to serve: its replica loaded and following the store.
 #[derive(Debug)]
@@ -30,6 +32,7 @@ pub struct App {
     config: Config,
     replica: Arc<Replica>,
     follower: JoinHandle<()>,
+    schemas: Option<Arc<Schemas>>,
 }
 
 impl App {
@@ -40,10 +43,12 @@ impl App {
             .await
             .context("cannot load routing state from the store")?;
         let follower = tokio::spawn(Arc::clone(&replica).follow());
+        let schemas = open_schemas(&config)?;
         let app = App {
             config,
             replica,
             follower,
+            schemas,
         };
         if let Some(seed) = app.config.seed.clone() {
             app.seed(&seed).await?;
@@ -134,7 +139,7 @@ impl App {
             self.config.watch.clone(),
             closing_watchers,
         );
-        let admin = AdminService::new(Arc::clone(&self.replica));
+        let admin = AdminService::new(Arc::clone(&self.replica), self.schemas.clone());
 
         health.set_serving::<RouterServer<RouterService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
@@ -205,6 +210,32 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         Some(path) => store.with_audit_file(path),
         None => store,
     }))
+}
+
+/// Loads the migration catalog and prepares the migrator, when schema migrations are on.
+fn open_schemas(config: &Config) -> anyhow::Result<Option<Arc<Schemas>>> {
+    let settings = &config.schema;
+    if settings.database_url.is_empty() {
+        return Ok(None);
+    }
+    let catalog = Catalog::load(&settings.migrations).with_context(|| {
+        format!(
+            "cannot load the migration catalog {}",
+            settings.migrations.display()
+        )
+    })?;
+    let databases = Templates {
+        url: settings.database_url.clone(),
+        schema: settings.schema.clone(),
+    };
+    let options = MigratorOptions {
+        max_concurrent: settings.max_concurrent_upgrades,
+        migration_timeout: Duration::from_millis(settings.migration_timeout_ms),
+        lock_timeout: Duration::from_millis(settings.lock_timeout_ms),
+        applied_by: format!("greyrouter/{}", std::process::id()),
+    };
+    let migrator = Migrator::new(Arc::new(catalog), Arc::new(databases), options);
+    Ok(Some(Arc::new(Schemas::new(migrator))))
 }
 
 /// Reports the Admin service (writes) as serving only while the store answers; routing keeps

@@ -5,6 +5,9 @@
 //! `UNAVAILABLE` is retried later.
 
 use greyrouter_store::StoreError;
+use schema_manager::SchemaError;
+
+use crate::schema::GateError;
 use routing_core::RoutingError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -39,6 +42,34 @@ pub fn store(err: &StoreError) -> Status {
         StoreError::Compacted { .. } => Status::out_of_range(err.to_string()),
         StoreError::Conflict { .. } => Status::aborted(err.to_string()),
         StoreError::Corrupt(_) => Status::internal(err.to_string()),
+    }
+}
+
+/// Returns the status for a schema migration error.
+pub fn schema(err: &SchemaError) -> Status {
+    let message = err.to_string();
+    match err {
+        SchemaError::NoCatalog { .. } | SchemaError::UnknownSchemaVersion { .. } => {
+            Status::not_found(message)
+        }
+        SchemaError::Busy { .. } => Status::aborted(message),
+        SchemaError::Unavailable(_) => Status::unavailable(message),
+        SchemaError::InvalidTenant(_) => Status::invalid_argument(message),
+        SchemaError::Catalog(_)
+        | SchemaError::Edited { .. }
+        | SchemaError::Irreversible { .. }
+        | SchemaError::Contract { .. }
+        | SchemaError::MigrationFailed { .. } => Status::failed_precondition(message),
+    }
+}
+
+/// Returns the status for a refused version switch.
+pub fn gate(err: &GateError) -> Status {
+    match err {
+        GateError::Unapplied { .. } | GateError::Contract { .. } => {
+            Status::failed_precondition(err.to_string())
+        }
+        GateError::Schema(err) => schema(err),
     }
 }
 

@@ -158,6 +158,7 @@ async fn compare_and_set_wins_once_and_reports_the_current_version() {
         version: "v2".into(),
         expected_version: Some(expected.into()),
         force: false,
+        migrate: false,
     };
     let won = server
         .admin
@@ -193,6 +194,7 @@ async fn compare_and_set_wins_once_and_reports_the_current_version() {
                 version: "v2".into(),
                 expected_version: Some("v1".into()),
                 force: false,
+                migrate: false,
             })
             .await
     };
@@ -496,6 +498,7 @@ async fn bad_input_gets_a_clear_status() {
             version: "v9".into(),
             expected_version: None,
             force: false,
+            migrate: false,
         })
         .await
         .expect_err("unknown version");
@@ -553,6 +556,7 @@ async fn versions_without_healthy_instances_are_refused_unless_forced() {
         version: "v3".into(),
         expected_version: None,
         force,
+        migrate: false,
     };
     let refused = server
         .admin

@@ -120,6 +120,7 @@ async fn racing_compare_and_set_on_two_replicas_has_one_winner() {
         version: "v2".into(),
         expected_version: Some("v1".into()),
         force: false,
+        migrate: false,
     };
     for i in 0..20 {
         let tenant = format!("t{i}");
@@ -176,6 +177,7 @@ async fn routing_survives_a_redis_outage_and_replicas_converge_after() {
             version: "v2".into(),
             expected_version: None,
             force: false,
+            migrate: false,
         })
         .await
         .expect_err("redis is down");
@@ -277,6 +279,7 @@ async fn a_router_on_sentinel_keeps_working_through_a_failover() {
         version: "v2".into(),
         expected_version: None,
         force: false,
+        migrate: false,
     };
     let revision = within(async {
         loop {

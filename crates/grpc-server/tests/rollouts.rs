@@ -541,6 +541,7 @@ async fn the_audit_trail_records_who_when_why_before_and_after() {
         version: "v2".into(),
         expected_version: None,
         force: false,
+        migrate: false,
     });
     request
         .metadata_mut()

@@ -2,6 +2,9 @@
 //! and in its own temporary directory, so tests run in parallel without touching the machine's
 //! own services.
 //!
+//! PostgreSQL tests use the machine's server instead, each in a database of its own
+//! ([`PostgresDatabase`]), dropped at the end.
+//!
 //! A missing server binary is a test failure with a message saying what to install, never a
 //! silent skip (`.ci/run` and `scripts/test` install what is missing).
 //!
@@ -366,5 +369,112 @@ impl RedisSentinel {
             redis_command(replica_port, &["INFO", "replication"])
                 .filter(|r| r.contains("role:master"))
         });
+    }
+}
+
+/// The PostgreSQL server the database tests use: the machine's own, with trust authentication.
+pub const POSTGRES_HOST: &str = "127.0.0.1";
+/// Its port.
+pub const POSTGRES_PORT: u16 = 5432;
+/// Its superuser, who creates and drops the test databases.
+pub const POSTGRES_USER: &str = "postgres";
+
+/// A database of its own for one test, `grey_test_<random>`, on the machine's PostgreSQL server
+/// ([`POSTGRES_HOST`]:[`POSTGRES_PORT`], user [`POSTGRES_USER`], trust authentication); dropped,
+/// with any session still connected to it, when the value is dropped.
+///
+/// Needs `psql` (Debian's postgresql-client) and a running server; without either, creating one
+/// panics saying which is missing, under CI and everywhere else: never a silent skip.
+pub struct PostgresDatabase {
+    name: String,
+}
+
+impl PostgresDatabase {
+    /// Creates a fresh, empty database.
+    pub fn create() -> PostgresDatabase {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        // RandomState is seeded randomly per process; the counter and the pid tell apart the
+        // databases of one process and of concurrent ones.
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.write_u64(CREATED.fetch_add(1, Ordering::Relaxed));
+        let name = format!("grey_test_{:016x}", hasher.finish());
+        postgres_admin(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap_or_else(|why| panic!("cannot create the test database {name}: {why}"));
+        PostgresDatabase { name }
+    }
+
+    /// Returns the database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Returns a `postgres://` URL of the database (no password: trust authentication).
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{}",
+            self.name
+        )
+    }
+
+    /// Runs SQL in the database with `psql` and returns its unaligned, tuples-only output
+    /// (`|` between columns, one row a line); panics with the server's message when it fails.
+    pub fn psql(&self, sql: &str) -> String {
+        psql(&self.name, sql).unwrap_or_else(|why| panic!("psql in {}: {why}", self.name))
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        if let Err(why) = postgres_admin(&drop) {
+            eprintln!("cannot drop the test database {}: {why}", self.name);
+        }
+    }
+}
+
+/// Runs SQL in the `postgres` maintenance database.
+fn postgres_admin(sql: &str) -> Result<String, String> {
+    psql("postgres", sql)
+}
+
+fn psql(database: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", POSTGRES_HOST, "-p", &POSTGRES_PORT.to_string()])
+        .args(["-U", POSTGRES_USER, "-d", database, "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(
+                "psql is not installed: install Debian's postgresql-client package \
+                 (and a PostgreSQL server listening on 127.0.0.1:5432 with trust \
+                 authentication for user postgres)"
+                    .to_owned(),
+            );
+        }
+        Err(err) => return Err(format!("cannot run psql: {err}")),
+    };
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("connection to server") || stderr.contains("could not connect") {
+        Err(format!(
+            "no PostgreSQL server accepts user {POSTGRES_USER} at {POSTGRES_HOST}:{POSTGRES_PORT} \
+             with trust authentication (the database tests need one running): {}",
+            stderr.trim()
+        ))
+    } else {
+        Err(stderr.trim().to_owned())
     }
 }

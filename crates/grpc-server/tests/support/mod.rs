@@ -144,6 +144,7 @@ impl TestServer {
                 version: version.into(),
                 expected_version: None,
                 force: false,
+                migrate: false,
             })
             .await
             .expect("set tenant version")

@@ -1,0 +1,135 @@
+//! The history of a tenant's schema, as read from its `grey_schema_history` table, and what is
+//! applied according to it.
+
+use std::collections::BTreeMap;
+
+/// The name of the history table, created in each tenant's schema.
+pub const HISTORY_TABLE: &str = "grey_schema_history";
+
+/// One row of the history table: an attempt to apply or revert a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// The migration's number.
+    pub version: u32,
+    /// The migration's name.
+    pub name: String,
+    /// The migration's checksum when it ran (or after a repair).
+    pub checksum: String,
+    /// `up` or `down`.
+    pub direction: String,
+    /// When it ran, in milliseconds since the Unix epoch.
+    pub applied_at_ms: u64,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// Whether it was committed; a failed attempt was rolled back.
+    pub success: bool,
+    /// Who ran it ([`MigratorOptions::applied_by`](crate::MigratorOptions::applied_by)).
+    pub applied_by: String,
+    /// What the database said when it failed.
+    pub error: Option<String>,
+}
+
+/// The state of one service's schema for one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSchema {
+    /// The service.
+    pub service: String,
+    /// The highest migration successfully applied and not rolled back since (0 for none).
+    pub current: u32,
+    /// Every attempt, oldest first.
+    pub history: Vec<AppliedMigration>,
+}
+
+impl TenantSchema {
+    /// Returns the schema state of a service from its history rows (oldest first).
+    pub fn from_history(service: &str, history: Vec<AppliedMigration>) -> TenantSchema {
+        let current = applied(&history).keys().next_back().copied().unwrap_or(0);
+        TenantSchema {
+            service: service.to_owned(),
+            current,
+            history,
+        }
+    }
+
+    /// Returns the migrations in effect: version → the successful `up` row that applied them.
+    pub fn applied(&self) -> BTreeMap<u32, &AppliedMigration> {
+        applied(&self.history)
+    }
+}
+
+/// Replays the history: a successful `up` applies a version, a successful `down` reverts it,
+/// failed attempts change nothing.
+fn applied(history: &[AppliedMigration]) -> BTreeMap<u32, &AppliedMigration> {
+    let mut applied = BTreeMap::new();
+    for row in history.iter().filter(|row| row.success) {
+        if row.direction == "down" {
+            applied.remove(&row.version);
+        } else {
+            applied.insert(row.version, row);
+        }
+    }
+    applied
+}
+
+#[cfg(test)]
+pub(crate) fn row(
+    version: u32,
+    direction: &str,
+    success: bool,
+    checksum: &str,
+) -> AppliedMigration {
+    AppliedMigration {
+        version,
+        name: format!("m{version}"),
+        checksum: checksum.to_owned(),
+        direction: direction.to_owned(),
+        applied_at_ms: 0,
+        duration_ms: 0,
+        success,
+        applied_by: "test".to_owned(),
+        error: (!success).then(|| "boom".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_replays_ups_downs_and_ignores_failures() {
+        let schema = |rows| TenantSchema::from_history("s", rows).current;
+        assert_eq!(schema(vec![]), 0);
+        assert_eq!(
+            schema(vec![row(1, "up", true, "a"), row(2, "up", true, "b")]),
+            2
+        );
+        assert_eq!(
+            schema(vec![row(1, "up", true, "a"), row(2, "up", false, "b")]),
+            1
+        );
+        assert_eq!(
+            schema(vec![
+                row(1, "up", true, "a"),
+                row(2, "up", true, "b"),
+                row(2, "down", true, "b"),
+            ]),
+            1
+        );
+        assert_eq!(
+            schema(vec![
+                row(1, "up", true, "a"),
+                row(2, "up", true, "b"),
+                row(2, "down", false, "b"),
+            ]),
+            2
+        );
+        assert_eq!(
+            schema(vec![
+                row(1, "up", true, "a"),
+                row(1, "down", true, "a"),
+                row(1, "up", true, "a"),
+            ]),
+            1
+        );
+    }
+}

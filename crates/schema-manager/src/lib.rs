@@ -1,0 +1,130 @@
+//! Per-tenant database schema migrations on PostgreSQL, tied to service versions.
+//!
+//! Each tenant of the SaaS has its own schema (in a shared database or in its own database).
+//! A service version needs its tenants' schemas at some migration; before greyrouter routes a
+//! tenant to that version, its schema is migrated there, and a tenant whose schema went
+//! through a destructive change is never routed back to a version that predates it.
+//!
+//! # Layout
+//!
+//! - [`catalog`]: [`Catalog`] loads every service's migrations from a directory;
+//!   [`ServiceCatalog`] answers which schema version a service version requires and where the
+//!   contract floor is. Pure.
+//! - [`plan`]: [`Plan`] and the rules that pick the steps between two schema versions and
+//!   refuse unsafe moves. Pure.
+//! - [`history`]: [`TenantSchema`] and [`AppliedMigration`], the history table's rows and
+//!   what is applied according to them.
+//! - [`tenant_database`]: the [`TenantDatabases`] port (which database and schema a tenant
+//!   lives in) and its [`Templates`] adapter.
+//! - [`migrator`]: [`Migrator`] reads, plans and applies migrations on PostgreSQL.
+//!
+//! # The catalog
+//!
+//! ```text
+//! migrations/
+//!   user-service/                     one directory per service, named after it
+//!     versions.toml                   [versions] "v1.0" = 1, "v2.0" = 2, "v3.0" = 3
+//!     0001_create_users.up.sql
+//!     0001_create_users.down.sql      optional: without it the migration is irreversible
+//!     0002_add_preferences.up.sql
+//!     0002_add_preferences.down.sql
+//!     0003_drop_legacy_name.up.sql    first line `-- greyrouter: contract`
+//! ```
+//!
+//! Migration numbers are unique and greater than 0 within a service; gaps are allowed (numbers
+//! need not be consecutive) but a new migration must be numbered above every applied one.
+//! `versions.toml` maps each service version to the schema version it requires (0 for none),
+//! and every schema version it names must have a migration. The checksum of a migration is the
+//! hex SHA-256 of its up text, line endings normalised to LF, followed (after a NUL separator)
+//! by its down text if any: a checkout with CRLF line endings has the same checksums.
+//! [`Catalog::load`] reports the first problem and names its file.
+//!
+//! # The history table
+//!
+//! Every tenant schema holds `grey_schema_history` (created with the schema when missing, on
+//! the first migration; reading a tenant never creates anything):
+//!
+//! | column | type | meaning |
+//! | --- | --- | --- |
+//! | `id` | `bigserial` | order of the attempts |
+//! | `service` | `text` | several services may share a schema |
+//! | `version`, `name` | `integer`, `text` | the migration |
+//! | `checksum` | `text` | the catalog's checksum when it ran (or after a repair) |
+//! | `direction` | `text` | `up` or `down` |
+//! | `applied_at` | `timestamptz` | `now()` of its transaction |
+//! | `duration_ms` | `bigint` | how long it ran |
+//! | `success` | `bool` | committed, or rolled back |
+//! | `applied_by` | `text` | [`MigratorOptions::applied_by`] |
+//! | `error` | `text`, null | what the server said, for a failure |
+//!
+//! The current schema version ([`TenantSchema::current`]) is the highest migration whose last
+//! successful row is an `up`. Before anything runs, every applied migration's checksum is
+//! compared with the catalog's: an edited migration is refused ([`SchemaError::Edited`])
+//! until [`Migrator::repair`] acknowledges it.
+//!
+//! # Locking
+//!
+//! [`Migrator::migrate`] takes a PostgreSQL session-level advisory lock keyed by a stable
+//! 64-bit hash of (database, schema), on a connection of its own, with `pg_try_advisory_lock`
+//! retried until [`MigratorOptions::lock_timeout`], then [`SchemaError::Busy`]. Two routers, or
+//! a router and an operator, therefore never migrate the same tenant at once, and the second
+//! one plans only after the first is done, so it finds nothing left to do. The lock is released
+//! when the migration ends, whatever the outcome; if the process dies, PostgreSQL releases it
+//! with the session. [`Migrator::repair`] takes the same lock.
+//!
+//! # Failure handling
+//!
+//! Each step runs in its own transaction together with its history row, with
+//! `SET LOCAL search_path` to the tenant schema (only it: qualify objects of other schemas,
+//! such as extension functions in `public`) and `SET LOCAL statement_timeout` to
+//! [`MigratorOptions::migration_timeout`], which also bounds the whole step (cancelled from the
+//! client a second past it). A migration runs as one `batch_execute`: it must not hold its own
+//! `BEGIN`/`COMMIT` nor statements that cannot run in a transaction (`CREATE INDEX
+//! CONCURRENTLY`). When a statement fails, the transaction is rolled back (the schema is as it
+//! was before the step, DDL included, as PostgreSQL's DDL is transactional), a failure row is
+//! recorded in a separate transaction, that tenant stops, and
+//! [`SchemaError::MigrationFailed`] says what the server said and at which line. Steps already
+//! committed stay committed. [`Migrator::migrate_many`] runs tenants concurrently (at most
+//! [`MigratorOptions::max_concurrent`]); one tenant's failure never stops the others. Progress
+//! is reported before and after every step ([`StepProgress`]).
+//!
+//! # Expand and contract
+//!
+//! Change a schema in two phases so that tenants can move between service versions both ways:
+//! *expand* migrations only add (a nullable column, a table, an index) so the old and the new
+//! service version both work on the new schema, and routing back is safe; once no tenant needs
+//! the old version, a *contract* migration removes what only the old version used. A contract
+//! migration starts with the line `-- greyrouter: contract`; the migrator refuses to go below
+//! it ([`SchemaError::Contract`]), and [`ServiceCatalog::contract_floor`] tells the router which
+//! service versions a tenant can no longer be routed to. Going down otherwise runs the
+//! `.down.sql` of each applied migration in reverse, and is refused at a migration without one
+//! ([`SchemaError::Irreversible`]). A dry run is [`Migrator::plan`].
+//!
+//! # Tenants and databases
+//!
+//! [`Templates`] replaces `{tenant}` in a URL and a schema template (tenant ids are limited to
+//! `[A-Za-z0-9._:+@-]`; other characters of an identifier become `_` and the schema is
+//! lowercased). A tenant's `schema` label overrides the schema; URLs, which may hold secrets,
+//! come from configuration only, never from routing state. Passwords never appear in `Debug`
+//! output or errors.
+//!
+//! # Why tokio-postgres
+//!
+//! `tokio-postgres` is async on tokio like the server, needs no database at compile time, and
+//! gives explicit control of transactions, session settings and advisory locks. `sqlx` would
+//! bring its macros and a larger build for none of that. Connections use no TLS (`NoTls`) for
+//! now: a database that requires TLS is refused when connecting.
+
+pub mod catalog;
+mod error;
+pub mod history;
+pub mod migrator;
+pub mod plan;
+pub mod tenant_database;
+
+pub use catalog::{Catalog, Migration, ServiceCatalog};
+pub use error::SchemaError;
+pub use history::{AppliedMigration, TenantSchema};
+pub use migrator::{Migrator, MigratorOptions, StepProgress};
+pub use plan::{Direction, Plan, PlannedStep};
+pub use tenant_database::{Templates, TenantDatabase, TenantDatabases};

@@ -1,0 +1,2 @@
+DROP INDEX users_preferences_gin;
+ALTER TABLE users DROP COLUMN preferences;
