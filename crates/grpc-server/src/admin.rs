@@ -448,7 +448,7 @@ impl Admin for AdminService {
         let rollout = Rollout {
             id: id.clone(),
             service: request.service.clone(),
-            to_version: request.to_version,
+            to_version: request.to_version.clone(),
             basis_points: 0,
             salt: String::new(),
             cohort,
@@ -464,15 +464,27 @@ impl Admin for AdminService {
                 decisions: Vec::new(),
             }),
         };
-        let commit = self
-            .commit(
-                Mutation::StartRollout {
-                    rollout,
-                    force: request.force,
-                },
-                &actor,
-            )
-            .await?;
+        let mutation = Mutation::StartRollout {
+            rollout,
+            force: request.force,
+        };
+        if let Some(schemas) = &self.schemas {
+            // The first step's tenants get the schema of the new version before they move.
+            let state = self.replica.current();
+            let (after, _) = state.apply(&mutation).map_err(invalid)?;
+            let refused = schemas
+                .prepare_moves(&state, &after, &request.service)
+                .await;
+            if !refused.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "{} tenant(s) of the first step cannot get the schema of {}: {}",
+                    refused.len(),
+                    request.to_version,
+                    refused.join("; ")
+                )));
+            }
+        }
+        let commit = self.commit(mutation, &actor).await?;
         self.rollout_response(&request.service, &id, commit.revision)
     }
 

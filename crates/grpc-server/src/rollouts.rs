@@ -16,6 +16,7 @@ use routing_core::model::{RolloutDecision, RolloutEvent, RolloutPhase};
 use crate::audit::{Actor, now_ms};
 use crate::outcomes::Outcomes;
 use crate::replica::Replica;
+use crate::schema::Schemas;
 
 /// Name of the lease held by the replica that drives rollouts.
 pub const LEASE: &str = "rollout-driver";
@@ -24,6 +25,7 @@ pub const LEASE: &str = "rollout-driver";
 pub async fn drive(
     replica: Arc<Replica>,
     outcomes: Arc<Outcomes>,
+    schemas: Option<Arc<Schemas>>,
     holder: String,
     tick: Duration,
     lease_ttl: Duration,
@@ -46,14 +48,23 @@ pub async fn drive(
             }
         }
         if leading {
-            step_all(&replica, &outcomes, &holder, now_ms()).await;
+            step_all(&replica, &outcomes, schemas.as_ref(), &holder, now_ms()).await;
         }
     }
 }
 
 /// Judges every running rollout whose step has run its interval, and commits the decisions in
 /// the name of `rollout-driver:<holder>`.
-pub async fn step_all(replica: &Replica, outcomes: &Outcomes, holder: &str, now_ms: u64) {
+///
+/// With schema migrations on, the tenants a step moves get the schema their new version needs
+/// first; when some cannot, the step holds and says why.
+pub async fn step_all(
+    replica: &Replica,
+    outcomes: &Outcomes,
+    schemas: Option<&Arc<Schemas>>,
+    holder: &str,
+    now_ms: u64,
+) {
     let state = replica.current();
     for service in state.services() {
         for rollout in service.rollouts() {
@@ -78,6 +89,39 @@ pub async fn step_all(replica: &Replica, outcomes: &Outcomes, holder: &str, now_
             );
             if action == StepAction::Wait {
                 continue;
+            }
+            let mut action = action;
+            if let Some(schemas) = schemas
+                && matches!(action, StepAction::Advance { .. } | StepAction::Complete)
+            {
+                let probe = Mutation::ProgressRollout {
+                    service: name.clone(),
+                    rollout_id: rollout.id.clone(),
+                    decision: RolloutDecision {
+                        at_ms: now_ms,
+                        step: plan.step,
+                        basis_points: rollout.basis_points,
+                        event: RolloutEvent::Step {
+                            action: action.clone(),
+                        },
+                        canary: None,
+                        baseline: None,
+                        note: String::new(),
+                    },
+                };
+                if let Ok((after, _)) = state.apply(&probe) {
+                    let refused = schemas.prepare_moves(&state, &after, name).await;
+                    if !refused.is_empty() {
+                        action = StepAction::Hold {
+                            reason: format!(
+                                "{} tenant(s) lack the schema of {}: {}",
+                                refused.len(),
+                                rollout.to_version,
+                                refused.join("; ")
+                            ),
+                        };
+                    }
+                }
             }
             let reason = format!(
                 "{} (canary {}; baseline {})",

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use greyrouter_proto::v1 as pb;
-use routing_core::Tenant;
+use routing_core::{RoutingState, Tenant};
 use schema_manager::{Direction, Migrator, SchemaError, StepProgress};
 use tokio::sync::watch;
 
@@ -199,6 +199,58 @@ impl Schemas {
             .migrate(tenant, service, required, &|_| {})
             .await?;
         Ok(())
+    }
+
+    /// Brings every tenant a change moves within `service` to the schema its new version needs
+    /// (never down), `max_concurrent_upgrades` tenants at a time. Returns one line per tenant that
+    /// cannot move, empty when all can.
+    pub async fn prepare_moves(
+        self: &Arc<Self>,
+        before: &RoutingState,
+        after: &RoutingState,
+        service: &str,
+    ) -> Vec<String> {
+        let (Some(old), Some(new)) = (before.service(service), after.service(service)) else {
+            return Vec::new();
+        };
+        if self.migrator.catalog().service(service).is_none() {
+            return Vec::new();
+        }
+        let moving: Vec<(Tenant, String)> = after
+            .tenants_after(None)
+            .filter(|t| t.tenant.active)
+            .filter_map(|t| {
+                let to = new.resolve(t).version;
+                let from = before.tenant(&t.tenant.id).map(|b| old.resolve(b).version);
+                (from.as_deref() != Some(to.as_str())).then(|| (t.tenant.clone(), to))
+            })
+            .collect();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.migrator.options().max_concurrent.max(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (tenant, version) in moving {
+            let schemas = Arc::clone(self);
+            let permits = Arc::clone(&permits);
+            let service = service.to_owned();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                schemas
+                    .gate(&tenant, &service, &version, true)
+                    .await
+                    .map_err(|err| format!("{}: {err}", tenant.id))
+            });
+        }
+        let mut refused = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => refused.push(reason),
+                Err(err) => refused.push(format!("a schema upgrade stopped: {err}")),
+            }
+        }
+        refused.sort();
+        refused
     }
 
     /// Starts upgrading `tenants` to schema `target` in the background; returns the upgrade id.

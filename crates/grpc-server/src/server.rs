@@ -128,6 +128,7 @@ impl App {
         let driver = tokio::spawn(rollouts::drive(
             Arc::clone(&self.replica),
             Arc::clone(&outcomes),
+            self.schemas.clone(),
             self.replica_id(),
             Duration::from_millis(self.config.outcomes.rollout_tick_ms),
             Duration::from_millis(self.config.outcomes.rollout_lease_ms),

@@ -206,3 +206,68 @@ async fn schema_calls_say_when_migrations_are_off() {
     assert!(off.message().contains("database_url"), "{}", off.message());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_upgrades_each_moving_tenants_schema_before_routing_it() {
+    let db = PostgresDatabase::create();
+    let mut server = server(&db).await;
+    let rollout = |id: &str, to: &str| pb::StartRolloutRequest {
+        service: SERVICE.into(),
+        id: id.into(),
+        to_version: to.into(),
+        steps: vec![100.0],
+        interval_seconds: 600,
+        ..Default::default()
+    };
+    server
+        .admin
+        .start_rollout(rollout("r2", "v2.0"))
+        .await
+        .expect("start: every tenant gets schema 2 first");
+    for i in 0..5 {
+        let tenant = format!("t{i}");
+        let routed = server.route(&tenant, SERVICE).await.expect("route");
+        assert_eq!(
+            (routed.version.as_str(), routed.source.as_str()),
+            ("v2.0", "rollout:r2")
+        );
+        assert_eq!(schema_of(&mut server, &tenant).await.current, 2, "{tenant}");
+    }
+    server
+        .admin
+        .promote_rollout(pb::RolloutActionRequest {
+            service: SERVICE.into(),
+            id: "r2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("promote");
+
+    // Once a contract migration is applied to t1 (now back on the default, v2.0), a rollout to
+    // v1.0 would move it below that migration: it cannot start.
+    server
+        .admin
+        .set_tenant_version(switch("t1", "v3.0", true))
+        .await
+        .expect("t1 to v3.0");
+    server
+        .admin
+        .clear_tenant_version(pb::ClearTenantVersionRequest {
+            tenant_id: "t1".into(),
+            service: SERVICE.into(),
+        })
+        .await
+        .expect("t1 back to the default");
+    let back = server
+        .admin
+        .start_rollout(rollout("back", "v1.0"))
+        .await
+        .expect_err("t1 cannot go back below its contract migration");
+    assert_eq!(back.code(), Code::FailedPrecondition);
+    assert!(
+        back.message().contains("t1") && back.message().contains("0003_drop_legacy_name"),
+        "{}",
+        back.message()
+    );
+    server.stop().await;
+}
