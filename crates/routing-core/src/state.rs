@@ -440,7 +440,10 @@ pub struct RouteDecision<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct RoutingState {
     revision: Revision,
+    /// Tenants in id order (listing, pagination).
     tenants: OrdMap<String, Arc<TenantEntry>>,
+    /// The same entries by id, hashed: the lookup on every route.
+    tenant_index: imbl::HashMap<String, Arc<TenantEntry>>,
     services: OrdMap<String, Arc<ServiceEntry>>,
 }
 
@@ -452,7 +455,7 @@ impl RoutingState {
 
     /// Returns a tenant.
     pub fn tenant(&self, id: &str) -> Option<&Arc<TenantEntry>> {
-        self.tenants.get(id)
+        self.tenant_index.get(id)
     }
 
     /// Returns the number of tenants.
@@ -530,7 +533,7 @@ impl RoutingState {
     }
 
     fn find_tenant(&self, id: &str) -> Result<&Arc<TenantEntry>, RoutingError> {
-        self.tenants
+        self.tenant_index
             .get(id)
             .ok_or_else(|| RoutingError::not_found(Entity::Tenant, id))
     }
@@ -560,7 +563,7 @@ impl RoutingState {
                     .get(&tenant.id)
                     .map(|entry| entry.pins.clone())
                     .unwrap_or_default();
-                self.tenants.insert(
+                self.put_tenant(
                     tenant.id.clone(),
                     Arc::new(TenantEntry {
                         tenant: tenant.clone(),
@@ -692,7 +695,7 @@ impl RoutingState {
                 entry.check_assignable(version, *force)?;
                 let mut tenant = TenantEntry::clone(tenant);
                 tenant.pins.insert(service.clone(), version.clone());
-                self.tenants.insert(tenant_id.clone(), Arc::new(tenant));
+                self.put_tenant(tenant_id.clone(), Arc::new(tenant));
                 Ok(Outcome::Reassigned {
                     previous_version: current,
                 })
@@ -703,7 +706,7 @@ impl RoutingState {
                 let mut tenant = TenantEntry::clone(self.find_tenant(tenant_id)?);
                 let existed = tenant.pins.remove(service).is_some();
                 if existed {
-                    self.tenants.insert(tenant_id.clone(), Arc::new(tenant));
+                    self.put_tenant(tenant_id.clone(), Arc::new(tenant));
                 }
                 Ok(Outcome::Cleared { existed })
             }
@@ -755,7 +758,7 @@ impl RoutingState {
                 } else {
                     tenant_ids
                         .iter()
-                        .filter_map(|t| self.tenants.get(t))
+                        .filter_map(|t| self.tenant_index.get(t))
                         .filter(|e| moved(e))
                         .count()
                 } as u64;
@@ -926,6 +929,12 @@ impl RoutingState {
         }
     }
 
+    /// Inserts or replaces a tenant in both the ordered map and the index.
+    fn put_tenant(&mut self, id: String, entry: Arc<TenantEntry>) {
+        self.tenant_index.insert(id.clone(), Arc::clone(&entry));
+        self.tenants.insert(id, entry);
+    }
+
     /// Returns a copy of a service's entry to modify.
     fn service_entry(&self, name: &str) -> Result<ServiceEntry, RoutingError> {
         self.find_service(name)
@@ -999,7 +1008,7 @@ impl RoutingState {
                 tenant: tenant.clone(),
                 pins: pins.remove(tenant.id.as_str()).unwrap_or_default(),
             };
-            state.tenants.insert(tenant.id.clone(), Arc::new(entry));
+            state.put_tenant(tenant.id.clone(), Arc::new(entry));
         }
         if let Some(tenant_id) = pins.keys().next() {
             return Err(RoutingError::not_found(Entity::Tenant, *tenant_id));
