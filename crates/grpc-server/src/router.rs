@@ -9,7 +9,7 @@ use std::sync::Arc;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_server::Router;
 use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
-use routing_core::{RouteQuery, RoutingError, validate};
+use routing_core::{RouteQuery, RoutingError, RoutingState, validate};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,6 +52,53 @@ impl RouterService {
     }
 }
 
+/// Most decisions in one `RouteBatch`.
+const MAX_BATCH: usize = 1000;
+
+impl RouterService {
+    /// Checks a request and decides it on `state`.
+    fn decide(
+        &self,
+        state: &RoutingState,
+        request: &pb::RouteRequest,
+        now_ms: u64,
+    ) -> Result<pb::RouteResponse, Status> {
+        let check = || {
+            validate::name("tenant_id", &request.tenant_id)?;
+            validate::name("service", &request.service)?;
+            validate::optional_name("region", &request.region)?;
+            validate::text("hash_key", &request.hash_key)?;
+            convert::metadata(
+                &request.metadata,
+                self.limits.max_metadata_entries,
+                self.limits.max_metadata_bytes,
+            )?;
+            convert::strategy("strategy", request.strategy)
+        };
+        let strategy = check().map_err(|e| status::routing(&e))?;
+        let decision = state
+            .route(&RouteQuery {
+                tenant_id: &request.tenant_id,
+                service: &request.service,
+                region: &request.region,
+                hash_key: &request.hash_key,
+                strategy,
+                entropy: entropy(),
+                now_ms,
+            })
+            .map_err(|e| status::routing(&e))?;
+        decision.member.load.start();
+        let instance = &decision.member.instance;
+        Ok(pb::RouteResponse {
+            instance_id: instance.id.clone(),
+            address: instance.address.clone(),
+            version: decision.resolution.version,
+            source: decision.resolution.source.to_string(),
+            revision: decision.revision,
+        })
+    }
+}
+
 thread_local! {
     static ENTROPY: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64));
 }
@@ -73,40 +120,40 @@ impl Router for RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
-        let request = request.into_inner();
-        let check = || {
-            validate::name("tenant_id", &request.tenant_id)?;
-            validate::name("service", &request.service)?;
-            validate::optional_name("region", &request.region)?;
-            validate::text("hash_key", &request.hash_key)?;
-            convert::metadata(
-                &request.metadata,
-                self.limits.max_metadata_entries,
-                self.limits.max_metadata_bytes,
-            )?;
-            convert::strategy("strategy", request.strategy)
-        };
-        let strategy = check().map_err(|e| status::routing(&e))?;
         let state = self.replica.snapshot();
-        let decision = state
-            .route(&RouteQuery {
-                tenant_id: &request.tenant_id,
-                service: &request.service,
-                region: &request.region,
-                hash_key: &request.hash_key,
-                strategy,
-                entropy: entropy(),
-                now_ms: now_ms(),
+        self.decide(&state, &request.into_inner(), now_ms())
+            .map(Response::new)
+    }
+
+    async fn route_batch(
+        &self,
+        request: Request<pb::RouteBatchRequest>,
+    ) -> Result<Response<pb::RouteBatchResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(status::invalid_argument(
+                "requests",
+                &format!("at most {MAX_BATCH} requests per batch"),
+            ));
+        }
+        // One snapshot and one clock reading for the whole batch.
+        let state = self.replica.snapshot();
+        let now = now_ms();
+        let results = requests
+            .iter()
+            .map(|request| pb::RouteResult {
+                result: Some(match self.decide(&state, request, now) {
+                    Ok(route) => pb::route_result::Result::Route(route),
+                    Err(status) => pb::route_result::Result::Error(pb::RouteError {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }),
+                }),
             })
-            .map_err(|e| status::routing(&e))?;
-        decision.member.load.start();
-        let instance = &decision.member.instance;
-        Ok(Response::new(pb::RouteResponse {
-            instance_id: instance.id.clone(),
-            address: instance.address.clone(),
-            version: decision.resolution.version,
-            source: decision.resolution.source.to_string(),
-            revision: decision.revision,
+            .collect();
+        Ok(Response::new(pb::RouteBatchResponse {
+            results,
+            revision: state.revision(),
         }))
     }
 

@@ -668,3 +668,46 @@ async fn health_and_reflection_are_served() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_request_on_its_own() {
+    let mut server = TestServer::start().await;
+    server.populate(2).await;
+    let revision = server.pin("t1", "api", "v2").await;
+    let request = |tenant: &str| pb::RouteRequest {
+        tenant_id: tenant.into(),
+        service: "api".into(),
+        ..Default::default()
+    };
+    let response = server
+        .router
+        .route_batch(pb::RouteBatchRequest {
+            requests: vec![request("t0"), request("t1"), request("nobody"), request("")],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(response.revision, revision);
+    let answers: Vec<String> = response
+        .results
+        .iter()
+        .map(|r| match &r.result {
+            Some(pb::route_result::Result::Route(route)) => {
+                format!("{} {}", route.version, route.source)
+            }
+            Some(pb::route_result::Result::Error(error)) => format!("error {}", error.code),
+            None => "nothing".to_owned(),
+        })
+        .collect();
+    assert_eq!(answers, ["v1 default", "v2 pin", "error 5", "error 3"]);
+
+    let too_many = server
+        .router
+        .route_batch(pb::RouteBatchRequest {
+            requests: (0..1001).map(|_| request("t0")).collect(),
+        })
+        .await
+        .expect_err("limit");
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    server.stop().await;
+}
