@@ -1,5 +1,6 @@
 //! The command line: `greyrouter-load seed`, `run` and `propagation`, turned into
-//! [`SeedConfig`], [`RunConfig`] and [`PropagationConfig`] and carried out on a tokio runtime.
+//! [`SeedConfig`], [`RunConfig`] and [`PropagationConfig`] and carried out on a tokio runtime;
+//! and the reference servers `floor-server` and `seed-design-server` ([`crate::servers`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,6 +43,44 @@ pub enum Command {
     Seed(SeedArgs),
     /// Measures how long a change made on one router takes to reach a watcher of another.
     Propagation(PropagationArgs),
+    /// Serves a no-op `Router/Route` with a fixed answer: the cost of gRPC itself.
+    FloorServer(FloorServerArgs),
+    /// Serves `Router/Route` with the original design's Redis Lua script, on data it seeds.
+    SeedDesignServer(SeedDesignServerArgs),
+}
+
+/// Flags of `floor-server`.
+#[derive(Debug, Clone, Args)]
+pub struct FloorServerArgs {
+    /// Address to listen on (port 0: any free port); printed as `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: String,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// Flags of `seed-design-server`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedDesignServerArgs {
+    /// Redis to seed and route with (its data is overwritten), e.g. `redis://127.0.0.1:6390/0`.
+    #[arg(long)]
+    pub redis: String,
+    /// Address to listen on (port 0: any free port); printed as `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: String,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Tenants seeded (`tenant-0` ...).
+    #[arg(long, default_value_t = 10_000)]
+    pub tenants: usize,
+    /// Services seeded (`service-0` ...).
+    #[arg(long, default_value_t = 20)]
+    pub services: usize,
+    /// Instances per service.
+    #[arg(long, default_value_t = 4)]
+    pub instances: usize,
 }
 
 /// The tenants and services, shared by `seed` and `run` so that they name the same keys.
@@ -253,6 +292,8 @@ impl PropagationArgs {
 pub fn execute(cli: Cli) -> ExitCode {
     let threads = match &cli.command {
         Command::Run(args) => args.threads,
+        Command::FloorServer(args) => Some(args.threads),
+        Command::SeedDesignServer(args) => Some(args.threads),
         Command::Seed(_) | Command::Propagation(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -267,8 +308,37 @@ pub fn execute(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let served = runtime.block_on(async {
+        match &cli.command {
+            Command::FloorServer(args) => Some(
+                crate::servers::serve(&args.addr, crate::servers::FloorRouter::default()).await,
+            ),
+            Command::SeedDesignServer(args) => Some(
+                crate::servers::run_seed_design_server(
+                    &args.redis,
+                    &args.addr,
+                    args.tenants,
+                    args.services,
+                    args.instances,
+                )
+                .await,
+            ),
+            _ => None,
+        }
+    });
+    match served {
+        Some(Ok(())) => return ExitCode::SUCCESS,
+        Some(Err(err)) => {
+            eprintln!("greyrouter-load: {err}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        None => {}
+    }
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::FloorServer(_) | Command::SeedDesignServer(_) => {
+                unreachable!("servers are run above")
+            }
             Command::Run(args) => execute_run(&args).await,
             Command::Seed(args) => execute_seed(&args).await,
             Command::Propagation(args) => execute_propagation(&args).await,

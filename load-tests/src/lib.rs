@@ -17,6 +17,8 @@
 //!   delay between them;
 //! - [`keyspace`]: the tenant and service names both sides use;
 //! - [`distribution`]: uniform and Zipf key choice; [`rng`]: SplitMix64;
+//! - [`servers`]: the reference servers `compare.sh` measures greyrouter against (a no-op
+//!   `floor-server`, and `seed-design-server` running the original design's Lua script);
 //! - [`duration`]: `10s` / `500ms` / `2m` parsing; [`cpu`]: the generator's own CPU time.
 //!
 //! # Keeping the generator cheap
@@ -51,6 +53,7 @@ pub mod propagation;
 pub mod rng;
 pub mod run;
 pub mod seed;
+pub mod servers;
 pub mod summary;
 pub mod tally;
 

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# greyrouter against two references, one after another on this machine with the same client:
+#   floor           greyrouter-load floor-server: a no-op Router/Route (fixed answer), the cost
+#                   of gRPC itself;
+#   memory          greyrouter serve, embedded store;
+#   redis           greyrouter serve --store redis://... on a private redis-server;
+#   seed-design     greyrouter-load seed-design-server: the original design's per-request Lua
+#                   script (EVALSHA) on the same private redis-server.
+# Every setup holds 10,000 tenants x 20 services x 4 instances. The server (and Redis) run on
+# core 0, the generator (`--threads 1`) on core 1, when taskset and 2 cores are available.
+# Prints one table (throughput, latency p50/p99/p99.9, errors) and the ratios of greyrouter
+# on memory to floor and to seed-design; nothing else on stdout. Exits 1 if any request failed
+# (the table, with the error codes, is printed first).
+#
+# Usage (from the repository root): load-tests/compare.sh
+# Settings (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4),
+# TENANTS (10000), SERVICES (20), INSTANCES (4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/greyrouter/target}"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+CONCURRENCY="${CONCURRENCY:-64}"
+CONNECTIONS="${CONNECTIONS:-4}"
+TENANTS="${TENANTS:-10000}"
+SERVICES="${SERVICES:-20}"
+INSTANCES="${INSTANCES:-4}"
+
+cargo build --release --locked -q -p greyrouter -p greyrouter-load >&2
+bin="$CARGO_TARGET_DIR/release"
+
+work=$(mktemp -d)
+server_pid=""
+redis_pid=""
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+}
+cleanup() {
+  stop_server
+  if [ -n "$redis_pid" ]; then
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pin_server=()
+pin_client=()
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+  pin_server=(taskset -c 0)
+  pin_client=(taskset -c 1)
+fi
+
+# A private Redis on a free loopback port (never the machine's 6379), no persistence.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"${pin_server[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$work" >"$work/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 1 100); do
+  redis-cli -p "$port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$port" ping >/dev/null 2>&1 || { cat "$work/redis.log" >&2; echo "compare: redis-server did not start" >&2; exit 1; }
+
+# start NAME COMMAND...: starts a server on core 0 and sets $addr from its "listening on" line.
+start() {
+  local name=$1
+  shift
+  "${pin_server[@]}" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  server_pid=$!
+  addr=""
+  for _ in $(seq 1 600); do
+    addr=$(sed -n 's/^.*listening on //p' "$work/$name.out")
+    [ -n "$addr" ] && return 0
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      cat "$work/$name.err" >&2
+      echo "compare: $name did not start" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "compare: $name did not listen within 60 s" >&2
+  exit 1
+}
+
+# seed NAME [FLAGS]: seeds $addr through Admin.
+seed() {
+  local name=$1
+  shift
+  "$bin/greyrouter-load" seed --target "http://$addr" --tenants "$TENANTS" --services "$SERVICES" \
+    --instances "$INSTANCES" "$@" >"$work/$name.seed" 2>&1 || { cat "$work/$name.seed" >&2; exit 1; }
+}
+
+# measure NAME: the same client run against $addr, JSON into $work/NAME.json.
+measure() {
+  "${pin_client[@]}" "$bin/greyrouter-load" run --threads 1 --target "http://$addr" \
+    --tenants "$TENANTS" --services "$SERVICES" --duration "$DURATION" --warmup "$WARMUP" \
+    --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --json \
+    >"$work/$1.json" 2>"$work/$1.run.err" || { cat "$work/$1.run.err" >&2; exit 1; }
+  stop_server
+}
+
+start floor "$bin/greyrouter-load" floor-server --addr 127.0.0.1:0 --threads 1
+measure floor
+
+start memory "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn
+seed memory
+measure memory
+
+start redis "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn \
+  --store "redis://127.0.0.1:$port/0"
+# One change at a time: concurrent commits on the Redis store abort each other (ABORTED).
+seed redis --concurrency 1
+measure redis
+
+start seed-design "$bin/greyrouter-load" seed-design-server --redis "redis://127.0.0.1:$port/1" \
+  --addr 127.0.0.1:0 --threads 1 --tenants "$TENANTS" --services "$SERVICES" --instances "$INSTANCES"
+measure seed-design
+
+python3 - "$work" <<'EOF'
+import json, sys
+work = sys.argv[1]
+names = ["floor", "memory", "redis", "seed-design"]
+labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
+          "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
+r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
+print(f"{'setup':<22}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'errors':>8}{'gen cores':>11}")
+failed = False
+for n in names:
+    j, l = r[n], r[n]["latency_us"]
+    print(f"{labels[n]:<22}{j['throughput_rps']:>10.0f}{l['p50']:>9}{l['p99']:>9}{l['p99_9']:>10}"
+          f"{j['errors']:>8}{j['generator_cpu']['cores']:>11.2f}")
+    if j["errors"]:
+        failed = True
+        print(f"  {n} errors: {json.dumps(j['error_codes'])} {json.dumps(j['error_samples'])}")
+def ratio(a, b):
+    ta, tb = r[a]["throughput_rps"], r[b]["throughput_rps"]
+    pa, pb = r[a]["latency_us"]["p99"], r[b]["latency_us"]["p99"]
+    return f"throughput x{ta / tb:.2f}, p99 x{pa / pb:.2f}" if tb and pb else "n/a"
+print()
+print(f"greyrouter memory / floor:       {ratio('memory', 'floor')}")
+print(f"greyrouter memory / seed design: {ratio('memory', 'seed-design')}")
+sys.exit(1 if failed else 0)
+EOF
