@@ -185,6 +185,8 @@ pub fn assignment_message(assignment: &EffectiveAssignment) -> pb::Assignment {
             version: assignment.resolution.version.clone(),
             source: assignment.resolution.source.to_string(),
             instances,
+            strategy: strategy_to_proto(assignment.strategy).into(),
+            region: assignment.region.clone(),
         }
     }
 }

@@ -2,16 +2,17 @@
 //!
 //! A watcher follows a set of (tenant, service) pairs: the active tenants and the services it
 //! names (all of either when it names none). The effective assignment of a pair is its resolved
-//! version, the source, and the instance pool of that version. [`diff`] compares two states
+//! version, the source, the instance pool of that version, the service's strategy and the
+//! tenant's region: all a client needs to pick an instance itself. [`diff`] compares two states
 //! within a change's [`Scope`], so its cost follows what the change touched and what the watcher
 //! follows, never the whole state unless the change was global.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::Resolution;
 use crate::balance::Pool;
 use crate::state::{RoutingState, Scope, ServiceEntry, TenantEntry};
+use crate::{Resolution, Strategy};
 
 /// The pairs a watcher follows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +44,10 @@ pub struct EffectiveAssignment {
     pub resolution: Resolution,
     /// The version's instances, if it has any.
     pub pool: Option<Arc<Pool>>,
+    /// The service's strategy.
+    pub strategy: Strategy,
+    /// The tenant's region (preferred among the instances).
+    pub region: String,
 }
 
 impl EffectiveAssignment {
@@ -57,12 +62,17 @@ impl EffectiveAssignment {
             service: service.service.name.clone(),
             resolution,
             pool,
+            strategy: service.service.strategy,
+            region: tenant.tenant.region.clone(),
         })
     }
 
-    /// Whether a watcher would see no difference: same version, source and instance pool.
+    /// Whether a watcher would see no difference: same version, source, instance pool, strategy
+    /// and region.
     pub fn same_as(&self, other: &EffectiveAssignment) -> bool {
         self.resolution == other.resolution
+            && self.strategy == other.strategy
+            && self.region == other.region
             && match (&self.pool, &other.pool) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (None, None) => true,

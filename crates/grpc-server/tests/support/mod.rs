@@ -18,56 +18,47 @@ use tonic::transport::Channel;
 /// Deadline for anything a test waits on.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A server running in this process on 127.0.0.1:0.
+/// A server running in this process on 127.0.0.1:0; its clients and fixtures through `Deref`.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub channel: Channel,
-    pub admin: AdminClient<Channel>,
-    pub router: RouterClient<Channel>,
+    api: Api,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-impl TestServer {
-    /// Starts a server with the default configuration.
-    pub async fn start() -> TestServer {
-        TestServer::with_config(Config::default()).await
-    }
+/// Clients of one server, and the fixtures made through them.
+pub struct Api {
+    pub channel: Channel,
+    pub admin: AdminClient<Channel>,
+    pub router: RouterClient<Channel>,
+}
 
-    /// Starts a server with `config` (its address is ignored: the server binds port 0).
-    pub async fn with_config(config: Config) -> TestServer {
-        let app = App::start(config).await.expect("server starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl std::ops::DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut Api {
+        &mut self.api
+    }
+}
+
+impl Api {
+    /// Connects to a server at `url`.
+    pub async fn connect(url: &str) -> Api {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
             .expect("endpoint")
             .connect()
             .await
             .expect("connect");
-        TestServer {
-            addr,
+        Api {
             channel: channel.clone(),
             admin: AdminClient::new(channel.clone()),
             router: RouterClient::new(channel),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Stops the server and waits for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let result = within(task).await.expect("server task");
-            result.expect("server ran cleanly");
         }
     }
 
@@ -153,6 +144,43 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Starts a server with the default configuration.
+    pub async fn start() -> TestServer {
+        TestServer::with_config(Config::default()).await
+    }
+
+    /// Starts a server with `config` (its address is ignored: the server binds port 0).
+    pub async fn with_config(config: Config) -> TestServer {
+        let app = App::start(config).await.expect("server starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            api: Api::connect(&format!("http://{addr}")).await,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = within(task).await.expect("server task");
+            result.expect("server ran cleanly");
+        }
+    }
+}
+
 pub fn tenant(id: &str, region: &str) -> pb::Tenant {
     pb::Tenant {
         id: id.into(),
@@ -184,4 +212,66 @@ pub async fn within<F: Future>(future: F) -> F::Output {
     tokio::time::timeout(DEADLINE, future)
         .await
         .expect("deadline passed")
+}
+
+/// A `greyrouter serve` process: killed with SIGKILL, restarted on the same address.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `greyrouter serve` on an ephemeral port with `args`.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, addr) = Self::spawn("127.0.0.1:0", &args);
+        ServerProcess { child, addr, args }
+    }
+
+    fn spawn(addr: &str, args: &[String]) -> (std::process::Child, SocketAddr) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"))
+            .args(["serve", "--grpc-addr", addr])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn greyrouter serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the first line");
+        let addr = line
+            .trim()
+            .strip_prefix("greyrouter listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("an address");
+        (child, addr)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process (SIGKILL: no drain, no goodbye) and waits for it to end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again on the same address, with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, _) = Self::spawn(&self.addr.to_string(), &self.args);
+        self.child = child;
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -31,6 +31,24 @@ fn seen(assignment: &EffectiveAssignment) -> Seen {
     )
 }
 
+/// Everything a watcher sees of a pair: [`Seen`], the strategy and the region.
+fn seen_all(assignment: &EffectiveAssignment) -> (Seen, String, String) {
+    (
+        seen(assignment),
+        assignment.strategy.to_string(),
+        assignment.region.clone(),
+    )
+}
+
+/// Returns everything seen by pair.
+fn all_by_pair(assignments: &[EffectiveAssignment]) -> BTreeMap<Key, (Seen, String, String)> {
+    by_pair(assignments);
+    assignments
+        .iter()
+        .map(|a| (key(&a.tenant_id, &a.service), seen_all(a)))
+        .collect()
+}
+
 /// Returns assignments by pair, checking no pair appears twice.
 fn by_pair(assignments: &[EffectiveAssignment]) -> BTreeMap<Key, Seen> {
     let mut view = BTreeMap::new();
@@ -217,6 +235,46 @@ fn a_new_default_moves_only_the_tenants_on_the_default() {
     assert!(changes.removals.is_empty());
     let v2 = ("v2".into(), "default".into(), pool_ptr(&after, "api", "v2"));
     assert!(by_pair(&changes.upserts).values().all(|seen| *seen == v2));
+}
+
+#[test]
+fn a_tenant_moving_region_is_sent_again_with_its_new_region() {
+    let before = world();
+    let mutation = Mutation::UpsertTenant {
+        tenant: Tenant {
+            region: "ap".into(),
+            ..tenant("acme")
+        },
+    };
+    let (_, changes) = change(&before, &mutation, &everything());
+    assert_eq!(
+        upserted(&changes),
+        keys(&[("acme", "api"), ("acme", "billing")])
+    );
+    assert!(changes.upserts.iter().all(|a| a.region == "ap"));
+}
+
+#[test]
+fn a_new_strategy_is_sent_to_every_tenant_of_the_service() {
+    let before = world();
+    let mutation = Mutation::UpsertService {
+        service: crate::Service {
+            strategy: crate::Strategy::ConsistentHash,
+            ..fixtures::service("api", "v1", &["v1", "v2", "v3"])
+        },
+        force: false,
+    };
+    let (_, changes) = change(&before, &mutation, &everything());
+    assert_eq!(
+        upserted(&changes),
+        keys(&[("acme", "api"), ("globex", "api"), ("initech", "api")])
+    );
+    assert!(
+        changes
+            .upserts
+            .iter()
+            .all(|a| a.strategy == crate::Strategy::ConsistentHash)
+    );
 }
 
 #[test]
@@ -491,15 +549,15 @@ proptest! {
             prop_assert_eq!(by_pair(&scoped.upserts), by_pair(&whole.upserts), "{:?}", mutation);
             prop_assert_eq!(removed(&scoped), removed(&whole), "{:?}", mutation);
 
-            let mut view = by_pair(&snapshot(&state, &filter));
+            let mut view = all_by_pair(&snapshot(&state, &filter));
             for pair in &scoped.removals {
                 prop_assert!(view.remove(pair).is_some(), "{:?} removed but not followed", pair);
             }
-            for (pair, seen) in by_pair(&scoped.upserts) {
+            for (pair, seen) in all_by_pair(&scoped.upserts) {
                 let previous = view.insert(pair.clone(), seen.clone());
                 prop_assert_ne!(previous, Some(seen), "{:?} upserted unchanged", pair);
             }
-            prop_assert_eq!(view, by_pair(&snapshot(&next, &filter)), "{:?}", mutation);
+            prop_assert_eq!(view, all_by_pair(&snapshot(&next, &filter)), "{:?}", mutation);
             state = next;
         }
     }

@@ -1,0 +1,271 @@
+//! The local copy: snapshots, changes in parts, shared pools and live load across revisions.
+
+use super::*;
+
+fn address(id: &str, region: &str) -> pb::InstanceAddress {
+    pb::InstanceAddress {
+        instance_id: id.into(),
+        address: format!("{id}.internal:8080"),
+        weight: 1,
+        region: region.into(),
+        zone: String::new(),
+        healthy: true,
+        health_score: 100,
+    }
+}
+
+fn assignment(tenant: &str, service: &str, version: &str, instances: &[&str]) -> pb::Assignment {
+    pb::Assignment {
+        tenant_id: tenant.into(),
+        service: service.into(),
+        version: version.into(),
+        source: "default".into(),
+        instances: instances.iter().map(|id| address(id, "")).collect(),
+        strategy: pb::Strategy::RoundRobin.into(),
+        region: String::new(),
+    }
+}
+
+fn update(revision: u64, snapshot: bool, upserts: Vec<pb::Assignment>) -> pb::AssignmentUpdate {
+    pb::AssignmentUpdate {
+        revision,
+        snapshot,
+        upserts,
+        removals: Vec::new(),
+        partial: false,
+        cause: String::new(),
+    }
+}
+
+fn route(cache: &Cache, tenant: &str, service: &str) -> Result<Decision, ClientError> {
+    cache.route(&RouteRequest::new(tenant, service), 7, 1_000, &[])
+}
+
+fn snapshot_of_two_tenants() -> CacheBuilder {
+    let mut builder = CacheBuilder::default();
+    let applied = builder.accept(update(
+        5,
+        true,
+        vec![
+            assignment("acme", "api", "v1", &["a1", "a2"]),
+            assignment("globex", "api", "v1", &["a1", "a2"]),
+            assignment("acme", "billing", "v3", &["c1"]),
+        ],
+    ));
+    assert_eq!(applied.map(|a| (a.revision, a.upserts)), Some((5, 3)));
+    builder
+}
+
+#[test]
+fn a_snapshot_fills_the_cache_and_decisions_come_from_it() {
+    let builder = snapshot_of_two_tenants();
+    let cache = builder.current();
+    assert!(cache.synced);
+    assert_eq!((cache.revision, cache.pairs), (5, 3));
+    let decision = route(cache, "acme", "billing").expect("held");
+    assert_eq!(
+        (
+            decision.version(),
+            decision.instance_id(),
+            decision.origin()
+        ),
+        ("v3", "c1", Origin::Local)
+    );
+    assert_eq!(decision.revision(), 5);
+    assert!(matches!(
+        route(cache, "initech", "api"),
+        Err(ClientError::NotCached { .. })
+    ));
+    assert!(matches!(
+        route(cache, "globex", "billing"),
+        Err(ClientError::NotCached { .. })
+    ));
+}
+
+#[test]
+fn tenants_on_the_same_version_share_one_pool_and_its_round_robin() {
+    let builder = snapshot_of_two_tenants();
+    let cache = builder.current();
+    let picks: Vec<String> = (0..4)
+        .map(|i| {
+            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+            route(cache, tenant, "api")
+                .expect("held")
+                .instance_id()
+                .to_owned()
+        })
+        .collect();
+    // One cursor for both tenants: a1 a2 a1 a2 whoever asks.
+    assert_eq!(picks, ["a1", "a2", "a1", "a2"]);
+}
+
+#[test]
+fn a_revision_in_parts_applies_only_when_complete() {
+    let mut builder = snapshot_of_two_tenants();
+    let mut first = update(6, false, vec![assignment("acme", "api", "v2", &["b1"])]);
+    first.partial = true;
+    assert_eq!(builder.accept(first), None);
+    assert_eq!(
+        route(builder.current(), "acme", "api")
+            .expect("held")
+            .version(),
+        "v1"
+    );
+    let mut last = update(6, false, Vec::new());
+    last.removals.push(pb::AssignmentKey {
+        tenant_id: "acme".into(),
+        service: "billing".into(),
+    });
+    let applied = builder.accept(last).expect("complete");
+    assert_eq!((applied.upserts, applied.removals), (1, 1));
+    let cache = builder.current();
+    assert_eq!((cache.revision, cache.pairs), (6, 2));
+    assert_eq!(route(cache, "acme", "api").expect("held").version(), "v2");
+    assert!(matches!(
+        route(cache, "acme", "billing"),
+        Err(ClientError::NotCached { .. })
+    ));
+}
+
+#[test]
+fn an_incomplete_revision_cut_off_by_a_broken_stream_is_dropped() {
+    let mut builder = snapshot_of_two_tenants();
+    let mut cut = update(6, false, vec![assignment("acme", "api", "v2", &["b1"])]);
+    cut.partial = true;
+    assert_eq!(builder.accept(cut), None);
+    builder.drop_pending();
+    let applied = builder.accept(update(
+        6,
+        false,
+        vec![assignment("globex", "api", "v2", &["b1"])],
+    ));
+    assert_eq!(applied.map(|a| a.upserts), Some(1));
+    assert_eq!(
+        route(builder.current(), "acme", "api")
+            .expect("held")
+            .version(),
+        "v1"
+    );
+    assert_eq!(
+        route(builder.current(), "globex", "api")
+            .expect("held")
+            .version(),
+        "v2"
+    );
+}
+
+#[test]
+fn a_new_snapshot_replaces_everything_and_keeps_live_load() {
+    let mut builder = snapshot_of_two_tenants();
+    let held = route(builder.current(), "acme", "billing").expect("held");
+    let load = Arc::clone(held.load().expect("local"));
+    load.eject_until(u64::MAX);
+    let applied = builder.accept(update(
+        9,
+        true,
+        vec![assignment("acme", "billing", "v3", &["c1", "c2"])],
+    ));
+    assert_eq!(applied.map(|a| a.snapshot), Some(true));
+    let cache = builder.current();
+    assert_eq!((cache.revision, cache.pairs), (9, 1));
+    assert!(matches!(
+        route(cache, "acme", "api"),
+        Err(ClientError::NotCached { .. })
+    ));
+    // c1 is still ejected in the new pool: c2 takes every request.
+    for _ in 0..3 {
+        assert_eq!(
+            route(cache, "acme", "billing").expect("held").instance_id(),
+            "c2"
+        );
+    }
+}
+
+#[test]
+fn an_unchanged_instance_list_keeps_the_same_pool() {
+    let mut builder = snapshot_of_two_tenants();
+    let before = Arc::as_ptr(&builder.pools[&("api".to_owned(), "v1".to_owned())]);
+    builder.accept(update(
+        6,
+        false,
+        vec![assignment("acme", "api", "v1", &["a2", "a1"])],
+    ));
+    let after = Arc::as_ptr(&builder.pools[&("api".to_owned(), "v1".to_owned())]);
+    assert_eq!(before, after);
+    builder.accept(update(
+        7,
+        false,
+        vec![assignment("acme", "api", "v1", &["a1", "a2", "a3"])],
+    ));
+    let changed = Arc::as_ptr(&builder.pools[&("api".to_owned(), "v1".to_owned())]);
+    assert_ne!(before, changed);
+}
+
+#[test]
+fn an_avoided_instance_is_passed_over_while_another_is_eligible() {
+    let builder = snapshot_of_two_tenants();
+    let cache = builder.current();
+    let request = RouteRequest::new("acme", "api").strategy(Strategy::ConsistentHash);
+    let first = cache.route(&request, 1, 1_000, &[]).expect("held");
+    let again = cache
+        .route(&request, 1, 1_000, &[first.instance_id().to_owned()])
+        .expect("held");
+    assert_ne!(first.instance_id(), again.instance_id());
+    // Both avoided: the strategy's own pick.
+    let both = ["a1".to_owned(), "a2".to_owned()];
+    let last = cache.route(&request, 1, 1_000, &both).expect("held");
+    assert_eq!(last.instance_id(), first.instance_id());
+}
+
+#[test]
+fn a_version_without_eligible_instances_is_unavailable_not_missing() {
+    let mut builder = CacheBuilder::default();
+    let mut drained = assignment("acme", "api", "v1", &["a1"]);
+    drained.instances[0].weight = 0;
+    builder.accept(update(
+        1,
+        true,
+        vec![drained, assignment("acme", "web", "v1", &[])],
+    ));
+    for service in ["api", "web"] {
+        let err = route(builder.current(), "acme", service).expect_err("no instance");
+        assert!(
+            matches!(err, ClientError::NoHealthyInstance { .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+}
+
+#[test]
+fn the_tenants_region_is_preferred_and_a_request_may_name_another() {
+    let mut builder = CacheBuilder::default();
+    let mut message = assignment("acme", "api", "v1", &[]);
+    message.instances = vec![address("eu-1", "eu"), address("us-1", "us")];
+    message.region = "us".into();
+    builder.accept(update(1, true, vec![message]));
+    let cache = builder.current();
+    for _ in 0..3 {
+        assert_eq!(
+            route(cache, "acme", "api").expect("held").instance_id(),
+            "us-1"
+        );
+    }
+    let eu = cache
+        .route(
+            &RouteRequest::new("acme", "api").region("eu"),
+            1,
+            1_000,
+            &[],
+        )
+        .expect("held");
+    assert_eq!(eu.instance_id(), "eu-1");
+}
+
+#[test]
+fn unknown_strategies_fall_back_to_round_robin() {
+    assert_eq!(strategy(99), Strategy::RoundRobin);
+    for known in Strategy::ALL {
+        assert_eq!(strategy(strategy_to_proto(known).into()), known);
+    }
+}

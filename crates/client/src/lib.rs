@@ -1,0 +1,501 @@
+//! The greyrouter SDK: routing decisions inside the calling service.
+//!
+//! A [`Client`] subscribes to `WatchAssignments` for the tenants and services it is given (or all),
+//! keeps a local copy of their effective assignments (version, source, instances, strategy,
+//! region), and decides with the same `routing-core` code the router runs: a decision costs a
+//! hash lookup and a pick, not a network round trip. Pairs it does not hold are routed by a
+//! router's unary `Route`. The copy follows every change; when the watch breaks, the client
+//! reconnects (to the next router, if given several) and resumes from the last revision it
+//! applied, or takes a fresh snapshot when the router cannot replay that far; meanwhile it keeps
+//! deciding from the copy it holds.
+//!
+//! Outcomes of calls ([`Client::report`]) end the instance's in-flight count (for
+//! `least_connections`), feed the client's own outlier ejection (an instance that keeps failing
+//! is left alone for a while) and are sent to the routers in batches, where they drive canary
+//! analysis and the routers' ejections. [`Client::call_idempotent`] does all of it around a call
+//! and retries a failed idempotent call on another instance.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), greyrouter_client::ClientError> {
+//! use std::time::{Duration, Instant};
+//! use greyrouter_client::{Client, ClientConfig, Report, RouteRequest};
+//!
+//! let client = Client::connect(ClientConfig::new("http://127.0.0.1:50051")).await?;
+//! client.ready(Duration::from_secs(5)).await?;
+//! let decision = client.route(&RouteRequest::new("acme", "user-service")).await?;
+//! let started = Instant::now();
+//! // ... call decision.address() ...
+//! client.report(&decision, Report::success(started.elapsed()));
+//! # Ok(())
+//! # }
+//! ```
+
+mod cache;
+mod config;
+mod error;
+mod follow;
+mod reports;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use greyrouter_proto::v1 as pb;
+use greyrouter_proto::v1::router_client::RouterClient;
+use routing_core::ejection::{InstanceHealth, may_eject};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::{Channel, Endpoint};
+
+pub use cache::{Decision, Origin, RouteRequest};
+pub use config::ClientConfig;
+pub use error::{CallError, ClientError};
+pub use reports::Report;
+pub use routing_core::Strategy;
+pub use routing_core::ejection::EjectionPolicy;
+
+use cache::Cache;
+
+/// A connection to a fleet of routers and the local copy of the assignments it follows.
+///
+/// Cheap to clone: clones share the copy, the connections and the background tasks, which stop
+/// when the last clone is dropped or [`close`](Client::close) is called.
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    lifetime: Arc<Lifetime>,
+}
+
+/// What the client's tasks share with it.
+#[derive(Debug)]
+struct Shared {
+    config: ClientConfig,
+    /// One lazily connected channel per endpoint.
+    channels: Vec<Channel>,
+    cache: ArcSwap<Cache>,
+    /// The revision applied, and whether a snapshot arrived; for waiters.
+    applied: watch::Sender<(u64, bool)>,
+    counters: Counters,
+    /// Outcomes per (service, instance id), for the client's own ejections.
+    health: Mutex<HashMap<(String, String), InstanceHealth>>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connected: AtomicBool,
+    /// Index (modulo the endpoint count) of the router in use.
+    endpoint: AtomicUsize,
+    snapshots: AtomicU64,
+    resumes: AtomicU64,
+    reconnects: AtomicU64,
+    server_decisions: AtomicU64,
+    reports_dropped: AtomicU64,
+    reports_accepted: AtomicU64,
+    reports_rejected: AtomicU64,
+    reports_failed: AtomicU64,
+    ejections: AtomicU64,
+}
+
+/// Stops the background tasks when the last clone of the client goes.
+#[derive(Debug)]
+struct Lifetime {
+    closing: watch::Sender<bool>,
+    reports: Mutex<Option<mpsc::Sender<reports::Message>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        self.closing.send_replace(true);
+    }
+}
+
+/// What the client knows of itself, for health checks and dashboards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The revision of the local copy (0 before the first snapshot).
+    pub revision: u64,
+    /// Whether the local copy holds a whole snapshot (decisions are local from then on).
+    pub synced: bool,
+    /// Whether the watch is connected now.
+    pub connected: bool,
+    /// The router the watch uses (or will try next).
+    pub endpoint: String,
+    /// (tenant, service) pairs held locally.
+    pub assignments: usize,
+    /// Snapshots received (1 when every reconnection could resume).
+    pub snapshots: u64,
+    /// Watches resumed from a revision instead of a snapshot.
+    pub resumes: u64,
+    /// Watches that broke or could not open.
+    pub reconnects: u64,
+    /// Decisions made by a router's `Route` (pairs not held locally).
+    pub server_decisions: u64,
+    /// Outcome reports accepted by the routers.
+    pub reports_accepted: u64,
+    /// Outcome reports the routers refused (unknown instance, ...).
+    pub reports_rejected: u64,
+    /// Outcome reports lost because no router could be reached.
+    pub reports_failed: u64,
+    /// Outcome reports dropped because the queue was full.
+    pub reports_dropped: u64,
+    /// Instances this client ejected after seeing them fail.
+    pub ejections: u64,
+}
+
+impl Shared {
+    fn publish(&self, cache: Cache) {
+        let applied = (cache.revision, cache.synced);
+        self.cache.store(Arc::new(cache));
+        self.applied.send_replace(applied);
+    }
+
+    fn channel(&self) -> Channel {
+        let index = self.counters.endpoint.load(Ordering::Relaxed) % self.channels.len();
+        self.channels[index].clone()
+    }
+}
+
+impl Client {
+    /// Checks the settings and starts following the routers; returns at once (see
+    /// [`ready`](Client::ready) to wait for the first snapshot). Decisions made before it
+    /// arrives go to the routers.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let mut channels = Vec::with_capacity(config.endpoints.len());
+        for address in &config.endpoints {
+            let endpoint = Endpoint::from_shared(address.clone())
+                .map_err(|err| ClientError::InvalidConfig {
+                    field: "endpoints",
+                    reason: format!("'{address}': {err}"),
+                })?
+                .connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(config.keep_alive_interval)
+                .keep_alive_timeout(config.keep_alive_interval)
+                .keep_alive_while_idle(true);
+            channels.push(endpoint.connect_lazy());
+        }
+        let (closing, closed) = watch::channel(false);
+        let (applied, _) = watch::channel((0, false));
+        let shared = Arc::new(Shared {
+            config,
+            channels,
+            cache: ArcSwap::from_pointee(Cache::default()),
+            applied,
+            counters: Counters::default(),
+            health: Mutex::new(HashMap::new()),
+        });
+        let mut tasks = vec![tokio::spawn(follow::follow(Arc::clone(&shared), closed))];
+        let reports = if shared.config.report_outcomes {
+            let (sender, receiver) = mpsc::channel(shared.config.report_queue);
+            tasks.push(tokio::spawn(reports::send_reports(
+                Arc::clone(&shared),
+                receiver,
+            )));
+            Some(sender)
+        } else {
+            None
+        };
+        Ok(Client {
+            shared,
+            lifetime: Arc::new(Lifetime {
+                closing,
+                reports: Mutex::new(reports),
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Waits until the local copy holds a whole snapshot; returns its revision.
+    pub async fn ready(&self, timeout: Duration) -> Result<u64, ClientError> {
+        self.wait_for(timeout, "the first snapshot", |&(_, synced)| synced)
+            .await
+    }
+
+    /// Waits until the local copy reached `revision` (a revision an admin call answered with);
+    /// returns the revision reached.
+    pub async fn wait_for_revision(
+        &self,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        self.wait_for(timeout, &format!("revision {revision}"), |&(at, synced)| {
+            synced && at >= revision
+        })
+        .await
+    }
+
+    async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl FnMut(&(u64, bool)) -> bool,
+    ) -> Result<u64, ClientError> {
+        let mut applied = self.shared.applied.subscribe();
+        match tokio::time::timeout(timeout, applied.wait_for(done)).await {
+            Ok(Ok(reached)) => Ok(reached.0),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout {
+                what: what.to_owned(),
+                waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// Decides from the local copy only: [`ClientError::NotCached`] when it does not hold the
+    /// pair. No allocation beyond the decision's reference counts; no I/O.
+    pub fn route_local(&self, request: &RouteRequest<'_>) -> Result<Decision, ClientError> {
+        self.shared
+            .cache
+            .load()
+            .route(request, entropy(), now_ms(), &[])
+    }
+
+    /// Decides locally when the copy holds the pair, else asks a router (`Route`).
+    pub async fn route(&self, request: &RouteRequest<'_>) -> Result<Decision, ClientError> {
+        self.route_avoiding(request, &[]).await
+    }
+
+    async fn route_avoiding(
+        &self,
+        request: &RouteRequest<'_>,
+        avoid: &[String],
+    ) -> Result<Decision, ClientError> {
+        match self
+            .shared
+            .cache
+            .load()
+            .route(request, entropy(), now_ms(), avoid)
+        {
+            Err(ClientError::NotCached { .. }) => self.route_remote(request).await,
+            decided => decided,
+        }
+    }
+
+    /// Asks a router, whatever the local copy holds.
+    pub async fn route_remote(&self, request: &RouteRequest<'_>) -> Result<Decision, ClientError> {
+        let mut client = RouterClient::new(self.shared.channel());
+        let call = client.route(pb::RouteRequest {
+            tenant_id: request.tenant_id.to_owned(),
+            service: request.service.to_owned(),
+            metadata: Default::default(),
+            hash_key: request.hash_key.to_owned(),
+            region: request.region.to_owned(),
+            strategy: request
+                .strategy
+                .map_or(pb::Strategy::Unspecified, cache::strategy_to_proto)
+                .into(),
+        });
+        let response = tokio::time::timeout(self.shared.config.request_timeout, call)
+            .await
+            .map_err(|_| {
+                ClientError::Rpc(tonic::Status::deadline_exceeded(format!(
+                    "no answer from the router within {} ms",
+                    self.shared.config.request_timeout.as_millis()
+                )))
+            })??;
+        self.shared
+            .counters
+            .server_decisions
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Decision::from_server(request, response.into_inner()))
+    }
+
+    /// Whether the local copy holds the pair.
+    pub fn holds(&self, tenant_id: &str, service: &str) -> bool {
+        self.shared.cache.load().holds(tenant_id, service)
+    }
+
+    /// Records the outcome of a call made on a decision: ends its in-flight count, ejects the
+    /// instance locally when it keeps failing (see [`ClientConfig::ejection`]), and queues the
+    /// report for the routers. Never waits; when the queue is full the report is dropped and
+    /// counted.
+    pub fn report(&self, decision: &Decision, report: Report) {
+        let latency_ms = u32::try_from(report.latency.as_millis()).unwrap_or(u32::MAX);
+        if let (Some(load), Some(pool)) = (decision.load(), decision.pool()) {
+            load.finish();
+            let now = now_ms();
+            let policy = &self.shared.config.ejection;
+            let mut health = self
+                .shared
+                .health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let instance = health
+                .entry((
+                    decision.service().to_owned(),
+                    decision.instance_id().to_owned(),
+                ))
+                .or_insert_with(|| InstanceHealth::new(policy));
+            if instance.record(policy, now, report.success, latency_ms) {
+                let members = pool.members();
+                let ejected = members.iter().filter(|m| m.load.is_ejected(now)).count();
+                if may_eject(ejected, members.len(), policy) {
+                    let until = instance.eject(policy, now);
+                    load.eject_until(until);
+                    self.shared
+                        .counters
+                        .ejections
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        service = decision.service(),
+                        instance = decision.instance_id(),
+                        until_ms = until,
+                        "instance ejected by this client"
+                    );
+                }
+            }
+            load.set_live_score(instance.health_score(now));
+        }
+        let queue = self
+            .lifetime
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(queue) = queue.as_ref() {
+            let outcome = pb::Outcome {
+                instance_id: decision.instance_id().to_owned(),
+                address: String::new(),
+                tenant_id: decision.tenant_id().to_owned(),
+                service: decision.service().to_owned(),
+                version: decision.version().to_owned(),
+                success: report.success,
+                latency_ms,
+                status_code: report.status_code,
+            };
+            if queue.try_send(reports::Message::Outcome(outcome)).is_err() {
+                self.shared
+                    .counters
+                    .reports_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Routes and makes an idempotent call, retrying up to `attempts` times in all: each retry
+    /// goes to an instance not tried yet when the pair is held locally and one is left (a
+    /// router's decision may repeat an instance). Every attempt's outcome is reported.
+    pub async fn call_idempotent<T, E, F, Fut>(
+        &self,
+        request: &RouteRequest<'_>,
+        attempts: usize,
+        mut call: F,
+    ) -> Result<T, CallError<E>>
+    where
+        F: FnMut(Decision) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let attempts = attempts.max(1);
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = None;
+        for _ in 0..attempts {
+            let decision = self.route_avoiding(request, &tried).await?;
+            let started = Instant::now();
+            match call(decision.clone()).await {
+                Ok(value) => {
+                    self.report(&decision, Report::success(started.elapsed()));
+                    return Ok(value);
+                }
+                Err(err) => {
+                    self.report(&decision, Report::failure(started.elapsed()));
+                    tried.push(decision.instance_id().to_owned());
+                    last = Some(err);
+                }
+            }
+        }
+        match last {
+            Some(last) => Err(CallError::Exhausted { attempts, last }),
+            None => Err(CallError::Route(ClientError::Closed)),
+        }
+    }
+
+    /// Sends the queued outcome reports now and waits until they are sent (or failed).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let queue = self
+            .lifetime
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(queue) = queue else {
+            return Ok(());
+        };
+        let (done, sent) = oneshot::channel();
+        queue
+            .send(reports::Message::Flush(done))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        sent.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Returns what the client knows of itself.
+    pub fn status(&self) -> Status {
+        let cache = self.shared.cache.load();
+        let counters = &self.shared.counters;
+        let index = counters.endpoint.load(Ordering::Relaxed) % self.shared.channels.len();
+        Status {
+            revision: cache.revision,
+            synced: cache.synced,
+            connected: counters.connected.load(Ordering::Relaxed),
+            endpoint: self.shared.config.endpoints[index].clone(),
+            assignments: cache.pairs,
+            snapshots: counters.snapshots.load(Ordering::Relaxed),
+            resumes: counters.resumes.load(Ordering::Relaxed),
+            reconnects: counters.reconnects.load(Ordering::Relaxed),
+            server_decisions: counters.server_decisions.load(Ordering::Relaxed),
+            reports_accepted: counters.reports_accepted.load(Ordering::Relaxed),
+            reports_rejected: counters.reports_rejected.load(Ordering::Relaxed),
+            reports_failed: counters.reports_failed.load(Ordering::Relaxed),
+            reports_dropped: counters.reports_dropped.load(Ordering::Relaxed),
+            ejections: counters.ejections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops watching, sends the queued reports, and waits for the background tasks to end.
+    /// Other clones stop deciding locally from then on only in that the copy no longer changes.
+    pub async fn close(self) {
+        self.lifetime.closing.send_replace(true);
+        // Closing the queue lets the reporting task send what is left and end.
+        self.lifetime
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let tasks: Vec<_> = self
+            .lifetime
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+thread_local! {
+    static ENTROPY: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64));
+}
+
+/// Returns a fresh random value (splitmix64 over a per-thread seed).
+fn entropy() -> u64 {
+    ENTROPY.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        routing_core::hash::fmix64(next)
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
