@@ -12,7 +12,7 @@ use crate::duration::parse_duration;
 use crate::error::Error;
 use crate::keyspace::KeyspaceSpec;
 use crate::propagation::{PropagationConfig, propagation};
-use crate::run::{Rpc, RunConfig, Stop, run};
+use crate::run::{DEFAULT_BATCH_SIZE, Rpc, RunConfig, Stop, run};
 use crate::seed::{SeedConfig, seed};
 use crate::summary::Checks;
 
@@ -132,13 +132,16 @@ pub struct RunArgs {
     /// Method to call.
     #[arg(long, value_enum, default_value_t = Rpc::Route)]
     pub rpc: Rpc,
-    /// Workers, each with one request in flight.
+    /// Requests per RouteBatch call, 1 to 1000 (with --rpc route-batch) [default: 100].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Workers, each with one call in flight.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Separate HTTP/2 connections; workers are spread over them round-robin.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Stop after this many recorded requests.
+    /// Stop after this many recorded calls.
     #[arg(long, conflicts_with = "duration")]
     pub requests: Option<u64>,
     /// Stop after this long (after the warm-up), e.g. 10s, 500ms, 2m [default: 10s].
@@ -179,6 +182,10 @@ impl RunArgs {
         RunConfig {
             target: self.keyspace.target.clone(),
             rpc: self.rpc,
+            batch_size: self.batch_size.unwrap_or(match self.rpc {
+                Rpc::Route => 1,
+                Rpc::RouteBatch => DEFAULT_BATCH_SIZE,
+            }),
             concurrency: self.concurrency,
             connections: self.connections,
             stop: match (self.requests, self.duration) {
@@ -404,8 +411,12 @@ async fn execute_run(args: &RunArgs) -> Result<ExitCode, Error> {
         Stop::Duration(d) => crate::duration::HumanDuration(d).to_string(),
     };
     eprintln!(
-        "greyrouter-load: {} on {} for {stop} after a {} warm-up, {} workers over {} connections",
+        "greyrouter-load: {}{} on {} for {stop} after a {} warm-up, {} workers over {} connections",
         config.rpc,
+        match config.rpc {
+            Rpc::Route => String::new(),
+            Rpc::RouteBatch => format!(" ({} requests per call)", config.batch_size),
+        },
         config.target,
         crate::duration::HumanDuration(config.warmup),
         config.concurrency,
@@ -497,6 +508,52 @@ mod tests {
         let checks = args.checks().expect("checks");
         assert_eq!(checks.max_p99, Some(Duration::from_micros(2500)));
         assert!(checks.fail_on_error && args.json);
+    }
+
+    #[test]
+    fn route_batch_asks_for_100_decisions_unless_told() {
+        let Command::Run(args) = parse(&["run", "--rpc", "route-batch"]).command else {
+            panic!("run expected")
+        };
+        let config = args.config();
+        assert_eq!((config.rpc, config.batch_size), (Rpc::RouteBatch, 100));
+        config.validate().expect("valid");
+
+        let Command::Run(args) =
+            parse(&["run", "--rpc", "route-batch", "--batch-size", "1000"]).command
+        else {
+            panic!("run expected")
+        };
+        assert_eq!(args.config().batch_size, 1000);
+        args.config().validate().expect("1000 is the largest batch");
+
+        for (flags, reason) in [
+            (
+                &["run", "--rpc", "route-batch", "--batch-size", "1001"][..],
+                "must be 1 to 1000 (RouteBatch takes at most 1000 requests per call), not 1001",
+            ),
+            (
+                &["run", "--rpc", "route-batch", "--batch-size", "0"][..],
+                "must be 1 to 1000 (RouteBatch takes at most 1000 requests per call), not 0",
+            ),
+            (
+                &["run", "--batch-size", "10"][..],
+                "applies to --rpc route-batch only (route asks for one decision per call)",
+            ),
+        ] {
+            let Command::Run(args) = parse(flags).command else {
+                panic!("run expected")
+            };
+            match args.config().validate() {
+                Err(
+                    err @ Error::InvalidConfig {
+                        field: "--batch-size",
+                        ..
+                    },
+                ) => assert_eq!(err.to_string(), format!("invalid --batch-size: {reason}")),
+                other => panic!("{flags:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

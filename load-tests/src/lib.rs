@@ -1,8 +1,9 @@
 //! greyrouter-load: a load generator for the greyrouter gRPC services, in the spirit of `ghz`.
 //!
 //! It seeds a running server through `greyrouter.v1.Admin` ([`seed::seed`]), then drives
-//! `greyrouter.v1.Router/Route` with a fixed number of workers ([`run::run`]) and reports
-//! throughput, error codes and latency percentiles ([`summary::Summary`]), as text or JSON.
+//! `greyrouter.v1.Router/Route` or `RouteBatch` with a fixed number of workers ([`run::run`])
+//! and reports throughput in calls and decisions, error codes and latency percentiles
+//! ([`summary::Summary`]), as text or JSON.
 //! [`propagation::propagation`] measures how long a change made through one router of a fleet
 //! takes to reach a watcher of another.
 //! `main.rs` only parses the command line ([`cli`]); tests call these functions directly.
@@ -26,7 +27,7 @@
 //! Each worker owns its RNG, its HDR histogram (microseconds, 3 significant digits) and its
 //! error counts; they are merged once, after the run. Tenant ids and service names are built
 //! once; a request clones two of them. Nothing on the hot path takes a lock: the only shared
-//! write is one relaxed atomic increment per request in `--requests` mode. The load is a closed
+//! write is one relaxed atomic increment per call in `--requests` mode. The load is a closed
 //! loop (a worker sends its next request when the previous one answers), so latency is that of
 //! a client with `--concurrency` requests in flight, not of an open arrival rate.
 //!

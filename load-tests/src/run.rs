@@ -1,10 +1,11 @@
-//! The load itself: `concurrency` workers, each with one request in flight (a closed loop),
+//! The load itself: `concurrency` workers, each with one call in flight (a closed loop),
 //! spread round-robin over `connections` HTTP/2 connections.
 //!
-//! The hot path of a worker is: draw a tenant and a service from its own RNG, clone two
-//! prebuilt strings into the request, read the clock, await the call, read the clock, record
-//! into its own histogram. The only shared write is one relaxed `fetch_add` per request in
-//! `--requests` mode; there are no locks. Tallies are merged after every worker has finished.
+//! The hot path of a worker is: draw a tenant and a service from its own RNG (`batch_size`
+//! pairs for `RouteBatch`), clone two prebuilt strings into each request, read the clock, await
+//! the call, read the clock, record into its own histogram and count the decisions. The only
+//! shared write is one relaxed `fetch_add` per call in `--requests` mode; there are no locks.
+//! Tallies are merged after every worker has finished.
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,20 +27,29 @@ use crate::rng::SplitMix64;
 use crate::summary::{CpuUsage, Summary};
 use crate::tally::Tally;
 
-/// The method a run calls. A new method adds a variant here, one to the private `Call` enum,
-/// and its arm in `Shared::prepare` and in the worker loop.
+/// Most requests `RouteBatch` takes in one call.
+pub const MAX_BATCH_SIZE: usize = 1_000;
+
+/// Requests per `RouteBatch` call when `--batch-size` is not given.
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+
+/// The method a run calls. A new method adds a variant here, one to the private `Call` and
+/// `Answer` enums, and its arm in `Shared::prepare` and in the worker loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Rpc {
-    /// `greyrouter.v1.Router/Route`.
+    /// `greyrouter.v1.Router/Route`: one decision per call.
     #[default]
     Route,
+    /// `greyrouter.v1.Router/RouteBatch`: `batch_size` decisions per call.
+    RouteBatch,
 }
 
 impl fmt::Display for Rpc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rpc::Route => f.write_str("route"),
+            Rpc::RouteBatch => f.write_str("route-batch"),
         }
     }
 }
@@ -60,7 +70,9 @@ pub struct RunConfig {
     pub target: String,
     /// The method called.
     pub rpc: Rpc,
-    /// Workers, each with one request in flight.
+    /// Decisions asked for per call: 1 for `Route`, 1 to [`MAX_BATCH_SIZE`] for `RouteBatch`.
+    pub batch_size: usize,
+    /// Workers, each with one call in flight.
     pub concurrency: usize,
     /// Separate HTTP/2 connections; worker `w` uses connection `w % connections`.
     pub connections: usize,
@@ -83,6 +95,7 @@ impl Default for RunConfig {
         RunConfig {
             target: "http://127.0.0.1:50051".to_owned(),
             rpc: Rpc::Route,
+            batch_size: 1,
             concurrency: 32,
             connections: 4,
             stop: Stop::Duration(Duration::from_secs(10)),
@@ -106,6 +119,25 @@ impl RunConfig {
         };
         if self.concurrency == 0 {
             return invalid("--concurrency", "must be at least 1");
+        }
+        match self.rpc {
+            Rpc::Route if self.batch_size != 1 => {
+                return invalid(
+                    "--batch-size",
+                    "applies to --rpc route-batch only (route asks for one decision per call)",
+                );
+            }
+            Rpc::RouteBatch if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) => {
+                return Err(Error::InvalidConfig {
+                    field: "--batch-size",
+                    reason: format!(
+                        "must be 1 to {MAX_BATCH_SIZE} (RouteBatch takes at most \
+                         {MAX_BATCH_SIZE} requests per call), not {}",
+                        self.batch_size
+                    ),
+                });
+            }
+            _ => {}
         }
         if self.connections == 0 {
             return invalid("--connections", "must be at least 1");
@@ -152,6 +184,7 @@ pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
     let record_from = start + config.warmup;
     let shared = Arc::new(Shared {
         rpc: config.rpc,
+        batch_size: config.batch_size,
         tenant_sampler: Sampler::new(config.distribution, keyspace.tenants.len()),
         service_sampler: Sampler::new(Distribution::Uniform, keyspace.services.len()),
         tenants: keyspace.tenants,
@@ -196,6 +229,7 @@ pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
 /// State every worker reads; only `End::Requests::issued` is written.
 struct Shared {
     rpc: Rpc,
+    batch_size: usize,
     tenants: Vec<String>,
     services: Vec<String>,
     tenant_sampler: Sampler,
@@ -212,22 +246,38 @@ enum End {
 /// A request ready to send.
 enum Call {
     Route(pb::RouteRequest),
+    RouteBatch(pb::RouteBatchRequest),
+}
+
+/// A successful answer, kept until the latency is recorded.
+enum Answer {
+    Route,
+    RouteBatch(Vec<pb::RouteResult>),
 }
 
 impl Shared {
-    /// Returns the next request, with keys drawn from `rng`.
+    /// Returns the next call, with keys drawn from `rng`.
     #[inline]
     fn prepare(&self, rng: &mut SplitMix64) -> Call {
         match self.rpc {
-            Rpc::Route => {
-                let tenant = &self.tenants[self.tenant_sampler.sample(rng)];
-                let service = &self.services[self.service_sampler.sample(rng)];
-                Call::Route(pb::RouteRequest {
-                    tenant_id: tenant.clone(),
-                    service: service.clone(),
-                    ..Default::default()
-                })
-            }
+            Rpc::Route => Call::Route(self.route_request(rng)),
+            Rpc::RouteBatch => Call::RouteBatch(pb::RouteBatchRequest {
+                requests: (0..self.batch_size)
+                    .map(|_| self.route_request(rng))
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Returns one `RouteRequest`: a tenant from the run's distribution, a uniform service.
+    #[inline]
+    fn route_request(&self, rng: &mut SplitMix64) -> pb::RouteRequest {
+        let tenant = &self.tenants[self.tenant_sampler.sample(rng)];
+        let service = &self.services[self.service_sampler.sample(rng)];
+        pb::RouteRequest {
+            tenant_id: tenant.clone(),
+            service: service.clone(),
+            ..Default::default()
         }
     }
 
@@ -241,10 +291,11 @@ impl Shared {
     }
 }
 
-/// Sends requests one after another until the run ends; returns what it recorded.
+/// Sends calls one after another until the run ends; returns what it recorded.
 async fn worker(shared: Arc<Shared>, channel: Channel, mut rng: SplitMix64) -> Tally {
     let mut router = RouterClient::new(channel);
     let mut tally = Tally::new();
+    let decisions = shared.batch_size as u64;
     loop {
         let call = shared.prepare(&mut rng);
         let started = Instant::now();
@@ -253,15 +304,27 @@ async fn worker(shared: Arc<Shared>, channel: Channel, mut rng: SplitMix64) -> T
             break;
         }
         let result = match call {
-            Call::Route(request) => router.route(request).await.map(drop),
+            Call::Route(request) => router.route(request).await.map(|_| Answer::Route),
+            Call::RouteBatch(request) => router
+                .route_batch(request)
+                .await
+                .map(|response| Answer::RouteBatch(response.into_inner().results)),
         };
         if !recorded {
             tally.warmup += 1;
             continue;
         }
         match result {
-            Ok(()) => tally.record_ok(started.elapsed()),
-            Err(status) => tally.record_error(&status),
+            Ok(answer) => {
+                tally.record_ok(started.elapsed());
+                match answer {
+                    Answer::Route => tally.record_decisions_ok(1),
+                    Answer::RouteBatch(results) => {
+                        tally.record_results(&results, shared.batch_size);
+                    }
+                }
+            }
+            Err(status) => tally.record_error(&status, decisions),
         }
     }
     tally
@@ -293,6 +356,29 @@ mod tests {
                     ..RunConfig::default()
                 },
                 "--connections",
+            ),
+            (
+                RunConfig {
+                    batch_size: 10,
+                    ..RunConfig::default()
+                },
+                "--batch-size",
+            ),
+            (
+                RunConfig {
+                    rpc: Rpc::RouteBatch,
+                    batch_size: 0,
+                    ..RunConfig::default()
+                },
+                "--batch-size",
+            ),
+            (
+                RunConfig {
+                    rpc: Rpc::RouteBatch,
+                    batch_size: MAX_BATCH_SIZE + 1,
+                    ..RunConfig::default()
+                },
+                "--batch-size",
             ),
             (
                 RunConfig {
@@ -332,8 +418,9 @@ mod tests {
             ..KeyspaceSpec::default()
         }
         .build();
-        let shared = Shared {
+        let mut shared = Shared {
             rpc: Rpc::Route,
+            batch_size: 1,
             tenant_sampler: Sampler::new(Distribution::Zipf { s: 1.0 }, 50),
             service_sampler: Sampler::new(Distribution::Uniform, 3),
             tenants: keyspace.tenants.clone(),
@@ -346,7 +433,9 @@ mod tests {
         };
         let mut rng = SplitMix64::new(9);
         for _ in 0..100 {
-            let Call::Route(request) = shared.prepare(&mut rng);
+            let Call::Route(request) = shared.prepare(&mut rng) else {
+                panic!("a route call expected");
+            };
             assert!(keyspace.tenants.contains(&request.tenant_id));
             assert!(keyspace.services.contains(&request.service));
         }
@@ -354,5 +443,42 @@ mod tests {
         assert!(shared.admit(now));
         assert!(shared.admit(now));
         assert!(!shared.admit(now), "the third request is over the limit");
+
+        shared.rpc = Rpc::RouteBatch;
+        shared.batch_size = 7;
+        let mut tenants_seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let Call::RouteBatch(batch) = shared.prepare(&mut rng) else {
+                panic!("a batch call expected");
+            };
+            assert_eq!(batch.requests.len(), 7);
+            for request in &batch.requests {
+                assert!(keyspace.tenants.contains(&request.tenant_id));
+                assert!(keyspace.services.contains(&request.service));
+                tenants_seen.insert(request.tenant_id.clone());
+            }
+        }
+        assert!(
+            tenants_seen.len() > 7,
+            "each request of a batch draws its own tenant: {tenants_seen:?}"
+        );
+    }
+
+    #[test]
+    fn rpc_names_match_the_flag() {
+        assert_eq!(Rpc::RouteBatch.to_string(), "route-batch");
+        assert_eq!(
+            serde_json::to_value(Rpc::RouteBatch).expect("serializes"),
+            "route-batch"
+        );
+        assert_eq!(
+            serde_json::to_value(Rpc::Route).expect("serializes"),
+            "route"
+        );
+        use clap::ValueEnum;
+        assert_eq!(
+            Rpc::from_str("route-batch", false).expect("a flag value"),
+            Rpc::RouteBatch
+        );
     }
 }

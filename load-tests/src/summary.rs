@@ -1,5 +1,10 @@
-//! The result of a run: counts, throughput, latency percentiles, and the checks it must pass;
-//! printed as text, or as one JSON object.
+//! The result of a run: counts of calls and of decisions, throughput, latency percentiles, and
+//! the checks it must pass; printed as text, or as one JSON object.
+//!
+//! A call is one RPC; a decision is one routed request in it (one per `Route` call,
+//! `batch_size` per `RouteBatch` call). `total`, `ok`, `errors` and `throughput_rps` count
+//! calls, latency is per call, and the `decision*` fields count decisions: with `Route` the two
+//! are equal.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,9 +84,11 @@ pub struct CpuUsage {
 pub struct Summary {
     /// The method called.
     pub rpc: Rpc,
+    /// Decisions asked for per call (1 for `route`).
+    pub batch_size: usize,
     /// The server.
     pub target: String,
-    /// Workers, each with one request in flight.
+    /// Workers, each with one call in flight.
     pub concurrency: usize,
     /// HTTP/2 connections the workers share.
     pub connections: usize,
@@ -93,23 +100,37 @@ pub struct Summary {
     pub distribution: Distribution,
     /// Length of the warm-up, in seconds.
     pub warmup_secs: f64,
-    /// Requests sent during the warm-up (not in any other figure).
+    /// Calls sent during the warm-up (not in any other figure).
     pub warmup_requests: u64,
     /// Seconds from the end of the warm-up to the last recorded response.
     pub elapsed_secs: f64,
-    /// Recorded requests: `ok + errors`.
+    /// Recorded calls: `ok + errors`.
     pub total: u64,
-    /// Requests answered with `OK`.
+    /// Calls answered with `OK`.
     pub ok: u64,
-    /// Requests that failed, whatever the code.
+    /// Calls that failed, whatever the code.
     pub errors: u64,
-    /// Failed requests by gRPC status code name (`NOT_FOUND`, `UNAVAILABLE`, ...).
+    /// Failed calls by gRPC status code name (`NOT_FOUND`, `UNAVAILABLE`, ...).
     pub error_codes: BTreeMap<String, u64>,
     /// The first message seen for each failing code.
     pub error_samples: BTreeMap<String, String>,
-    /// Recorded requests per second: `total / elapsed_secs`.
+    /// Recorded calls per second: `total / elapsed_secs`.
     pub throughput_rps: f64,
-    /// Latency of the successful requests, in microseconds.
+    /// Decisions asked for by the recorded calls: `total * batch_size`, and
+    /// `decisions_ok + decision_errors`.
+    pub decisions: u64,
+    /// Decisions answered with an instance.
+    pub decisions_ok: u64,
+    /// Decisions answered with an error (`RouteResult.error`), or asked for by a failed call.
+    pub decision_errors: u64,
+    /// Failed decisions by status code name; a failed call counts each of its decisions under
+    /// its own code.
+    pub decision_error_codes: BTreeMap<String, u64>,
+    /// The first message seen for each failing decision code.
+    pub decision_error_samples: BTreeMap<String, String>,
+    /// Decisions per second: `decisions / elapsed_secs` (`throughput_rps * batch_size`).
+    pub decisions_per_s: f64,
+    /// Latency of the successful calls, in microseconds.
     pub latency_us: Latency,
     /// CPU the generator used while recording; absent where it cannot be read.
     pub generator_cpu: Option<CpuUsage>,
@@ -126,22 +147,27 @@ impl Summary {
         generator_cpu: Option<CpuUsage>,
     ) -> Summary {
         let latency_us = Latency::from_histogram(&tally.latency_us);
-        let mut error_codes = BTreeMap::new();
-        let mut error_samples = BTreeMap::new();
-        for index in 0..CODES {
-            let failed = tally.errors_by_code[index];
-            if failed > 0 {
-                error_codes.insert(code_name(index).to_owned(), failed);
-            }
-            if let Some(sample) = &tally.error_samples[index] {
-                error_samples.insert(code_name(index).to_owned(), sample.clone());
-            }
-        }
+        let (error_codes, error_samples) =
+            by_code_name(&tally.errors_by_code, &tally.error_samples);
+        let (decision_error_codes, decision_error_samples) = by_code_name(
+            &tally.decision_errors_by_code,
+            &tally.decision_error_samples,
+        );
         let errors = tally.errors();
         let total = tally.ok + errors;
+        let decision_errors = tally.decision_errors();
+        let decisions = tally.decisions_ok + decision_errors;
         let seconds = elapsed.as_secs_f64();
+        let per_second = |count: u64| {
+            if seconds > 0.0 {
+                count as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         Summary {
             rpc: config.rpc,
+            batch_size: config.batch_size,
             target: config.target.clone(),
             concurrency: config.concurrency,
             connections: config.connections,
@@ -156,15 +182,23 @@ impl Summary {
             errors,
             error_codes,
             error_samples,
-            throughput_rps: if seconds > 0.0 {
-                total as f64 / seconds
-            } else {
-                0.0
-            },
+            throughput_rps: per_second(total),
+            decisions,
+            decisions_ok: tally.decisions_ok,
+            decision_errors,
+            decision_error_codes,
+            decision_error_samples,
+            decisions_per_s: per_second(decisions),
             latency_us,
             generator_cpu,
             violations: Vec::new(),
         }
+    }
+
+    /// Whether a call asks for several decisions (`RouteBatch`), so that calls and decisions
+    /// are reported apart.
+    fn batched(&self) -> bool {
+        self.rpc != Rpc::Route
     }
 
     /// Returns the summary as one line of JSON.
@@ -179,11 +213,22 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let warmup = HumanDuration(Duration::from_secs_f64(self.warmup_secs));
-        writeln!(
+        let batched = self.batched();
+        // With Route a call is a request; with RouteBatch it carries `batch_size` of them.
+        let (calls, rate) = if batched {
+            ("calls", "calls/s")
+        } else {
+            ("requests", "req/s")
+        };
+        write!(
             f,
             "{} against {}: {} workers over {} connections",
             self.rpc, self.target, self.concurrency, self.connections
         )?;
+        if batched {
+            write!(f, ", {} requests per call", self.batch_size)?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "keys: {} tenants ({}) x {} services (uniform)",
@@ -191,19 +236,38 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "warm-up: {warmup}, {} requests not recorded",
+            "warm-up: {warmup}, {} {calls} not recorded",
             self.warmup_requests
         )?;
         writeln!(f)?;
         writeln!(
             f,
-            "requests     {} total, {} ok, {} errors",
+            "{calls:<12} {} total, {} ok, {} errors",
             self.total, self.ok, self.errors
         )?;
+        if batched {
+            writeln!(
+                f,
+                "decisions    {} total, {} ok, {} errors",
+                self.decisions, self.decisions_ok, self.decision_errors
+            )?;
+        }
         writeln!(f, "elapsed      {:.2} s", self.elapsed_secs)?;
-        writeln!(f, "throughput   {:.1} req/s", self.throughput_rps)?;
+        writeln!(
+            f,
+            "throughput   {:.1} {rate}, {:.1} decisions/s",
+            self.throughput_rps, self.decisions_per_s
+        )?;
         let l = &self.latency_us;
-        writeln!(f, "latency      µs, of {} successful requests", l.count)?;
+        if batched {
+            writeln!(
+                f,
+                "latency      µs per call, of {} successful calls",
+                l.count
+            )?;
+        } else {
+            writeln!(f, "latency      µs, of {} successful requests", l.count)?;
+        }
         for (name, value) in [
             ("p50", l.p50),
             ("p90", l.p90),
@@ -222,14 +286,45 @@ impl fmt::Display for Summary {
             )?;
         }
         if !self.error_codes.is_empty() {
-            writeln!(f, "errors")?;
-            for (code, count) in &self.error_codes {
-                let sample = self.error_samples.get(code).map_or("", String::as_str);
-                writeln!(f, "  {code:<20} {count:>10}  e.g. {sample}")?;
-            }
+            writeln!(f, "{}", if batched { "failed calls" } else { "errors" })?;
+            write_codes(f, &self.error_codes, &self.error_samples)?;
+        }
+        if batched && !self.decision_error_codes.is_empty() {
+            writeln!(f, "failed decisions (with every decision of a failed call)")?;
+            write_codes(f, &self.decision_error_codes, &self.decision_error_samples)?;
         }
         Ok(())
     }
+}
+
+fn write_codes(
+    f: &mut fmt::Formatter<'_>,
+    counts: &BTreeMap<String, u64>,
+    samples: &BTreeMap<String, String>,
+) -> fmt::Result {
+    for (code, count) in counts {
+        let sample = samples.get(code).map_or("", String::as_str);
+        writeln!(f, "  {code:<20} {count:>10}  e.g. {sample}")?;
+    }
+    Ok(())
+}
+
+/// Returns the non-zero counts and the samples, keyed by code name.
+fn by_code_name(
+    counts: &[u64; CODES],
+    samples: &[Option<String>; CODES],
+) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
+    let mut by_code = BTreeMap::new();
+    let mut samples_by_code = BTreeMap::new();
+    for index in 0..CODES {
+        if counts[index] > 0 {
+            by_code.insert(code_name(index).to_owned(), counts[index]);
+        }
+        if let Some(sample) = &samples[index] {
+            samples_by_code.insert(code_name(index).to_owned(), sample.clone());
+        }
+    }
+    (by_code, samples_by_code)
 }
 
 /// Conditions a run must meet for the command to succeed.
@@ -259,17 +354,27 @@ impl Checks {
                 ));
             }
         }
-        if self.fail_on_error && summary.errors > 0 {
-            let codes: Vec<String> = summary
-                .error_codes
+        let codes = |counts: &BTreeMap<String, u64>| {
+            counts
                 .iter()
                 .map(|(code, count)| format!("{code} {count}"))
-                .collect();
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.fail_on_error && summary.batched() && summary.decision_errors > 0 {
+            // Failed calls are in here too: each fails its decisions.
+            violations.push(format!(
+                "{} of {} decisions failed ({}) with --fail-on-error",
+                summary.decision_errors,
+                summary.decisions,
+                codes(&summary.decision_error_codes)
+            ));
+        } else if self.fail_on_error && summary.errors > 0 {
             violations.push(format!(
                 "{} of {} requests failed ({}) with --fail-on-error",
                 summary.errors,
                 summary.total,
-                codes.join(", ")
+                codes(&summary.error_codes)
             ));
         }
         violations
@@ -302,10 +407,11 @@ mod tests {
         let mut tally = Tally::new();
         for micros in 1..=1_000 {
             tally.record_ok(Duration::from_micros(micros));
+            tally.record_decisions_ok(1);
         }
-        tally.record_error(&tonic::Status::not_found("tenant 'x' not found"));
-        tally.record_error(&tonic::Status::not_found("tenant 'y' not found"));
-        tally.record_error(&tonic::Status::unavailable("connection reset"));
+        tally.record_error(&tonic::Status::not_found("tenant 'x' not found"), 1);
+        tally.record_error(&tonic::Status::not_found("tenant 'y' not found"), 1);
+        tally.record_error(&tonic::Status::unavailable("connection reset"), 1);
         tally.warmup = 40;
         let cpu = CpuUsage {
             seconds: 0.5,
@@ -333,6 +439,129 @@ mod tests {
         assert_eq!(s.error_codes.get("NOT_FOUND"), Some(&2));
         assert_eq!(s.error_codes.get("UNAVAILABLE"), Some(&1));
         assert_eq!(s.error_codes.len(), 2);
+        // With Route, decisions are the requests.
+        assert_eq!(s.batch_size, 1);
+        assert_eq!(
+            (s.decisions, s.decisions_ok, s.decision_errors),
+            (1_003, 1_000, 3)
+        );
+        assert_eq!(s.decision_error_codes, s.error_codes);
+        assert_eq!(s.decisions_per_s, s.throughput_rps);
+    }
+
+    /// 10 calls of 50 decisions over 2 s: 8 answered (3 of their decisions NOT_FOUND, the
+    /// rest routed), 2 failed with UNAVAILABLE.
+    fn batch_summary() -> Summary {
+        let config = RunConfig {
+            rpc: Rpc::RouteBatch,
+            batch_size: 50,
+            ..config()
+        };
+        let routed = greyrouter_proto::v1::RouteResult {
+            result: Some(greyrouter_proto::v1::route_result::Result::Route(
+                Default::default(),
+            )),
+        };
+        let mut tally = Tally::new();
+        for call in 0..8 {
+            tally.record_ok(Duration::from_micros(100 + call));
+            let mut results = vec![routed.clone(); 50];
+            if call < 3 {
+                results[7].result = Some(greyrouter_proto::v1::route_result::Result::Error(
+                    greyrouter_proto::v1::RouteError {
+                        code: tonic::Code::NotFound as i32,
+                        message: "tenant 'tenant-77' not found".to_owned(),
+                    },
+                ));
+            }
+            tally.record_results(&results, 50);
+        }
+        tally.record_error(&tonic::Status::unavailable("connection reset"), 50);
+        tally.record_error(&tonic::Status::unavailable("connection reset"), 50);
+        Summary::new(&config, &tally, Duration::from_secs(2), None)
+    }
+
+    #[test]
+    fn a_batch_run_counts_calls_and_decisions_apart() {
+        let s = batch_summary();
+        assert_eq!((s.total, s.ok, s.errors), (10, 8, 2));
+        assert_eq!(s.decisions, 10 * 50);
+        assert_eq!(s.decisions, s.total * s.batch_size as u64);
+        assert_eq!(s.decision_errors, 3 + 2 * 50);
+        assert_eq!(s.decisions_ok, 8 * 50 - 3);
+        assert_eq!(s.decision_error_codes.get("NOT_FOUND"), Some(&3));
+        assert_eq!(s.decision_error_codes.get("UNAVAILABLE"), Some(&100));
+        assert_eq!(s.error_codes.get("UNAVAILABLE"), Some(&2));
+        assert!((s.throughput_rps - 5.0).abs() < 1e-9);
+        assert!((s.decisions_per_s - 250.0).abs() < 1e-9);
+        assert_eq!(s.latency_us.count, 8, "latency is per successful call");
+
+        let text = s.to_string();
+        for expected in [
+            "route-batch against http://127.0.0.1:50051: 4 workers over 2 connections, 50 requests per call",
+            "calls        10 total, 8 ok, 2 errors",
+            "decisions    500 total, 397 ok, 103 errors",
+            "throughput   5.0 calls/s, 250.0 decisions/s",
+            "latency      µs per call, of 8 successful calls",
+            "failed calls\n  UNAVAILABLE                   2  e.g. connection reset",
+            "  NOT_FOUND                     3  e.g. tenant 'tenant-77' not found",
+            "  UNAVAILABLE                 100  e.g. connection reset",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+
+        let json: serde_json::Value = serde_json::from_str(&s.to_json()).expect("valid JSON");
+        assert_eq!(json["rpc"], "route-batch");
+        assert_eq!(json["batch_size"], 50);
+        assert_eq!(json["decisions"], 500);
+        assert_eq!(json["decision_errors"], 103);
+        assert_eq!(json["decisions_per_s"], 250.0);
+        assert_eq!(json["decision_error_codes"]["NOT_FOUND"], 3);
+
+        let checks = Checks {
+            max_p99: None,
+            fail_on_error: true,
+        };
+        assert_eq!(
+            checks.violations(&s),
+            ["103 of 500 decisions failed (NOT_FOUND 3, UNAVAILABLE 100) with --fail-on-error"]
+        );
+    }
+
+    #[test]
+    fn decision_errors_alone_fail_a_batch_run() {
+        let config = RunConfig {
+            rpc: Rpc::RouteBatch,
+            batch_size: 2,
+            ..config()
+        };
+        let mut tally = Tally::new();
+        tally.record_ok(Duration::from_micros(100));
+        tally.record_results(
+            &[
+                greyrouter_proto::v1::RouteResult {
+                    result: Some(greyrouter_proto::v1::route_result::Result::Route(
+                        Default::default(),
+                    )),
+                },
+                greyrouter_proto::v1::RouteResult {
+                    result: Some(greyrouter_proto::v1::route_result::Result::Error(
+                        greyrouter_proto::v1::RouteError {
+                            code: tonic::Code::FailedPrecondition as i32,
+                            message: "tenant 'x' is inactive".to_owned(),
+                        },
+                    )),
+                },
+            ],
+            2,
+        );
+        let s = Summary::new(&config, &tally, Duration::from_secs(1), None);
+        assert_eq!(s.errors, 0, "every call succeeded");
+        let checks = Checks {
+            max_p99: None,
+            fail_on_error: true,
+        };
+        assert_eq!(checks.violations(&s).len(), 1);
     }
 
     #[test]
@@ -345,8 +574,15 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "batch_size",
                 "concurrency",
                 "connections",
+                "decision_error_codes",
+                "decision_error_samples",
+                "decision_errors",
+                "decisions",
+                "decisions_ok",
+                "decisions_per_s",
                 "distribution",
                 "elapsed_secs",
                 "error_codes",
@@ -400,7 +636,7 @@ mod tests {
             "warm-up: 2s, 40 requests not recorded",
             "requests     1003 total, 1000 ok, 3 errors",
             "elapsed      2.00 s",
-            "throughput   501.5 req/s",
+            "throughput   501.5 req/s, 501.5 decisions/s",
             "  p50               500",
             "  p99.9             999",
             "  max              1000",

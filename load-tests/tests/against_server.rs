@@ -6,7 +6,7 @@ use greyrouter::config::Config;
 use greyrouter::server::App;
 use greyrouter_load::distribution::Distribution;
 use greyrouter_load::keyspace::KeyspaceSpec;
-use greyrouter_load::run::{RunConfig, Stop, run};
+use greyrouter_load::run::{Rpc, RunConfig, Stop, run};
 use greyrouter_load::seed::{SeedConfig, seed};
 use greyrouter_load::summary::Checks;
 use greyrouter_proto::v1 as pb;
@@ -139,6 +139,9 @@ async fn seeds_then_routes_every_request() {
     assert!(summary.latency_us.p99 <= summary.latency_us.max);
     assert_eq!(summary.warmup_requests, 0);
     assert!(summary.throughput_rps > 0.0);
+    // A Route call is one decision.
+    assert_eq!((summary.batch_size, summary.decisions), (1, 2_000));
+    assert_eq!(summary.decisions_per_s, summary.throughput_rps);
     let checks = Checks {
         max_p99: None,
         fail_on_error: true,
@@ -171,6 +174,93 @@ async fn unknown_tenants_are_counted_by_code() {
     assert!(summary.ok > 0 && summary.errors > 0, "{summary:?}");
     assert_eq!(summary.error_codes.get("NOT_FOUND"), Some(&summary.errors));
     assert_eq!(summary.latency_us.count, summary.ok);
+    let checks = Checks {
+        max_p99: None,
+        fail_on_error: true,
+    };
+    assert_eq!(checks.violations(&summary).len(), 1);
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_batch_answers_every_decision_of_every_call() {
+    let server = Server::start().await;
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("seed");
+
+    let config = RunConfig {
+        rpc: Rpc::RouteBatch,
+        batch_size: 25,
+        stop: Stop::Requests(200),
+        ..run_config(&server.target)
+    };
+    let summary = within(run(&config)).await.expect("run");
+    assert_eq!(summary.total, 200, "calls");
+    assert_eq!(summary.batch_size, 25);
+    assert_eq!(summary.decisions, 200 * 25);
+    assert_eq!(summary.decisions, summary.total * summary.batch_size as u64);
+    assert_eq!(summary.errors, 0, "{:?}", summary.error_samples);
+    assert_eq!(
+        summary.decision_errors, 0,
+        "{:?}",
+        summary.decision_error_samples
+    );
+    assert_eq!(summary.decisions_ok, summary.decisions);
+    assert_eq!(summary.latency_us.count, 200, "one latency per call");
+    let ratio = summary.decisions_per_s / summary.throughput_rps;
+    assert!((ratio - 25.0).abs() < 1e-9, "{ratio}");
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).expect("JSON");
+    assert_eq!(json["rpc"], "route-batch");
+    assert_eq!(json["batch_size"], 25);
+    assert!(json["decisions_per_s"].as_f64().is_some_and(|d| d > 0.0));
+    let checks = Checks {
+        max_p99: None,
+        fail_on_error: true,
+    };
+    assert!(checks.violations(&summary).is_empty());
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tenants_in_a_batch_count_as_failed_decisions() {
+    let server = Server::start().await;
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("seed");
+
+    // Tenants 50 to 99 were never created: about half of each batch names one.
+    let config = RunConfig {
+        rpc: Rpc::RouteBatch,
+        batch_size: 20,
+        keyspace: KeyspaceSpec {
+            tenants: 100,
+            ..keyspace()
+        },
+        distribution: Distribution::Uniform,
+        stop: Stop::Requests(50),
+        ..run_config(&server.target)
+    };
+    let summary = within(run(&config)).await.expect("run");
+    assert_eq!(summary.total, 50);
+    assert_eq!(summary.errors, 0, "every call is answered");
+    assert_eq!(summary.decisions, 1_000);
+    assert_eq!(summary.decisions_ok + summary.decision_errors, 1_000);
+    assert!(
+        summary.decisions_ok > 0 && summary.decision_errors > 0,
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary.decision_error_codes.get("NOT_FOUND"),
+        Some(&summary.decision_errors)
+    );
+    assert!(
+        summary.decision_error_samples["NOT_FOUND"].contains("tenant-"),
+        "{:?}",
+        summary.decision_error_samples
+    );
     let checks = Checks {
         max_p99: None,
         fail_on_error: true,
