@@ -258,6 +258,9 @@ struct ServeArgs {
     /// Log filter such as `info` or `greyrouter=debug`.
     #[arg(long)]
     log_level: Option<String>,
+    /// Runtime worker threads; 0: one per core [default: 0].
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -443,33 +446,56 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 /// Runs a parsed command line; returns the process exit status.
+///
+/// `serve` reads its configuration before it starts the runtime, which is sized by
+/// `server.worker_threads`; the admin commands run on a default runtime.
 pub fn run(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let job = match cli.command {
+        Command::Serve(args) => match serve_config(args) {
+            Ok(config) => Job::Serve(Box::new(config)),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        },
+        command => Job::Client(command),
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Job::Serve(config) = &job
+        && let Some(threads) = config.server.worker_threads()
     {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
-        command => {
-            let result = runtime.block_on(client(command, &cli.client));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    ExitCode::FAILURE
-                }
+    match job {
+        Job::Serve(config) => runtime.block_on(serve(*config)),
+        Job::Client(command) => match runtime.block_on(client(command, &cli.client)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+/// What a command line runs once parsed.
+enum Job {
+    /// `serve`, with its configuration read and validated.
+    Serve(Box<Config>),
+    /// An admin command: a client of a running server.
+    Client(Command),
+}
+
+/// Layers the configuration of `serve`: file, environment, flags.
+fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| ENV_VARS.iter().any(|(name, _)| name == k))
         .collect();
@@ -478,14 +504,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         store: args.store,
         seed: args.seed,
         log_level: args.log_level,
+        worker_threads: args.worker_threads,
     };
-    let config = match Config::load(args.config.as_deref(), &env, flags) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
+    Config::load(args.config.as_deref(), &env, flags)
+}
+
+async fn serve(config: Config) -> ExitCode {
     init_tracing(&config);
     let addr = config.grpc_addr;
     let app = match App::start(config).await {

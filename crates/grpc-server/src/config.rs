@@ -44,6 +44,100 @@ pub struct Config {
     pub outcomes: OutcomeSettings,
     /// Per-tenant schema migrations.
     pub schema: SchemaSettings,
+    /// The runtime and HTTP/2 settings of the gRPC server.
+    pub server: ServerSettings,
+}
+
+/// The tokio runtime and the HTTP/2 connections of `greyrouter serve`.
+///
+/// The window defaults are hyper's server defaults (what tonic uses when none is set), so that
+/// leaving them out and writing them down behave the same.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Runtime worker threads; 0: one per core.
+    pub worker_threads: usize,
+    /// HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: bytes a client may send on one call before the
+    /// server acknowledges them.
+    pub http2_initial_stream_window_bytes: u32,
+    /// HTTP/2 connection-level flow-control window, in bytes.
+    pub http2_initial_connection_window_bytes: u32,
+    /// Sizes the windows from the measured bandwidth-delay product instead (BDP pings); the two
+    /// window settings are then ignored.
+    pub http2_adaptive_window: bool,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: most calls open at once on one connection;
+    /// 0: no limit.
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keep-alive pings on idle connections, in milliseconds; 0: no pings.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a keep-alive ping may go unanswered before the connection is closed, in
+    /// milliseconds.
+    pub http2_keepalive_timeout_ms: u64,
+}
+
+/// Most runtime worker threads `server.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Smallest HTTP/2 flow-control window (RFC 9113 §6.9.2, the initial value).
+pub const MIN_HTTP2_WINDOW: u32 = 65_535;
+
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1: 2^31 - 1).
+pub const MAX_HTTP2_WINDOW: u32 = (1 << 31) - 1;
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            worker_threads: 0,
+            http2_initial_stream_window_bytes: 1024 * 1024,
+            http2_initial_connection_window_bytes: 1024 * 1024,
+            http2_adaptive_window: false,
+            max_concurrent_streams: 0,
+            http2_keepalive_interval_ms: 0,
+            http2_keepalive_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Returns one line per bad value.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.worker_threads > MAX_WORKER_THREADS {
+            problems.push(format!(
+                "server.worker_threads: {} is more than {MAX_WORKER_THREADS} (0: one per core)",
+                self.worker_threads
+            ));
+        }
+        for (key, bytes) in [
+            (
+                "http2_initial_stream_window_bytes",
+                self.http2_initial_stream_window_bytes,
+            ),
+            (
+                "http2_initial_connection_window_bytes",
+                self.http2_initial_connection_window_bytes,
+            ),
+        ] {
+            if !(MIN_HTTP2_WINDOW..=MAX_HTTP2_WINDOW).contains(&bytes) {
+                problems.push(format!(
+                    "server.{key}: {bytes} is outside the HTTP/2 window range \
+                     {MIN_HTTP2_WINDOW} to {MAX_HTTP2_WINDOW} bytes"
+                ));
+            }
+        }
+        if self.http2_keepalive_interval_ms > 0 && self.http2_keepalive_timeout_ms == 0 {
+            problems.push(
+                "server.http2_keepalive_timeout_ms: must be positive when keep-alive pings are on"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
+
+    /// Returns the worker threads to start, or `None` for one per core.
+    pub fn worker_threads(&self) -> Option<usize> {
+        (self.worker_threads > 0).then_some(self.worker_threads)
+    }
 }
 
 /// Settings of per-tenant schema migrations.
@@ -234,6 +328,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             outcomes: OutcomeSettings::default(),
             schema: SchemaSettings::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -279,6 +374,8 @@ pub struct Overrides {
     pub seed: Option<PathBuf>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--worker-threads`.
+    pub worker_threads: Option<usize>,
 }
 
 /// Environment variables read by [`Config::load`], and what they set.
@@ -295,6 +392,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS",
         "redis.command_timeout_ms",
     ),
+    ("GREYROUTER_WORKER_THREADS", "server.worker_threads"),
 ];
 
 /// A configuration that cannot be used; lists every problem found.
@@ -345,6 +443,9 @@ impl Config {
         if let Some(level) = flags.log_level {
             config.log.level = level;
         }
+        if let Some(threads) = flags.worker_threads {
+            config.server.worker_threads = threads;
+        }
         problems.extend(config.problems());
         if problems.is_empty() {
             Ok(config)
@@ -374,6 +475,7 @@ impl Config {
             "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS" => {
                 self.redis.command_timeout_ms = parse(value)?;
             }
+            "GREYROUTER_WORKER_THREADS" => self.server.worker_threads = parse(value)?,
             _ => return Err("unknown variable".to_owned()),
         }
         Ok(())
@@ -459,6 +561,7 @@ impl Config {
         {
             problems.push(format!("seed: {} is not a readable file", seed.display()));
         }
+        problems.extend(self.server.problems());
         problems
     }
 }
@@ -523,6 +626,91 @@ mod tests {
         let config = Config::load(Some(&file), &BTreeMap::new(), Overrides::default())
             .expect("deploy/greyrouter.toml is valid");
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn server_settings_layer_like_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("greyrouter.toml");
+        std::fs::write(
+            &file,
+            "[server]\nworker_threads = 4\nhttp2_adaptive_window = true\n\
+             max_concurrent_streams = 256\nhttp2_initial_stream_window_bytes = 2097152\n",
+        )
+        .expect("write");
+        let config =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect("valid");
+        assert_eq!(config.server.worker_threads(), Some(4));
+        assert!(config.server.http2_adaptive_window);
+        assert_eq!(config.server.max_concurrent_streams, 256);
+        assert_eq!(
+            config.server.http2_initial_stream_window_bytes,
+            2 * 1024 * 1024
+        );
+        assert_eq!(
+            config.server.http2_initial_connection_window_bytes,
+            ServerSettings::default().http2_initial_connection_window_bytes,
+            "keys left out keep their default"
+        );
+
+        let env = BTreeMap::from([("GREYROUTER_WORKER_THREADS".to_owned(), "2".to_owned())]);
+        let config = Config::load(Some(&file), &env, Overrides::default()).expect("valid");
+        assert_eq!(config.server.worker_threads(), Some(2));
+        let flags = Overrides {
+            worker_threads: Some(1),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &env, flags).expect("valid");
+        assert_eq!(config.server.worker_threads(), Some(1));
+        let flags = Overrides {
+            worker_threads: Some(0),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &env, flags).expect("valid");
+        assert_eq!(config.server.worker_threads(), None, "0: one per core");
+    }
+
+    #[test]
+    fn server_settings_out_of_range_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "[server]\nworker_threads = 1025\nhttp2_initial_stream_window_bytes = 65534\n\
+             http2_initial_connection_window_bytes = 2147483648\n\
+             http2_keepalive_interval_ms = 1000\nhttp2_keepalive_timeout_ms = 0\n",
+        )
+        .expect("write");
+        let err =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect_err("invalid");
+        assert_eq!(
+            err.problems,
+            [
+                "server.worker_threads: 1025 is more than 1024 (0: one per core)",
+                "server.http2_initial_stream_window_bytes: 65534 is outside the HTTP/2 window \
+                 range 65535 to 2147483647 bytes",
+                "server.http2_initial_connection_window_bytes: 2147483648 is outside the HTTP/2 \
+                 window range 65535 to 2147483647 bytes",
+                "server.http2_keepalive_timeout_ms: must be positive when keep-alive pings are on",
+            ]
+        );
+
+        // The edges are accepted.
+        let edges = ServerSettings {
+            worker_threads: MAX_WORKER_THREADS,
+            http2_initial_stream_window_bytes: MIN_HTTP2_WINDOW,
+            http2_initial_connection_window_bytes: MAX_HTTP2_WINDOW,
+            ..ServerSettings::default()
+        };
+        assert_eq!(edges.problems(), Vec::<String>::new());
+
+        let env = BTreeMap::from([("GREYROUTER_WORKER_THREADS".to_owned(), "many".to_owned())]);
+        let err = Config::load(None, &env, Overrides::default()).expect_err("not a number");
+        assert!(
+            err.to_string()
+                .contains("GREYROUTER_WORKER_THREADS=\"many\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::audit::Actor;
-use crate::config::Config;
+use crate::config::{Config, ServerSettings};
 use crate::outcomes::Outcomes;
 use crate::replica::Replica;
 use crate::rollouts;
@@ -163,7 +163,7 @@ impl App {
 
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, store = %self.replica.store().describe(), revision = self.replica.current().revision(), "serving gRPC");
-        let serve = tonic::transport::Server::builder()
+        let serve = transport(&self.config.server)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -195,6 +195,29 @@ impl App {
         driver.abort();
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Returns the gRPC transport with the HTTP/2 settings of `[server]`.
+fn transport(settings: &ServerSettings) -> tonic::transport::Server {
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(
+            (settings.max_concurrent_streams > 0).then_some(settings.max_concurrent_streams),
+        )
+        .http2_keepalive_interval(
+            (settings.http2_keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(settings.http2_keepalive_interval_ms)),
+        )
+        .http2_keepalive_timeout(Some(Duration::from_millis(
+            settings.http2_keepalive_timeout_ms,
+        )));
+    if settings.http2_adaptive_window {
+        // Adaptive windows start at the HTTP/2 minimum and grow; fixed sizes would be ignored.
+        server.http2_adaptive_window(Some(true))
+    } else {
+        server
+            .initial_stream_window_size(settings.http2_initial_stream_window_bytes)
+            .initial_connection_window_size(settings.http2_initial_connection_window_bytes)
     }
 }
 

@@ -36,6 +36,45 @@ async fn route_answers_version_instance_source_and_revision() {
 }
 
 #[tokio::test]
+async fn non_default_http2_settings_serve_concurrent_calls() {
+    let config = greyrouter::config::Config {
+        server: greyrouter::config::ServerSettings {
+            http2_adaptive_window: true,
+            max_concurrent_streams: 2,
+            http2_keepalive_interval_ms: 1_000,
+            http2_keepalive_timeout_ms: 1_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut server = TestServer::with_config(config).await;
+    server.populate(4).await;
+    // 16 calls at once on one connection that allows 2 streams: the client queues the rest.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut router = server.router.clone();
+        calls.spawn(async move {
+            router
+                .route(pb::RouteRequest {
+                    tenant_id: format!("t{}", i % 4),
+                    service: "api".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        });
+    }
+    let mut routed = 0;
+    while let Some(call) = support::within(calls.join_next()).await {
+        let response = call.expect("task").expect("route");
+        assert_eq!(response.instance_id, "a1");
+        routed += 1;
+    }
+    assert_eq!(routed, 16);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn tenants_are_listed_in_pages() {
     let mut server = TestServer::start().await;
     for i in 0..25 {

@@ -219,6 +219,64 @@ fn configuration_errors_exit_64_before_listening() {
 }
 
 #[test]
+fn server_settings_out_of_range_exit_64() {
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--worker-threads",
+            "5000",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("server.worker_threads: 5000 is more than 1024"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing was served");
+}
+
+/// Threads of a process. (Not filtered by name: a thread names itself once it runs, which may
+/// be after the server prints its address.)
+#[cfg(target_os = "linux")]
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/<pid>/task")
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn worker_threads_size_the_server_runtime() {
+    // More workers than this machine has cores, so that the default (one per core, plus the
+    // main thread and a few blocking threads) cannot pass.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let asked = cores + 8;
+    let server = Served::start(&["--worker-threads", &asked.to_string()]);
+    // The runtime starts its workers (and the main thread waits on it) before `serve` binds
+    // and prints its address.
+    let threads = thread_count(server.child.id());
+    assert!(
+        threads > asked,
+        "{threads} threads, {asked} workers asked for"
+    );
+    drop(server);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("greyrouter.toml");
+    std::fs::write(&file, format!("[server]\nworker_threads = {asked}\n")).expect("write");
+    let server = Served::start(&["--config", file.to_str().expect("utf-8 path")]);
+    let threads = thread_count(server.child.id());
+    assert!(
+        threads > asked,
+        "{threads} threads, {asked} workers asked for"
+    );
+}
+
+#[test]
 fn unreachable_server_is_a_clear_error() {
     let output = Command::new(BIN)
         .args(["tenant", "list", "--server", "http://127.0.0.1:1"])
