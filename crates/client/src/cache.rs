@@ -15,10 +15,11 @@ use routing_core::{Instance, Strategy};
 
 use crate::ClientError;
 
-/// One (tenant, service) pair as held locally.
+/// What a (tenant, service) pair is assigned, without the tenant: every tenant with the same
+/// version, source and region of a service shares one, so decisions read a few hot objects
+/// rather than one per pair.
 #[derive(Debug)]
 pub(crate) struct Assignment {
-    pub(crate) tenant_id: String,
     pub(crate) service: String,
     pub(crate) version: String,
     pub(crate) source: String,
@@ -27,41 +28,34 @@ pub(crate) struct Assignment {
     pub(crate) pool: Arc<Pool>,
 }
 
-/// A tenant's assignments, sorted by service.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct TenantAssignments {
-    services: Vec<Arc<Assignment>>,
-}
+/// A tenant's assignments, by service index (see [`Cache::service_index`]): one allocation, so
+/// that a decision reads the tenant's slot without another pointer to follow.
+type TenantAssignments = Arc<[Option<Arc<Assignment>>]>;
 
-impl TenantAssignments {
-    fn get(&self, service: &str) -> Option<&Arc<Assignment>> {
-        self.services
-            .binary_search_by(|a| a.service.as_str().cmp(service))
-            .ok()
-            .map(|index| &self.services[index])
+/// A tenant's assignments while a revision is applied.
+#[derive(Debug, Default)]
+struct Slots(Vec<Option<Arc<Assignment>>>);
+
+impl Slots {
+    fn of(tenant: Option<&TenantAssignments>) -> Slots {
+        Slots(tenant.map(|t| t.to_vec()).unwrap_or_default())
     }
 
-    fn upsert(&mut self, assignment: Arc<Assignment>) {
-        match self
-            .services
-            .binary_search_by(|a| a.service.as_str().cmp(&assignment.service))
-        {
-            Ok(index) => self.services[index] = assignment,
-            Err(index) => self.services.insert(index, assignment),
+    /// Sets the service's assignment; returns whether the tenant had none for it.
+    fn upsert(&mut self, index: usize, assignment: Arc<Assignment>) -> bool {
+        if self.0.len() <= index {
+            self.0.resize(index + 1, None);
         }
+        self.0[index].replace(assignment).is_none()
     }
 
-    fn remove(&mut self, service: &str) -> bool {
-        match self
-            .services
-            .binary_search_by(|a| a.service.as_str().cmp(service))
-        {
-            Ok(index) => {
-                self.services.remove(index);
-                true
-            }
-            Err(_) => false,
-        }
+    /// Drops the service's assignment; returns whether there was one.
+    fn remove(&mut self, index: usize) -> bool {
+        self.0.get_mut(index).and_then(Option::take).is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
     }
 }
 
@@ -72,8 +66,20 @@ pub(crate) struct Cache {
     /// Whether a whole snapshot has arrived (before that the cache is empty).
     pub(crate) synced: bool,
     pub(crate) pairs: usize,
-    tenants: imbl::HashMap<String, Arc<TenantAssignments>>,
+    /// Every service name seen, sorted, with its index into [`TenantAssignments`]: a short list
+    /// every decision searches, so it stays in the CPU cache.
+    services: Arc<Vec<(String, usize)>>,
+    tenants: Tenants,
 }
+
+/// Tenants by id: a persistent map (a revision's copy shares all it did not change) with a fast
+/// hasher, the lookup every decision starts with.
+type Tenants = imbl::GenericHashMap<
+    Arc<str>,
+    TenantAssignments,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
 
 /// What a request asks of a routing decision.
 #[derive(Debug, Clone, Copy)]
@@ -133,18 +139,24 @@ pub enum Origin {
 /// A routing decision: the instance to call, its version and why.
 #[derive(Debug, Clone)]
 pub struct Decision {
+    tenant_id: Arc<str>,
     assignment: Arc<Assignment>,
-    instance: Arc<Instance>,
-    /// The live load of a locally picked instance (ends its in-flight request on report).
-    load: Option<Arc<InstanceLoad>>,
+    /// The picked member's position in the assignment's pool.
+    member: usize,
+    /// Whether the pick counted an in-flight request (`least_connections`) that the report ends.
+    started: bool,
     revision: u64,
     origin: Origin,
 }
 
 impl Decision {
+    fn instance(&self) -> &Instance {
+        &self.assignment.pool.members()[self.member].instance
+    }
+
     /// The tenant.
     pub fn tenant_id(&self) -> &str {
-        &self.assignment.tenant_id
+        &self.tenant_id
     }
 
     /// The service.
@@ -165,17 +177,17 @@ impl Decision {
 
     /// The picked instance's id.
     pub fn instance_id(&self) -> &str {
-        &self.instance.id
+        &self.instance().id
     }
 
     /// The picked instance's `host:port`.
     pub fn address(&self) -> &str {
-        &self.instance.address
+        &self.instance().address
     }
 
-    /// The picked instance's region.
+    /// The picked instance's region (empty for a router's decision).
     pub fn region(&self) -> &str {
-        &self.instance.region
+        &self.instance().region
     }
 
     /// The routing-state revision that decided.
@@ -188,10 +200,17 @@ impl Decision {
         self.origin
     }
 
+    /// The live load of a locally picked instance.
     pub(crate) fn load(&self) -> Option<&Arc<InstanceLoad>> {
-        self.load.as_ref()
+        (self.origin == Origin::Local).then(|| &self.assignment.pool.members()[self.member].load)
     }
 
+    /// Whether the pick counted an in-flight request.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
+    /// The pool a local decision picked from.
     pub(crate) fn pool(&self) -> Option<&Arc<Pool>> {
         (self.origin == Origin::Local).then_some(&self.assignment.pool)
     }
@@ -211,18 +230,18 @@ impl Decision {
             health_score: 100,
         };
         let assignment = Assignment {
-            tenant_id: request.tenant_id.to_owned(),
             service: request.service.to_owned(),
             version: response.version,
             source: response.source,
             strategy: request.strategy.unwrap_or_default(),
             region: request.region.to_owned(),
-            pool: Arc::new(Pool::new([], None)),
+            pool: Arc::new(Pool::new([Arc::new(instance)], None)),
         };
         Decision {
+            tenant_id: Arc::from(request.tenant_id),
             assignment: Arc::new(assignment),
-            instance: Arc::new(instance),
-            load: None,
+            member: 0,
+            started: false,
             revision: response.revision,
             origin: Origin::Server,
         }
@@ -239,10 +258,12 @@ impl Cache {
         now_ms: u64,
         avoid: &[String],
     ) -> Result<Decision, ClientError> {
-        let assignment = self
-            .tenants
-            .get(request.tenant_id)
-            .and_then(|tenant| tenant.get(request.service))
+        let (tenant_id, assignment) = self
+            .service_index(request.service)
+            .and_then(|index| {
+                let (id, slots) = self.tenants.get_key_value(request.tenant_id)?;
+                Some((id, slots.get(index)?.as_ref()?))
+            })
             .ok_or_else(|| ClientError::NotCached {
                 tenant_id: request.tenant_id.to_owned(),
                 service: request.service.to_owned(),
@@ -262,48 +283,55 @@ impl Cache {
             entropy,
             now_ms,
         };
-        let picked = assignment.pool.pick(&pick).map(|member| {
-            if avoid.is_empty() || !avoid.contains(&member.instance.id) {
-                member
+        let members = assignment.pool.members();
+        let picked = assignment.pool.pick_position(&pick).map(|position| {
+            if avoid.is_empty() || !avoid.contains(&members[position].instance.id) {
+                position
             } else {
-                avoiding(&assignment.pool, member, avoid, now_ms)
+                avoiding(members, position, avoid, now_ms)
             }
         });
-        let Some(member) = picked else {
+        let Some(position) = picked else {
             return Err(ClientError::NoHealthyInstance {
                 service: assignment.service.clone(),
                 version: assignment.version.clone(),
             });
         };
-        member.load.start();
+        // Only least_connections reads in-flight counts: other picks skip the shared counter.
+        let started = pick.strategy == Strategy::LeastConnections;
+        if started {
+            members[position].load.start();
+        }
         Ok(Decision {
+            tenant_id: Arc::clone(tenant_id),
             assignment: Arc::clone(assignment),
-            instance: Arc::clone(&member.instance),
-            load: Some(Arc::clone(&member.load)),
+            member: position,
+            started,
             revision: self.revision,
             origin: Origin::Local,
         })
     }
 
+    /// Returns the index of a service in every tenant's assignments.
+    fn service_index(&self, service: &str) -> Option<usize> {
+        find_service(&self.services, service)
+    }
+
     /// Whether the pair is held locally.
     pub(crate) fn holds(&self, tenant_id: &str, service: &str) -> bool {
-        self.tenants
-            .get(tenant_id)
-            .is_some_and(|tenant| tenant.get(service).is_some())
+        self.service_index(service)
+            .and_then(|index| self.tenants.get(tenant_id)?.get(index)?.as_ref())
+            .is_some()
     }
 }
 
-/// The first eligible member after `picked` (in id order, wrapping) that is neither avoided nor
-/// ejected; `picked` itself when there is none.
-fn avoiding<'p>(pool: &'p Pool, picked: &'p Member, avoid: &[String], now_ms: u64) -> &'p Member {
-    let members = pool.members();
-    let start = members
-        .iter()
-        .position(|m| m.instance.id == picked.instance.id)
-        .unwrap_or(0);
+/// The position of the first eligible member after `picked` (in id order, wrapping) that is
+/// neither avoided nor ejected; `picked` itself when there is none.
+fn avoiding(members: &[Member], picked: usize, avoid: &[String], now_ms: u64) -> usize {
     (1..members.len())
-        .map(|offset| &members[(start + offset) % members.len()])
-        .find(|m| {
+        .map(|offset| (picked + offset) % members.len())
+        .find(|&position| {
+            let m = &members[position];
             m.instance.is_eligible()
                 && !m.load.is_ejected(now_ms)
                 && !avoid.contains(&m.instance.id)
@@ -317,6 +345,9 @@ pub(crate) struct CacheBuilder {
     current: Cache,
     /// Pools by (service, version), shared by every tenant on that version.
     pools: HashMap<(String, String), Arc<Pool>>,
+    /// Assignments by (service, version, source, strategy, region), shared by every tenant
+    /// they apply to; an entry is replaced when its pool changes.
+    shared: HashMap<(String, String, String, Strategy, String), Arc<Assignment>>,
     /// Messages of a revision not yet complete (`partial`).
     pending: Option<Pending>,
 }
@@ -397,7 +428,7 @@ impl CacheBuilder {
             cause: pending.cause,
         };
         let mut tenants = if pending.snapshot {
-            imbl::HashMap::new()
+            Tenants::default()
         } else {
             self.current.tenants.clone()
         };
@@ -411,47 +442,46 @@ impl CacheBuilder {
         } else {
             self.current.pairs
         };
-        let mut touched: HashMap<String, TenantAssignments> = HashMap::new();
+        let mut services = Arc::clone(&self.current.services);
+        if pending.snapshot {
+            self.shared.clear();
+        }
+        let mut touched: HashMap<String, Slots> = HashMap::new();
         for message in pending.upserts {
             let pool = self.pool_for(&mut pools, &message);
-            let assignment = Arc::new(Assignment {
+            let index = service_index_or_new(&mut services, &message.service);
+            let tenant_id = message.tenant_id;
+            let assignment = self.share(Assignment {
                 strategy: strategy(message.strategy),
                 pool,
-                tenant_id: message.tenant_id,
                 service: message.service,
                 version: message.version,
                 source: message.source,
                 region: message.region,
             });
             let entry = touched
-                .entry(assignment.tenant_id.clone())
-                .or_insert_with(|| {
-                    tenants
-                        .get(&assignment.tenant_id)
-                        .map(|t| TenantAssignments::clone(t))
-                        .unwrap_or_default()
-                });
-            if entry.get(&assignment.service).is_none() {
+                .entry(tenant_id)
+                .or_insert_with_key(|id| Slots::of(tenants.get(id.as_str())));
+            if entry.upsert(index, assignment) {
                 pairs += 1;
             }
-            entry.upsert(assignment);
         }
         for key in pending.removals {
-            let entry = touched.entry(key.tenant_id.clone()).or_insert_with(|| {
-                tenants
-                    .get(&key.tenant_id)
-                    .map(|t| TenantAssignments::clone(t))
-                    .unwrap_or_default()
-            });
-            if entry.remove(&key.service) {
+            let Some(index) = find_service(&services, &key.service) else {
+                continue;
+            };
+            let entry = touched
+                .entry(key.tenant_id.clone())
+                .or_insert_with(|| Slots::of(tenants.get(key.tenant_id.as_str())));
+            if entry.remove(index) {
                 pairs -= 1;
             }
         }
         for (tenant_id, entry) in touched {
-            if entry.services.is_empty() {
-                tenants.remove(&tenant_id);
+            if entry.is_empty() {
+                tenants.remove(tenant_id.as_str());
             } else {
-                tenants.insert(tenant_id, Arc::new(entry));
+                tenants.insert(Arc::from(tenant_id), Arc::from(entry.0));
             }
         }
         self.pools = pools;
@@ -459,9 +489,30 @@ impl CacheBuilder {
             revision: applied.revision,
             synced: self.current.synced || applied.snapshot,
             pairs,
+            services,
             tenants,
         };
         applied
+    }
+
+    /// Returns the shared copy of an assignment (a new one when its pool or anything else
+    /// differs).
+    fn share(&mut self, assignment: Assignment) -> Arc<Assignment> {
+        let key = (
+            assignment.service.clone(),
+            assignment.version.clone(),
+            assignment.source.clone(),
+            assignment.strategy,
+            assignment.region.clone(),
+        );
+        match self.shared.get(&key) {
+            Some(known) if Arc::ptr_eq(&known.pool, &assignment.pool) => Arc::clone(known),
+            _ => {
+                let shared = Arc::new(assignment);
+                self.shared.insert(key, Arc::clone(&shared));
+                shared
+            }
+        }
     }
 
     /// Returns the shared pool of the assignment's (service, version) holding exactly its
@@ -516,6 +567,27 @@ impl CacheBuilder {
     }
 }
 
+/// Returns the index of a service in the sorted list.
+fn find_service(services: &[(String, usize)], service: &str) -> Option<usize> {
+    services
+        .binary_search_by(|(name, _)| name.as_str().cmp(service))
+        .ok()
+        .map(|found| services[found].1)
+}
+
+/// Returns the index of a service, giving a new service the next index (indices never change, so
+/// tenants' slots stay valid).
+fn service_index_or_new(services: &mut Arc<Vec<(String, usize)>>, service: &str) -> usize {
+    match services.binary_search_by(|(name, _)| name.as_str().cmp(service)) {
+        Ok(found) => services[found].1,
+        Err(at) => {
+            let index = services.len();
+            Arc::make_mut(services).insert(at, (service.to_owned(), index));
+            index
+        }
+    }
+}
+
 /// The routing-core strategy of a proto value; round robin for values this client does not know
 /// (a newer router's strategy).
 fn strategy(value: i32) -> Strategy {
@@ -538,6 +610,53 @@ pub(crate) fn strategy_to_proto(strategy: Strategy) -> pb::Strategy {
         Strategy::LeastConnections => pb::Strategy::LeastConnections,
         Strategy::HealthAware => pb::Strategy::HealthAware,
         Strategy::ConsistentHash => pb::Strategy::ConsistentHash,
+    }
+}
+
+/// A local copy of assignments built from `WatchAssignments` updates, without a connection: what
+/// a [`Client`](crate::Client) keeps inside, for code that feeds updates itself (a test of a
+/// service's routing with fixed assignments, a custom transport).
+#[derive(Debug, Default)]
+pub struct LocalCopy {
+    builder: CacheBuilder,
+}
+
+impl LocalCopy {
+    /// An empty copy (nothing held, revision 0).
+    pub fn new() -> Self {
+        LocalCopy::default()
+    }
+
+    /// Takes one message of the stream; returns true when it completed a revision (messages
+    /// with `partial` set wait for the rest of their revision).
+    pub fn apply(&mut self, update: pb::AssignmentUpdate) -> bool {
+        self.builder.accept(update).is_some()
+    }
+
+    /// The revision held.
+    pub fn revision(&self) -> u64 {
+        self.builder.current().revision
+    }
+
+    /// The (tenant, service) pairs held.
+    pub fn len(&self) -> usize {
+        self.builder.current().pairs
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides as [`Client::route_local`](crate::Client::route_local) does; `entropy` feeds the
+    /// random strategies and `now_ms` (milliseconds since the Unix epoch) the ejections.
+    pub fn route(
+        &self,
+        request: &RouteRequest<'_>,
+        entropy: u64,
+        now_ms: u64,
+    ) -> Result<Decision, ClientError> {
+        self.builder.current().route(request, entropy, now_ms, &[])
     }
 }
 

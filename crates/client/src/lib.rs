@@ -51,7 +51,7 @@ use routing_core::ejection::{InstanceHealth, may_eject};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
 
-pub use cache::{Decision, Origin, RouteRequest};
+pub use cache::{Decision, LocalCopy, Origin, RouteRequest};
 pub use config::ClientConfig;
 pub use error::{CallError, ClientError};
 pub use reports::Report;
@@ -320,7 +320,9 @@ impl Client {
     pub fn report(&self, decision: &Decision, report: Report) {
         let latency_ms = u32::try_from(report.latency.as_millis()).unwrap_or(u32::MAX);
         if let (Some(load), Some(pool)) = (decision.load(), decision.pool()) {
-            load.finish();
+            if decision.started() {
+                load.finish();
+            }
             let now = now_ms();
             let policy = &self.shared.config.ejection;
             let mut health = self

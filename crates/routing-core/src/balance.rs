@@ -202,6 +202,13 @@ impl Pool {
 
     /// Picks an eligible instance, or `None` when there is none.
     pub fn pick(&self, request: &PickRequest<'_>) -> Option<&Member> {
+        self.pick_position(request)
+            .and_then(|position| self.members.get(position))
+    }
+
+    /// Picks as [`pick`](Pool::pick) does, returning the member's position in
+    /// [`members`](Pool::members).
+    pub fn pick_position(&self, request: &PickRequest<'_>) -> Option<usize> {
         let candidates = self
             .regions
             .get(request.region)
@@ -216,7 +223,7 @@ impl Pool {
             .map(|offset| candidates.members[(position + offset) % n])
             .find(|&m| !self.members[m as usize].load.is_ejected(request.now_ms))
             .unwrap_or(candidates.members[position]);
-        self.members.get(chosen as usize)
+        Some(chosen as usize)
     }
 }
 

@@ -269,3 +269,34 @@ fn unknown_strategies_fall_back_to_round_robin() {
         assert_eq!(strategy(strategy_to_proto(known).into()), known);
     }
 }
+
+#[test]
+fn tenants_with_the_same_assignment_share_one_copy_of_it() {
+    let mut builder = snapshot_of_two_tenants();
+    let acme = route(builder.current(), "acme", "api").expect("held");
+    let globex = route(builder.current(), "globex", "api").expect("held");
+    assert!(Arc::ptr_eq(&acme.assignment, &globex.assignment));
+    assert_eq!((acme.tenant_id(), globex.tenant_id()), ("acme", "globex"));
+    // A pin makes acme's differ; globex keeps the shared one.
+    let mut pinned = assignment("acme", "api", "v1", &["a1", "a2"]);
+    pinned.source = "pin".into();
+    builder.accept(update(6, false, vec![pinned]));
+    let acme = route(builder.current(), "acme", "api").expect("held");
+    let globex_after = route(builder.current(), "globex", "api").expect("held");
+    assert!(!Arc::ptr_eq(&acme.assignment, &globex_after.assignment));
+    assert!(Arc::ptr_eq(&globex.assignment, &globex_after.assignment));
+    assert_eq!(acme.source(), "pin");
+}
+
+#[test]
+fn only_least_connections_counts_requests_in_flight() {
+    let builder = snapshot_of_two_tenants();
+    let cache = builder.current();
+    let plain = route(cache, "acme", "billing").expect("held");
+    assert!(!plain.started());
+    assert_eq!(plain.load().map(|l| l.in_flight()), Some(0));
+    let request = RouteRequest::new("acme", "billing").strategy(Strategy::LeastConnections);
+    let counted = cache.route(&request, 3, 1_000, &[]).expect("held");
+    assert!(counted.started());
+    assert_eq!(counted.load().map(|l| l.in_flight()), Some(1));
+}
