@@ -365,6 +365,7 @@ pub async fn propagation(config: &PropagationConfig) -> Result<PropagationReport
             tenant_ids: vec![tenant.clone()],
             services: vec![service.clone()],
             from_revision: 0,
+            history: String::new(),
         })
         .await
         .map_err(|status| call_failed(&watch_what, status))?

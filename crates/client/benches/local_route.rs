@@ -110,6 +110,7 @@ fn watch_snapshot(state: &RoutingState) -> pb::AssignmentUpdate {
         removals: Vec::new(),
         partial: false,
         cause: String::new(),
+        history: "h1".into(),
     }
 }
 

@@ -350,6 +350,8 @@ pub(crate) struct CacheBuilder {
     shared: HashMap<(String, String, String, Strategy, String), Arc<Assignment>>,
     /// Messages of a revision not yet complete (`partial`).
     pending: Option<Pending>,
+    /// The history the revisions held belong to (sent back when resuming).
+    history: String,
 }
 
 #[derive(Debug)]
@@ -359,6 +361,7 @@ struct Pending {
     upserts: Vec<pb::Assignment>,
     removals: Vec<pb::AssignmentKey>,
     cause: String,
+    history: String,
 }
 
 /// What a complete revision did to the cache.
@@ -385,6 +388,11 @@ impl CacheBuilder {
         builder
     }
 
+    /// Returns the history of the revisions held.
+    pub(crate) fn history(&self) -> &str {
+        &self.history
+    }
+
     /// Forgets a revision left incomplete by a broken stream.
     pub(crate) fn drop_pending(&mut self) {
         self.pending = None;
@@ -404,9 +412,13 @@ impl CacheBuilder {
                 upserts: Vec::new(),
                 removals: Vec::new(),
                 cause: String::new(),
+                history: String::new(),
             });
         }
         let pending = self.pending.as_mut()?;
+        if !update.history.is_empty() {
+            pending.history = update.history;
+        }
         pending.upserts.extend(update.upserts);
         pending.removals.extend(update.removals);
         if pending.cause.is_empty() {
@@ -445,6 +457,9 @@ impl CacheBuilder {
         let mut services = Arc::clone(&self.current.services);
         if pending.snapshot {
             self.shared.clear();
+        }
+        if !pending.history.is_empty() {
+            self.history = pending.history;
         }
         let mut touched: HashMap<String, Slots> = HashMap::new();
         for message in pending.upserts {

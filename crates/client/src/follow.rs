@@ -36,6 +36,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
             tenant_ids: shared.config.tenant_ids.clone(),
             services: shared.config.services.clone(),
             from_revision,
+            history: builder.history().to_owned(),
         };
         let mut client = RouterClient::new(shared.channels[index].clone());
         let opened = tokio::select! {

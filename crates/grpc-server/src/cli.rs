@@ -437,6 +437,10 @@ struct WatchArgs {
     /// Resume after this revision instead of starting from a snapshot.
     #[arg(long, default_value_t = 0)]
     from_revision: u64,
+    /// The history the revision belongs to (updates name it); a router of another history
+    /// sends a snapshot.
+    #[arg(long, default_value = "")]
+    history: String,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -751,6 +755,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
                     tenant_ids: watch.tenants,
                     services: watch.services,
                     from_revision: watch.from_revision,
+                    history: watch.history,
                 })
                 .await
                 .map_err(call_error)?
@@ -1843,8 +1848,9 @@ impl Printer {
                 .map(|k| json!({"tenant_id": k.tenant_id, "service": k.service}))
                 .collect();
             return self.json(
-                json!({"revision": update.revision, "snapshot": update.snapshot,
-                "partial": update.partial, "upserts": upserts, "removals": removals}),
+                json!({"revision": update.revision, "history": update.history,
+                "snapshot": update.snapshot, "partial": update.partial, "upserts": upserts,
+                "removals": removals}),
             );
         }
         let kind = if update.snapshot {
@@ -1853,10 +1859,11 @@ impl Printer {
             "change"
         };
         println!(
-            "revision {} {kind}: {} upsert(s), {} removal(s)",
+            "revision {} {kind}: {} upsert(s), {} removal(s) (history {})",
             update.revision,
             update.upserts.len(),
-            update.removals.len()
+            update.removals.len(),
+            update.history
         );
         for a in &update.upserts {
             let addresses: Vec<&str> = a.instances.iter().map(|i| i.address.as_str()).collect();

@@ -59,6 +59,8 @@ pub struct Replica {
     history: RwLock<VecDeque<Arc<AppliedChange>>>,
     history_len: usize,
     revision: watch::Sender<Revision>,
+    /// The store's history id: revisions compare only within it.
+    history_id: String,
 }
 
 impl std::fmt::Debug for Replica {
@@ -73,15 +75,22 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// Loads the store's state; call [`Replica::follow`] to keep it current.
     pub async fn load(store: Arc<dyn Store>, history_len: usize) -> Result<Arc<Self>, StoreError> {
+        let history_id = store.history().await?;
         let state = store.load().await?;
         let revision = state.revision();
         Ok(Arc::new(Replica {
+            history_id,
             store,
             current: ArcSwap::from_pointee(state),
             history: RwLock::new(VecDeque::new()),
             history_len: history_len.max(1),
             revision: watch::Sender::new(revision),
         }))
+    }
+
+    /// Returns the store's history id (see [`Store::history`]).
+    pub fn history_id(&self) -> &str {
+        &self.history_id
     }
 
     /// Returns the current state, to keep.

@@ -205,9 +205,16 @@ impl Router for RouterService {
             services: convert::names("services", request.services)
                 .map_err(|e| status::routing(&e))?,
         };
+        // Revisions of another history name other states: send a snapshot instead.
+        let from_revision =
+            if request.history.is_empty() || request.history == self.replica.history_id() {
+                request.from_revision
+            } else {
+                0
+            };
         // Check a resume before answering, so the client sees OUT_OF_RANGE as the call's status.
-        if request.from_revision > 0 {
-            match self.replica.changes_after(request.from_revision) {
+        if from_revision > 0 {
+            match self.replica.changes_after(from_revision) {
                 Replay::Changes(_) => {}
                 Replay::Gone => {
                     return Err(Status::out_of_range(format!(
@@ -232,7 +239,7 @@ impl Router for RouterService {
             sender,
             closing: self.closing.clone(),
         };
-        tokio::spawn(watcher.run(request.from_revision));
+        tokio::spawn(watcher.run(from_revision));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -373,6 +380,7 @@ impl Watcher {
                 removals: Vec::new(),
                 partial: true,
                 cause: cause.to_owned(),
+                history: self.replica.history_id().to_owned(),
             })
             .collect();
         for chunk in removals.chunks(self.chunk) {
@@ -383,6 +391,7 @@ impl Watcher {
                 removals: chunk.to_vec(),
                 partial: true,
                 cause: cause.to_owned(),
+                history: self.replica.history_id().to_owned(),
             });
         }
         if messages.is_empty() {
@@ -390,6 +399,7 @@ impl Watcher {
             messages.push(pb::AssignmentUpdate {
                 revision,
                 snapshot,
+                history: self.replica.history_id().to_owned(),
                 ..pb::AssignmentUpdate::default()
             });
         }

@@ -42,6 +42,7 @@ async fn watch_t0(server: &mut TestServer) -> tonic::Streaming<pb::AssignmentUpd
                 tenant_ids: vec!["t0".into()],
                 services: vec!["api".into()],
                 from_revision: 0,
+                history: String::new(),
             }),
     )
     .await

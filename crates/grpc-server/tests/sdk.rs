@@ -383,6 +383,29 @@ async fn an_embedded_router_restarted_afresh_is_followed_from_a_new_snapshot() {
     client.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_of_another_history_is_followed_from_a_snapshot_not_a_replay() {
+    // The client follows a router at revision 5...
+    let mut first = ServerProcess::start(&[]);
+    Api::connect(&first.url()).await.populate(2).await;
+    let client = ready(config(&first.url())).await;
+    assert_eq!(client.status().revision, 5);
+    // ... which is replaced on the same address by a fresh one whose seed reaches revision 12:
+    // replaying its revisions 6-12 onto the old copy would mix two unrelated states.
+    first.kill();
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seed.toml");
+    let _second = ServerProcess::start_at(first.addr, &["--seed", seed]);
+    let status = status_until(&client, "a second snapshot", |s| s.snapshots == 2).await;
+    assert_eq!(status.revision, 12);
+    assert!(
+        !client.holds("t0", "api"),
+        "the old router's tenants are gone"
+    );
+    assert_eq!(status.assignments, 6, "3 tenants x 2 services: {status:?}");
+    assert_eq!(local(&client, "globex", "user-service").version(), "v1.0");
+    client.close().await;
+}
+
 #[tokio::test]
 async fn bad_settings_are_refused_with_the_setting_named() {
     let err = Client::connect(ClientConfig::new("127.0.0.1:50051"))

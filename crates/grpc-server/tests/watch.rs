@@ -12,6 +12,7 @@ fn watch(tenants: &[&str], services: &[&str], from_revision: u64) -> pb::WatchAs
         tenant_ids: tenants.iter().map(|t| (*t).to_owned()).collect(),
         services: services.iter().map(|s| (*s).to_owned()).collect(),
         from_revision,
+        history: String::new(),
     }
 }
 
@@ -160,6 +161,34 @@ async fn resume_replays_what_was_missed() {
     let third = server.pin("t0", "api", "v1").await;
     let update = next(&mut resumed).await;
     assert_eq!(update.revision, third);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_from_another_history_gets_a_snapshot() {
+    let mut server = TestServer::start().await;
+    server.populate(2).await;
+    let mut stream = open(&mut server, watch(&[], &["api"], 0)).await;
+    let snapshot = next(&mut stream).await;
+    assert_eq!(snapshot.history.len(), 16, "{snapshot:?}");
+    drop(stream);
+    let pinned = server.pin("t0", "api", "v2").await;
+
+    // Same history: the missed change is replayed.
+    let mut same = watch(&[], &["api"], snapshot.revision);
+    same.history = snapshot.history.clone();
+    let update = next(&mut open(&mut server, same).await).await;
+    assert!(!update.snapshot);
+    assert_eq!(update.revision, pinned);
+    assert_eq!(update.history, snapshot.history);
+
+    // Another history (a store that started over): its revision numbers mean nothing here.
+    let mut other = watch(&[], &["api"], snapshot.revision);
+    other.history = "0123456789abcdef".into();
+    let update = next(&mut open(&mut server, other).await).await;
+    assert!(update.snapshot);
+    assert_eq!(update.revision, pinned);
+    assert_eq!(update.upserts.len(), 2);
     server.stop().await;
 }
 

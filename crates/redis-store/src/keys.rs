@@ -8,6 +8,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{p}:revision` | string | the revision of the last change |
+//! | `{p}:history` | string | the id of this history of revisions (set once; gone with an emptied Redis) |
 //! | `{p}:changes` | stream | the last changes (the audit trail): entry id `<revision>-0`; fields `mutation` (JSON), `actor`, `reason`, `at_ms`, `before`, `after` |
 //! | `{p}:tenants` | set | every tenant id |
 //! | `{p}:active_tenants` | set | ids of active tenants |
@@ -51,6 +52,11 @@ impl Keys {
     /// The revision counter.
     pub fn revision(&self) -> String {
         format!("{}:revision", self.tag)
+    }
+
+    /// The id of this prefix's history of revisions, set once.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.tag)
     }
 
     /// The change stream.

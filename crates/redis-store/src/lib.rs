@@ -155,6 +155,12 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', revisi
 return {1, revision}
 ";
 
+/// Sets the history id unless one is set, and returns the one set.
+const HISTORY_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+";
+
 const LEASE_SCRIPT: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
@@ -564,6 +570,17 @@ impl Store for RedisStore {
 
     fn describe(&self) -> String {
         redact(&self.config.url)
+    }
+
+    async fn history(&self) -> Result<String, StoreError> {
+        self.client
+            .eval(
+                HISTORY_SCRIPT,
+                vec![self.keys.history()],
+                vec![greyrouter_store::new_history_id()],
+            )
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }
 

@@ -102,6 +102,23 @@ async fn prefixes_keep_stores_apart() {
 }
 
 #[tokio::test]
+async fn handles_on_one_prefix_share_a_history_and_an_emptied_redis_starts_another() {
+    let server = RedisServer::start();
+    let mut first = RedisConfig::new(server.url());
+    first.prefix = "one".into();
+    let mut other = RedisConfig::new(server.url());
+    other.prefix = "two".into();
+    let one = RedisStore::connect(first.clone()).await.expect("connect");
+    let again = RedisStore::connect(first).await.expect("connect");
+    let two = RedisStore::connect(other).await.expect("connect");
+    let history = one.history().await.expect("history");
+    assert_eq!(again.history().await.expect("history"), history);
+    assert_ne!(two.history().await.expect("history"), history);
+    server.command(&["FLUSHALL"]);
+    assert_ne!(one.history().await.expect("history"), history);
+}
+
+#[tokio::test]
 async fn a_trimmed_stream_is_reported_as_compacted() {
     let server = RedisServer::start();
     let mut config = RedisConfig::new(server.url());

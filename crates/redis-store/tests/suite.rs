@@ -49,6 +49,10 @@ impl Store for Isolated {
     fn describe(&self) -> String {
         self.store.describe()
     }
+
+    async fn history(&self) -> Result<String, StoreError> {
+        self.store.history().await
+    }
 }
 
 async fn isolated() -> Isolated {

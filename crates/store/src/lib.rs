@@ -127,4 +127,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Names the store for logs and health ("memory", "redis://host:port/0").
     fn describe(&self) -> String;
+
+    /// Identifies this store's sequence of revisions: every handle on the same data answers the
+    /// same, a store whose revisions started over (a new embedded store, an emptied Redis)
+    /// answers another. Watchers resume by revision only within one history.
+    async fn history(&self) -> Result<String, StoreError>;
+}
+
+/// Returns a new random history id (16 hex digits).
+pub fn new_history_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random = RandomState::new().hash_one((std::process::id(), nanos));
+    format!("{random:016x}")
 }

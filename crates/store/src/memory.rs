@@ -19,6 +19,7 @@ pub struct MemoryStore {
     revision: watch::Sender<Revision>,
     log_capacity: usize,
     audit_file: Option<std::path::PathBuf>,
+    history: String,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +43,7 @@ impl MemoryStore {
             revision: watch::Sender::new(0),
             log_capacity: log_capacity.max(1),
             audit_file: None,
+            history: crate::new_history_id(),
         }
     }
 
@@ -181,6 +183,10 @@ impl Store for MemoryStore {
     fn describe(&self) -> String {
         "memory".to_owned()
     }
+
+    async fn history(&self) -> Result<String, StoreError> {
+        Ok(self.history.clone())
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +194,13 @@ mod tests {
     use super::*;
 
     crate::store_suite!(async { MemoryStore::default() });
+
+    #[tokio::test]
+    async fn every_embedded_store_starts_its_own_history() {
+        let one = MemoryStore::default().history().await.expect("history");
+        let two = MemoryStore::default().history().await.expect("history");
+        assert_ne!(one, two);
+    }
 
     #[tokio::test]
     async fn the_audit_file_gets_one_line_per_change() {

@@ -24,7 +24,8 @@ macro_rules! store_suite {
             load_matches_a_follower,
             emergency_rollback_is_one_change,
             stale_copies_never_overwrite_newer_changes,
-            a_lease_has_one_holder_at_a_time);
+            a_lease_has_one_holder_at_a_time,
+            the_history_id_is_stable_across_changes);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -309,6 +310,14 @@ pub async fn stale_copies_never_overwrite_newer_changes(store: &dyn Store) {
     }
     let state = store.load().await.expect("load");
     assert_eq!(state.revision(), stale.revision() + 1);
+}
+
+/// The history id does not change with commits.
+pub async fn the_history_id_is_stable_across_changes(store: &dyn Store) {
+    let history = store.history().await.expect("history");
+    assert_eq!(history.len(), 16, "{history}");
+    populate(store, 3).await;
+    assert_eq!(store.history().await.expect("history"), history);
 }
 
 /// A lease has one holder until it lapses; the holder renews it.

@@ -34,6 +34,7 @@ fn update(revision: u64, snapshot: bool, upserts: Vec<pb::Assignment>) -> pb::As
         removals: Vec::new(),
         partial: false,
         cause: String::new(),
+        history: "h1".into(),
     }
 }
 

@@ -229,6 +229,13 @@ impl ServerProcess {
         ServerProcess { child, addr, args }
     }
 
+    /// Starts `greyrouter serve` on `addr` (one another process left) with `args`.
+    pub fn start_at(addr: SocketAddr, args: &[&str]) -> ServerProcess {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, addr) = Self::spawn(&addr.to_string(), &args);
+        ServerProcess { child, addr, args }
+    }
+
     fn spawn(addr: &str, args: &[String]) -> (std::process::Child, SocketAddr) {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"))
