@@ -3,18 +3,20 @@
 #   floor           greyrouter-load floor-server: a no-op Router/Route (fixed answer), the cost
 #                   of gRPC itself;
 #   memory          greyrouter serve, embedded store;
+#   memory-batch    the same server, RouteBatch calls of BATCH_SIZE (100) requests each;
 #   redis           greyrouter serve --store redis://... on a private redis-server;
 #   seed-design     greyrouter-load seed-design-server: the original design's per-request Lua
 #                   script (EVALSHA) on the same private redis-server.
 # Every setup holds 10,000 tenants x 20 services x 4 instances. The server (and Redis) run on
 # core 0, the generator (`--threads 1`) on core 1, when taskset and 2 cores are available.
-# Prints one table (throughput, latency p50/p99/p99.9, errors) and the ratios of greyrouter
-# on memory to floor and to seed-design; nothing else on stdout. Exits 1 if any request failed
-# (the table, with the error codes, is printed first).
+# Prints one table (calls/s, decisions/s, latency p50/p99/p99.9 per call, failed decisions,
+# generator cores) and the ratios of greyrouter on memory to floor and to seed-design, and of
+# RouteBatch decisions/s to seed-design req/s; nothing else on stdout. Exits 1 if any decision
+# failed (the table, with the error codes, is printed first).
 #
 # Usage (from the repository root): load-tests/compare.sh
 # Settings (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4),
-# TENANTS (10000), SERVICES (20), INSTANCES (4).
+# TENANTS (10000), SERVICES (20), INSTANCES (4), BATCH_SIZE (100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,7 @@ CONNECTIONS="${CONNECTIONS:-4}"
 TENANTS="${TENANTS:-10000}"
 SERVICES="${SERVICES:-20}"
 INSTANCES="${INSTANCES:-4}"
+BATCH_SIZE="${BATCH_SIZE:-100}"
 
 cargo build --release --locked -q -p greyrouter -p greyrouter-load >&2
 bin="$CARGO_TARGET_DIR/release"
@@ -98,48 +101,59 @@ seed() {
     --instances "$INSTANCES" "$@" >"$work/$name.seed" 2>&1 || { cat "$work/$name.seed" >&2; exit 1; }
 }
 
-# measure NAME: the same client run against $addr, JSON into $work/NAME.json.
+# measure NAME [FLAGS]: the same client run against $addr, JSON into $work/NAME.json.
 measure() {
+  local name=$1
+  shift
   "${pin_client[@]}" "$bin/greyrouter-load" run --threads 1 --target "http://$addr" \
     --tenants "$TENANTS" --services "$SERVICES" --duration "$DURATION" --warmup "$WARMUP" \
-    --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --json \
-    >"$work/$1.json" 2>"$work/$1.run.err" || { cat "$work/$1.run.err" >&2; exit 1; }
-  stop_server
+    --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --json "$@" \
+    >"$work/$name.json" 2>"$work/$name.run.err" || { cat "$work/$name.run.err" >&2; exit 1; }
 }
 
 start floor "$bin/greyrouter-load" floor-server --addr 127.0.0.1:0 --threads 1
 measure floor
+stop_server
 
 start memory "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn
 seed memory
 measure memory
+# The same server and data, RouteBatch calls.
+measure memory-batch --rpc route-batch --batch-size "$BATCH_SIZE"
+stop_server
 
 start redis "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn \
   --store "redis://127.0.0.1:$port/0"
 # One change at a time: concurrent commits on the Redis store abort each other (ABORTED).
 seed redis --concurrency 1
 measure redis
+stop_server
 
 start seed-design "$bin/greyrouter-load" seed-design-server --redis "redis://127.0.0.1:$port/1" \
   --addr 127.0.0.1:0 --threads 1 --tenants "$TENANTS" --services "$SERVICES" --instances "$INSTANCES"
 measure seed-design
+stop_server
 
-python3 - "$work" <<'EOF'
+python3 - "$work" "$BATCH_SIZE" <<'EOF'
 import json, sys
-work = sys.argv[1]
-names = ["floor", "memory", "redis", "seed-design"]
+work, batch = sys.argv[1], sys.argv[2]
+names = ["floor", "memory", "memory-batch", "redis", "seed-design"]
 labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
+          "memory-batch": f"greyrouter RouteBatch ({batch})",
           "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
 r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
-print(f"{'setup':<22}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'errors':>8}{'gen cores':>11}")
+print(f"{'setup':<30}{'calls/s':>9}{'decisions/s':>13}{'p50 µs':>8}{'p99 µs':>8}{'p99.9 µs':>10}"
+      f"{'errors':>8}{'gen cores':>11}")
 failed = False
 for n in names:
     j, l = r[n], r[n]["latency_us"]
-    print(f"{labels[n]:<22}{j['throughput_rps']:>10.0f}{l['p50']:>9}{l['p99']:>9}{l['p99_9']:>10}"
-          f"{j['errors']:>8}{j['generator_cpu']['cores']:>11.2f}")
-    if j["errors"]:
+    print(f"{labels[n]:<30}{j['throughput_rps']:>9.0f}{j['decisions_per_s']:>13.0f}{l['p50']:>8}"
+          f"{l['p99']:>8}{l['p99_9']:>10}{j['decision_errors']:>8}"
+          f"{j['generator_cpu']['cores']:>11.2f}")
+    if j["decision_errors"]:
         failed = True
-        print(f"  {n} errors: {json.dumps(j['error_codes'])} {json.dumps(j['error_samples'])}")
+        print(f"  {n} failed decisions: {json.dumps(j['decision_error_codes'])} "
+              f"{json.dumps(j['decision_error_samples'])}")
 def ratio(a, b):
     ta, tb = r[a]["throughput_rps"], r[b]["throughput_rps"]
     pa, pb = r[a]["latency_us"]["p99"], r[b]["latency_us"]["p99"]
@@ -147,5 +161,8 @@ def ratio(a, b):
 print()
 print(f"greyrouter memory / floor:       {ratio('memory', 'floor')}")
 print(f"greyrouter memory / seed design: {ratio('memory', 'seed-design')}")
+batch_rate, seed_rate = r["memory-batch"]["decisions_per_s"], r["seed-design"]["throughput_rps"]
+print(f"RouteBatch decisions/s / seed design req/s: "
+      + (f"x{batch_rate / seed_rate:.1f}" if seed_rate else "n/a"))
 sys.exit(1 if failed else 0)
 EOF
