@@ -82,7 +82,14 @@ struct Shared {
     counters: Counters,
     /// Outcomes per (service, instance id), for the client's own ejections.
     health: Mutex<HashMap<(String, String), InstanceHealth>>,
+    /// Milliseconds since the Unix epoch, renewed every [`CLOCK_TICK`]: decisions read it
+    /// instead of the system clock (ejections last seconds; a read of the clock costs more than
+    /// the rest of a decision).
+    clock_ms: AtomicU64,
 }
+
+/// How often the client's clock is renewed.
+const CLOCK_TICK: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -154,6 +161,10 @@ impl Shared {
         self.applied.send_replace(applied);
     }
 
+    fn now_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
+    }
+
     fn channel(&self) -> Channel {
         let index = self.counters.endpoint.load(Ordering::Relaxed) % self.channels.len();
         self.channels[index].clone()
@@ -191,8 +202,12 @@ impl Client {
             applied,
             counters: Counters::default(),
             health: Mutex::new(HashMap::new()),
+            clock_ms: AtomicU64::new(now_ms()),
         });
-        let mut tasks = vec![tokio::spawn(follow::follow(Arc::clone(&shared), closed))];
+        let mut tasks = vec![
+            tokio::spawn(follow::follow(Arc::clone(&shared), closed.clone())),
+            tokio::spawn(tick(Arc::clone(&shared), closed)),
+        ];
         let reports = if shared.config.report_outcomes {
             let (sender, receiver) = mpsc::channel(shared.config.report_queue);
             tasks.push(tokio::spawn(reports::send_reports(
@@ -255,7 +270,7 @@ impl Client {
         self.shared
             .cache
             .load()
-            .route(request, entropy(), now_ms(), &[])
+            .route(request, entropy(), self.shared.now_ms(), &[])
     }
 
     /// Decides locally when the copy holds the pair, else asks a router (`Route`).
@@ -272,7 +287,7 @@ impl Client {
             .shared
             .cache
             .load()
-            .route(request, entropy(), now_ms(), avoid)
+            .route(request, entropy(), self.shared.now_ms(), avoid)
         {
             Err(ClientError::NotCached { .. }) => self.route_remote(request).await,
             decided => decided,
@@ -323,7 +338,7 @@ impl Client {
             if decision.started() {
                 load.finish();
             }
-            let now = now_ms();
+            let now = self.shared.now_ms();
             let policy = &self.shared.config.ejection;
             let mut health = self
                 .shared
@@ -494,6 +509,18 @@ fn entropy() -> u64 {
         state.set(next);
         routing_core::hash::fmix64(next)
     })
+}
+
+/// Renews the client's clock until the client closes.
+async fn tick(shared: Arc<Shared>, mut closing: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CLOCK_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.clock_ms.store(now_ms(), Ordering::Relaxed),
+            _ = closing.changed() => return,
+        }
+    }
 }
 
 fn now_ms() -> u64 {
