@@ -4,6 +4,8 @@
 #                   of gRPC itself;
 #   memory          greyrouter serve, embedded store;
 #   memory-batch    the same server, RouteBatch calls of BATCH_SIZE (100) requests each;
+#   memory-sdk      the same server followed by the SDK (greyrouter-client): one worker making
+#                   local decisions (`--rpc sdk`), no call per decision;
 #   redis           greyrouter serve --store redis://... on a private redis-server;
 #   seed-design     greyrouter-load seed-design-server: the original design's per-request Lua
 #                   script (EVALSHA) on the same private redis-server.
@@ -11,7 +13,8 @@
 # core 0, the generator (`--threads 1`) on core 1, when taskset and 2 cores are available.
 # Prints one table (calls/s, decisions/s, latency p50/p99/p99.9 per call, failed decisions,
 # generator cores) and the ratios of greyrouter on memory to floor and to seed-design, and of
-# RouteBatch decisions/s to seed-design req/s; nothing else on stdout. Exits 1 if any decision
+# RouteBatch decisions/s to seed-design req/s, and of SDK decisions/s to Route req/s; nothing
+# else on stdout. Exits 1 if any decision
 # failed (the table, with the error codes, is printed first).
 #
 # Usage (from the repository root): load-tests/compare.sh
@@ -102,12 +105,13 @@ seed() {
 }
 
 # measure NAME [FLAGS]: the same client run against $addr, JSON into $work/NAME.json.
+# WORKERS and LINKS override CONCURRENCY and CONNECTIONS for one measurement.
 measure() {
   local name=$1
   shift
   "${pin_client[@]}" "$bin/greyrouter-load" run --threads 1 --target "http://$addr" \
     --tenants "$TENANTS" --services "$SERVICES" --duration "$DURATION" --warmup "$WARMUP" \
-    --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --json "$@" \
+    --concurrency "${WORKERS:-$CONCURRENCY}" --connections "${LINKS:-$CONNECTIONS}" --json "$@" \
     >"$work/$name.json" 2>"$work/$name.run.err" || { cat "$work/$name.run.err" >&2; exit 1; }
 }
 
@@ -120,6 +124,8 @@ seed memory
 measure memory
 # The same server and data, RouteBatch calls.
 measure memory-batch --rpc route-batch --batch-size "$BATCH_SIZE"
+# The same server followed by the SDK: one worker deciding from its local copy.
+WORKERS=1 LINKS=1 measure memory-sdk --rpc sdk
 stop_server
 
 start redis "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn \
@@ -137,17 +143,18 @@ stop_server
 python3 - "$work" "$BATCH_SIZE" <<'EOF'
 import json, sys
 work, batch = sys.argv[1], sys.argv[2]
-names = ["floor", "memory", "memory-batch", "redis", "seed-design"]
+names = ["floor", "memory", "memory-batch", "memory-sdk", "redis", "seed-design"]
 labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
           "memory-batch": f"greyrouter RouteBatch ({batch})",
+          "memory-sdk": "greyrouter SDK (local, 1 worker)",
           "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
 r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
-print(f"{'setup':<30}{'calls/s':>9}{'decisions/s':>13}{'p50 µs':>8}{'p99 µs':>8}{'p99.9 µs':>10}"
+print(f"{'setup':<34}{'calls/s':>9}{'decisions/s':>13}{'p50 µs':>8}{'p99 µs':>8}{'p99.9 µs':>10}"
       f"{'errors':>8}{'gen cores':>11}")
 failed = False
 for n in names:
     j, l = r[n], r[n]["latency_us"]
-    print(f"{labels[n]:<30}{j['throughput_rps']:>9.0f}{j['decisions_per_s']:>13.0f}{l['p50']:>8}"
+    print(f"{labels[n]:<34}{j['throughput_rps']:>9.0f}{j['decisions_per_s']:>13.0f}{l['p50']:>8}"
           f"{l['p99']:>8}{l['p99_9']:>10}{j['decision_errors']:>8}"
           f"{j['generator_cpu']['cores']:>11.2f}")
     if j["decision_errors"]:
@@ -164,5 +171,9 @@ print(f"greyrouter memory / seed design: {ratio('memory', 'seed-design')}")
 batch_rate, seed_rate = r["memory-batch"]["decisions_per_s"], r["seed-design"]["throughput_rps"]
 print(f"RouteBatch decisions/s / seed design req/s: "
       + (f"x{batch_rate / seed_rate:.1f}" if seed_rate else "n/a"))
+sdk_rate, route_rate = r["memory-sdk"]["decisions_per_s"], r["memory"]["throughput_rps"]
+print(f"SDK local decisions/s / Route req/s:        "
+      + (f"x{sdk_rate / route_rate:.0f}" if route_rate else "n/a")
+      + "  (SDK latencies are means over 64 decisions, in whole µs)")
 sys.exit(1 if failed else 0)
 EOF

@@ -183,7 +183,7 @@ impl RunArgs {
             target: self.keyspace.target.clone(),
             rpc: self.rpc,
             batch_size: self.batch_size.unwrap_or(match self.rpc {
-                Rpc::Route => 1,
+                Rpc::Route | Rpc::Sdk => 1,
                 Rpc::RouteBatch => DEFAULT_BATCH_SIZE,
             }),
             concurrency: self.concurrency,
@@ -357,7 +357,9 @@ pub fn execute(cli: Cli) -> ExitCode {
             eprintln!("greyrouter-load: {}", crate::error::chain(&err));
             ExitCode::from(match err {
                 Error::InvalidConfig { .. } | Error::InvalidTarget { .. } => EXIT_USAGE,
-                Error::Connect { .. } | Error::Seed { .. } | Error::Call { .. } => EXIT_UNAVAILABLE,
+                Error::Connect { .. } | Error::Seed { .. } | Error::Call { .. } | Error::Sdk(_) => {
+                    EXIT_UNAVAILABLE
+                }
                 Error::Worker(_) => 1,
             })
         }
@@ -414,7 +416,7 @@ async fn execute_run(args: &RunArgs) -> Result<ExitCode, Error> {
         "greyrouter-load: {}{} on {} for {stop} after a {} warm-up, {} workers over {} connections",
         config.rpc,
         match config.rpc {
-            Rpc::Route => String::new(),
+            Rpc::Route | Rpc::Sdk => String::new(),
             Rpc::RouteBatch => format!(" ({} requests per call)", config.batch_size),
         },
         config.target,
@@ -538,7 +540,7 @@ mod tests {
             ),
             (
                 &["run", "--batch-size", "10"][..],
-                "applies to --rpc route-batch only (route asks for one decision per call)",
+                "applies to --rpc route-batch only (route and sdk make one decision at a time)",
             ),
         ] {
             let Command::Run(args) = parse(flags).command else {

@@ -50,6 +50,9 @@ pub enum Error {
         /// The server's answer.
         status: Box<tonic::Status>,
     },
+    /// The SDK could not start (bad settings, or no snapshot from the target in time).
+    #[error("the SDK cannot start: {0}")]
+    Sdk(String),
     /// A call of a measurement failed, or its watch stream ended.
     #[error("{what}: {status}")]
     Call {

@@ -43,6 +43,9 @@ pub enum Rpc {
     Route,
     /// `greyrouter.v1.Router/RouteBatch`: `batch_size` decisions per call.
     RouteBatch,
+    /// The SDK (`greyrouter-client`): decisions from its local copy (`Client::route_local`),
+    /// which it keeps with `WatchAssignments` from the target; no call per decision.
+    Sdk,
 }
 
 impl fmt::Display for Rpc {
@@ -50,6 +53,7 @@ impl fmt::Display for Rpc {
         match self {
             Rpc::Route => f.write_str("route"),
             Rpc::RouteBatch => f.write_str("route-batch"),
+            Rpc::Sdk => f.write_str("sdk"),
         }
     }
 }
@@ -121,10 +125,10 @@ impl RunConfig {
             return invalid("--concurrency", "must be at least 1");
         }
         match self.rpc {
-            Rpc::Route if self.batch_size != 1 => {
+            Rpc::Route | Rpc::Sdk if self.batch_size != 1 => {
                 return invalid(
                     "--batch-size",
-                    "applies to --rpc route-batch only (route asks for one decision per call)",
+                    "applies to --rpc route-batch only (route and sdk make one decision at a time)",
                 );
             }
             Rpc::RouteBatch if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) => {
@@ -177,8 +181,12 @@ impl RunConfig {
 /// in the summary; an error means the run could not take place (bad settings, no connection).
 pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
     config.validate()?;
-    let channels = connect(&config.target, config.connections, config.timeout).await?;
     let keyspace = config.keyspace.build();
+    let sdk = match config.rpc {
+        Rpc::Sdk => Some(sdk_client(config).await?),
+        Rpc::Route | Rpc::RouteBatch => None,
+    };
+    let channels = connect(&config.target, config.connections, config.timeout).await?;
 
     let start = Instant::now();
     let record_from = start + config.warmup;
@@ -203,7 +211,10 @@ pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
     for index in 0..config.concurrency {
         let channel = channels[index % channels.len()].clone();
         let rng = SplitMix64::for_stream(config.rng_seed, index as u64);
-        workers.spawn(worker(Arc::clone(&shared), channel, rng));
+        match &sdk {
+            Some(client) => workers.spawn(sdk_worker(Arc::clone(&shared), client.clone(), rng)),
+            None => workers.spawn(worker(Arc::clone(&shared), channel, rng)),
+        };
     }
 
     tokio::time::sleep_until(record_from.into()).await;
@@ -214,6 +225,9 @@ pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
     }
     let elapsed = record_from.elapsed();
     let cpu_after = cpu::process_cpu_time();
+    if let Some(client) = sdk {
+        client.close().await;
+    }
 
     let generator_cpu = cpu_before.zip(cpu_after).map(|(before, after)| {
         let seconds = after.saturating_sub(before).as_secs_f64();
@@ -260,7 +274,7 @@ impl Shared {
     #[inline]
     fn prepare(&self, rng: &mut SplitMix64) -> Call {
         match self.rpc {
-            Rpc::Route => Call::Route(self.route_request(rng)),
+            Rpc::Route | Rpc::Sdk => Call::Route(self.route_request(rng)),
             Rpc::RouteBatch => Call::RouteBatch(pb::RouteBatchRequest {
                 requests: (0..self.batch_size)
                     .map(|_| self.route_request(rng))
@@ -281,6 +295,24 @@ impl Shared {
         }
     }
 
+    /// Returns how many of `wanted` recorded decisions starting at `now` may be made.
+    #[inline]
+    fn admit_many(&self, now: Instant, wanted: u64) -> u64 {
+        match &self.end {
+            End::Requests { limit, issued } => {
+                let before = issued.fetch_add(wanted, Ordering::Relaxed);
+                limit.saturating_sub(before).min(wanted)
+            }
+            End::Deadline(deadline) => {
+                if now < *deadline {
+                    wanted
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
     /// Returns whether a recorded request starting at `now` may be sent.
     #[inline]
     fn admit(&self, now: Instant) -> bool {
@@ -289,6 +321,75 @@ impl Shared {
             End::Deadline(deadline) => now < *deadline,
         }
     }
+}
+
+/// Connects the SDK to the target (following every tenant and service, reporting nothing) and
+/// waits for its first snapshot.
+async fn sdk_client(config: &RunConfig) -> Result<greyrouter_client::Client, Error> {
+    let mut settings = greyrouter_client::ClientConfig::new(config.target.clone());
+    settings.report_outcomes = false;
+    settings.connect_timeout = config.timeout;
+    let client = greyrouter_client::Client::connect(settings)
+        .await
+        .map_err(|err| Error::Sdk(err.to_string()))?;
+    client
+        .ready(config.timeout)
+        .await
+        .map_err(|err| Error::Sdk(err.to_string()))?;
+    Ok(client)
+}
+
+/// Decisions the SDK worker times together: a clock read costs about as much as a decision, so
+/// the latency recorded is the mean of each group.
+const SDK_GROUP: u32 = 64;
+
+/// Makes local decisions one after another until the run ends, yielding to the other workers
+/// after every group; returns what it recorded.
+async fn sdk_worker(
+    shared: Arc<Shared>,
+    client: greyrouter_client::Client,
+    mut rng: SplitMix64,
+) -> Tally {
+    let mut tally = Tally::new();
+    loop {
+        let started = Instant::now();
+        let recorded = started >= shared.record_from;
+        let group = if recorded {
+            match u32::try_from(shared.admit_many(started, u64::from(SDK_GROUP))) {
+                Ok(0) | Err(_) => break,
+                Ok(admitted) => admitted,
+            }
+        } else {
+            SDK_GROUP
+        };
+        let mut ok = 0u32;
+        for _ in 0..group {
+            let tenant = &shared.tenants[shared.tenant_sampler.sample(&mut rng)];
+            let service = &shared.services[shared.service_sampler.sample(&mut rng)];
+            let request = greyrouter_client::RouteRequest::new(tenant, service);
+            match client.route_local(&request) {
+                Ok(decision) => {
+                    std::hint::black_box(decision);
+                    ok += 1;
+                }
+                Err(err) if recorded => {
+                    tally.record_error(&tonic::Status::new(err.code(), err.to_string()), 1);
+                }
+                Err(_) => {}
+            }
+        }
+        if recorded {
+            let mean = started.elapsed() / group;
+            for _ in 0..ok {
+                tally.record_ok(mean);
+            }
+            tally.record_decisions_ok(u64::from(ok));
+        } else {
+            tally.warmup += u64::from(SDK_GROUP);
+        }
+        tokio::task::yield_now().await;
+    }
+    tally
 }
 
 /// Sends calls one after another until the run ends; returns what it recorded.

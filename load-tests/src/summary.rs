@@ -198,7 +198,7 @@ impl Summary {
     /// Whether a call asks for several decisions (`RouteBatch`), so that calls and decisions
     /// are reported apart.
     fn batched(&self) -> bool {
-        self.rpc != Rpc::Route
+        self.rpc == Rpc::RouteBatch
     }
 
     /// Returns the summary as one line of JSON.

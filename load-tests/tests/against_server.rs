@@ -271,6 +271,45 @@ async fn unknown_tenants_in_a_batch_count_as_failed_decisions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_mode_decides_locally_and_counts_unknown_tenants() {
+    let server = Server::start().await;
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("seed");
+
+    let config = RunConfig {
+        rpc: Rpc::Sdk,
+        stop: Stop::Requests(3_000),
+        ..run_config(&server.target)
+    };
+    let summary = within(run(&config)).await.expect("run");
+    assert_eq!((summary.total, summary.decisions), (3_000, 3_000));
+    assert_eq!(summary.errors, 0, "{:?}", summary.error_samples);
+    assert_eq!(summary.decisions_ok, 3_000);
+    assert_eq!(summary.latency_us.count, 3_000);
+    assert_eq!(summary.decisions_per_s, summary.throughput_rps);
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).expect("JSON");
+    assert_eq!(json["rpc"], "sdk");
+
+    // Tenants 50 to 99 are not in the local copy: each is a NOT_FOUND decision.
+    let config = RunConfig {
+        rpc: Rpc::Sdk,
+        keyspace: KeyspaceSpec {
+            tenants: 100,
+            ..keyspace()
+        },
+        distribution: Distribution::Uniform,
+        stop: Stop::Requests(1_000),
+        ..run_config(&server.target)
+    };
+    let summary = within(run(&config)).await.expect("run");
+    assert_eq!(summary.ok + summary.errors, 1_000);
+    assert!(summary.ok > 0 && summary.errors > 0, "{summary:?}");
+    assert_eq!(summary.error_codes.get("NOT_FOUND"), Some(&summary.errors));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_run_leaves_out_its_warm_up() {
     let server = Server::start().await;
     within(seed(&seed_config(&server.target)))
