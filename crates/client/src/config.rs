@@ -100,11 +100,14 @@ impl ClientConfig {
         }
         for endpoint in &self.endpoints {
             if tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err()
-                || !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                || !endpoint.starts_with("http://")
             {
                 return Err(ClientError::InvalidConfig {
                     field: "endpoints",
-                    reason: format!("'{endpoint}' is not an http:// or https:// address"),
+                    reason: format!(
+                        "'{endpoint}' is not an http://host:port address (routers serve \
+                         plaintext gRPC; put TLS in front of them)"
+                    ),
                 });
             }
         }

@@ -421,6 +421,10 @@ async fn bad_settings_are_refused_with_the_setting_named() {
         ),
         "{err}"
     );
+    let err = Client::connect(ClientConfig::new("https://router:50051"))
+        .await
+        .expect_err("no TLS in this build");
+    assert!(err.to_string().contains("plaintext"), "{err}");
     let mut settings = ClientConfig::new("http://127.0.0.1:1");
     settings.report_batch_size = 0;
     let err = Client::connect(settings).await.expect_err("batch of 0");
