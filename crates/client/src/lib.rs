@@ -376,23 +376,32 @@ impl Client {
             .reports
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(queue) = queue.as_ref() {
-            let outcome = pb::Outcome {
-                instance_id: decision.instance_id().to_owned(),
-                address: String::new(),
-                tenant_id: decision.tenant_id().to_owned(),
-                service: decision.service().to_owned(),
-                version: decision.version().to_owned(),
-                success: report.success,
-                latency_ms,
-                status_code: report.status_code,
-            };
-            if queue.try_send(reports::Message::Outcome(outcome)).is_err() {
-                self.shared
-                    .counters
-                    .reports_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.shared.config.report_outcomes {
+            return;
+        }
+        let Some(queue) = queue.as_ref() else {
+            // Closed by another clone: the report has nowhere to go.
+            self.shared
+                .counters
+                .reports_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let outcome = pb::Outcome {
+            instance_id: decision.instance_id().to_owned(),
+            address: String::new(),
+            tenant_id: decision.tenant_id().to_owned(),
+            service: decision.service().to_owned(),
+            version: decision.version().to_owned(),
+            success: report.success,
+            latency_ms,
+            status_code: report.status_code,
+        };
+        if queue.try_send(reports::Message::Outcome(outcome)).is_err() {
+            self.shared
+                .counters
+                .reports_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 

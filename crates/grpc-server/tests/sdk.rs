@@ -300,8 +300,13 @@ async fn the_client_routes_through_a_router_kill_and_catches_up_after_its_restar
 
     router.kill();
     status_until(&client, "the watch to notice", |s| !s.connected).await;
-    // The copy it holds keeps answering while no router is up.
-    assert_eq!(local(&client, "t0", "api").version(), "v1");
+    // The copy it holds keeps answering while no router is up; reports that cannot be
+    // delivered are counted, not retried forever.
+    let decision = local(&client, "t0", "api");
+    assert_eq!(decision.version(), "v1");
+    client.report(&decision, Report::success(Duration::from_millis(2)));
+    within(client.flush()).await.expect("flushed");
+    assert_eq!(client.status().reports_failed, 1);
 
     // A change made meanwhile through another router of the fleet...
     let mut other = TestServer::with_config(Config {
