@@ -145,6 +145,38 @@ async fn local_decisions_agree_with_the_router_and_follow_every_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_and_changes_sent_in_parts_are_applied_whole() {
+    let mut settings = Config::default();
+    settings.watch.max_assignments_per_message = 3;
+    let mut server = TestServer::with_config(settings).await;
+    server.populate(8).await;
+    let client = ready(config(&format!("http://{}", server.addr))).await;
+    // 8 tenants x 1 service came in three messages of one revision.
+    assert_eq!(client.status().assignments, 8);
+    // A new default moves all 8: again three messages, applied as one revision.
+    let revision = server
+        .admin
+        .set_default_version(pb::SetDefaultVersionRequest {
+            service: "api".into(),
+            version: "v2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("new default")
+        .into_inner()
+        .revision;
+    client
+        .wait_for_revision(revision, DEADLINE)
+        .await
+        .expect("change arrives");
+    for tenant in 0..8 {
+        assert_eq!(local(&client, &format!("t{tenant}"), "api").version(), "v2");
+    }
+    client.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairs_not_held_locally_are_routed_by_the_router() {
     let mut server = TestServer::start().await;
     server.populate(2).await;
