@@ -1,7 +1,7 @@
 //! Server configuration: a typed struct layered defaults → file → environment → flags.
 //!
 //! The environment is passed in as a map, never read here, so tests build any layering they need.
-//! [`Config::validate`] reports every bad value at once; the binary then exits with status 64
+//! [`Config::problems`] reports every bad value at once; the binary then exits with status 64
 //! before binding any port.
 
 use std::collections::BTreeMap;

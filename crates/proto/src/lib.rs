@@ -9,7 +9,11 @@
     unreachable_pub,
     clippy::all,
     clippy::pedantic,
-    rust_2018_idioms
+    rust_2018_idioms,
+    // Comments of the .proto files become docs verbatim: `<id>` reads as an HTML tag.
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls
 )]
 pub mod v1 {
     tonic::include_proto!("greyrouter.v1");

@@ -2,8 +2,9 @@
 //!
 //! In ports-and-adapters terms this crate is the port: the [`Store`] trait, the embedded
 //! [`MemoryStore`] adapter (the default: one process, nothing to install), and the behaviour
-//! [`suite`] that every adapter runs so that they cannot drift. Other adapters (Redis) live in
-//! their own crates and depend on this one; routers depend on the trait, never on an adapter.
+//! suite (module `suite`, feature `test-suite`) that every adapter runs so that they cannot
+//! drift. Other adapters (Redis) live in their own crates and depend on this one; routers depend
+//! on the trait, never on an adapter.
 //!
 //! The model:
 //! - the store holds the authoritative state and a log of [`Change`]s, each a
