@@ -485,7 +485,8 @@ impl Client {
     }
 
     /// Stops watching, sends the queued reports, and waits for the background tasks to end.
-    /// Other clones stop deciding locally from then on only in that the copy no longer changes.
+    /// Other clones go on deciding from the last copy, which no longer changes; their reports
+    /// are dropped (and counted).
     pub async fn close(self) {
         self.lifetime.closing.send_replace(true);
         // Closing the queue lets the reporting task send what is left and end.
