@@ -50,6 +50,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
                 if from_revision > 0 {
                     shared.counters.resumes.fetch_add(1, Ordering::Relaxed);
                 }
+                shared.status_changed();
                 tracing::debug!(%endpoint, from_revision, "watching assignments");
                 loop {
                     let message = tokio::select! {
@@ -63,6 +64,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
                                     shared.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                                 }
                                 shared.publish(builder.current().clone());
+                                shared.status_changed();
                                 delay = shared.config.reconnect_min_delay;
                             }
                         }
@@ -90,6 +92,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
             }
         }
         shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        shared.status_changed();
         if shared.channels.len() > 1 {
             shared.counters.endpoint.fetch_add(1, Ordering::Relaxed);
         }

@@ -79,6 +79,9 @@ struct Shared {
     cache: ArcSwap<Cache>,
     /// The revision applied, and whether a snapshot arrived; for waiters.
     applied: watch::Sender<(u64, bool)>,
+    /// Bumped when the watch connects or breaks, a snapshot or resume happens, reports are
+    /// delivered or an instance is ejected: wakes [`Client::wait_for_status`].
+    status_changed: watch::Sender<u64>,
     counters: Counters,
     /// Outcomes per (service, instance id), for the client's own ejections.
     health: Mutex<HashMap<(String, String), InstanceHealth>>,
@@ -161,6 +164,11 @@ impl Shared {
         self.applied.send_replace(applied);
     }
 
+    /// Wakes whoever waits for a status.
+    fn status_changed(&self) {
+        self.status_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn now_ms(&self) -> u64 {
         self.clock_ms.load(Ordering::Relaxed)
     }
@@ -200,6 +208,7 @@ impl Client {
             channels,
             cache: ArcSwap::from_pointee(Cache::default()),
             applied,
+            status_changed: watch::Sender::new(0),
             counters: Counters::default(),
             health: Mutex::new(HashMap::new()),
             clock_ms: AtomicU64::new(now_ms()),
@@ -257,6 +266,36 @@ impl Client {
         match tokio::time::timeout(timeout, applied.wait_for(done)).await {
             Ok(Ok(reached)) => Ok(reached.0),
             Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout {
+                what: what.to_owned(),
+                waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// Waits until the status satisfies `done` (`what` names the wait in the timeout error);
+    /// returns that status. Wakes when the watch connects or breaks, a snapshot or a resume
+    /// happens, reports are delivered or an instance is ejected.
+    pub async fn wait_for_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&Status) -> bool,
+    ) -> Result<Status, ClientError> {
+        let mut changes = self.shared.status_changed.subscribe();
+        let wait = async {
+            loop {
+                let status = self.status();
+                if done(&status) {
+                    return Ok(status);
+                }
+                if changes.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 what: what.to_owned(),
                 waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -361,6 +400,7 @@ impl Client {
                         .counters
                         .ejections
                         .fetch_add(1, Ordering::Relaxed);
+                    self.shared.status_changed();
                     tracing::info!(
                         service = decision.service(),
                         instance = decision.instance_id(),

@@ -141,4 +141,5 @@ async fn send(shared: &Shared, outcomes: Vec<pb::Outcome>) {
             tracing::debug!("outcome reports timed out");
         }
     }
+    shared.status_changed();
 }

@@ -33,20 +33,10 @@ async fn ready(config: ClientConfig) -> Client {
 
 /// Waits until the client's status satisfies `check`.
 async fn status_until(client: &Client, what: &str, check: impl Fn(&Status) -> bool) -> Status {
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let status = client.status();
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out waiting for {what}: {status:?}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
+    client
+        .wait_for_status(DEADLINE, what, check)
+        .await
+        .unwrap_or_else(|err| panic!("{err}: {:?}", client.status()))
 }
 
 fn local(client: &Client, tenant: &str, service: &str) -> greyrouter_client::Decision {
