@@ -1,9 +1,13 @@
 //! The `greyrouter` binary as a user runs it: `serve` with the example seed, the admin
 //! commands against it, configuration errors, and shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use support::ServerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_greyrouter");
 
@@ -11,34 +15,17 @@ fn example_seed() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed.toml")
 }
 
-/// A `greyrouter serve` process on an ephemeral port.
+/// A `greyrouter serve` process on an ephemeral port, and the CLI pointed at it.
 struct Served {
-    child: Child,
+    process: ServerProcess,
     url: String,
 }
 
 impl Served {
     fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn greyrouter serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("greyrouter listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Served {
-            child,
-            url: format!("http://{addr}"),
-        }
+        let process = ServerProcess::start(args);
+        let url = process.url();
+        Served { process, url }
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -65,20 +52,7 @@ impl Served {
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate()
     }
 }
 
@@ -258,7 +232,7 @@ fn worker_threads_size_the_server_runtime() {
     let server = Served::start(&["--worker-threads", &asked.to_string()]);
     // The runtime starts its workers (and the main thread waits on it) before `serve` binds
     // and prints its address.
-    let threads = thread_count(server.child.id());
+    let threads = thread_count(server.process.id());
     assert!(
         threads > asked,
         "{threads} threads, {asked} workers asked for"
@@ -269,7 +243,7 @@ fn worker_threads_size_the_server_runtime() {
     let file = dir.path().join("greyrouter.toml");
     std::fs::write(&file, format!("[server]\nworker_threads = {asked}\n")).expect("write");
     let server = Served::start(&["--config", file.to_str().expect("utf-8 path")]);
-    let threads = thread_count(server.child.id());
+    let threads = thread_count(server.process.id());
     assert!(
         threads > asked,
         "{threads} threads, {asked} workers asked for"

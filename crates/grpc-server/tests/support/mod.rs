@@ -263,6 +263,21 @@ impl ServerProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks the process to stop (SIGTERM: drain, then exit) and returns how it ended.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        self.child.wait().expect("wait")
+    }
+
     /// Kills the process (SIGKILL: no drain, no goodbye) and waits for it to end.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
