@@ -1,9 +1,10 @@
 //! Seeds and loads a real greyrouter server started in this process on 127.0.0.1:0.
 
+mod support;
+
 use std::time::Duration;
 
 use greyrouter::config::Config;
-use greyrouter::server::App;
 use greyrouter_load::distribution::Distribution;
 use greyrouter_load::keyspace::KeyspaceSpec;
 use greyrouter_load::run::{Rpc, RunConfig, Stop, run};
@@ -11,45 +12,10 @@ use greyrouter_load::seed::{SeedConfig, seed};
 use greyrouter_load::summary::Checks;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_client::RouterClient;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use support::Server;
 
 /// Deadline for anything a test waits on.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A server running in this process.
-struct Server {
-    target: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let app = App::start(Config::default()).await.expect("server starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Server {
-            target: format!("http://{addr}"),
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        within(self.task)
-            .await
-            .expect("server task")
-            .expect("server ran cleanly");
-    }
-}
 
 async fn within<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(DEADLINE, future)
@@ -91,7 +57,7 @@ fn run_config(target: &str) -> RunConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_then_routes_every_request() {
-    let server = Server::start().await;
+    let server = Server::start(Config::default()).await;
 
     let report = within(seed(&seed_config(&server.target)))
         .await
@@ -153,7 +119,7 @@ async fn seeds_then_routes_every_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tenants_are_counted_by_code() {
-    let server = Server::start().await;
+    let server = Server::start(Config::default()).await;
     within(seed(&seed_config(&server.target)))
         .await
         .expect("seed");
@@ -185,7 +151,7 @@ async fn unknown_tenants_are_counted_by_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_batch_answers_every_decision_of_every_call() {
-    let server = Server::start().await;
+    let server = Server::start(Config::default()).await;
     within(seed(&seed_config(&server.target)))
         .await
         .expect("seed");
@@ -226,7 +192,7 @@ async fn route_batch_answers_every_decision_of_every_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tenants_in_a_batch_count_as_failed_decisions() {
-    let server = Server::start().await;
+    let server = Server::start(Config::default()).await;
     within(seed(&seed_config(&server.target)))
         .await
         .expect("seed");
@@ -272,7 +238,7 @@ async fn unknown_tenants_in_a_batch_count_as_failed_decisions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_mode_decides_locally_and_counts_unknown_tenants() {
-    let server = Server::start().await;
+    let server = Server::start(Config::default()).await;
     within(seed(&seed_config(&server.target)))
         .await
         .expect("seed");
@@ -311,7 +277,7 @@ async fn sdk_mode_decides_locally_and_counts_unknown_tenants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_run_leaves_out_its_warm_up() {
-    let server = Server::start().await;
+    let server = Server::start(Config::default()).await;
     within(seed(&seed_config(&server.target)))
         .await
         .expect("seed");

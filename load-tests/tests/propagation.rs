@@ -1,56 +1,27 @@
 //! Measures propagation between two greyrouter servers started in this process on one private
 //! redis-server (from `greyrouter-test-support`; a missing `redis-server` fails the test).
 
+mod support;
+
 use std::time::Duration;
 
 use greyrouter::config::Config;
-use greyrouter::server::App;
 use greyrouter_load::propagation::{PropagationConfig, propagation};
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_client::RouterClient;
 use greyrouter_test_support::RedisServer;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use support::Server;
 
 /// Deadline for anything a test waits on.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A router on the Redis store, running in this process.
-struct Replica {
-    target: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Replica {
-    async fn start(redis: &RedisServer) -> Replica {
-        let config = Config {
-            store: redis.url(),
-            ..Config::default()
-        };
-        let app = App::start(config).await.expect("router starts on redis");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Replica {
-            target: format!("http://{addr}"),
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        within(self.task)
-            .await
-            .expect("server task")
-            .expect("server ran cleanly");
-    }
+async fn replica(redis: &RedisServer) -> Server {
+    Server::start(Config {
+        store: redis.url(),
+        ..Config::default()
+    })
+    .await
 }
 
 async fn within<F: std::future::Future>(future: F) -> F::Output {
@@ -62,8 +33,8 @@ async fn within<F: std::future::Future>(future: F) -> F::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_on_one_replica_reaches_a_watcher_of_the_other() {
     let redis = RedisServer::start();
-    let writer = Replica::start(&redis).await;
-    let watcher = Replica::start(&redis).await;
+    let writer = replica(&redis).await;
+    let watcher = replica(&redis).await;
     let config = PropagationConfig {
         writer: writer.target.clone(),
         watcher: watcher.target.clone(),
@@ -125,7 +96,7 @@ async fn every_change_on_one_replica_reaches_a_watcher_of_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_can_watch_its_own_changes() {
     let redis = RedisServer::start();
-    let replica = Replica::start(&redis).await;
+    let replica = replica(&redis).await;
     let config = PropagationConfig {
         writer: replica.target.clone(),
         watcher: replica.target.clone(),
