@@ -444,10 +444,11 @@ impl CacheBuilder {
         } else {
             self.current.tenants.clone()
         };
-        let mut pools = if pending.snapshot {
-            HashMap::new()
+        // A snapshot starts the pools afresh; the last ones still lend their live load.
+        let previous = if pending.snapshot {
+            std::mem::take(&mut self.pools)
         } else {
-            self.pools.clone()
+            HashMap::new()
         };
         let mut pairs = if pending.snapshot {
             0
@@ -463,7 +464,7 @@ impl CacheBuilder {
         }
         let mut touched: HashMap<String, Slots> = HashMap::new();
         for message in pending.upserts {
-            let pool = self.pool_for(&mut pools, &message);
+            let pool = Self::pool_for(&mut self.pools, &previous, &message);
             let index = service_index_or_new(&mut services, &message.service);
             let tenant_id = message.tenant_id;
             let assignment = self.share(Assignment {
@@ -499,7 +500,6 @@ impl CacheBuilder {
                 tenants.insert(Arc::from(tenant_id), Arc::from(entry.0));
             }
         }
-        self.pools = pools;
         self.current = Cache {
             revision: applied.revision,
             synced: self.current.synced || applied.snapshot,
@@ -531,17 +531,23 @@ impl CacheBuilder {
     }
 
     /// Returns the shared pool of the assignment's (service, version) holding exactly its
-    /// instances: the known one when unchanged, else a new one that keeps the live load of the
-    /// instances it shares with the previous pool.
+    /// instances: the one this revision or the last one built when unchanged, else a new one
+    /// that keeps the live load of the instances it shares with the one it replaces.
     fn pool_for(
-        &self,
         pools: &mut HashMap<(String, String), Arc<Pool>>,
+        previous: &HashMap<(String, String), Arc<Pool>>,
         message: &pb::Assignment,
     ) -> Arc<Pool> {
-        let instances: Vec<Instance> = message
-            .instances
-            .iter()
-            .map(|address| Instance {
+        let key = (message.service.clone(), message.version.clone());
+        let mut listed: Vec<&pb::InstanceAddress> = message.instances.iter().collect();
+        listed.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        let known = pools.get(&key).or_else(|| previous.get(&key)).cloned();
+        if let Some(pool) = known.as_ref().filter(|pool| holds_exactly(pool, &listed)) {
+            pools.insert(key, Arc::clone(pool));
+            return Arc::clone(pool);
+        }
+        let instances = listed.into_iter().map(|address| {
+            Arc::new(Instance {
                 id: address.instance_id.clone(),
                 address: address.address.clone(),
                 service: message.service.clone(),
@@ -553,33 +559,27 @@ impl CacheBuilder {
                 healthy: address.healthy,
                 health_score: u8::try_from(address.health_score.min(100)).unwrap_or(100),
             })
-            .collect();
-        let key = (message.service.clone(), message.version.clone());
-        if let Some(pool) = pools.get(&key) {
-            let members = pool.members();
-            let mut sorted: Vec<&Instance> = instances.iter().collect();
-            sorted.sort_by(|a, b| a.id.cmp(&b.id));
-            if members.len() == sorted.len()
-                && members
-                    .iter()
-                    .zip(&sorted)
-                    .all(|(member, instance)| *member.instance == **instance)
-            {
-                return Arc::clone(pool);
-            }
-        }
-        // Live load carries over from this revision's pool, or the last cache's.
-        let previous = pools
-            .get(&key)
-            .cloned()
-            .or_else(|| self.pools.get(&key).cloned());
-        let pool = Arc::new(Pool::new(
-            instances.into_iter().map(Arc::new),
-            previous.as_deref(),
-        ));
+        });
+        let pool = Arc::new(Pool::new(instances, known.as_deref()));
         pools.insert(key, Arc::clone(&pool));
         pool
     }
+}
+
+/// Whether a pool holds exactly these instances (sorted by id), as the watch describes them.
+fn holds_exactly(pool: &Pool, listed: &[&pb::InstanceAddress]) -> bool {
+    let members = pool.members();
+    members.len() == listed.len()
+        && members.iter().zip(listed).all(|(member, address)| {
+            let instance = &member.instance;
+            instance.id == address.instance_id
+                && instance.address == address.address
+                && instance.weight == address.weight
+                && instance.region == address.region
+                && instance.zone == address.zone
+                && instance.healthy == address.healthy
+                && u32::from(instance.health_score) == address.health_score.min(100)
+        })
 }
 
 /// Returns the index of a service in the sorted list.
