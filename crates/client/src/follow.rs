@@ -64,7 +64,6 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
                                     shared.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                                 }
                                 shared.publish(builder.current().clone());
-                                shared.status_changed();
                                 delay = shared.config.reconnect_min_delay;
                             }
                         }

@@ -77,10 +77,8 @@ struct Shared {
     /// One lazily connected channel per endpoint.
     channels: Vec<Channel>,
     cache: ArcSwap<Cache>,
-    /// The revision applied, and whether a snapshot arrived; for waiters.
-    applied: watch::Sender<(u64, bool)>,
-    /// Bumped when the watch connects or breaks, a snapshot or resume happens, reports are
-    /// delivered or an instance is ejected: wakes [`Client::wait_for_status`].
+    /// Bumped when the watch connects or breaks, a revision is applied, reports are delivered
+    /// or an instance is ejected: wakes [`Client::wait_for_status`].
     status_changed: watch::Sender<u64>,
     counters: Counters,
     /// Outcomes per (service, instance id), for the client's own ejections.
@@ -159,9 +157,8 @@ pub struct Status {
 
 impl Shared {
     fn publish(&self, cache: Cache) {
-        let applied = (cache.revision, cache.synced);
         self.cache.store(Arc::new(cache));
-        self.applied.send_replace(applied);
+        self.status_changed();
     }
 
     /// Wakes whoever waits for a status.
@@ -202,12 +199,10 @@ impl Client {
             channels.push(endpoint.connect_lazy());
         }
         let (closing, closed) = watch::channel(false);
-        let (applied, _) = watch::channel((0, false));
         let shared = Arc::new(Shared {
             config,
             channels,
             cache: ArcSwap::from_pointee(Cache::default()),
-            applied,
             status_changed: watch::Sender::new(0),
             counters: Counters::default(),
             health: Mutex::new(HashMap::new()),
@@ -239,8 +234,9 @@ impl Client {
 
     /// Waits until the local copy holds a whole snapshot; returns its revision.
     pub async fn ready(&self, timeout: Duration) -> Result<u64, ClientError> {
-        self.wait_for(timeout, "the first snapshot", |&(_, synced)| synced)
+        self.wait_for_status(timeout, "the first snapshot", |s| s.synced)
             .await
+            .map(|status| status.revision)
     }
 
     /// Waits until the local copy reached `revision` (a revision an admin call answered with);
@@ -250,32 +246,16 @@ impl Client {
         revision: u64,
         timeout: Duration,
     ) -> Result<u64, ClientError> {
-        self.wait_for(timeout, &format!("revision {revision}"), |&(at, synced)| {
-            synced && at >= revision
+        self.wait_for_status(timeout, &format!("revision {revision}"), |s| {
+            s.synced && s.revision >= revision
         })
         .await
-    }
-
-    async fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        done: impl FnMut(&(u64, bool)) -> bool,
-    ) -> Result<u64, ClientError> {
-        let mut applied = self.shared.applied.subscribe();
-        match tokio::time::timeout(timeout, applied.wait_for(done)).await {
-            Ok(Ok(reached)) => Ok(reached.0),
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => Err(ClientError::Timeout {
-                what: what.to_owned(),
-                waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
-        }
+        .map(|status| status.revision)
     }
 
     /// Waits until the status satisfies `done` (`what` names the wait in the timeout error);
-    /// returns that status. Wakes when the watch connects or breaks, a snapshot or a resume
-    /// happens, reports are delivered or an instance is ejected.
+    /// returns that status. Wakes when the watch connects or breaks, a revision is applied,
+    /// reports are delivered or an instance is ejected.
     pub async fn wait_for_status(
         &self,
         timeout: Duration,
