@@ -118,8 +118,9 @@ for j, name in enumerate(names):
         fields = []
         for k in range(instances):
             instance_id = "%s-%s-%d" % (name, version, k)
+            n = (j * len(versions) + v) * instances + k
             fields += [instance_id, compact({
-                "id": instance_id, "address": "10.%d.%d.%d:8080" % (v, j, k),
+                "id": instance_id, "address": "10.%d.%d.%d:8080" % (n >> 16 & 255, n >> 8 & 255, n & 255),
                 "service": name, "version": version, "weight": 1, "region": "", "zone": "",
                 "metadata": {}, "healthy": True, "health_score": 100,
             })]

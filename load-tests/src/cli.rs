@@ -1,6 +1,7 @@
-//! The command line: `greyrouter-load seed`, `run` and `propagation`, turned into
-//! [`SeedConfig`], [`RunConfig`] and [`PropagationConfig`] and carried out on a tokio runtime;
-//! and the reference servers `floor-server` and `seed-design-server` ([`crate::servers`]).
+//! The command line: `greyrouter-load seed`, `run`, `propagation` and `memory`, turned into
+//! [`SeedConfig`], [`RunConfig`], [`PropagationConfig`] and [`MemoryConfig`] and carried out on a
+//! tokio runtime; and the reference servers `floor-server` and `seed-design-server`
+//! ([`crate::servers`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use crate::distribution::Distribution;
 use crate::duration::parse_duration;
 use crate::error::Error;
 use crate::keyspace::KeyspaceSpec;
+use crate::memory::{MemoryConfig, Scenario, memory};
 use crate::propagation::{PropagationConfig, propagation};
 use crate::run::{DEFAULT_BATCH_SIZE, Rpc, RunConfig, Stop, run};
 use crate::seed::{SeedConfig, seed};
@@ -43,6 +45,8 @@ pub enum Command {
     Seed(SeedArgs),
     /// Measures how long a change made on one router takes to reach a watcher of another.
     Propagation(PropagationArgs),
+    /// Measures a server's resident memory (`--pid`) under hostile input.
+    Memory(MemoryArgs),
     /// Serves a no-op `Router/Route` with a fixed answer: the cost of gRPC itself.
     FloorServer(FloorServerArgs),
     /// Serves `Router/Route` with the original design's Redis Lua script, on data it seeds.
@@ -295,13 +299,111 @@ impl PropagationArgs {
     }
 }
 
+/// Which scenarios `memory` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioArg {
+    /// 6,000 instances registered one at a time into one version.
+    Instances,
+    /// 20 pause/resume actions of a rollout with the longest reasons the server takes.
+    Reasons,
+    /// 400 watchers that stop reading, then 20,000 changes they all follow.
+    Watchers,
+    /// 100,000 pin flips, no watcher.
+    Changes,
+    /// All four, one after another, on the same server.
+    All,
+}
+
+/// Flags of `memory`.
+#[derive(Debug, Clone, Args)]
+pub struct MemoryArgs {
+    /// Server to measure.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// The server's process id (its `/proc/<pid>/status` is read).
+    #[arg(long)]
+    pub pid: u32,
+    /// Scenario to run.
+    #[arg(long, value_enum, default_value_t = ScenarioArg::All)]
+    pub scenario: ScenarioArg,
+    /// Instances registered by `instances`.
+    #[arg(long, default_value_t = 6_000)]
+    pub instances: usize,
+    /// Tenants of `reasons`.
+    #[arg(long, default_value_t = 50)]
+    pub reason_tenants: usize,
+    /// Pause/resume actions of `reasons`.
+    #[arg(long, default_value_t = 20)]
+    pub actions: usize,
+    /// Characters of the reason tried first (256 when the server refuses it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub reason_chars: usize,
+    /// Tenants of `watchers`.
+    #[arg(long, default_value_t = 1_000)]
+    pub watch_tenants: usize,
+    /// Services of `watchers`.
+    #[arg(long, default_value_t = 5)]
+    pub watch_services: usize,
+    /// Watch streams of `watchers`, each on its own connection.
+    #[arg(long, default_value_t = 400)]
+    pub watchers: usize,
+    /// Changes made while the watchers are open.
+    #[arg(long, default_value_t = 20_000)]
+    pub watch_changes: usize,
+    /// Tenants of `changes`.
+    #[arg(long, default_value_t = 1_000)]
+    pub change_tenants: usize,
+    /// Changes of `changes`.
+    #[arg(long, default_value_t = 100_000)]
+    pub changes: usize,
+    /// Deadline of each call.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+    /// Longest wait for the resident set to become steady after watchers open, after the
+    /// changes and after they are dropped.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub settle: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl MemoryArgs {
+    /// Returns the measurement these flags describe.
+    pub fn config(&self) -> MemoryConfig {
+        MemoryConfig {
+            target: self.target.clone(),
+            pid: self.pid,
+            scenarios: match self.scenario {
+                ScenarioArg::Instances => vec![Scenario::Instances],
+                ScenarioArg::Reasons => vec![Scenario::Reasons],
+                ScenarioArg::Watchers => vec![Scenario::Watchers],
+                ScenarioArg::Changes => vec![Scenario::Changes],
+                ScenarioArg::All => Scenario::ALL.to_vec(),
+            },
+            instances: self.instances,
+            reason_tenants: self.reason_tenants,
+            actions: self.actions,
+            reason_chars: self.reason_chars,
+            watch_tenants: self.watch_tenants,
+            watch_services: self.watch_services,
+            watchers: self.watchers,
+            watch_changes: self.watch_changes,
+            change_tenants: self.change_tenants,
+            changes: self.changes,
+            timeout: self.timeout,
+            settle: self.settle,
+        }
+    }
+}
+
 /// Carries out a parsed command line; returns the process's exit status.
 pub fn execute(cli: Cli) -> ExitCode {
     let threads = match &cli.command {
         Command::Run(args) => args.threads,
         Command::FloorServer(args) => Some(args.threads),
         Command::SeedDesignServer(args) => Some(args.threads),
-        Command::Seed(_) | Command::Propagation(_) => None,
+        Command::Seed(_) | Command::Propagation(_) | Command::Memory(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -349,6 +451,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Run(args) => execute_run(&args).await,
             Command::Seed(args) => execute_seed(&args).await,
             Command::Propagation(args) => execute_propagation(&args).await,
+            Command::Memory(args) => execute_memory(&args).await,
         }
     });
     match outcome {
@@ -357,9 +460,11 @@ pub fn execute(cli: Cli) -> ExitCode {
             eprintln!("greyrouter-load: {}", crate::error::chain(&err));
             ExitCode::from(match err {
                 Error::InvalidConfig { .. } | Error::InvalidTarget { .. } => EXIT_USAGE,
-                Error::Connect { .. } | Error::Seed { .. } | Error::Call { .. } | Error::Sdk(_) => {
-                    EXIT_UNAVAILABLE
-                }
+                Error::Connect { .. }
+                | Error::Seed { .. }
+                | Error::Call { .. }
+                | Error::Sdk(_)
+                | Error::Process { .. } => EXIT_UNAVAILABLE,
                 Error::Worker(_) => 1,
             })
         }
@@ -400,6 +505,18 @@ async fn execute_propagation(args: &PropagationArgs) -> Result<ExitCode, Error> 
             crate::duration::HumanDuration(config.timeout)
         );
         return Ok(ExitCode::from(EXIT_CHECK_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn execute_memory(args: &MemoryArgs) -> Result<ExitCode, Error> {
+    let config = args.config();
+    config.validate()?;
+    let report = memory(&config).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -625,6 +742,45 @@ mod tests {
             panic!("propagation expected")
         };
         assert_eq!(args.config().watcher, "http://127.0.0.1:50061");
+    }
+
+    #[test]
+    fn memory_defaults_are_the_issue_sizes_and_flags_reach_the_config() {
+        let Command::Memory(args) = parse(&["memory", "--pid", "42"]).command else {
+            panic!("memory expected")
+        };
+        assert_eq!(
+            args.config(),
+            MemoryConfig {
+                pid: 42,
+                ..MemoryConfig::default()
+            }
+        );
+        let Command::Memory(args) = parse(&[
+            "memory",
+            "--pid",
+            "7",
+            "--target",
+            "http://127.0.0.1:50061",
+            "--scenario",
+            "watchers",
+            "--watchers",
+            "10",
+            "--settle",
+            "5s",
+        ])
+        .command
+        else {
+            panic!("memory expected")
+        };
+        let config = args.config();
+        assert_eq!(config.scenarios, [Scenario::Watchers]);
+        assert_eq!((config.pid, config.watchers), (7, 10));
+        assert_eq!(config.settle, Duration::from_secs(5));
+        assert!(
+            Cli::try_parse_from(["greyrouter-load", "memory"]).is_err(),
+            "--pid is required"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Why a seed, a run or a propagation measurement could not be carried out. Failed requests of
-//! a run are not errors: they are counted in its [`Summary`](crate::summary::Summary).
+//! Why a seed, a run, a propagation or a memory measurement could not be carried out. Failed
+//! requests of a run are not errors: they are counted in its [`Summary`](crate::summary::Summary).
 //!
 //! Messages do not repeat their source; [`chain`] joins an error with its sources.
 
@@ -15,7 +15,7 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Why a seed, a run or a propagation measurement could not be carried out.
+/// Why a seed, a run, a propagation or a memory measurement could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A setting is out of range.
@@ -60,6 +60,14 @@ pub enum Error {
         what: String,
         /// The server's answer, or why the stream ended.
         status: Box<tonic::Status>,
+    },
+    /// The measured server's process cannot be read (`memory`).
+    #[error("process {pid}: {reason}")]
+    Process {
+        /// The process id given with `--pid`.
+        pid: u32,
+        /// What could not be read.
+        reason: String,
     },
     /// A worker task panicked or was cancelled.
     #[error("a worker failed: {0}")]

@@ -6,16 +6,19 @@
 //! ([`summary::Summary`]), as text or JSON.
 //! [`propagation::propagation`] measures how long a change made through one router of a fleet
 //! takes to reach a watcher of another.
+//! [`memory::memory`] reads a server's resident memory while it is fed hostile input (thousands
+//! of instances, huge reasons, watchers that stop reading, long runs of changes).
 //! `main.rs` only parses the command line ([`cli`]); tests call these functions directly.
 //!
 //! Layout:
 //! - [`cli`]: flags → [`run::RunConfig`] / [`seed::SeedConfig`] /
-//!   [`propagation::PropagationConfig`], output, exit status;
+//!   [`propagation::PropagationConfig`] / [`memory::MemoryConfig`], output, exit status;
 //! - [`seed`]: services, instances and tenants created with bounded concurrency;
 //! - [`run`]: the closed-loop workers; [`tally`]: what one worker records;
 //!   [`summary`]: merged figures and the `--max-p99-ms` / `--fail-on-error` checks;
 //! - [`propagation`]: `SetTenantVersion` on one router, `WatchAssignments` on another, and the
 //!   delay between them;
+//! - [`memory`]: four scenarios against a running server, its `VmRSS` read from `/proc`;
 //! - [`keyspace`]: the tenant and service names both sides use;
 //! - [`distribution`]: uniform and Zipf key choice; [`rng`]: SplitMix64;
 //! - [`servers`]: the reference servers `compare.sh` measures greyrouter against (a no-op
@@ -50,6 +53,7 @@ pub mod distribution;
 pub mod duration;
 pub mod error;
 pub mod keyspace;
+pub mod memory;
 pub mod propagation;
 pub mod rng;
 pub mod run;

@@ -3,8 +3,9 @@
 //! Three phases, each with at most `concurrency` calls in flight: services (every version
 //! declared, the first as default), then `instances_per_version` instances of each version, then
 //! tenants. Every call is an upsert, so seeding twice leaves the same state (with a newer
-//! revision). Instance `k` of version `v` of service `j` is `{service}-{version}-{k}` at
-//! `10.{v}.{j}.{k}:8080`; addresses are opaque `host:port` to the router and never dialled.
+//! revision). Instance `k` of version `v` of service `j` is `{service}-{version}-{k}`; the `i`-th
+//! instance overall listens at the `i`-th address of 10.0.0.0/8, port 8080 (valid IPv4 up to
+//! 16 million instances); addresses are never dialled.
 
 use std::fmt;
 use std::sync::Arc;
@@ -108,7 +109,7 @@ impl SeedConfig {
         let version = &self.versions[v];
         pb::Instance {
             id: format!("{service}-{version}-{k}"),
-            address: format!("10.{v}.{j}.{k}:8080"),
+            address: format!("10.{}.{}.{}:8080", (i >> 16) & 255, (i >> 8) & 255, i & 255),
             service,
             version: version.clone(),
             ..Default::default()
@@ -328,9 +329,9 @@ mod tests {
         assert_eq!(instances[0].id, "service-0-v1-0");
         assert_eq!(instances[0].address, "10.0.0.0:8080");
         assert_eq!(instances[3].id, "service-0-v2-1");
-        assert_eq!(instances[3].address, "10.1.0.1:8080");
+        assert_eq!(instances[3].address, "10.0.0.3:8080");
         assert_eq!(instances[11].id, "service-2-v2-1");
-        assert_eq!(instances[11].address, "10.1.2.1:8080");
+        assert_eq!(instances[11].address, "10.0.0.11:8080");
         assert_eq!(instances[11].service, "service-2");
         assert_eq!(instances[11].version, "v2");
     }

@@ -185,7 +185,7 @@ pub fn new_histogram() -> Histogram<u64> {
     }
 }
 
-fn code_index(code: Code) -> usize {
+pub(crate) fn code_index(code: Code) -> usize {
     usize::try_from(code as i32)
         .unwrap_or(Code::Unknown as usize)
         .min(CODES - 1)

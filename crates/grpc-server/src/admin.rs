@@ -22,6 +22,8 @@ use crate::status;
 /// Default and largest page of `ListTenants`.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Bytes of events after which a `ListEvents` page ends early (the next page goes on).
+const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Most changes one `ListEvents` call reads.
 const MAX_EVENTS_SCANNED: usize = 20_000;
 
@@ -72,7 +74,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertTenantRequest>,
     ) -> Result<Response<pb::UpsertTenantResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let tenant = convert::required("tenant", request.into_inner().tenant).map_err(invalid)?;
         let commit = self
             .commit(
@@ -96,6 +98,8 @@ impl Admin for AdminService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
+        // A page token is the last tenant id of the previous page.
+        validate::optional_name("page_token", &request.page_token).map_err(invalid)?;
         let after = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
         let state = self.replica.current();
         let mut tenants: Vec<pb::Tenant> = state
@@ -120,7 +124,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertServiceRequest>,
     ) -> Result<Response<pb::UpsertServiceResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let service = convert::required("service", request.service)
             .and_then(convert::service)
@@ -157,7 +161,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::RegisterInstanceResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let instance = convert::required("instance", request.into_inner().instance)
             .and_then(convert::instance)
             .map_err(invalid)?;
@@ -173,7 +177,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeregisterInstanceRequest>,
     ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let commit = self
             .commit(
@@ -216,7 +220,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetDefaultVersionRequest>,
     ) -> Result<Response<pb::SetDefaultVersionResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let commit = self
             .commit(
@@ -237,7 +241,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetTenantVersionRequest>,
     ) -> Result<Response<pb::SetTenantVersionResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         if let Some(schemas) = &self.schemas {
             let state = self.replica.current();
@@ -281,7 +285,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearTenantVersionRequest>,
     ) -> Result<Response<pb::ClearTenantVersionResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let commit = self
             .commit(
@@ -335,9 +339,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EmergencyRollbackRequest>,
     ) -> Result<Response<pb::EmergencyRollbackResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
-        let actor = actor.with_reason(&request.reason);
+        let actor = actor.with_reason(&request.reason)?;
         let tenant_ids = convert::names("tenant_ids", request.tenant_ids).map_err(invalid)?;
         let mutation = Mutation::EmergencyRollback {
             service: request.service,
@@ -363,7 +367,7 @@ impl Admin for AdminService {
             _ => (String::new(), 0),
         };
         if !request.dry_run {
-            tracing::warn!(revision, %override_id, moved_tenants, actor = %actor.name, reason = %actor.reason, "emergency rollback");
+            tracing::warn!(revision, %override_id, moved_tenants, actor = ?actor.name, reason = ?actor.reason, "emergency rollback");
         }
         Ok(Response::new(pb::EmergencyRollbackResponse {
             revision,
@@ -401,7 +405,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearOverrideRequest>,
     ) -> Result<Response<pb::ClearOverrideResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let commit = self
             .commit(
@@ -421,7 +425,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         validate::name("service", &request.service).map_err(invalid)?;
         validate::name("to_version", &request.to_version).map_err(invalid)?;
@@ -552,7 +556,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateExperimentRequest>,
     ) -> Result<Response<pb::ExperimentResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         validate::name("service", &request.service).map_err(invalid)?;
         validate::name("id", &request.id).map_err(invalid)?;
@@ -584,7 +588,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpdateExperimentRequest>,
     ) -> Result<Response<pb::ExperimentResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let commit = self
             .commit(
@@ -615,7 +619,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StopExperimentRequest>,
     ) -> Result<Response<pb::StopExperimentResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let commit = self
             .commit(
@@ -643,11 +647,13 @@ impl Admin for AdminService {
             n => n.min(MAX_PAGE),
         };
         let mut events = Vec::new();
+        let mut reply_bytes = 0;
         let mut at = request.since_revision;
         // Reads the log in pages until the page is full or the log ends; at most this many
         // changes are scanned per call, so a narrow filter over a long log answers in parts.
         let mut scanned = 0;
-        while events.len() < limit && scanned < MAX_EVENTS_SCANNED {
+        while events.len() < limit && scanned < MAX_EVENTS_SCANNED && reply_bytes < MAX_REPLY_BYTES
+        {
             let changes = self
                 .replica
                 .store()
@@ -666,7 +672,7 @@ impl Admin for AdminService {
                 if !(tenant_matches && service_matches) {
                     continue;
                 }
-                events.push(pb::Event {
+                let event = pb::Event {
                     revision: change.revision,
                     at_ms: change.meta.at_ms,
                     actor: change.meta.actor,
@@ -676,8 +682,11 @@ impl Admin for AdminService {
                     service,
                     before: change.meta.before,
                     after: change.meta.after,
-                });
-                if events.len() == limit {
+                };
+                reply_bytes += prost::Message::encoded_len(&event);
+                events.push(event);
+                // A full page, or a reply as large as one reply may be: the rest is the next page.
+                if events.len() == limit || reply_bytes >= MAX_REPLY_BYTES {
                     at = change.revision;
                     break;
                 }
@@ -796,6 +805,7 @@ impl Admin for AdminService {
         request: Request<pb::GetSchemaUpgradeRequest>,
     ) -> Result<Response<pb::SchemaUpgrade>, Status> {
         let id = request.into_inner().upgrade_id;
+        validate::name("upgrade_id", &id).map_err(invalid)?;
         let upgrade = self.schemas()?.upgrade(&id).ok_or_else(|| {
             Status::not_found(format!("schema upgrade '{id}' not found on this router"))
         })?;
@@ -811,6 +821,7 @@ impl Admin for AdminService {
         request: Request<pb::GetSchemaUpgradeRequest>,
     ) -> Result<Response<Self::WatchSchemaUpgradeStream>, Status> {
         let id = request.into_inner().upgrade_id;
+        validate::name("upgrade_id", &id).map_err(invalid)?;
         let upgrade = self.schemas()?.upgrade(&id).ok_or_else(|| {
             Status::not_found(format!("schema upgrade '{id}' not found on this router"))
         })?;
@@ -896,6 +907,26 @@ impl Admin for AdminService {
             services,
         }))
     }
+
+    async fn adopt_store_history(
+        &self,
+        request: Request<pb::AdoptStoreHistoryRequest>,
+    ) -> Result<Response<pb::AdoptStoreHistoryResponse>, Status> {
+        let actor = Actor::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        validate::optional_name("retired_history", &request.retired_history).map_err(invalid)?;
+        tracing::warn!(actor = ?actor.name, retired = %request.retired_history, "adopting the store's history");
+        let adoption = self
+            .replica
+            .adopt_store_history(&request.retired_history)
+            .await
+            .map_err(|e| status::store(&e))?;
+        Ok(Response::new(pb::AdoptStoreHistoryResponse {
+            retired_history: adoption.retired,
+            history: adoption.history,
+            revision: adoption.revision,
+        }))
+    }
 }
 
 impl AdminService {
@@ -954,9 +985,9 @@ impl AdminService {
         request: Request<pb::RolloutActionRequest>,
         event: RolloutEvent,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        let actor = Actor::from_metadata(request.metadata());
+        let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
-        let actor = actor.with_reason(&request.reason);
+        let actor = actor.with_reason(&request.reason)?;
         validate::name("service", &request.service).map_err(invalid)?;
         validate::name("id", &request.id).map_err(invalid)?;
         let note = if actor.reason.is_empty() {

@@ -8,9 +8,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use greyrouter_store::ChangeMeta;
 use routing_core::model::RolloutPlan;
+use routing_core::validate;
 use routing_core::{Mutation, RoutingState, Scope};
 use serde_json::{Value, json};
+use tonic::Status;
 use tonic::metadata::MetadataMap;
+
+use crate::status;
 
 /// Request header naming who makes a change.
 pub const ACTOR_HEADER: &str = "x-greyrouter-actor";
@@ -28,28 +32,32 @@ pub struct Actor {
 
 impl Actor {
     /// Reads the actor and reason headers of a request (`anonymous` without an actor).
-    pub fn from_metadata(metadata: &MetadataMap) -> Actor {
-        let header = |name: &str| {
-            metadata
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.chars()
-                        .filter(|c| !c.is_control())
-                        .take(256)
-                        .collect::<String>()
-                })
-                .unwrap_or_default()
+    ///
+    /// Both follow the rules every other field follows (`validate::actor`,
+    /// `validate::reason`): a header that breaks them is refused, naming the header, never cut
+    /// or cleaned silently.
+    pub fn from_metadata(metadata: &MetadataMap) -> Result<Actor, Status> {
+        let header = |name: &'static str| -> Result<String, Status> {
+            match metadata.get(name) {
+                None => Ok(String::new()),
+                Some(value) => value
+                    .to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| status::invalid_argument(name, "must be printable ASCII")),
+            }
         };
-        let name = header(ACTOR_HEADER);
-        Actor {
+        let name = header(ACTOR_HEADER)?;
+        validate::actor(ACTOR_HEADER, &name).map_err(|e| status::routing(&e))?;
+        let reason = header(REASON_HEADER)?;
+        validate::reason(REASON_HEADER, &reason).map_err(|e| status::routing(&e))?;
+        Ok(Actor {
             name: if name.is_empty() {
                 "anonymous".to_owned()
             } else {
                 name
             },
-            reason: header(REASON_HEADER),
-        }
+            reason,
+        })
     }
 
     /// An actor inside the router itself.
@@ -61,11 +69,13 @@ impl Actor {
     }
 
     /// Returns this actor with a reason given in the request body, when the header gave none.
-    pub fn with_reason(mut self, reason: &str) -> Actor {
+    /// The body's reason follows the reason rule whether used or not.
+    pub fn with_reason(mut self, reason: &str) -> Result<Actor, Status> {
+        validate::reason("reason", reason).map_err(|e| status::routing(&e))?;
         if self.reason.is_empty() {
             self.reason = reason.to_owned();
         }
-        self
+        Ok(self)
     }
 }
 
@@ -242,8 +252,18 @@ fn experiment_record(state: &RoutingState, service: &str, id: &str) -> Value {
         .map_or(Value::Null, |experiment| {
             json!({
                 "variants": experiment.variants,
-                "cohort": experiment.cohort,
+                "cohort": cohort_summary(&experiment.cohort),
                 "sticky_tenants": experiment.sticky.len(),
             })
         })
+}
+
+/// A cohort as the trail keeps it: its tiers and labels, and how many tenants it names (a list
+/// of tenants can be long; the change itself holds it).
+fn cohort_summary(cohort: &routing_core::Cohort) -> Value {
+    json!({
+        "tiers": cohort.tiers,
+        "labels": cohort.labels,
+        "tenant_ids": cohort.tenant_ids.len(),
+    })
 }

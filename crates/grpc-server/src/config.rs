@@ -65,9 +65,12 @@ pub struct ServerSettings {
     /// Sizes the windows from the measured bandwidth-delay product instead (BDP pings); the two
     /// window settings are then ignored.
     pub http2_adaptive_window: bool,
-    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: most calls open at once on one connection;
-    /// 0: no limit.
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: most calls open at once on one connection
+    /// (a client opening more waits for one to finish); 0: no limit.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: largest block of request headers (metadata),
+    /// in bytes; larger requests are refused before any handler runs.
+    pub http2_max_header_list_bytes: u32,
     /// Interval of HTTP/2 keep-alive pings on idle connections, in milliseconds; 0: no pings.
     pub http2_keepalive_interval_ms: u64,
     /// How long a keep-alive ping may go unanswered before the connection is closed, in
@@ -77,6 +80,14 @@ pub struct ServerSettings {
 
 /// Most runtime worker threads `server.worker_threads` may ask for.
 pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Calls one connection may have open at once, unless `[server] max_concurrent_streams` says
+/// otherwise: enough for a gateway multiplexing a busy service, far below what would let one
+/// client hold thousands of watch streams.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1_000;
+
+/// Largest block of request headers by default (grpc-go and Envoy use 16 KiB too).
+pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Smallest HTTP/2 flow-control window (RFC 9113 §6.9.2, the initial value).
 pub const MIN_HTTP2_WINDOW: u32 = 65_535;
@@ -91,7 +102,8 @@ impl Default for ServerSettings {
             http2_initial_stream_window_bytes: 1024 * 1024,
             http2_initial_connection_window_bytes: 1024 * 1024,
             http2_adaptive_window: false,
-            max_concurrent_streams: 0,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            http2_max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
             http2_keepalive_interval_ms: 0,
             http2_keepalive_timeout_ms: 20_000,
         }
@@ -124,6 +136,12 @@ impl ServerSettings {
                      {MIN_HTTP2_WINDOW} to {MAX_HTTP2_WINDOW} bytes"
                 ));
             }
+        }
+        if !(1024..=1 << 24).contains(&self.http2_max_header_list_bytes) {
+            problems.push(format!(
+                "server.http2_max_header_list_bytes: {} is outside 1 KiB to 16 MiB",
+                self.http2_max_header_list_bytes
+            ));
         }
         if self.http2_keepalive_interval_ms > 0 && self.http2_keepalive_timeout_ms == 0 {
             problems.push(
@@ -238,6 +256,12 @@ pub struct RedisSettings {
     pub reconnect_max_delay_ms: u64,
     /// Changes kept in the change stream.
     pub stream_max_len: u64,
+    /// Replicas that must acknowledge a change (Redis `WAIT`) before it is answered as
+    /// committed; 0: answered once the master applied it.
+    pub min_replicas_acked: u32,
+    /// How long to wait for those acknowledgements before answering `UNAVAILABLE`, in
+    /// milliseconds.
+    pub replica_ack_timeout_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -250,6 +274,8 @@ impl Default for RedisSettings {
             reconnect_min_delay_ms: millis(defaults.reconnect_min_delay),
             reconnect_max_delay_ms: millis(defaults.reconnect_max_delay),
             stream_max_len: defaults.stream_max_len,
+            min_replicas_acked: defaults.min_replicas_acked,
+            replica_ack_timeout_ms: millis(defaults.replica_ack_timeout),
         }
     }
 }
@@ -273,6 +299,8 @@ impl Config {
         config.reconnect_min_delay = Duration::from_millis(self.redis.reconnect_min_delay_ms);
         config.reconnect_max_delay = Duration::from_millis(self.redis.reconnect_max_delay_ms);
         config.stream_max_len = self.redis.stream_max_len;
+        config.min_replicas_acked = self.redis.min_replicas_acked;
+        config.replica_ack_timeout = Duration::from_millis(self.redis.replica_ack_timeout_ms);
         config
     }
 }
@@ -307,6 +335,12 @@ pub struct Limits {
 pub struct WatchConfig {
     /// Changes kept for watchers to resume from.
     pub history: usize,
+    /// Memory the kept changes may hold on their own (old revisions' replaced entries), in
+    /// bytes; the oldest changes are dropped beyond it.
+    pub history_bytes: usize,
+    /// Bytes of encoded messages queued for one watcher; a watcher that does not read waits
+    /// for room, then catches up from the history or a fresh snapshot.
+    pub max_queued_bytes: usize,
     /// Most assignments in one streamed message; larger updates are split.
     pub max_assignments_per_message: usize,
     /// Messages buffered per watcher before it counts as slow.
@@ -357,6 +391,8 @@ impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
             history: 4096,
+            history_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 256 * 1024,
             max_assignments_per_message: 1000,
             buffer: 16,
         }
@@ -387,10 +423,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("GREYROUTER_LOG_FORMAT", "log.format"),
     ("GREYROUTER_MAX_REQUEST_BYTES", "limits.max_request_bytes"),
     ("GREYROUTER_WATCH_HISTORY", "watch.history"),
+    ("GREYROUTER_WATCH_HISTORY_BYTES", "watch.history_bytes"),
     ("GREYROUTER_REDIS_PREFIX", "redis.prefix"),
     (
         "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS",
         "redis.command_timeout_ms",
+    ),
+    (
+        "GREYROUTER_REDIS_MIN_REPLICAS_ACKED",
+        "redis.min_replicas_acked",
+    ),
+    (
+        "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS",
+        "redis.replica_ack_timeout_ms",
     ),
     ("GREYROUTER_WORKER_THREADS", "server.worker_threads"),
 ];
@@ -469,11 +514,18 @@ impl Config {
             "GREYROUTER_LOG_FORMAT" => self.log.format = value.to_owned(),
             "GREYROUTER_MAX_REQUEST_BYTES" => self.limits.max_request_bytes = parse(value)?,
             "GREYROUTER_WATCH_HISTORY" => self.watch.history = parse(value)?,
+            "GREYROUTER_WATCH_HISTORY_BYTES" => self.watch.history_bytes = parse(value)?,
             "GREYROUTER_REDIS_PREFIX" => self.redis.prefix = value.to_owned(),
             "GREYROUTER_SCHEMA_DATABASE_URL" => self.schema.database_url = value.to_owned(),
             "GREYROUTER_SCHEMA_MIGRATIONS" => self.schema.migrations = PathBuf::from(value),
             "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS" => {
                 self.redis.command_timeout_ms = parse(value)?;
+            }
+            "GREYROUTER_REDIS_MIN_REPLICAS_ACKED" => {
+                self.redis.min_replicas_acked = parse(value)?;
+            }
+            "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS" => {
+                self.redis.replica_ack_timeout_ms = parse(value)?;
             }
             "GREYROUTER_WORKER_THREADS" => self.server.worker_threads = parse(value)?,
             _ => return Err("unknown variable".to_owned()),
@@ -551,6 +603,12 @@ impl Config {
         }
         if self.watch.history == 0 {
             problems.push("watch.history: must be positive".to_owned());
+        }
+        if !(64 * 1024..=1 << 40).contains(&self.watch.history_bytes) {
+            problems.push("watch.history_bytes: must be 64 KiB to 1 TiB".to_owned());
+        }
+        if !(4 * 1024..=1 << 30).contains(&self.watch.max_queued_bytes) {
+            problems.push("watch.max_queued_bytes: must be 4 KiB to 1 GiB".to_owned());
         }
         if self.watch.max_assignments_per_message == 0 || self.watch.buffer == 0 {
             problems
@@ -709,6 +767,48 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("GREYROUTER_WORKER_THREADS=\"many\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn replica_acknowledgements_layer_and_are_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("acked.toml");
+        std::fs::write(
+            &file,
+            "store = \"redis://127.0.0.1:6379/0\"\n[redis]\nmin_replicas_acked = 1\n",
+        )
+        .expect("write");
+        let config =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect("valid");
+        let redis = config.redis_config();
+        assert_eq!(redis.min_replicas_acked, 1);
+        assert_eq!(redis.replica_ack_timeout, Duration::from_secs(1));
+
+        let env = BTreeMap::from([
+            (
+                "GREYROUTER_REDIS_MIN_REPLICAS_ACKED".to_owned(),
+                "2".to_owned(),
+            ),
+            (
+                "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS".to_owned(),
+                "250".to_owned(),
+            ),
+        ]);
+        let redis = Config::load(Some(&file), &env, Overrides::default())
+            .expect("valid")
+            .redis_config();
+        assert_eq!(redis.min_replicas_acked, 2);
+        assert_eq!(redis.replica_ack_timeout, Duration::from_millis(250));
+
+        let env = BTreeMap::from([(
+            "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS".to_owned(),
+            "0".to_owned(),
+        )]);
+        let err = Config::load(Some(&file), &env, Overrides::default()).expect_err("invalid");
+        assert!(
+            err.to_string().contains("redis.replica_ack_timeout_ms"),
             "{err}"
         );
     }

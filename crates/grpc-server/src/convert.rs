@@ -210,6 +210,10 @@ pub fn metadata(
             format!("more than {max_bytes} bytes"),
         ));
     }
+    for (key, value) in metadata {
+        routing_core::validate::name("metadata.key", key)?;
+        routing_core::validate::text("metadata.value", value)?;
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod log;
 pub mod outcomes;
 pub mod replica;
 pub mod rollouts;

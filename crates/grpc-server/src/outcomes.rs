@@ -48,6 +48,8 @@ impl Outcomes {
         now_ms: u64,
     ) -> Result<(), RoutingError> {
         validate::name("service", &report.service)?;
+        // Optional: a gateway or proxy may report without knowing the tenant.
+        validate::optional_name("tenant_id", &report.tenant_id)?;
         validate::optional_name("instance_id", &report.instance_id)?;
         validate::optional_name("version", &report.version)?;
         if report.instance_id.is_empty() && report.address.is_empty() {
@@ -128,5 +130,80 @@ impl Outcomes {
             .get(&(service.to_owned(), version.to_owned()))
             .map(|window| window.stats(now_ms, span_ms))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use routing_core::{Instance, Mutation, Service, Strategy};
+
+    use super::*;
+
+    fn state() -> RoutingState {
+        let service = Mutation::UpsertService {
+            service: Service {
+                name: "api".into(),
+                default_version: "v1".into(),
+                strategy: Strategy::RoundRobin,
+                versions: ["v1".to_owned()].into(),
+            },
+            force: false,
+        };
+        let instance = Mutation::RegisterInstance {
+            instance: Instance {
+                id: "api-1".into(),
+                address: "10.0.0.1:8080".into(),
+                service: "api".into(),
+                version: "v1".into(),
+                weight: 1,
+                region: String::new(),
+                zone: String::new(),
+                metadata: Default::default(),
+                healthy: true,
+                health_score: 100,
+            },
+        };
+        [service, instance]
+            .iter()
+            .fold(RoutingState::default(), |state, mutation| {
+                match state.apply(mutation) {
+                    Ok((next, _)) => next,
+                    Err(err) => panic!("{mutation:?}: {err}"),
+                }
+            })
+    }
+
+    fn report(tenant_id: &str) -> pb::Outcome {
+        pb::Outcome {
+            instance_id: "api-1".into(),
+            tenant_id: tenant_id.into(),
+            service: "api".into(),
+            success: true,
+            latency_ms: 5,
+            ..pb::Outcome::default()
+        }
+    }
+
+    #[test]
+    fn report_tenant_id_is_checked_as_an_optional_name() {
+        let outcomes = Outcomes::new(EjectionPolicy::default(), WindowConfig::default());
+        let state = state();
+        assert_eq!(outcomes.record(&state, &report("acme"), 1_000), Ok(()));
+        // Empty: the reporter did not know the tenant.
+        assert_eq!(outcomes.record(&state, &report(""), 1_000), Ok(()));
+        for bad in ["bad id", "acme\u{202E}", "acme\u{200B}", &"x".repeat(129)] {
+            let err = outcomes
+                .record(&state, &report(bad), 1_000)
+                .expect_err("a bad tenant id is rejected");
+            assert!(
+                matches!(&err, RoutingError::InvalidArgument { field, .. } if field == "tenant_id"),
+                "{bad:?}: {err}"
+            );
+            assert!(err.to_string().starts_with("invalid tenant_id: "), "{err}");
+        }
+        assert_eq!(
+            outcomes.version_stats("api", "v1", 1_000, 60_000).requests,
+            2
+        );
     }
 }

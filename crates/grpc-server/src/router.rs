@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_server::Router;
+use prost::Message;
 use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
 use routing_core::{RouteQuery, RoutingError, RoutingState, validate};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::now_ms;
@@ -205,6 +205,7 @@ impl Router for RouterService {
             services: convert::names("services", request.services)
                 .map_err(|e| status::routing(&e))?,
         };
+        validate::optional_name("history", &request.history).map_err(|e| status::routing(&e))?;
         // Revisions of another history name other states: send a snapshot instead.
         let from_revision =
             if request.history.is_empty() || request.history == self.replica.history_id() {
@@ -232,15 +233,21 @@ impl Router for RouterService {
             }
         }
         let (sender, receiver) = mpsc::channel(self.watch.buffer);
+        let queue = Arc::new(Semaphore::new(self.watch.max_queued_bytes));
         let watcher = Watcher {
             replica: Arc::clone(&self.replica),
             filter,
             chunk: self.watch.max_assignments_per_message,
             sender,
+            queue,
+            max_queued_bytes: self.watch.max_queued_bytes,
             closing: self.closing.clone(),
         };
         tokio::spawn(watcher.run(from_revision));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(UpdateStream::new(
+            receiver,
+            self.closing.clone(),
+        ))))
     }
 }
 
@@ -274,24 +281,91 @@ impl Tally {
     }
 }
 
+/// Changes a watcher takes from the history at once.
+const REPLAY_BATCH: usize = 16;
+
+/// An update queued for a watcher, with the share of the watcher's byte budget it holds until
+/// the stream hands it to the transport.
+type Queued = (pb::AssignmentUpdate, OwnedSemaphorePermit);
+
+/// The stream a watcher's client reads: the queued updates, then always an error status.
+///
+/// A watch never ends on its own: when its task stops (the server is shutting down, or the
+/// router lost its state) the stream ends with `UNAVAILABLE`, never with `OK`, so a client never
+/// takes a cut-off sequence for a complete one. When the server starts shutting down, the
+/// status goes out at once, ahead of whatever is still queued.
+struct UpdateStream {
+    receiver: mpsc::Receiver<Queued>,
+    closing: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl UpdateStream {
+    fn new(
+        receiver: mpsc::Receiver<Queued>,
+        mut closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        UpdateStream {
+            receiver,
+            closing: Box::pin(async move {
+                // A dropped sender means the server is gone: treat it as closing too.
+                let _ = closing.wait_for(|closing| *closing).await;
+            }),
+            done: false,
+        }
+    }
+}
+
+impl Stream for UpdateStream {
+    type Item = Result<pb::AssignmentUpdate, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.closing.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "server is shutting down; resume on another router",
+            ))));
+        }
+        match self.receiver.poll_recv(cx) {
+            // The permit is released here: the update now belongs to the transport.
+            Poll::Ready(Some((update, _permit))) => Poll::Ready(Some(Ok(update))),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Status::unavailable(
+                    "this router stopped following changes; resume on another router",
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// One watch stream: sends a snapshot or a replay, then every change that alters what it follows.
 struct Watcher {
     replica: Arc<Replica>,
     filter: AssignmentFilter,
     chunk: usize,
-    sender: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
+    sender: mpsc::Sender<Queued>,
+    /// Bytes of encoded updates this watcher may have queued.
+    queue: Arc<Semaphore>,
+    max_queued_bytes: usize,
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Watcher {
     async fn run(self, from_revision: u64) {
         let mut closing = self.closing.clone();
+        // Dropping the sender on return ends the client's stream with UNAVAILABLE.
         tokio::select! {
             () = self.follow(from_revision) => {}
-            _ = closing.wait_for(|closing| *closing) => {
-                let status = Status::unavailable("server is shutting down; resume on another router");
-                let _ = self.sender.try_send(Err(status));
-            }
+            _ = closing.wait_for(|closing| *closing) => {}
         }
     }
 
@@ -306,9 +380,13 @@ impl Watcher {
             from_revision
         };
         loop {
-            match self.replica.changes_after(at) {
+            // A few changes at a time: a watcher waiting for room must not keep alive many
+            // revisions that the history has let go.
+            match self.replica.next_changes(at, REPLAY_BATCH) {
                 Replay::Changes(changes) => {
-                    for change in changes {
+                    let more = changes.len() == REPLAY_BATCH;
+                    let mut changes = std::collections::VecDeque::from(changes);
+                    while let Some(change) = changes.pop_front() {
                         let diff =
                             watch::diff(&change.before, &change.after, &change.scope, &self.filter);
                         if !diff.is_empty() {
@@ -335,6 +413,10 @@ impl Watcher {
                         }
                         at = change.after.revision();
                     }
+                    if more {
+                        // The history may hold more: take them before waiting.
+                        continue;
+                    }
                 }
                 // Too slow to keep up with the kept history: start over from a snapshot.
                 Replay::Gone | Replay::Ahead => match self.send_snapshot().await {
@@ -342,8 +424,10 @@ impl Watcher {
                     None => return,
                 },
             }
+            // Wake on every publication, not only a higher revision: a resynchronisation may
+            // land on this revision or below it, and changes_after then answers Gone or Ahead.
             tokio::select! {
-                changed = revisions.wait_for(|&r| r > at) => {
+                changed = revisions.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -362,7 +446,8 @@ impl Watcher {
             .then_some(state.revision())
     }
 
-    /// Sends one revision's update, split into messages of at most `chunk` assignments.
+    /// Sends one revision's update, split into messages of at most `chunk` assignments, each
+    /// built only when the previous one is queued.
     async fn send(
         &self,
         revision: u64,
@@ -371,46 +456,231 @@ impl Watcher {
         removals: Vec<pb::AssignmentKey>,
         cause: &str,
     ) -> bool {
-        let mut messages: Vec<pb::AssignmentUpdate> = upserts
-            .chunks(self.chunk)
-            .map(|chunk| pb::AssignmentUpdate {
-                revision,
-                snapshot,
-                upserts: chunk.iter().map(convert::assignment_message).collect(),
-                removals: Vec::new(),
-                partial: true,
-                cause: cause.to_owned(),
-                history: self.replica.history_id().to_owned(),
-            })
-            .collect();
-        for chunk in removals.chunks(self.chunk) {
-            messages.push(pb::AssignmentUpdate {
-                revision,
-                snapshot,
-                upserts: Vec::new(),
-                removals: chunk.to_vec(),
-                partial: true,
-                cause: cause.to_owned(),
-                history: self.replica.history_id().to_owned(),
-            });
+        let upsert_chunks: Vec<&[EffectiveAssignment]> = upserts.chunks(self.chunk).collect();
+        let removal_chunks: Vec<&[pb::AssignmentKey]> = removals.chunks(self.chunk).collect();
+        let count = upsert_chunks.len() + removal_chunks.len();
+        let message = |upserts, removals, index: usize| pb::AssignmentUpdate {
+            revision,
+            snapshot,
+            upserts,
+            removals,
+            partial: index + 1 < count,
+            cause: cause.to_owned(),
+            history: self.replica.history_id().to_owned(),
+        };
+        if count == 0 {
+            // An empty update still tells the client where it stands.
+            return self.queue_message(message(Vec::new(), Vec::new(), 0)).await;
         }
-        if messages.is_empty() {
-            // An empty snapshot still tells the client where it stands.
-            messages.push(pb::AssignmentUpdate {
-                revision,
-                snapshot,
-                history: self.replica.history_id().to_owned(),
-                ..pb::AssignmentUpdate::default()
-            });
+        for (index, chunk) in upsert_chunks.iter().enumerate() {
+            let upserts = chunk.iter().map(convert::assignment_message).collect();
+            if !self
+                .queue_message(message(upserts, Vec::new(), index))
+                .await
+            {
+                return false;
+            }
         }
-        if let Some(last) = messages.last_mut() {
-            last.partial = false;
-        }
-        for message in messages {
-            if self.sender.send(Ok(message)).await.is_err() {
+        for (index, chunk) in removal_chunks.iter().enumerate() {
+            let index = upsert_chunks.len() + index;
+            if !self
+                .queue_message(message(Vec::new(), chunk.to_vec(), index))
+                .await
+            {
                 return false;
             }
         }
         true
+    }
+
+    /// Queues one message once the watcher's byte budget has room for it (a message larger
+    /// than the whole budget waits for an empty queue); returns false when the client left.
+    async fn queue_message(&self, message: pb::AssignmentUpdate) -> bool {
+        let bytes = message.encoded_len().clamp(1, self.max_queued_bytes);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            permit = Arc::clone(&self.queue).acquire_many_owned(bytes) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+            () = self.sender.closed() => return false,
+        };
+        self.sender.send((message, permit)).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use greyrouter_store::{MemoryStore, Store, suite};
+
+    use super::*;
+    use crate::audit::Actor;
+
+    /// Waits, with a deadline, until `check` holds.
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_never_reads_queues_at_most_its_byte_budget() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let replica = Replica::load(store, 4096, 64 << 20).await.expect("load");
+        tokio::spawn(Arc::clone(&replica).follow());
+        let actor = Actor::system("test", "");
+        replica
+            .commit(suite::service(), &actor)
+            .await
+            .expect("service");
+        replica
+            .commit(suite::instance("api-1", "v1"), &actor)
+            .await
+            .expect("instance");
+        for i in 0..300 {
+            replica
+                .commit(suite::tenant(&format!("tenant-{i:03}")), &actor)
+                .await
+                .expect("tenant");
+        }
+        // A snapshot of 300 assignments in messages of 10 is about 30 KB: twice the budget.
+        let budget = 16 * 1024;
+        let (sender, mut receiver) = mpsc::channel(10_000);
+        let queue = Arc::new(Semaphore::new(budget));
+        let (_closing, closing) = tokio::sync::watch::channel(false);
+        let watcher = Watcher {
+            replica: Arc::clone(&replica),
+            filter: AssignmentFilter::default(),
+            chunk: 10,
+            sender,
+            queue: Arc::clone(&queue),
+            max_queued_bytes: budget,
+            closing,
+        };
+        tokio::spawn(watcher.run(0));
+        // The watcher stops once the next message no longer fits.
+        until("the queue to fill", || queue.available_permits() < 2048).await;
+        let queued = receiver.len();
+        let mut bytes = 0;
+        let mut first_revision = None;
+        let mut assignments = 0;
+        for _ in 0..queued {
+            let (update, _permit) = receiver.try_recv().expect("queued message");
+            bytes += update.encoded_len();
+            assignments += update.upserts.len();
+            first_revision.get_or_insert(update.revision);
+        }
+        assert!(queued > 1, "some messages were queued");
+        assert!(
+            bytes <= budget,
+            "{queued} messages of {bytes} bytes queued for a budget of {budget}"
+        );
+        assert!(assignments < 300, "the snapshot did not fit the budget");
+        // Once the client reads, the rest of the snapshot arrives, complete.
+        loop {
+            let (update, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            assert_eq!(Some(update.revision), first_revision);
+            assignments += update.upserts.len();
+            if !update.partial {
+                break;
+            }
+        }
+        assert_eq!(assignments, 300);
+    }
+
+    #[tokio::test]
+    async fn the_watch_history_is_bounded_in_bytes_as_instances_pile_into_one_version() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let history_bytes = 2 << 20;
+        let replica = Replica::load(store, 100_000, history_bytes)
+            .await
+            .expect("load");
+        tokio::spawn(Arc::clone(&replica).follow());
+        let actor = Actor::system("test", "");
+        replica
+            .commit(suite::service(), &actor)
+            .await
+            .expect("service");
+        let registrations = 2_000;
+        for i in 0..registrations {
+            replica
+                .commit(suite::instance(&format!("api-{i:05}"), "v1"), &actor)
+                .await
+                .expect("instance");
+        }
+        let (kept, bytes) = replica.history_footprint();
+        assert!(
+            bytes <= history_bytes,
+            "{kept} changes of {bytes} bytes kept"
+        );
+        // Each registration replaces a pool of up to 2,000 members (~16 bytes each), so the
+        // bytes, not the count of 100,000, decide what is kept ...
+        assert!(kept < registrations, "{kept} changes kept");
+        // ... and what one change costs follows the pool it replaced, not every map it copied.
+        assert!(
+            kept > history_bytes / (2_000 * 64),
+            "{kept} changes of {bytes} bytes kept: too little kept per byte"
+        );
+        // The newest changes are still there to replay.
+        let current = replica.current().revision();
+        assert!(matches!(
+            replica.changes_after(current - 1),
+            Replay::Changes(changes) if changes.len() == 1
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_resume_replays_more_changes_than_one_batch_without_waiting_for_another() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let replica = Replica::load(store, 4096, 64 << 20).await.expect("load");
+        tokio::spawn(Arc::clone(&replica).follow());
+        let actor = Actor::system("test", "");
+        replica
+            .commit(suite::service(), &actor)
+            .await
+            .expect("service");
+        let from = replica
+            .commit(suite::instance("api-1", "v1"), &actor)
+            .await
+            .expect("instance")
+            .revision;
+        let changes = REPLAY_BATCH * 3 + 1;
+        for i in 0..changes {
+            replica
+                .commit(suite::tenant(&format!("tenant-{i:03}")), &actor)
+                .await
+                .expect("tenant");
+        }
+        let (sender, mut receiver) = mpsc::channel(10_000);
+        let (_closing, closing) = tokio::sync::watch::channel(false);
+        let watcher = Watcher {
+            replica: Arc::clone(&replica),
+            filter: AssignmentFilter::default(),
+            chunk: 100,
+            sender,
+            queue: Arc::new(Semaphore::new(1 << 20)),
+            max_queued_bytes: 1 << 20,
+            closing,
+        };
+        tokio::spawn(watcher.run(from));
+        // No change is made meanwhile: every missed one arrives all the same.
+        for i in 0..changes {
+            let (update, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            assert!(!update.snapshot);
+            assert_eq!(update.upserts[0].tenant_id, format!("tenant-{i:03}"));
+        }
     }
 }

@@ -39,7 +39,7 @@ impl App {
     /// Opens the configured store, loads the state and applies the seed file to an empty store.
     pub async fn start(config: Config) -> anyhow::Result<App> {
         let store = open_store(&config).await?;
-        let replica = Replica::load(store, config.watch.history)
+        let replica = Replica::load(store, config.watch.history, config.watch.history_bytes)
             .await
             .context("cannot load routing state from the store")?;
         let follower = tokio::spawn(Arc::clone(&replica).follow());
@@ -204,6 +204,7 @@ fn transport(settings: &ServerSettings) -> tonic::transport::Server {
         .max_concurrent_streams(
             (settings.max_concurrent_streams > 0).then_some(settings.max_concurrent_streams),
         )
+        .http2_max_header_list_size(settings.http2_max_header_list_bytes)
         .http2_keepalive_interval(
             (settings.http2_keepalive_interval_ms > 0)
                 .then(|| Duration::from_millis(settings.http2_keepalive_interval_ms)),

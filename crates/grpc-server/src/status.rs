@@ -12,9 +12,27 @@ use routing_core::RoutingError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+/// Longest status message: messages travel in a header, and a caller's value echoed whole
+/// could make the header too large for the client, which would then see a broken connection
+/// instead of the status.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a character boundary, marking the cut.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 /// Returns the status for a routing error.
 pub fn routing(err: &RoutingError) -> Status {
-    let message = err.to_string();
+    let message = bounded(err.to_string());
     match err {
         RoutingError::InvalidArgument { field, reason } => invalid_argument(field, reason),
         RoutingError::NotFound { .. } => Status::not_found(message),
@@ -38,16 +56,16 @@ pub fn routing(err: &RoutingError) -> Status {
 pub fn store(err: &StoreError) -> Status {
     match err {
         StoreError::Rejected(err) => routing(err),
-        StoreError::Unavailable(_) => Status::unavailable(err.to_string()),
-        StoreError::Compacted { .. } => Status::out_of_range(err.to_string()),
-        StoreError::Conflict { .. } => Status::aborted(err.to_string()),
-        StoreError::Corrupt(_) => Status::internal(err.to_string()),
+        StoreError::Unavailable(_) => Status::unavailable(bounded(err.to_string())),
+        StoreError::Compacted { .. } => Status::out_of_range(bounded(err.to_string())),
+        StoreError::Conflict { .. } => Status::aborted(bounded(err.to_string())),
+        StoreError::Corrupt(_) => Status::internal(bounded(err.to_string())),
     }
 }
 
 /// Returns the status for a schema migration error.
 pub fn schema(err: &SchemaError) -> Status {
-    let message = err.to_string();
+    let message = bounded(err.to_string());
     match err {
         SchemaError::NoCatalog { .. } | SchemaError::UnknownSchemaVersion { .. } => {
             Status::not_found(message)
@@ -155,5 +173,21 @@ mod tests {
             violations.and_then(|v| v.first().map(|f| f.field.clone())),
             Some("tenant.id".to_owned())
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let echoed = routing(&RoutingError::not_found(
+            routing_core::Entity::Tenant,
+            "é".repeat(10_000),
+        ));
+        assert_eq!(echoed.code(), Code::NotFound);
+        assert!(
+            echoed.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            echoed.message().len()
+        );
+        assert!(echoed.message().ends_with("..."));
+        assert_eq!(bounded("short".to_owned()), "short");
     }
 }

@@ -750,3 +750,178 @@ async fn a_batch_answers_each_request_on_its_own() {
     assert_eq!(too_many.code(), Code::InvalidArgument);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bad_page_tokens_and_report_tenant_ids_are_refused() {
+    let mut server = TestServer::start().await;
+    server.populate(2).await;
+
+    for token in ["not a tenant", "t0\u{202E}", "t0\u{200B}"] {
+        let refused = server
+            .admin
+            .list_tenants(pb::ListTenantsRequest {
+                page_size: 10,
+                page_token: token.into(),
+            })
+            .await
+            .expect_err("a bad page token is refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{token:?}");
+        let field = refused
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations[0].field.clone());
+        assert_eq!(field.as_deref(), Some("page_token"), "{token:?}");
+    }
+    // A tenant id that does not exist is still a valid position.
+    let page = server
+        .admin
+        .list_tenants(pb::ListTenantsRequest {
+            page_size: 10,
+            page_token: "t0".into(),
+        })
+        .await
+        .expect("list after t0")
+        .into_inner();
+    let ids: Vec<String> = page.tenants.into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["t1"]);
+
+    let report = |tenant_id: &str| pb::Outcome {
+        instance_id: "a1".into(),
+        tenant_id: tenant_id.into(),
+        service: "api".into(),
+        success: true,
+        latency_ms: 3,
+        ..Default::default()
+    };
+    let response = server
+        .router
+        .report_outcomes(pb::ReportOutcomesRequest {
+            outcomes: vec![report("t0"), report(""), report("bad tenant")],
+        })
+        .await
+        .expect("report")
+        .into_inner();
+    assert_eq!((response.accepted, response.rejected), (2, 1));
+    assert!(
+        response.first_rejection.starts_with("invalid tenant_id: "),
+        "{}",
+        response.first_rejection
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_advertises_a_stream_limit_and_refuses_oversized_headers() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    // What the server announces in its HTTP/2 SETTINGS, read by a plain HTTP/2 client: a ping
+    // answered means the SETTINGS frame sent before it has been applied.
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (send, mut connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let mut ping = connection.ping_pong().expect("ping handle");
+    tokio::spawn(connection);
+    support::within(ping.ping(h2::Ping::opaque()))
+        .await
+        .expect("pong");
+    assert_eq!(
+        send.current_max_send_streams(),
+        greyrouter::config::DEFAULT_MAX_CONCURRENT_STREAMS as usize
+    );
+
+    // Metadata beyond the header list limit is refused before any handler runs ...
+    let mut request = tonic::Request::new(pb::RouteRequest {
+        tenant_id: "t0".into(),
+        service: "api".into(),
+        ..Default::default()
+    });
+    let big = "x".repeat(greyrouter::config::DEFAULT_MAX_HEADER_LIST_BYTES as usize);
+    request
+        .metadata_mut()
+        .insert("x-padding", big.parse().expect("ascii metadata"));
+    let refused = server.router.route(request).await;
+    assert!(refused.is_err(), "{refused:?}");
+    // ... and the server keeps serving.
+    let routed = server.route("t0", "api").await.expect("route");
+    assert_eq!(routed.instance_id, "a1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_reason_follows_one_rule_in_the_body_and_in_the_header() {
+    let mut server = TestServer::start().await;
+    server.populate(2).await;
+    let rollback = |reason: String| pb::EmergencyRollbackRequest {
+        service: "api".into(),
+        from_version: "v1".into(),
+        to_version: "v2".into(),
+        reason,
+        ..Default::default()
+    };
+    let refused =
+        |result: Result<tonic::Response<pb::EmergencyRollbackResponse>, tonic::Status>,
+         field: &str| {
+            let status = result.expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains(field), "{status:?}");
+        };
+    let revision = server.route("t0", "api").await.expect("route").revision;
+    // Too long (a megabyte once made every audit entry carry it), or able to forge log lines.
+    for reason in [
+        "x".repeat(routing_core::validate::MAX_REASON_LEN + 1),
+        "x".repeat(1_000_000),
+        "fixed\n2026-01-01T00:00:00Z INFO all good".to_owned(),
+        "\u{1b}[2J".to_owned(),
+        "oops\u{202e}".to_owned(),
+    ] {
+        refused(
+            server.admin.emergency_rollback(rollback(reason)).await,
+            "reason",
+        );
+    }
+    for reason in [
+        "x".repeat(routing_core::validate::MAX_REASON_LEN + 1),
+        "a\tb".to_owned(),
+    ] {
+        let mut request = tonic::Request::new(rollback(String::new()));
+        request
+            .metadata_mut()
+            .insert("x-greyrouter-reason", reason.parse().expect("header value"));
+        refused(
+            server.admin.emergency_rollback(request).await,
+            "x-greyrouter-reason",
+        );
+    }
+    let mut request = tonic::Request::new(rollback(String::new()));
+    request.metadata_mut().insert(
+        "x-greyrouter-actor",
+        "a".repeat(200).parse().expect("header value"),
+    );
+    refused(
+        server.admin.emergency_rollback(request).await,
+        "x-greyrouter-actor",
+    );
+    // Nothing was changed by the refused calls; the longest allowed reason is recorded whole.
+    assert_eq!(
+        server.route("t0", "api").await.expect("route").revision,
+        revision
+    );
+    let longest = "y".repeat(routing_core::validate::MAX_REASON_LEN);
+    server
+        .admin
+        .emergency_rollback(rollback(longest.clone()))
+        .await
+        .expect("rollback");
+    let events = server
+        .admin
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .expect("events")
+        .into_inner();
+    assert!(
+        events.events.iter().any(|e| e.reason == longest),
+        "{events:?}"
+    );
+    server.stop().await;
+}

@@ -314,3 +314,306 @@ async fn routers_on_a_redis_cluster_agree() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Opens a watch of t0/api and returns it with its first message (the snapshot, or the replay's
+/// first update).
+async fn watch_from(
+    server: &mut TestServer,
+    from_revision: u64,
+    history: &str,
+) -> (tonic::Streaming<pb::AssignmentUpdate>, pb::AssignmentUpdate) {
+    let mut stream = within(
+        server
+            .router
+            .watch_assignments(pb::WatchAssignmentsRequest {
+                tenant_ids: vec!["t0".into()],
+                services: vec!["api".into()],
+                from_revision,
+                history: history.to_owned(),
+            }),
+    )
+    .await
+    .expect("watch")
+    .into_inner();
+    let first = within(stream.message())
+        .await
+        .expect("ok")
+        .expect("first message");
+    (stream, first)
+}
+
+/// Reads a watch until its next snapshot and returns it.
+async fn next_snapshot(
+    stream: &mut tonic::Streaming<pb::AssignmentUpdate>,
+) -> pb::AssignmentUpdate {
+    loop {
+        let update = within(stream.message()).await.expect("ok").expect("update");
+        if update.snapshot {
+            return update;
+        }
+    }
+}
+
+/// Returns the ids of the tenants a router holds.
+async fn tenant_ids(server: &mut TestServer) -> Vec<String> {
+    let tenants = within(server.admin.list_tenants(pb::ListTenantsRequest {
+        page_size: 1000,
+        page_token: String::new(),
+    }))
+    .await
+    .expect("list tenants")
+    .into_inner()
+    .tenants;
+    tenants.into_iter().map(|t| t.id).collect()
+}
+
+fn version_of(update: &pb::AssignmentUpdate) -> &str {
+    update.upserts.first().map_or("", |a| a.version.as_str())
+}
+
+/// Retries a change while it answers UNAVAILABLE (a router resynchronising, a failover).
+async fn pin_eventually(server: &mut TestServer, version: &str) -> u64 {
+    within(async {
+        loop {
+            let request = pb::SetTenantVersionRequest {
+                tenant_id: "t0".into(),
+                service: "api".into(),
+                version: version.into(),
+                expected_version: None,
+                force: false,
+                migrate: false,
+            };
+            match server.admin.set_tenant_version(request).await {
+                Ok(response) => break response.into_inner().revision,
+                Err(status) if status.code() == Code::Unavailable => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("unexpected {status:?}"),
+            }
+        }
+    })
+    .await
+}
+
+fn admin_health(server: &TestServer) -> impl std::future::Future<Output = i32> + use<> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    async move {
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "greyrouter.v1.Admin".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status
+    }
+}
+
+/// Regression (hardening item 10): the guard against a Redis that comes back empty covered only
+/// revision 0; one write to the emptied Redis (a fresh router applying its seed) gave it a
+/// revision, and the whole fleet adopted that near-empty state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_redis_written_to_again_is_adopted_only_when_an_operator_says_so() {
+    let redis = RedisServer::start();
+    let mut replicas = fleet(&redis, 2).await;
+    replicas[0].populate(2).await;
+    let mut watch_b = watch_t0(&mut replicas[1]).await;
+    let (_, first) = watch_from(&mut replicas[0], 0, "").await;
+    let history = first.history;
+    assert!(!history.is_empty());
+
+    redis.command(&["FLUSHALL"]);
+    // A fresh router on the emptied Redis starts another history and commits to it.
+    let mut fresh = TestServer::with_config(redis_config(&redis)).await;
+    assert_eq!(fresh.tenant("newcomer", "eu").await, 1);
+    let (_, first) = watch_from(&mut fresh, 0, "").await;
+    let other = first.history;
+    assert_ne!(other, history);
+
+    // The old replicas keep routing from their state and refuse changes, naming both
+    // histories and the operator's way out.
+    for replica in &mut replicas {
+        let refusal = within(async {
+            loop {
+                let refused = replica
+                    .admin
+                    .upsert_tenant(pb::UpsertTenantRequest {
+                        tenant: Some(support::tenant("t9", "eu")),
+                    })
+                    .await
+                    .expect_err("a change on top of another history must be refused");
+                assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+                if refused.message().contains(&other) {
+                    break refused;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let message = refusal.message();
+        assert!(
+            message.contains(&history) && message.contains("greyrouter store adopt"),
+            "{message}"
+        );
+        let routed = replica
+            .route("t1", "api")
+            .await
+            .expect("route from the last state");
+        assert_eq!(routed.version, "v1");
+        assert_eq!(tenant_ids(replica).await, ["t0", "t1"]);
+        let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+        within(async {
+            while admin_health(replica).await != not_serving {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    // One operator action, through one router, and every router follows the store again.
+    let adopted = within(
+        replicas[0]
+            .admin
+            .adopt_store_history(pb::AdoptStoreHistoryRequest::default()),
+    )
+    .await
+    .expect("adopt")
+    .into_inner();
+    assert_eq!(
+        (adopted.retired_history.as_str(), adopted.history.as_str()),
+        (history.as_str(), other.as_str())
+    );
+    assert_eq!(adopted.revision, 1);
+    let snapshot = next_snapshot(&mut watch_b).await;
+    assert_eq!(
+        (snapshot.revision, snapshot.history.as_str()),
+        (1, other.as_str())
+    );
+    for replica in &mut replicas {
+        within(async {
+            while tenant_ids(replica).await != ["newcomer"] {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let gone = replica
+            .route("t1", "api")
+            .await
+            .expect_err("the store's state");
+        assert_eq!(gone.code(), Code::NotFound);
+    }
+    // Nothing to adopt any more; changes are accepted again.
+    let again = replicas[1]
+        .admin
+        .adopt_store_history(pb::AdoptStoreHistoryRequest::default())
+        .await
+        .expect_err("nothing to adopt");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert_eq!(replicas[1].tenant("t9", "eu").await, 2);
+    for replica in replicas {
+        replica.stop().await;
+    }
+    fresh.stop().await;
+}
+
+/// Regression (hardening item 11): after the store went back in time (a failover that lost
+/// acknowledged changes, whose revisions are then reused), open watch streams got neither a
+/// snapshot nor the replacing changes, and a client resuming with its old (history, revision)
+/// could be replayed different changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_went_back_in_time_reaches_watchers_as_a_snapshot() {
+    let mut redis = RedisServer::start();
+    let mut replicas = fleet(&redis, 2).await;
+    replicas[0].populate(2).await;
+    let mut watch_b = watch_t0(&mut replicas[1]).await;
+    let (_, first) = watch_from(&mut replicas[1], 0, "").await;
+    let history = first.history;
+
+    // The state a failover will go back to; then a change the store acknowledges and loses.
+    redis.command(&["SAVE"]);
+    let lost = replicas[0].pin("t0", "api", "v2").await;
+    assert_eq!(next_version(&mut watch_b).await, (lost, "v2".to_owned()));
+    redis.restart();
+
+    // The open watch gets the store's state as a snapshot, under a new epoch of the history.
+    let snapshot = next_snapshot(&mut watch_b).await;
+    assert_eq!((snapshot.revision, version_of(&snapshot)), (lost - 1, "v1"));
+    assert_eq!(snapshot.history, format!("{history}.1"));
+    let stored = redis.command(&["GET", "{greyrouter}:history"]);
+    assert!(stored.contains(&snapshot.history), "{stored}");
+
+    // A client resuming with what it had before gets a snapshot, not a replay.
+    let (_, resumed) = watch_from(&mut replicas[1], lost, &history).await;
+    assert!(resumed.snapshot, "{resumed:?}");
+    assert_eq!((resumed.revision, version_of(&resumed)), (lost - 1, "v1"));
+
+    // The lost revision is reused by another change. While a watcher stands at a revision the
+    // lost line also reached, it may hold either line's state, so it gets the new state whole
+    // (a snapshot) rather than a replay.
+    let reused = pin_eventually(&mut replicas[0], "v2").await;
+    assert_eq!(reused, lost);
+    let update = within(watch_b.message())
+        .await
+        .expect("ok")
+        .expect("update");
+    assert_eq!((update.revision, version_of(&update)), (lost, "v2"));
+    assert_eq!(update.history, snapshot.history);
+    let next = pin_eventually(&mut replicas[0], "v1").await;
+    let update = within(watch_b.message())
+        .await
+        .expect("ok")
+        .expect("update");
+    assert_eq!((update.revision, version_of(&update)), (next, "v1"));
+    // Past them, changes are replayed as usual.
+    let next = pin_eventually(&mut replicas[0], "v2").await;
+    let update = within(watch_b.message())
+        .await
+        .expect("ok")
+        .expect("update");
+    assert!(!update.snapshot, "{update:?}");
+    assert_eq!((update.revision, version_of(&update)), (next, "v2"));
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// The same through a real Sentinel failover: the replica is cut off, the master acknowledges
+/// a change and dies, and the sentinel promotes the replica without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_that_lost_a_change_reaches_watchers_as_a_snapshot() {
+    let sentinel = greyrouter_test_support::RedisSentinel::start();
+    let mut router = TestServer::with_config(on_redis(sentinel.url())).await;
+    router.populate(2).await;
+    let (mut watch, first) = watch_from(&mut router, 0, "").await;
+    assert_eq!((first.revision, version_of(&first)), (5, "v1"));
+    let history = first.history;
+    greyrouter_test_support::eventually("the replica has every change", support::DEADLINE, || {
+        let revision = sentinel.replica.command(&["GET", "{greyrouter}:revision"]);
+        revision.ends_with("\r\n5\r\n").then_some(())
+    });
+
+    sentinel.cut_replication();
+    let lost = router.pin("t0", "api", "v2").await;
+    assert_eq!(next_version(&mut watch).await, (lost, "v2".to_owned()));
+    let sentinel = tokio::task::spawn_blocking(move || {
+        let mut sentinel = sentinel;
+        sentinel.fail_over_losing_changes();
+        sentinel
+    })
+    .await
+    .expect("failover");
+
+    let snapshot = next_snapshot(&mut watch).await;
+    assert_eq!((snapshot.revision, version_of(&snapshot)), (lost - 1, "v1"));
+    assert_eq!(snapshot.history, format!("{history}.1"));
+    let (_, resumed) = watch_from(&mut router, lost, &history).await;
+    assert!(resumed.snapshot, "{resumed:?}");
+    assert_eq!((resumed.revision, version_of(&resumed)), (lost - 1, "v1"));
+
+    let reused = pin_eventually(&mut router, "v2").await;
+    assert_eq!(reused, lost);
+    let update = within(watch.message()).await.expect("ok").expect("update");
+    assert_eq!((update.revision, version_of(&update)), (lost, "v2"));
+    assert_eq!(sentinel.master_port(), Some(sentinel.replica.port()));
+    router.stop().await;
+}

@@ -365,3 +365,49 @@ async fn shutdown_does_not_wait_forever_for_streams_it_does_not_own() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_slow_watcher_cut_off_by_shutdown_mid_update_ends_unavailable_never_ok() {
+    let mut config = Config::default();
+    config.watch.max_assignments_per_message = 20;
+    let mut server = TestServer::with_config(config).await;
+    // 400 tenants: each change of the default version is 20 partial messages of ~1.5 KB.
+    server.populate(400).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut slow_router = greyrouter_proto::v1::router_client::RouterClient::new(channel);
+    let mut slow = within(slow_router.watch_assignments(watch(&[], &[], 0)))
+        .await
+        .expect("watch")
+        .into_inner();
+    next(&mut slow).await;
+    // The watcher stops reading while changes pile up behind its window and its queue.
+    for i in 0..10 {
+        let version = if i % 2 == 0 { "v2" } else { "v1" };
+        server
+            .admin
+            .set_default_version(pb::SetDefaultVersionRequest {
+                service: "api".into(),
+                version: version.into(),
+                force: false,
+            })
+            .await
+            .expect("set default");
+    }
+    let stopping = tokio::spawn(server.stop());
+    // Whatever was on its way arrives; the stream then ends with UNAVAILABLE, never with OK.
+    let end = loop {
+        match within(slow.message()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch stream ended with OK while updates were pending"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    within(stopping).await.expect("server stopped");
+}

@@ -3,6 +3,8 @@
 //!
 //! Nothing else lives here: conversions to the domain types sit in the server crate.
 
+pub mod codec;
+
 /// Messages and services of package `greyrouter.v1`.
 #[allow(
     missing_docs,

@@ -8,8 +8,10 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{p}:revision` | string | the revision of the last change |
-//! | `{p}:history` | string | the id of this history of revisions (set once; gone with an emptied Redis) |
-//! | `{p}:changes` | stream | the last changes (the audit trail): entry id `<revision>-0`; fields `mutation` (JSON), `actor`, `reason`, `at_ms`, `before`, `after` |
+//! | `{p}:history` | string | the id of this history of revisions, `<origin>` or `<origin>.<epoch>` (a new epoch after changes were lost to a failover; gone with an emptied Redis) |
+//! | `{p}:head` | string | the id of the last change |
+//! | `{p}:adopted` | hash | retired history origin → the history routers following it may adopt (`greyrouter store adopt`) |
+//! | `{p}:changes` | stream | the last changes (the audit trail): entry id `<revision>-0`; fields `mutation` (JSON), `actor`, `reason`, `at_ms`, `before`, `after`, `history`, `id`, `parent` (the id of the change before) |
 //! | `{p}:tenants` | set | every tenant id |
 //! | `{p}:active_tenants` | set | ids of active tenants |
 //! | `{p}:tenant:<id>:metadata` | hash | `name`, `region`, `tier`, `active` (`1`/`0`), `labels` (JSON) |
@@ -57,6 +59,16 @@ impl Keys {
     /// The id of this prefix's history of revisions, set once.
     pub fn history(&self) -> String {
         format!("{}:history", self.tag)
+    }
+
+    /// The id of the last change.
+    pub fn head(&self) -> String {
+        format!("{}:head", self.tag)
+    }
+
+    /// Which history replaces a retired one, by the retired one's origin.
+    pub fn adopted(&self) -> String {
+        format!("{}:adopted", self.tag)
     }
 
     /// The change stream.
@@ -134,6 +146,9 @@ mod tests {
         let keys = Keys::new("gr");
         for key in [
             keys.revision(),
+            keys.history(),
+            keys.head(),
+            keys.adopted(),
             keys.changes(),
             keys.tenants(),
             keys.active_tenants(),

@@ -21,27 +21,43 @@
 //!   [`StoreError::Compacted`]; the router then loads a fresh snapshot.
 //! - **Snapshot**: the keys are read with pipelined commands between two reads of the revision;
 //!   if it moved, the read is retried, so a loaded snapshot is always of one revision.
-//! - **Outage**: commands time out (`command_timeout`) and fail as
-//!   [`StoreError::Unavailable`]; the client reconnects with exponential back-off in the
-//!   background, and following resumes from the router's revision.
+//! - **Outage**: once the store knows Redis is unreachable (a connection error event, a client
+//!   that is not connected, a command that failed for want of a connection), writes fail at once
+//!   with [`StoreError::Unavailable`] ("redis is unreachable since ...; reconnecting") instead of
+//!   each waiting for the command timeout; a watchdog pings Redis with the reconnection back-off
+//!   and accepts writes again as soon as it answers. Reads keep trying (each within
+//!   `command_timeout`), and following resumes from the router's revision.
+//! - **Durability**: with `min_replicas_acked = n > 0`, a commit is answered only after `WAIT n`
+//!   (on the master of the keys' slot) saw `n` replicas acknowledge it within
+//!   `replica_ack_timeout`; otherwise it answers [`StoreError::Unavailable`] saying the change
+//!   was committed on the master but may be kept or lost.
+//! - **Lineage**: every change carries the history id it was committed under, its own id and its
+//!   parent's; `{p}:head` holds the last change's id, and the commit script refuses a base whose
+//!   last change is another one, even at the same revision (a failover that lost changes and
+//!   reused their revisions). A router that finds the store behind it moves the store to a new
+//!   epoch of its history ([`Store::rotate_history`]).
 //!
 //! Nothing has a TTL: pins and defaults never expire.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::ClusterHash;
 use fred::types::streams::XReadResponse;
-use greyrouter_store::{Change, ChangeMeta, Commit, Store, StoreError};
+use greyrouter_store::{Change, ChangeMeta, Commit, Snapshot, Store, StoreError};
 use routing_core::{
     Experiment, Instance, Mutation, Override, Pin, Revision, Rollout, RoutingState, Service,
     StateDump, Tenant,
 };
 
 pub mod keys;
+mod link;
 mod writes;
 
 use keys::Keys;
+use link::Link;
 
 /// Settings of a Redis store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +77,15 @@ pub struct RedisConfig {
     pub reconnect_max_delay: Duration,
     /// Changes kept in the stream (approximately: trimmed with `MAXLEN ~`).
     pub stream_max_len: u64,
+    /// Replicas that must acknowledge a change (Redis `WAIT`) before it is answered as
+    /// committed; 0: answered once the master applied it.
+    pub min_replicas_acked: u32,
+    /// How long to wait for those acknowledgements.
+    pub replica_ack_timeout: Duration,
 }
+
+/// Most replicas `min_replicas_acked` may ask for.
+pub const MAX_REPLICAS_ACKED: u32 = 64;
 
 impl RedisConfig {
     /// Returns the defaults for a URL.
@@ -74,6 +98,8 @@ impl RedisConfig {
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
             stream_max_len: 100_000,
+            min_replicas_acked: 0,
+            replica_ack_timeout: Duration::from_secs(1),
         }
     }
 
@@ -99,6 +125,20 @@ impl RedisConfig {
         if self.stream_max_len < 100 {
             problems.push("redis.stream_max_len: at least 100".to_owned());
         }
+        if self.min_replicas_acked > MAX_REPLICAS_ACKED {
+            problems.push(format!(
+                "redis.min_replicas_acked: at most {MAX_REPLICAS_ACKED}"
+            ));
+        }
+        if self.min_replicas_acked > 0
+            && (self.replica_ack_timeout.is_zero()
+                || self.replica_ack_timeout > Duration::from_secs(60))
+        {
+            problems.push(
+                "redis.replica_ack_timeout_ms: 1 to 60000 when min_replicas_acked is set"
+                    .to_owned(),
+            );
+        }
         problems
     }
 }
@@ -107,10 +147,25 @@ impl RedisConfig {
 pub struct RedisStore {
     config: RedisConfig,
     keys: Keys,
-    /// Commands.
+    /// Reads.
     client: Client,
+    /// Commits (with their `WAIT`, which must go on the connection that wrote): the same client
+    /// as reads unless replicas must acknowledge, so that a `WAIT` never holds up reads.
+    writer: Client,
     /// Blocking stream reads only.
     follower: Client,
+    /// Whether Redis answers: writes fail at once while it does not.
+    link: Arc<Link>,
+    /// Connection event listeners and the watchdog; stopped with the store.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -127,14 +182,22 @@ const PIPELINE_CHUNK: usize = 1_000;
 /// How often a snapshot read is retried when the revision moved during it.
 const LOAD_ATTEMPTS: usize = 10;
 
+/// Applies a change if the store is still at the expected revision and head: `KEYS` are the
+/// revision, the stream, the head, the history, then the written keys; `ARGV` the expected
+/// revision, the stream length, the mutation, the number of writes, the expected head (`*`: any),
+/// the new change's id, a history id to start if the store has none, the writes (4 each) and
+/// the audit record (5).
 const COMMIT_SCRIPT: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current ~= tonumber(ARGV[1]) then
+local head = redis.call('GET', KEYS[3]) or ''
+if current ~= tonumber(ARGV[1]) or (ARGV[5] ~= '*' and head ~= ARGV[5]) then
   return {0, current}
 end
+redis.call('SET', KEYS[4], ARGV[7], 'NX')
+local history = redis.call('GET', KEYS[4])
 local count = tonumber(ARGV[4])
 for i = 0, count - 1 do
-  local at = 5 + i * 4
+  local at = 8 + i * 4
   local op = ARGV[at]
   local key = KEYS[tonumber(ARGV[at + 1])]
   if op == 'hset' then
@@ -148,11 +211,24 @@ for i = 0, count - 1 do
   end
 end
 local revision = redis.call('INCR', KEYS[1])
-local audit = 5 + count * 4
+redis.call('SET', KEYS[3], ARGV[6])
+local audit = 8 + count * 4
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', revision), 'mutation', ARGV[3],
   'actor', ARGV[audit], 'reason', ARGV[audit + 1], 'at_ms', ARGV[audit + 2],
-  'before', ARGV[audit + 3], 'after', ARGV[audit + 4])
+  'before', ARGV[audit + 3], 'after', ARGV[audit + 4],
+  'history', history, 'id', ARGV[6], 'parent', head)
 return {1, revision}
+";
+
+/// Writes ARGV[2] as the history id if it is still ARGV[1]; returns the id in force (empty when
+/// the store has none).
+const ROTATE_SCRIPT: &str = r"
+local history = redis.call('GET', KEYS[1])
+if history == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return history or ''
 ";
 
 /// Sets the history id unless one is set, and returns the one set.
@@ -174,6 +250,10 @@ fn unavailable(err: &Error) -> StoreError {
     StoreError::Unavailable(format!("redis: {err}"))
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
@@ -187,7 +267,16 @@ impl RedisStore {
         let client = Self::client(&config, config.command_timeout)?;
         // Blocking reads wait up to their own block time plus the command timeout.
         let follower = Self::client(&config, config.command_timeout + Duration::from_secs(60))?;
-        for c in [&client, &follower] {
+        let writer = if config.min_replicas_acked > 0 {
+            Self::client(&config, config.command_timeout)?
+        } else {
+            client.clone()
+        };
+        let mut distinct = vec![&client, &follower];
+        if config.min_replicas_acked > 0 {
+            distinct.push(&writer);
+        }
+        for c in &distinct {
             let init = tokio::time::timeout(config.connect_timeout, c.init()).await;
             match init {
                 Ok(Ok(_)) => {}
@@ -201,13 +290,51 @@ impl RedisStore {
                 }
             }
         }
+        let link = Arc::new(Link::default());
+        let mut tasks: Vec<_> = distinct
+            .iter()
+            .map(|c| tokio::spawn(mark_down_on_errors(c.error_rx(), Arc::clone(&link))))
+            .collect();
+        tasks.push(tokio::spawn(mark_up_on_reconnect(
+            writer.reconnect_rx(),
+            Arc::clone(&link),
+        )));
+        tasks.push(tokio::spawn(watchdog(
+            writer.clone(),
+            Arc::clone(&link),
+            config.clone(),
+        )));
         let keys = Keys::new(&config.prefix);
         Ok(RedisStore {
             config,
             keys,
             client,
+            writer,
             follower,
+            link,
+            tasks,
         })
+    }
+
+    /// Returns the error of a failed command; a connection failure also takes the link down,
+    /// so that the next writes fail at once.
+    fn fail(&self, err: &Error) -> StoreError {
+        if link::is_connection_error(err) {
+            self.link.set_down(&err.to_string());
+        }
+        unavailable(err)
+    }
+
+    /// Answers at once while Redis is known to be unreachable.
+    fn writable(&self) -> Result<(), StoreError> {
+        let state = self.writer.state();
+        if state != ClientState::Connected {
+            self.link.set_down(&format!(
+                "the connection is {}",
+                state.to_string().to_lowercase()
+            ));
+        }
+        self.link.check()
     }
 
     fn client(config: &RedisConfig, timeout: Duration) -> Result<Client, StoreError> {
@@ -239,7 +366,7 @@ impl RedisStore {
             .client
             .get(self.keys.revision())
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.fail(&e))?;
         value.map_or(Ok(0), |v| {
             v.parse().map_err(|_| corrupt("revision is not a number"))
         })
@@ -257,7 +384,7 @@ impl RedisStore {
                     .client
                     .hgetall(key.as_str())
                     .await
-                    .map_err(|e| unavailable(&e))?;
+                    .map_err(|e| self.fail(&e))?;
                 all.push(reply);
                 continue;
             }
@@ -266,10 +393,10 @@ impl RedisStore {
                 let () = pipeline
                     .hgetall(key.as_str())
                     .await
-                    .map_err(|e| unavailable(&e))?;
+                    .map_err(|e| self.fail(&e))?;
             }
             let replies: Vec<HashMap<String, String>> =
-                pipeline.all().await.map_err(|e| unavailable(&e))?;
+                pipeline.all().await.map_err(|e| self.fail(&e))?;
             all.extend(replies);
         }
         Ok(all)
@@ -282,7 +409,7 @@ impl RedisStore {
             .client
             .smembers(self.keys.services())
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.fail(&e))?;
         names.sort();
         let fields = self
             .hgetall_many(
@@ -334,7 +461,7 @@ impl RedisStore {
             .client
             .smembers(self.keys.tenants())
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.fail(&e))?;
         tenant_ids.sort();
         let mut tenant_keys = Vec::with_capacity(tenant_ids.len() * 2);
         for id in &tenant_ids {
@@ -365,6 +492,142 @@ impl RedisStore {
         Ok(dump)
     }
 
+    /// Reads the revision, the head and the history at once.
+    async fn position(&self) -> Result<(Revision, String, Option<String>), StoreError> {
+        let values: Vec<Option<String>> = self
+            .client
+            .mget(vec![
+                self.keys.revision(),
+                self.keys.head(),
+                self.keys.history(),
+            ])
+            .await
+            .map_err(|e| self.fail(&e))?;
+        let [revision, head, history] =
+            <[Option<String>; 3]>::try_from(values).map_err(|_| corrupt("short MGET reply"))?;
+        let revision = match revision {
+            None => 0,
+            Some(text) => text
+                .parse()
+                .map_err(|_| corrupt("revision is not a number"))?,
+        };
+        Ok((revision, head.unwrap_or_default(), history))
+    }
+
+    /// Applies a change unless the store moved past `base` (or, with `head`, is on another
+    /// line of changes), then waits for replicas when configured.
+    async fn write(
+        &self,
+        base: &RoutingState,
+        head: Option<&str>,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
+        self.writable()?;
+        let (after, outcome) = base.apply(&mutation)?;
+        let writes = writes::writes(&self.keys, base, &after, &mutation);
+        let mut keys = vec![
+            self.keys.revision(),
+            self.keys.changes(),
+            self.keys.head(),
+            self.keys.history(),
+        ];
+        let mut args: Vec<String> = vec![
+            base.revision().to_string(),
+            self.config.stream_max_len.to_string(),
+            serde_json::to_string(&mutation).map_err(corrupt)?,
+            writes.len().to_string(),
+            head.unwrap_or("*").to_owned(),
+            greyrouter_store::new_history_id(),
+            greyrouter_store::new_history_id(),
+        ];
+        let audit = [
+            meta.actor,
+            meta.reason,
+            meta.at_ms.to_string(),
+            meta.before,
+            meta.after,
+        ];
+        for write in &writes {
+            let (op, key, field, value) = write.parts();
+            let index = match keys.iter().position(|k| k == key) {
+                Some(index) => index,
+                None => {
+                    keys.push(key.to_owned());
+                    keys.len() - 1
+                }
+            };
+            args.extend([
+                op.to_owned(),
+                (index + 1).to_string(),
+                field.to_owned(),
+                value.to_owned(),
+            ]);
+        }
+        args.extend(audit);
+        let fail_fast = Options {
+            fail_fast: true,
+            ..Options::default()
+        };
+        let (applied, revision): (i64, u64) = self
+            .writer
+            .with_options(&fail_fast)
+            .eval(COMMIT_SCRIPT, keys, args)
+            .await
+            .map_err(|e| self.fail(&e))?;
+        if applied != 1 {
+            return Err(StoreError::Conflict { current: revision });
+        }
+        debug_assert_eq!(revision, after.revision());
+        self.await_replicas(revision).await?;
+        Ok(Commit { revision, outcome })
+    }
+
+    /// Waits until `min_replicas_acked` replicas acknowledged the writes made so far on the
+    /// writer's connection to the master of the keys' slot.
+    async fn await_replicas(&self, revision: Revision) -> Result<(), StoreError> {
+        let wanted = self.config.min_replicas_acked;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout = self.config.replica_ack_timeout;
+        let options = Options {
+            timeout: Some(timeout + self.config.command_timeout),
+            cluster_hash: Some(ClusterHash::Custom(fred::util::redis_keyslot(
+                self.keys.revision().as_bytes(),
+            ))),
+            ..Options::default()
+        };
+        let acked: Result<i64, Error> = self
+            .writer
+            .with_options(&options)
+            .wait(
+                i64::from(wanted),
+                i64::try_from(millis(timeout)).unwrap_or(i64::MAX),
+            )
+            .await;
+        let acked = match acked {
+            Ok(acked) => acked,
+            Err(err) => {
+                let _ = self.fail(&err);
+                return Err(StoreError::Unavailable(format!(
+                    "change {revision} was committed on the master but whether {wanted} \
+                     replica(s) acknowledged it is unknown ({err}); the change may be kept or \
+                     lost: read back before retrying (compare-and-set)"
+                )));
+            }
+        };
+        if acked < i64::from(wanted) {
+            return Err(StoreError::Unavailable(format!(
+                "change {revision} was committed on the master but acknowledged by {acked} of \
+                 {wanted} replica(s) within {} ms; the change may be kept or lost: read back \
+                 before retrying (compare-and-set)",
+                millis(timeout)
+            )));
+        }
+        Ok(())
+    }
+
     fn parse_change(id: &str, fields: &HashMap<String, String>) -> Result<Change, StoreError> {
         let revision = id
             .split_once('-')
@@ -383,6 +646,9 @@ impl RedisStore {
             revision,
             mutation,
             meta,
+            history: text("history"),
+            id: text("id"),
+            parent: text("parent"),
         })
     }
 
@@ -422,13 +688,23 @@ fn redact(url: &str) -> String {
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn load(&self) -> Result<RoutingState, StoreError> {
+        Ok(self.snapshot().await?.state)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         for _ in 0..LOAD_ATTEMPTS {
-            let before = self.revision().await?;
+            let before = self.position().await?;
             let mut dump = self.read_dump().await?;
-            if self.revision().await? == before {
-                dump.revision = before;
-                return RoutingState::from_dump(&dump)
-                    .map_err(|e| corrupt(format!("stored state is invalid: {e}")));
+            if self.position().await? == before {
+                let (revision, head, history) = before;
+                dump.revision = revision;
+                let state = RoutingState::from_dump(&dump)
+                    .map_err(|e| corrupt(format!("stored state is invalid: {e}")))?;
+                return Ok(Snapshot {
+                    state,
+                    history,
+                    head,
+                });
             }
         }
         Err(StoreError::Unavailable(
@@ -442,50 +718,17 @@ impl Store for RedisStore {
         mutation: Mutation,
         meta: ChangeMeta,
     ) -> Result<Commit, StoreError> {
-        let (after, outcome) = base.apply(&mutation)?;
-        let writes = writes::writes(&self.keys, base, &after, &mutation);
-        let mut keys = vec![self.keys.revision(), self.keys.changes()];
-        let mut args: Vec<String> = vec![
-            base.revision().to_string(),
-            self.config.stream_max_len.to_string(),
-            serde_json::to_string(&mutation).map_err(corrupt)?,
-            writes.len().to_string(),
-        ];
-        let audit = [
-            meta.actor,
-            meta.reason,
-            meta.at_ms.to_string(),
-            meta.before,
-            meta.after,
-        ];
-        for write in &writes {
-            let (op, key, field, value) = write.parts();
-            let index = match keys.iter().position(|k| k == key) {
-                Some(index) => index,
-                None => {
-                    keys.push(key.to_owned());
-                    keys.len() - 1
-                }
-            };
-            args.extend([
-                op.to_owned(),
-                (index + 1).to_string(),
-                field.to_owned(),
-                value.to_owned(),
-            ]);
-        }
-        args.extend(audit);
-        let (applied, revision): (i64, u64) = self
-            .client
-            .eval(COMMIT_SCRIPT, keys, args)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if applied == 1 {
-            debug_assert_eq!(revision, after.revision());
-            Ok(Commit { revision, outcome })
-        } else {
-            Err(StoreError::Conflict { current: revision })
-        }
+        self.write(base, None, mutation, meta).await
+    }
+
+    async fn commit_after(
+        &self,
+        base: &RoutingState,
+        head: &str,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
+        self.write(base, Some(head), mutation, meta).await
     }
 
     async fn changes_after(
@@ -503,7 +746,7 @@ impl Store for RedisStore {
             .client
             .xrange(&stream, format!("{}-0", after + 1), "+", Some(limit as u64))
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.fail(&e))?;
         if current < after {
             // The store was reset to an older state (flushed and restored).
             return Err(StoreError::Compacted {
@@ -534,7 +777,7 @@ impl Store for RedisStore {
                 format!("{after}-0"),
             )
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.fail(&e))?;
         if reply.is_null() {
             return Ok(Vec::new());
         }
@@ -550,7 +793,8 @@ impl Store for RedisStore {
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.writable()?;
+        let millis = millis(ttl).max(1);
         let held: i64 = self
             .client
             .eval(
@@ -559,12 +803,14 @@ impl Store for RedisStore {
                 vec![holder.to_owned(), millis.to_string()],
             )
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| self.fail(&e))?;
         Ok(held == 1)
     }
 
+    /// Checks that Redis answers and takes writes (the link is up).
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.client.ping(None).await.map_err(|e| unavailable(&e))?;
+        self.writable()?;
+        let _: String = self.client.ping(None).await.map_err(|e| self.fail(&e))?;
         Ok(())
     }
 
@@ -580,7 +826,113 @@ impl Store for RedisStore {
                 vec![greyrouter_store::new_history_id()],
             )
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| self.fail(&e))
+    }
+
+    async fn current_history(&self) -> Result<Option<String>, StoreError> {
+        self.client
+            .get(self.keys.history())
+            .await
+            .map_err(|e| self.fail(&e))
+    }
+
+    async fn rotate_history(&self, from: &str, to: &str) -> Result<String, StoreError> {
+        self.writable()?;
+        let history: String = self
+            .writer
+            .eval(
+                ROTATE_SCRIPT,
+                vec![self.keys.history()],
+                vec![from.to_owned(), to.to_owned()],
+            )
+            .await
+            .map_err(|e| self.fail(&e))?;
+        if history.is_empty() {
+            return Err(StoreError::Unavailable(
+                "redis: the store has no history (it was emptied)".to_owned(),
+            ));
+        }
+        Ok(history)
+    }
+
+    async fn adopt_history(&self, retired_origin: &str, history: &str) -> Result<(), StoreError> {
+        self.writable()?;
+        let _: i64 = self
+            .writer
+            .hset(
+                self.keys.adopted(),
+                (retired_origin.to_owned(), history.to_owned()),
+            )
+            .await
+            .map_err(|e| self.fail(&e))?;
+        Ok(())
+    }
+
+    async fn adopted_history(&self, retired_origin: &str) -> Result<Option<String>, StoreError> {
+        self.client
+            .hget(self.keys.adopted(), retired_origin)
+            .await
+            .map_err(|e| self.fail(&e))
+    }
+
+    fn write_timeout(&self) -> Option<Duration> {
+        let wait = if self.config.min_replicas_acked > 0 {
+            self.config.replica_ack_timeout
+        } else {
+            Duration::ZERO
+        };
+        Some(self.config.command_timeout + wait)
+    }
+}
+
+/// Takes the link down on every connection error a client reports.
+async fn mark_down_on_errors(
+    mut errors: tokio::sync::broadcast::Receiver<(Error, Option<Server>)>,
+    link: Arc<Link>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match errors.recv().await {
+            Ok((err, server)) => {
+                let at = server.map(|s| format!(" ({s})")).unwrap_or_default();
+                link.set_down(&format!("{err}{at}"));
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Brings the link up when the writer has (re)connected.
+async fn mark_up_on_reconnect(
+    mut connections: tokio::sync::broadcast::Receiver<Server>,
+    link: Arc<Link>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match connections.recv().await {
+            Ok(_) => link.set_up(),
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// While the link is down, pings Redis through the writer with the reconnection back-off, and
+/// brings the link up when it answers.
+async fn watchdog(writer: Client, link: Arc<Link>, config: RedisConfig) {
+    loop {
+        link.wait_down().await;
+        let mut delay = config.reconnect_min_delay;
+        while link.is_down() {
+            let pong: Result<String, Error> = writer.ping(None).await;
+            if pong.is_ok() {
+                link.set_up();
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(config.reconnect_max_delay);
+        }
     }
 }
 

@@ -48,7 +48,8 @@ async fn commit_eventually(store: &dyn Store, mutation: Mutation) -> u64 {
             Ok(commit) => return commit.revision,
             Err(StoreError::Unavailable(reason)) => {
                 assert!(start.elapsed() < DEADLINE, "still unavailable: {reason}");
-                tokio::task::yield_now().await;
+                // Writes fail at once while Redis is down: poll, do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(other) => panic!("unexpected error: {other}"),
         }
@@ -203,6 +204,201 @@ async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
     let revision = commit_eventually(&store, tenant("after-restart")).await;
     assert_eq!(revision, 1);
     store.ping().await.expect("ping after recovery");
+}
+
+/// Regression (hardening item 8): while Redis was down, every write waited the whole command
+/// timeout before failing, and writes issued while it restarted blocked, then succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_at_once_while_redis_is_known_to_be_down() {
+    let mut server = RedisServer::start();
+    // The default command timeout (2 s): a write that waits for it is easy to tell apart.
+    let config = RedisConfig::new(server.url());
+    let timeout = config.command_timeout;
+    let store = RedisStore::connect(config).await.expect("connect");
+    populate(&store).await;
+    let base = store.load().await.expect("load");
+
+    server.kill();
+    // Once a first write has failed, the store knows Redis is down.
+    let first = store
+        .commit(&base, pin("t0", "v2"), ChangeMeta::default())
+        .await
+        .expect_err("redis is down");
+    assert!(matches!(first, StoreError::Unavailable(_)), "{first:?}");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = store
+            .commit(&base, pin("t0", "v2"), ChangeMeta::default())
+            .await
+            .expect_err("redis is still down");
+        let took = started.elapsed();
+        assert!(
+            took < timeout,
+            "a write took {took:?}, not failing before the command timeout ({timeout:?})"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("store unavailable: redis is unreachable since ")
+                && text.ends_with("; reconnecting"),
+            "{text}"
+        );
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+    assert!(store.ping().await.is_err(), "health follows the link");
+
+    server.restart();
+    // The same client works again once Redis answers (the restarted server kept no data).
+    let revision = commit_eventually(&store, tenant("after-restart")).await;
+    assert_eq!(revision, 1);
+    store.ping().await.expect("ping after recovery");
+}
+
+/// With `min_replicas_acked`, a change is answered only once replicas acknowledged it; when
+/// they do not in time, the caller learns that the change was committed on the master but may
+/// be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_unacknowledged_by_replicas_answers_unavailable() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let mut config = RedisConfig::new(master.url());
+    config.min_replicas_acked = 1;
+    config.replica_ack_timeout = Duration::from_millis(300);
+    let store = RedisStore::connect(config).await.expect("connect");
+    // With the replica up, every change is acknowledged: on the replica as soon as answered.
+    populate(&store).await;
+    assert!(
+        replica
+            .command(&["GET", "{greyrouter}:revision"])
+            .ends_with("\r\n4\r\n"),
+        "the replica holds revision 4"
+    );
+
+    replica.pause();
+    let err = try_commit(&store, pin("t0", "v2"))
+        .await
+        .expect_err("no replica acknowledges");
+    replica.resume();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        text.contains(
+            "committed on the master but acknowledged by 0 of 1 replica(s) within 300 ms"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("may be kept or lost: read back before retrying (compare-and-set)"),
+        "{text}"
+    );
+    // The master kept it: reading back shows the change.
+    let state = store.load().await.expect("load");
+    assert_eq!(state.revision(), 5);
+    assert_eq!(state.resolve("t0", "api").expect("resolve").version, "v2");
+    // Acknowledged again once the replica is back.
+    let revision = commit_eventually(&store, pin("t0", "v1")).await;
+    assert_eq!(revision, 6);
+}
+
+/// A base at the store's revision but after another last change (the store lost changes and
+/// another router reused their revisions) is refused like a stale one; the history moves to a
+/// new epoch only from the id it still has; an adoption is found by the retired origin.
+#[tokio::test]
+async fn the_lineage_of_changes_is_checked_and_histories_move_by_compare_and_set() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect");
+    populate(&store).await;
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.state.revision(), 4);
+    let err = store
+        .commit_after(
+            &snapshot.state,
+            "another-line",
+            pin("t0", "v2"),
+            ChangeMeta::default(),
+        )
+        .await
+        .expect_err("another line of changes");
+    assert!(
+        matches!(err, StoreError::Conflict { current: 4 }),
+        "{err:?}"
+    );
+    let commit = store
+        .commit_after(
+            &snapshot.state,
+            &snapshot.head,
+            pin("t0", "v2"),
+            ChangeMeta::default(),
+        )
+        .await
+        .expect("the same line");
+    assert_eq!(commit.revision, 5);
+    let change = store
+        .changes_after(4, 1, Duration::ZERO)
+        .await
+        .expect("changes")
+        .remove(0);
+    assert_eq!(change.parent, snapshot.head);
+    assert_eq!(store.snapshot().await.expect("snapshot").head, change.id);
+
+    let history = store.history().await.expect("history");
+    let next = format!("{history}.1");
+    assert_eq!(
+        store.rotate_history(&history, &next).await.expect("rotate"),
+        next
+    );
+    // A second router finding the same loss does not move it again.
+    assert_eq!(
+        store
+            .rotate_history(&history, &format!("{history}.2"))
+            .await
+            .expect("rotate"),
+        next
+    );
+    assert_eq!(store.history().await.expect("history"), next);
+    // Changes name the epoch they were committed under.
+    try_commit(&store, pin("t0", "v1")).await.expect("commit");
+    let change = store
+        .changes_after(5, 1, Duration::ZERO)
+        .await
+        .expect("changes")
+        .remove(0);
+    assert_eq!(change.history, next);
+
+    assert_eq!(store.adopted_history("retired").await.expect("read"), None);
+    store.adopt_history("retired", &next).await.expect("adopt");
+    assert_eq!(
+        store.adopted_history("retired").await.expect("read"),
+        Some(next)
+    );
+    server.command(&["FLUSHALL"]);
+    assert_eq!(store.current_history().await.expect("read"), None);
+    assert!(store.rotate_history("x", "x.1").await.is_err());
+}
+
+/// In a Cluster, `WAIT` must go to the master of the keys' slot (the connection that wrote):
+/// sent to another master, it would count that master's replicas, which saw no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_acknowledge_through_the_master_of_the_keys_slot_in_a_cluster() {
+    let cluster = RedisCluster::start_with_replicas(1);
+    let mut config = RedisConfig::new(cluster.url());
+    config.min_replicas_acked = 1;
+    config.replica_ack_timeout = Duration::from_millis(300);
+    let store = RedisStore::connect(config).await.expect("connect");
+    populate(&store).await;
+    let replica = cluster.replica_of_key("{greyrouter}:revision");
+    replica.pause();
+    let err = try_commit(&store, pin("t0", "v2"))
+        .await
+        .expect_err("the slot's replica does not acknowledge");
+    replica.resume();
+    assert!(
+        err.to_string()
+            .contains("acknowledged by 0 of 1 replica(s) within 300 ms"),
+        "{err}"
+    );
+    assert_eq!(commit_eventually(&store, pin("t0", "v1")).await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

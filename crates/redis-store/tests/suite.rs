@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use greyrouter_store::{Change, ChangeMeta, Commit, Store, StoreError};
+use greyrouter_store::{Change, ChangeMeta, Commit, Snapshot, Store, StoreError};
 use greyrouter_test_support::RedisServer;
 use redis_store::{RedisConfig, RedisStore};
 use routing_core::{Mutation, Revision, RoutingState};
@@ -52,6 +52,40 @@ impl Store for Isolated {
 
     async fn history(&self) -> Result<String, StoreError> {
         self.store.history().await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.store.snapshot().await
+    }
+
+    async fn commit_after(
+        &self,
+        base: &RoutingState,
+        head: &str,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
+        self.store.commit_after(base, head, mutation, meta).await
+    }
+
+    async fn current_history(&self) -> Result<Option<String>, StoreError> {
+        self.store.current_history().await
+    }
+
+    async fn rotate_history(&self, from: &str, to: &str) -> Result<String, StoreError> {
+        self.store.rotate_history(from, to).await
+    }
+
+    async fn adopt_history(&self, retired_origin: &str, history: &str) -> Result<(), StoreError> {
+        self.store.adopt_history(retired_origin, history).await
+    }
+
+    async fn adopted_history(&self, retired_origin: &str) -> Result<Option<String>, StoreError> {
+        self.store.adopted_history(retired_origin).await
+    }
+
+    fn write_timeout(&self) -> Option<Duration> {
+        self.store.write_timeout()
     }
 }
 

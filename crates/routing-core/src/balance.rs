@@ -4,6 +4,12 @@
 //! instances (healthy, weight > 0) are ever picked; when the request's region has an eligible
 //! instance, only that region's are considered, otherwise every region's.
 //!
+//! Outlier ejection applies after region preference: an ejected instance passes its turn to
+//! the next candidate of the set that is not ejected; when every eligible instance of the
+//! preferred region is ejected, the pick fails over to every region's. Only when every eligible
+//! instance anywhere is ejected are ejections ignored (panic mode), and the pick is made as if
+//! nothing were ejected, within the preferred region.
+//!
 //! Per candidate set (all regions, and each region) the pool keeps a cursor for the round-robin
 //! strategies and, built on first use, the structures a strategy needs: the weighted schedule, the
 //! hash ring. The pool is immutable apart from those lazy caches,
@@ -209,21 +215,63 @@ impl Pool {
     /// Picks as [`pick`](Pool::pick) does, returning the member's position in
     /// [`members`](Pool::members).
     pub fn pick_position(&self, request: &PickRequest<'_>) -> Option<usize> {
-        let candidates = self
+        let preferred = self
             .regions
             .get(request.region)
             .filter(|_| !request.region.is_empty())
             .unwrap_or(&self.all);
-        let position = candidates.pick(&self.members, request)?;
-        // An ejected instance passes its turn to the next candidate that is not ejected; when
-        // every candidate is ejected, ejections are ignored (panic mode): better a struggling
-        // instance than none.
+        let position = preferred.pick(&self.members, request)?;
+        // An ejected instance passes its turn to the next candidate that is not ejected.
+        if let Some(chosen) = self.first_not_ejected(preferred, position, request.now_ms) {
+            return Some(chosen);
+        }
+        // Every eligible instance of the preferred region is ejected: fail over to every
+        // region's. Only when every eligible instance anywhere is ejected are ejections
+        // ignored (panic mode): better a struggling instance than none.
+        if !std::ptr::eq(preferred, &self.all)
+            && let Some(chosen) = self
+                .all
+                .pick(&self.members, request)
+                .and_then(|at| self.first_not_ejected(&self.all, at, request.now_ms))
+        {
+            return Some(chosen);
+        }
+        Some(preferred.members[position] as usize)
+    }
+
+    /// Returns the member index of the first candidate from `position` on (wrapping) that is
+    /// not ejected at `now_ms`, or `None` when every candidate is ejected.
+    fn first_not_ejected(
+        &self,
+        candidates: &Candidates,
+        position: usize,
+        now_ms: u64,
+    ) -> Option<usize> {
         let n = candidates.members.len();
-        let chosen = (0..n)
-            .map(|offset| candidates.members[(position + offset) % n])
-            .find(|&m| !self.members[m as usize].load.is_ejected(request.now_ms))
-            .unwrap_or(candidates.members[position]);
-        Some(chosen as usize)
+        (0..n)
+            .map(|offset| candidates.members[(position + offset) % n] as usize)
+            .find(|&m| !self.members[m].load.is_ejected(now_ms))
+    }
+}
+
+impl Pool {
+    /// Estimates the heap bytes this pool holds itself (its member list, candidate sets and the
+    /// strategy structures built so far); the instances and live loads are shared and not
+    /// counted.
+    pub fn heap_bytes(&self) -> usize {
+        let candidates = |c: &Candidates| {
+            c.members.capacity() * std::mem::size_of::<u32>()
+                + c.schedule.get().map_or(0, |s| s.capacity() * 4)
+                + c.ring.get().map_or(0, |r| r.capacity() * 16)
+        };
+        std::mem::size_of::<Pool>()
+            + self.members.capacity() * std::mem::size_of::<Member>()
+            + candidates(&self.all)
+            + self
+                .regions
+                .iter()
+                .map(|(region, c)| region.len() + 64 + candidates(c))
+                .sum::<usize>()
     }
 }
 

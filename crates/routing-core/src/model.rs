@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -367,9 +368,14 @@ pub struct Experiment {
     /// The tenants in the experiment.
     #[serde(default)]
     pub cohort: Cohort,
-    /// Variants kept by tenants across weight changes (tenant id → variant name).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sticky: BTreeMap<String, String>,
+    /// Variants kept by tenants across weight changes (tenant id → variant name). Shared
+    /// between revisions: a change of the service copies a pointer, not one entry per tenant.
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub sticky: Arc<BTreeMap<String, String>>,
+}
+
+fn is_empty_map(map: &Arc<BTreeMap<String, String>>) -> bool {
+    map.is_empty()
 }
 
 impl Experiment {

@@ -39,7 +39,8 @@ pub struct ServiceEntry {
     /// The service.
     pub service: Service,
     pools: BTreeMap<String, Arc<Pool>>,
-    instance_versions: BTreeMap<String, String>,
+    /// Instance id -> version; persistent, so a registration copies a path, not the map.
+    instance_versions: OrdMap<String, String>,
     overrides: Vec<Override>,
     rollouts: Vec<Rollout>,
     experiments: Vec<Experiment>,
@@ -50,7 +51,7 @@ impl ServiceEntry {
         ServiceEntry {
             service,
             pools: BTreeMap::new(),
-            instance_versions: BTreeMap::new(),
+            instance_versions: OrdMap::new(),
             overrides: Vec::new(),
             rollouts: Vec::new(),
             experiments: Vec::new(),
@@ -584,6 +585,12 @@ impl RoutingState {
             Mutation::UpsertService { service, force } => {
                 validate::name("service.name", &service.name)?;
                 validate::name("service.default_version", &service.default_version)?;
+                if service.versions.len() >= validate::MAX_VERSIONS_PER_SERVICE {
+                    return Err(RoutingError::invalid(
+                        "service.versions",
+                        format!("at most {} versions", validate::MAX_VERSIONS_PER_SERVICE),
+                    ));
+                }
                 for version in &service.versions {
                     validate::name("service.versions", version)?;
                 }
@@ -601,6 +608,13 @@ impl RoutingState {
                         if entry.service.default_version != service.default_version {
                             entry.check_assignable(&service.default_version, *force)?;
                         }
+                        if entry.service.versions.len() > validate::MAX_VERSIONS_PER_SERVICE {
+                            return Err(RoutingError::FailedPrecondition(format!(
+                                "service {}: at most {} versions",
+                                service.name,
+                                validate::MAX_VERSIONS_PER_SERVICE
+                            )));
+                        }
                         entry.service.default_version = service.default_version.clone();
                         entry.service.strategy = service.strategy;
                         entry
@@ -617,6 +631,20 @@ impl RoutingState {
             Mutation::RegisterInstance { instance } => {
                 validate_instance(instance)?;
                 let mut entry = self.service_entry(&instance.service)?;
+                if !entry.instance_versions.contains_key(&instance.id) {
+                    validate::room(
+                        "instances of a service",
+                        entry.instance_versions.len(),
+                        validate::MAX_INSTANCES_PER_SERVICE,
+                    )?;
+                }
+                if !entry.knows(&instance.version) {
+                    validate::room(
+                        "versions of a service",
+                        entry.service.versions.len(),
+                        validate::MAX_VERSIONS_PER_SERVICE,
+                    )?;
+                }
                 if let Some(old_version) = entry.instance_versions.get(&instance.id).cloned()
                     && old_version != instance.version
                 {
@@ -747,6 +775,11 @@ impl RoutingState {
                     validate::name("tenant_ids", id)?;
                     self.find_tenant(id)?;
                 }
+                validate::room(
+                    "overrides of a service",
+                    before.overrides.len(),
+                    validate::MAX_OVERRIDES_PER_SERVICE,
+                )?;
                 let id = format!("rb-{}", self.revision);
                 let mut after = ServiceEntry::clone(&before);
                 after.overrides.push(Override {
@@ -814,6 +847,11 @@ impl RoutingState {
                     ));
                 }
                 entry.rollouts.retain(|r| r.id != rollout.id);
+                validate::room(
+                    "rollouts of a service",
+                    entry.rollouts.len(),
+                    validate::MAX_ROLLOUTS_PER_SERVICE,
+                )?;
                 entry.rollouts.push(rollout.clone());
                 self.services
                     .insert(rollout.service.clone(), Arc::new(entry));
@@ -826,6 +864,11 @@ impl RoutingState {
                 let mut entry = self.service_entry(&experiment.service)?;
                 validate_variants(&entry, &experiment.variants)?;
                 entry.experiments.retain(|e| e.id != experiment.id);
+                validate::room(
+                    "experiments of a service",
+                    entry.experiments.len(),
+                    validate::MAX_EXPERIMENTS_PER_SERVICE,
+                )?;
                 entry.experiments.push(experiment.clone());
                 self.services
                     .insert(experiment.service.clone(), Arc::new(entry));
@@ -870,6 +913,11 @@ impl RoutingState {
             Mutation::StartRollout { rollout, force } => {
                 let mut entry = self.service_entry(&rollout.service)?;
                 let rollout = start_rollout(&entry, rollout, *force)?;
+                validate::room(
+                    "rollouts of a service",
+                    entry.rollouts.len(),
+                    validate::MAX_ROLLOUTS_PER_SERVICE,
+                )?;
                 entry.rollouts.push(rollout);
                 self.services
                     .insert(entry.service.name.clone(), Arc::new(entry));
@@ -880,6 +928,9 @@ impl RoutingState {
                 rollout_id,
                 decision,
             } => {
+                validate::name("service", service)?;
+                validate::name("rollout_id", rollout_id)?;
+                validate::note("decision.note", &decision.note)?;
                 let mut entry = self.service_entry(service)?;
                 progress_rollout(&mut entry, rollout_id, decision)?;
                 self.services.insert(service.clone(), Arc::new(entry));
@@ -891,6 +942,9 @@ impl RoutingState {
                 decision,
                 force,
             } => {
+                validate::name("service", service)?;
+                validate::name("rollout_id", rollout_id)?;
+                validate::note("decision.note", &decision.note)?;
                 let mut entry = self.service_entry(service)?;
                 control_rollout(&mut entry, rollout_id, decision, *force)?;
                 self.services.insert(service.clone(), Arc::new(entry));
@@ -902,6 +956,8 @@ impl RoutingState {
                 variants,
                 rebalance,
             } => {
+                validate::name("service", service)?;
+                validate::name("experiment_id", experiment_id)?;
                 let mut entry = self.service_entry(service)?;
                 let position = entry
                     .experiments
@@ -916,18 +972,23 @@ impl RoutingState {
                 validate_variants(&entry, variants)?;
                 let mut experiment = entry.experiments[position].clone();
                 if *rebalance {
-                    experiment.sticky.clear();
+                    experiment.sticky = Arc::default();
                 } else {
                     // Every tenant in the experiment keeps the variant it has now.
-                    for tenant in self.tenants.values().filter(|t| t.tenant.active) {
-                        if experiment.sticky.contains_key(&tenant.tenant.id) {
-                            continue;
-                        }
-                        if let Some(variant) = experiment.variant_for(&tenant.tenant) {
+                    let kept: Vec<(String, String)> = self
+                        .tenants
+                        .values()
+                        .filter(|t| {
+                            t.tenant.active && !experiment.sticky.contains_key(&t.tenant.id)
+                        })
+                        .filter_map(|t| {
                             experiment
-                                .sticky
-                                .insert(tenant.tenant.id.clone(), variant.name.clone());
-                        }
+                                .variant_for(&t.tenant)
+                                .map(|variant| (t.tenant.id.clone(), variant.name.clone()))
+                        })
+                        .collect();
+                    if !kept.is_empty() {
+                        Arc::make_mut(&mut experiment.sticky).extend(kept);
                     }
                 }
                 experiment.variants = variants.clone();
@@ -982,18 +1043,49 @@ impl RoutingState {
     /// Rebuilds a state from plain records, checking every record.
     pub fn from_dump(dump: &StateDump) -> Result<RoutingState, RoutingError> {
         let mut state = RoutingState::default();
-        let services = dump.services.iter().map(|service| Mutation::UpsertService {
-            service: service.clone(),
-            force: true,
-        });
-        let instances = dump
-            .instances
-            .iter()
-            .map(|instance| Mutation::RegisterInstance {
-                instance: instance.clone(),
-            });
-        for mutation in services.chain(instances) {
-            state.apply_in_place(&mutation)?;
+        for service in &dump.services {
+            state.apply_in_place(&Mutation::UpsertService {
+                service: service.clone(),
+                force: true,
+            })?;
+        }
+        // Each pool is built once from all its instances, not once per instance.
+        let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+        for instance in &dump.instances {
+            validate_instance(instance)?;
+            by_service
+                .entry(instance.service.as_str())
+                .or_default()
+                .push(instance);
+        }
+        for (name, instances) in by_service {
+            let mut entry = state.service_entry(name)?;
+            let mut versions: BTreeMap<&str, Vec<Arc<Instance>>> = BTreeMap::new();
+            for instance in instances {
+                // A later record of the same instance wins, as a later registration would.
+                if let Some(old) = entry
+                    .instance_versions
+                    .insert(instance.id.clone(), instance.version.clone())
+                    && let Some(list) = versions.get_mut(old.as_str())
+                {
+                    list.retain(|i| i.id != instance.id);
+                }
+                versions
+                    .entry(instance.version.as_str())
+                    .or_default()
+                    .push(Arc::new(instance.clone()));
+            }
+            if entry.instance_versions.len() > validate::MAX_INSTANCES_PER_SERVICE {
+                return Err(RoutingError::FailedPrecondition(format!(
+                    "service {name}: at most {} instances",
+                    validate::MAX_INSTANCES_PER_SERVICE
+                )));
+            }
+            for (version, list) in versions {
+                entry.service.versions.insert(version.to_owned());
+                entry.set_instances(version, list);
+            }
+            state.services.insert(name.to_owned(), Arc::new(entry));
         }
         // Tenants go in with all their pins at once: one insert per tenant, not one per pin.
         let mut pins: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
@@ -1289,10 +1381,10 @@ fn control_rollout(
 
 /// Checks an experiment's variants against the service.
 fn validate_variants(entry: &ServiceEntry, variants: &[Variant]) -> Result<(), RoutingError> {
-    if variants.is_empty() {
+    if variants.is_empty() || variants.len() > validate::MAX_VARIANTS {
         return Err(RoutingError::invalid(
             "experiment.variants",
-            "must not be empty",
+            format!("must hold 1 to {} variants", validate::MAX_VARIANTS),
         ));
     }
     for variant in variants {
@@ -1431,6 +1523,8 @@ impl StateDump {
             .collect()
     }
 }
+
+mod footprint;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -17,6 +17,13 @@
 //!   [`RoutingState::apply`]; being deterministic, the copies stay identical. When the log no
 //!   longer reaches back far enough the store answers [`StoreError::Compacted`] and the router
 //!   loads a fresh snapshot.
+//! - every change names the [history](Store::history) it was committed under, its own id and
+//!   its parent's (the change before it), so a router can tell a continuation from a store that
+//!   went back in time (an asynchronous failover that lost acknowledged changes and reuses their
+//!   revisions) or was replaced (emptied, then written to by someone else). A history id is
+//!   `<origin>` or `<origin>.<epoch>`: a rewind moves the store to a new epoch of the same origin
+//!   ([`Store::rotate_history`]); a different origin is another history altogether, which
+//!   routers adopt only when an operator says so ([`Store::adopt_history`]).
 
 use std::time::Duration;
 
@@ -26,7 +33,7 @@ mod memory;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
 
-pub use memory::{DEFAULT_LOG_CAPACITY, MemoryStore};
+pub use memory::{DEFAULT_LOG_BYTES, DEFAULT_LOG_CAPACITY, MemoryStore};
 
 /// One committed change: the mutation, the revision it produced, and who made it, when and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +44,23 @@ pub struct Change {
     pub mutation: Mutation,
     /// Who, when, why, and the records before and after.
     pub meta: ChangeMeta,
+    /// The history id the change was committed under (empty when the store did not say).
+    pub history: String,
+    /// This change's id, unique across histories (empty when the store did not say).
+    pub id: String,
+    /// The id of the change before it (empty for the first change, or when unknown).
+    pub parent: String,
+}
+
+/// A consistent snapshot and where it stands in the store's history.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The state.
+    pub state: RoutingState,
+    /// The store's history id; `None` for a store that has none (new, or emptied).
+    pub history: Option<String>,
+    /// The id of the change that produced the state (empty: none, or unknown).
+    pub head: String,
 }
 
 /// The audit record of a change: who made it, when, why, and what it changed.
@@ -131,8 +155,94 @@ pub trait Store: Send + Sync + 'static {
 
     /// Identifies this store's sequence of revisions: every handle on the same data answers the
     /// same, a store whose revisions started over (a new embedded store, an emptied Redis)
-    /// answers another. Watchers resume by revision only within one history.
+    /// answers another. Watchers resume by revision only within one history. Starts a history
+    /// (a new origin) when the store has none.
     async fn history(&self) -> Result<String, StoreError>;
+
+    /// Returns a consistent snapshot with the store's history id (without starting one) and the
+    /// id of the last change.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            state: self.load().await?,
+            history: Some(self.history().await?),
+            head: String::new(),
+        })
+    }
+
+    /// Like [`Store::commit`], but a store that keeps change ids also refuses with
+    /// [`StoreError::Conflict`] when its last change is not `head` (the id of the change that
+    /// produced `base`): `base` then belongs to another line of changes, even at the same
+    /// revision.
+    async fn commit_after(
+        &self,
+        base: &RoutingState,
+        head: &str,
+        mutation: Mutation,
+        meta: ChangeMeta,
+    ) -> Result<Commit, StoreError> {
+        let _ = head;
+        self.commit(base, mutation, meta).await
+    }
+
+    /// Returns the store's history id without starting one (`None`: new or emptied store).
+    async fn current_history(&self) -> Result<Option<String>, StoreError> {
+        self.history().await.map(Some)
+    }
+
+    /// Replaces the store's history id `from` with `to`, a later epoch of the same origin
+    /// (changes were lost and their revisions will be reused), unless it is no longer `from`;
+    /// returns the history id now in force.
+    async fn rotate_history(&self, from: &str, to: &str) -> Result<String, StoreError> {
+        let _ = (from, to);
+        self.history().await
+    }
+
+    /// Records that routers following a history of origin `retired_origin` may adopt
+    /// `history`, the store's current one (an operator's decision after the store was emptied
+    /// or replaced).
+    async fn adopt_history(&self, retired_origin: &str, history: &str) -> Result<(), StoreError> {
+        let _ = (retired_origin, history);
+        Ok(())
+    }
+
+    /// Returns the history that routers following origin `retired_origin` may adopt, if an
+    /// operator said so.
+    async fn adopted_history(&self, retired_origin: &str) -> Result<Option<String>, StoreError> {
+        let _ = retired_origin;
+        Ok(None)
+    }
+
+    /// Returns how long one write may take at most before the store gives up on it (its
+    /// command timeouts), when it has such a bound.
+    fn write_timeout(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Returns the origin of a history id: `<origin>` of `<origin>` or `<origin>.<epoch>`.
+pub fn history_origin(history: &str) -> &str {
+    history
+        .split_once('.')
+        .map_or(history, |(origin, _)| origin)
+}
+
+/// Returns the epoch of a history id: 0 for `<origin>`, `n` for `<origin>.<n>`.
+pub fn history_epoch(history: &str) -> u64 {
+    history
+        .split_once('.')
+        .and_then(|(_, epoch)| epoch.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Returns the id of the epoch after `history` (and after `also`, when of the same origin):
+/// `<origin>.<n + 1>`.
+pub fn next_history_epoch(history: &str, also: &str) -> String {
+    let origin = history_origin(history);
+    let mut epoch = history_epoch(history);
+    if history_origin(also) == origin {
+        epoch = epoch.max(history_epoch(also));
+    }
+    format!("{origin}.{}", epoch.saturating_add(1))
 }
 
 /// Returns a new random history id (16 hex digits).
@@ -143,4 +253,34 @@ pub fn new_history_id() -> String {
         .map_or(0, |d| d.as_nanos());
     let random = RandomState::new().hash_one((std::process::id(), nanos));
     format!("{random:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_ids_are_an_origin_and_an_epoch() {
+        assert_eq!(history_origin("0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(history_epoch("0123456789abcdef"), 0);
+        assert_eq!(
+            next_history_epoch("0123456789abcdef", ""),
+            "0123456789abcdef.1"
+        );
+        assert_eq!(history_origin("0123456789abcdef.7"), "0123456789abcdef");
+        assert_eq!(history_epoch("0123456789abcdef.7"), 7);
+        assert_eq!(
+            next_history_epoch("0123456789abcdef.7", ""),
+            "0123456789abcdef.8"
+        );
+        // After the later of two epochs of one origin; another origin does not count.
+        assert_eq!(
+            next_history_epoch("0123456789abcdef", "0123456789abcdef.3"),
+            "0123456789abcdef.4"
+        );
+        assert_eq!(
+            next_history_epoch("0123456789abcdef.1", "fedcba9876543210.9"),
+            "0123456789abcdef.2"
+        );
+    }
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use routing_core::{Mutation, Revision, RoutingState};
 use tokio::sync::watch;
 
-use crate::{Change, ChangeMeta, Commit, Store, StoreError};
+use crate::{Change, ChangeMeta, Commit, Snapshot, Store, StoreError};
 
 /// Changes kept by default for routers to follow.
 pub const DEFAULT_LOG_CAPACITY: usize = 100_000;
+/// Memory the kept changes may take by default (estimated), in bytes.
+pub const DEFAULT_LOG_BYTES: usize = 64 * 1024 * 1024;
 
 /// Routing state in this process's memory: nothing to install, gone when the process ends.
 #[derive(Debug)]
@@ -18,6 +20,7 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     revision: watch::Sender<Revision>,
     log_capacity: usize,
+    log_bytes: usize,
     audit_file: Option<std::path::PathBuf>,
     history: String,
 }
@@ -26,6 +29,9 @@ pub struct MemoryStore {
 struct Inner {
     state: RoutingState,
     log: VecDeque<Change>,
+    /// The estimated bytes of each kept change, in the same order, and their sum.
+    log_sizes: VecDeque<usize>,
+    logged_bytes: usize,
     leases: std::collections::HashMap<String, (String, std::time::Instant)>,
 }
 
@@ -36,15 +42,29 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Returns an empty store keeping the last `log_capacity` changes (at least one).
+    /// Returns an empty store keeping the last `log_capacity` changes (at least one), and no
+    /// more than [`DEFAULT_LOG_BYTES`] of them.
     pub fn new(log_capacity: usize) -> Self {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             revision: watch::Sender::new(0),
             log_capacity: log_capacity.max(1),
+            log_bytes: DEFAULT_LOG_BYTES,
             audit_file: None,
             history: crate::new_history_id(),
         }
+    }
+
+    /// Keeps no more than about `bytes` of changes (the newest change is always kept).
+    pub fn with_log_bytes(mut self, bytes: usize) -> Self {
+        self.log_bytes = bytes;
+        self
+    }
+
+    /// Returns how many changes the log keeps and their estimated bytes.
+    pub fn log_footprint(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.log.len(), inner.logged_bytes)
     }
 
     /// Also appends every change, as one JSON line, to `path`: the audit trail outlives the
@@ -108,6 +128,22 @@ impl MemoryStore {
     }
 }
 
+/// Estimates the memory a kept change takes: its mutation (as its JSON length), its audit record
+/// and ids, and a fixed overhead.
+fn change_bytes(change: &Change) -> usize {
+    let mutation = serde_json::to_vec(&change.mutation).map_or(0, |json| json.len());
+    let meta = &change.meta;
+    std::mem::size_of::<Change>()
+        + mutation
+        + meta.actor.len()
+        + meta.reason.len()
+        + meta.before.len()
+        + meta.after.len()
+        + change.history.len()
+        + change.id.len()
+        + change.parent.len()
+}
+
 #[async_trait::async_trait]
 impl Store for MemoryStore {
     async fn load(&self) -> Result<RoutingState, StoreError> {
@@ -130,12 +166,23 @@ impl Store for MemoryStore {
                 revision,
                 mutation,
                 meta,
+                history: self.history.clone(),
+                id: crate::new_history_id(),
+                parent: inner.log.back().map(|c| c.id.clone()).unwrap_or_default(),
             };
             self.append_audit(&change)?;
             inner.state = state;
+            let bytes = change_bytes(&change);
             inner.log.push_back(change);
-            while inner.log.len() > self.log_capacity {
+            inner.log_sizes.push_back(bytes);
+            inner.logged_bytes += bytes;
+            while inner.log.len() > self.log_capacity
+                || (inner.logged_bytes > self.log_bytes && inner.log.len() > 1)
+            {
                 inner.log.pop_front();
+                if let Some(oldest) = inner.log_sizes.pop_front() {
+                    inner.logged_bytes -= oldest;
+                }
             }
             Commit { revision, outcome }
         };
@@ -186,6 +233,15 @@ impl Store for MemoryStore {
 
     async fn history(&self) -> Result<String, StoreError> {
         Ok(self.history.clone())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let inner = self.lock();
+        Ok(Snapshot {
+            state: inner.state.clone(),
+            history: Some(self.history.clone()),
+            head: inner.log.back().map(|c| c.id.clone()).unwrap_or_default(),
+        })
     }
 }
 
@@ -280,5 +336,39 @@ mod tests {
             .await
             .expect("kept");
         assert_eq!(kept.iter().map(|c| c.revision).collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[tokio::test]
+    async fn the_log_is_bounded_in_bytes_as_well_as_in_changes() {
+        let store = MemoryStore::new(100_000).with_log_bytes(64 * 1024);
+        let meta = ChangeMeta {
+            reason: "r".repeat(256),
+            before: "b".repeat(2_000),
+            after: "a".repeat(2_000),
+            ..ChangeMeta::default()
+        };
+        for i in 0..200 {
+            store
+                .commit(
+                    &RoutingState::default(),
+                    crate::suite::tenant(&format!("t{i}")),
+                    meta.clone(),
+                )
+                .await
+                .expect("commit");
+        }
+        let (kept, bytes) = store.log_footprint();
+        assert!(bytes <= 64 * 1024, "{kept} changes of {bytes} bytes");
+        assert!((5..200).contains(&kept), "{kept} changes kept");
+        // The oldest are gone, the newest are there, and a follower that fell behind is told.
+        let newest = store
+            .changes_after(199, 10, Duration::ZERO)
+            .await
+            .expect("kept");
+        assert_eq!(newest.len(), 1);
+        assert!(matches!(
+            store.changes_after(0, 10, Duration::ZERO).await,
+            Err(StoreError::Compacted { .. })
+        ));
     }
 }

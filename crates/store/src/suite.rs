@@ -25,7 +25,8 @@ macro_rules! store_suite {
             emergency_rollback_is_one_change,
             stale_copies_never_overwrite_newer_changes,
             a_lease_has_one_holder_at_a_time,
-            the_history_id_is_stable_across_changes);
+            the_history_id_is_stable_across_changes,
+            changes_name_their_history_and_parent);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -318,6 +319,39 @@ pub async fn the_history_id_is_stable_across_changes(store: &dyn Store) {
     assert_eq!(history.len(), 16, "{history}");
     populate(store, 3).await;
     assert_eq!(store.history().await.expect("history"), history);
+}
+
+/// Every change names the history it was committed under and the change before it; a snapshot
+/// names the last change, so a follower can tell a continuation from another line of changes.
+pub async fn changes_name_their_history_and_parent(store: &dyn Store) {
+    let empty = store.snapshot().await.expect("snapshot");
+    assert_eq!(empty.head, "");
+    populate(store, 2).await;
+    let history = store.history().await.expect("history");
+    let changes = store
+        .changes_after(0, 100, Duration::ZERO)
+        .await
+        .expect("changes");
+    let mut parent = String::new();
+    for change in &changes {
+        assert_eq!(change.history, history, "{change:?}");
+        assert_eq!(change.parent, parent, "{change:?}");
+        assert!(!change.id.is_empty(), "{change:?}");
+        parent = change.id.clone();
+    }
+    let ids: std::collections::BTreeSet<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), changes.len(), "change ids are unique");
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.head, parent);
+    assert_eq!(snapshot.history.as_deref(), Some(history.as_str()));
+    assert_eq!(
+        snapshot.state.dump(),
+        store.load().await.expect("load").dump()
+    );
+    assert_eq!(
+        store.current_history().await.expect("history"),
+        Some(history)
+    );
 }
 
 /// A lease has one holder until it lapses; the holder renews it.

@@ -164,9 +164,43 @@ impl RedisServer {
         );
     }
 
+    /// Starts a replica of `master` on a free port and waits until it is in sync.
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let master_port = master.port().to_string();
+        let replica = RedisServer::start_with(
+            free_port(false),
+            &["--replicaof", "127.0.0.1", &master_port],
+        );
+        let replica_port = replica.port();
+        eventually("replica in sync", READY_DEADLINE, || {
+            redis_command(replica_port, &["INFO", "replication"])
+                .filter(|r| r.contains("master_link_status:up"))
+        });
+        replica
+    }
+
     /// Returns the port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("redis on port {} is not running", self.port))
+    }
+
+    /// Freezes the process (SIGSTOP): its connections stay open but it answers nothing, nor
+    /// acknowledges replication, until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
     }
 
     /// Returns the working directory (logs, dumps).
@@ -214,6 +248,15 @@ impl Drop for RedisServer {
     }
 }
 
+/// Sends a signal to a process with `kill`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
 /// A Redis Cluster of three masters on loopback ports.
 pub struct RedisCluster {
     /// The masters.
@@ -223,7 +266,13 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them into one cluster.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Starts three masters with `replicas` replicas each and joins them into one cluster;
+    /// waits until every replica is in sync.
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(
                     free_port(true),
@@ -245,7 +294,7 @@ impl RedisCluster {
         let output = Command::new(binary("redis-cli"))
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -258,8 +307,50 @@ impl RedisCluster {
             eventually("cluster_state:ok", READY_DEADLINE, || {
                 redis_command(port, &["CLUSTER", "INFO"]).filter(|r| r.contains("cluster_state:ok"))
             });
+            eventually("replica in sync", READY_DEADLINE, || {
+                redis_command(port, &["INFO", "replication"])
+                    .filter(|r| r.contains("role:master") || r.contains("master_link_status:up"))
+            });
         }
         RedisCluster { nodes }
+    }
+
+    /// Returns a replica of the master that serves `key`'s slot.
+    pub fn replica_of_key(&self, key: &str) -> &RedisServer {
+        let any = self.nodes[0].port();
+        let slot: u16 = redis_command(any, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|r| r.trim().trim_start_matches(':').parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        let nodes = redis_command(any, &["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+        // Lines: id ip:port@bus flags master-id ping pong epoch state [slot ranges...]
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect())
+            .filter(|fields: &Vec<&str>| fields.len() >= 8)
+            .collect();
+        let serves = |fields: &Vec<&str>| {
+            fields[8..].iter().any(|range| {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                match (low.parse::<u16>(), high.parse::<u16>()) {
+                    (Ok(low), Ok(high)) => (low..=high).contains(&slot),
+                    _ => false,
+                }
+            })
+        };
+        let master = lines
+            .iter()
+            .find(|fields| fields[2].contains("master") && serves(fields))
+            .map(|fields| fields[0])
+            .expect("the master of the slot");
+        let port: u16 = lines
+            .iter()
+            .find(|fields| fields[2].contains("slave") && fields[3] == master)
+            .and_then(|fields| fields[1].split(['@', ':']).nth(1)?.parse().ok())
+            .expect("a replica of that master");
+        self.nodes
+            .iter()
+            .find(|node| node.port() == port)
+            .expect("the replica is one of the nodes")
     }
 
     /// Returns `redis-cluster://127.0.0.1:<port>?node=...` naming every node.
@@ -291,15 +382,8 @@ impl RedisSentinel {
     pub fn start() -> RedisSentinel {
         let master = RedisServer::start();
         let master_port = master.port().to_string();
-        let replica = RedisServer::start_with(
-            free_port(false),
-            &["--replicaof", "127.0.0.1", &master_port],
-        );
+        let replica = RedisServer::start_replica_of(&master);
         let replica_port = replica.port();
-        eventually("replica in sync", READY_DEADLINE, || {
-            redis_command(replica_port, &["INFO", "replication"])
-                .filter(|r| r.contains("master_link_status:up"))
-        });
         let sentinel_port = free_port(false);
         let dir = tempfile::tempdir().expect("temporary directory");
         let config = dir.path().join("sentinel.conf");
@@ -350,6 +434,39 @@ impl RedisSentinel {
             .filter(|line| !line.starts_with(['*', '$']))
             .filter_map(|line| line.parse().ok())
             .next()
+    }
+
+    /// Cuts the replica off the master so that the changes made from now on reach only the
+    /// master: freezes the replica (SIGSTOP), then has the master drop its replication link, so
+    /// nothing more is even buffered towards it. [`RedisSentinel::fail_over_losing_changes`]
+    /// then promotes it without those changes.
+    pub fn cut_replication(&self) {
+        self.replica.pause();
+        let killed = self.master.command(&["CLIENT", "KILL", "TYPE", "replica"]);
+        assert!(killed.starts_with(':'), "CLIENT KILL: {killed}");
+    }
+
+    /// Kills the master (SIGKILL), resumes the replica cut off by
+    /// [`RedisSentinel::cut_replication`] and waits until the sentinel promoted it: every change
+    /// made since the cut is lost, and its revisions will be reused.
+    pub fn fail_over_losing_changes(&mut self) {
+        self.master.kill();
+        self.replica.resume();
+        let sentinel_port = self.sentinel.port();
+        let replica_port = self.replica.port();
+        // The sentinel may start the failover by itself once the master is down; asking again
+        // meanwhile is harmless (INPROG, or NOGOODSLAVE until it hears from the replica).
+        eventually("the lagging replica promoted", READY_DEADLINE, || {
+            if self.master_port() == Some(replica_port) {
+                return Some(());
+            }
+            let _ = redis_command(sentinel_port, &["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+            None
+        });
+        eventually("the new master accepts writes", READY_DEADLINE, || {
+            redis_command(replica_port, &["INFO", "replication"])
+                .filter(|r| r.contains("role:master"))
+        });
     }
 
     /// Forces a failover and waits until the replica is the master.

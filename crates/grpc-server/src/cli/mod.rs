@@ -26,6 +26,7 @@ mod rollback;
 mod rollouts;
 mod schema;
 mod services;
+mod store;
 mod tenants;
 
 use events::{EventsArgs, events_command};
@@ -34,6 +35,7 @@ use rollback::{RollbackArgs, rollback_command};
 use rollouts::{ExperimentCommand, RolloutCommand, experiment_command, rollout_command};
 use schema::{SchemaCommand, schema_command};
 use services::{InstanceCommand, ServiceCommand, instance, service};
+use store::{StoreCommand, store_command};
 use tenants::{TenantCommand, tenant};
 
 /// greyrouter: routes every tenant's requests to the right service version and instance.
@@ -106,6 +108,9 @@ enum Command {
     /// Per-tenant database schema migrations.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// The store behind the routers.
+    #[command(subcommand)]
+    Store(StoreCommand),
 }
 
 #[derive(Debug, Args)]
@@ -279,13 +284,15 @@ async fn serve(config: Config) -> ExitCode {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log.format == "json" {
-        builder.json().init();
+        builder.with_writer(std::io::stderr).json().init();
     } else {
-        builder.init();
+        // Text lines escape whatever callers sent (no colours: escape codes are escaped too).
+        builder
+            .with_ansi(false)
+            .with_writer(crate::log::SafeLines::new(std::io::stderr))
+            .init();
     }
 }
 
@@ -430,6 +437,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
         Command::Rollout(command) => rollout_command(command, &mut admin, out).await?,
         Command::Experiment(command) => experiment_command(command, &mut admin, out).await?,
         Command::Schema(command) => schema_command(command, &mut admin, out).await?,
+        Command::Store(command) => store_command(command, &mut admin, out).await?,
         Command::Override(OverrideCommand::List { service }) => {
             let response = admin
                 .list_overrides(pb::ListOverridesRequest {

@@ -175,6 +175,145 @@ fn health_aware_follows_scores() {
     assert!((1_800..=2_200).contains(&low), "{picked:?}");
 }
 
+/// Ejects the named instances until `until_ms`.
+fn eject(pool: &Pool, ids: &[&str], until_ms: u64) {
+    for id in ids {
+        if let Some(member) = pool.member(id) {
+            member.load.eject_until(until_ms);
+        }
+    }
+}
+
+fn pick_at<'p>(
+    pool: &'p Pool,
+    strategy: Strategy,
+    region: &str,
+    key: &str,
+    now_ms: u64,
+    rng: &mut SplitMix,
+) -> Option<&'p str> {
+    pool.pick(&PickRequest {
+        strategy,
+        region,
+        hash_key: key,
+        entropy: rng.next(),
+        now_ms,
+    })
+    .map(|m| m.instance.id.as_str())
+}
+
+#[test]
+fn an_ejected_instance_alone_in_its_region_fails_over_to_another_region() {
+    // The hardening issue's case: a tenant's region holds one instance, ejected, while a healthy
+    // instance exists elsewhere. The old pick ignored the ejection (panic mode within the region).
+    let pool = Pool::new(
+        [
+            instance("eu-1", 1, "eu", true),
+            instance("us-1", 1, "us", true),
+        ],
+        None,
+    );
+    eject(&pool, &["eu-1"], 1_000);
+    let mut rng = SplitMix(11);
+    for strategy in Strategy::ALL {
+        for n in 0..20 {
+            let key = format!("k{n}");
+            assert_eq!(
+                pick_at(&pool, strategy, "eu", &key, 500, &mut rng),
+                Some("us-1"),
+                "{strategy}"
+            );
+        }
+        // Once the ejection ends, the region is preferred again.
+        assert_eq!(
+            pick_at(&pool, strategy, "eu", "k", 1_000, &mut rng),
+            Some("eu-1"),
+            "{strategy}"
+        );
+    }
+}
+
+#[test]
+fn an_ejected_instance_passes_its_turn_within_the_region_first() {
+    let pool = Pool::new(
+        [
+            instance("eu-1", 1, "eu", true),
+            instance("eu-2", 1, "eu", true),
+            instance("us-1", 1, "us", true),
+        ],
+        None,
+    );
+    eject(&pool, &["eu-1"], 1_000);
+    let mut rng = SplitMix(13);
+    for strategy in Strategy::ALL {
+        for n in 0..20 {
+            let key = format!("k{n}");
+            assert_eq!(
+                pick_at(&pool, strategy, "eu", &key, 0, &mut rng),
+                Some("eu-2"),
+                "{strategy}"
+            );
+        }
+    }
+}
+
+#[test]
+fn failover_skips_ejected_instances_of_other_regions() {
+    let pool = Pool::new(
+        [
+            instance("ap-1", 1, "ap", true),
+            instance("eu-1", 1, "eu", true),
+            instance("eu-2", 1, "eu", true),
+            instance("us-1", 1, "us", true),
+        ],
+        None,
+    );
+    eject(&pool, &["eu-1", "eu-2", "ap-1"], 1_000);
+    let mut rng = SplitMix(17);
+    for strategy in Strategy::ALL {
+        for n in 0..20 {
+            let key = format!("k{n}");
+            assert_eq!(
+                pick_at(&pool, strategy, "eu", &key, 0, &mut rng),
+                Some("us-1"),
+                "{strategy}"
+            );
+        }
+    }
+}
+
+#[test]
+fn panic_mode_only_when_every_region_is_ejected_and_stays_in_the_preferred_region() {
+    let pool = Pool::new(
+        [
+            instance("eu-1", 1, "eu", true),
+            instance("eu-2", 1, "eu", true),
+            instance("us-1", 1, "us", true),
+            // Not eligible: its not being ejected does not end panic mode.
+            instance("us-2", 1, "us", false),
+        ],
+        None,
+    );
+    eject(&pool, &["eu-1", "eu-2", "us-1"], 1_000);
+    let mut rng = SplitMix(19);
+    for strategy in Strategy::ALL {
+        for n in 0..20 {
+            let key = format!("k{n}");
+            let picked = pick_at(&pool, strategy, "eu", &key, 0, &mut rng);
+            assert!(
+                matches!(picked, Some("eu-1" | "eu-2")),
+                "{strategy}: {picked:?}"
+            );
+        }
+        // Without a preferred region, panic mode picks among every eligible instance.
+        let picked = pick_at(&pool, strategy, "", "k", 0, &mut rng);
+        assert!(
+            matches!(picked, Some("eu-1" | "eu-2" | "us-1")),
+            "{strategy}: {picked:?}"
+        );
+    }
+}
+
 fn instances_strategy() -> impl proptest::strategy::Strategy<Value = Vec<Arc<Instance>>> {
     prop::collection::vec(
         (
@@ -216,6 +355,45 @@ proptest! {
                 prop_assert_eq!(picked.is_some(), any_eligible);
                 if let Some(member) = picked {
                     prop_assert!(member.instance.is_eligible());
+                    if regional {
+                        prop_assert_eq!(&member.instance.region, region);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ejection after region preference: the picked instance is not ejected whenever any
+    /// eligible instance anywhere is not ejected, and it is in the preferred region whenever
+    /// that region has a non-ejected eligible instance.
+    #[test]
+    fn picks_avoid_ejected_instances_across_regions(
+        instances in instances_strategy(),
+        ejected in prop::collection::vec(any::<bool>(), 24),
+        region in prop::sample::select(vec!["", "eu", "us", "ap"]),
+        seed: u64,
+    ) {
+        let pool = Pool::new(instances.clone(), None);
+        let now_ms = 1_000;
+        for (instance, &ejected) in instances.iter().zip(&ejected) {
+            if let Some(member) = pool.member(&instance.id) {
+                member.load.eject_until(if ejected { now_ms + 1 } else { now_ms });
+            }
+        }
+        let is_ejected = |id: &str| pool.member(id).is_some_and(|m| m.load.is_ejected(now_ms));
+        let usable = |i: &Instance| i.is_eligible() && !is_ejected(&i.id);
+        let any_usable = instances.iter().any(|i| usable(i));
+        let regional = !region.is_empty() && instances.iter().any(|i| usable(i) && i.region == region);
+        let mut rng = SplitMix(seed);
+        for strategy in Strategy::ALL {
+            for n in 0..8 {
+                let picked = pool.pick(&PickRequest { strategy, region, hash_key: &format!("k{n}"), entropy: rng.next(), now_ms });
+                prop_assert_eq!(picked.is_some(), pool.has_eligible());
+                if let Some(member) = picked {
+                    prop_assert!(member.instance.is_eligible());
+                    if any_usable {
+                        prop_assert!(!member.load.is_ejected(now_ms), "{}: picked ejected {}", strategy, member.instance.id);
+                    }
                     if regional {
                         prop_assert_eq!(&member.instance.region, region);
                     }

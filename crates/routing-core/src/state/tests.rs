@@ -1883,3 +1883,186 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rollout decisions
+
+/// Returns `world` with a managed rollout `r1` of `api` to v2 running at its first step.
+fn managed_world() -> RoutingState {
+    use crate::model::{RolloutPhase, RolloutPlan};
+    build(
+        &world(),
+        [Mutation::StartRollout {
+            rollout: crate::Rollout {
+                plan: Some(RolloutPlan {
+                    from_version: String::new(),
+                    steps: vec![1_000, 5_000],
+                    interval_ms: 60_000,
+                    analysis: crate::AnalysisPolicy::default(),
+                    phase: RolloutPhase::Running,
+                    step: 0,
+                    step_started_ms: 0,
+                    failed_checks: 0,
+                    decisions: Vec::new(),
+                }),
+                ..rollout("r1", "api", "v2", 0)
+            },
+            force: false,
+        }],
+    )
+}
+
+fn decision(event: crate::model::RolloutEvent, note: &str) -> crate::model::RolloutDecision {
+    crate::model::RolloutDecision {
+        at_ms: 1_000,
+        step: 0,
+        basis_points: 0,
+        event,
+        canary: None,
+        baseline: None,
+        note: note.into(),
+    }
+}
+
+#[test]
+fn rollout_decision_notes_follow_the_note_rule() {
+    use crate::StepAction;
+    use crate::model::RolloutEvent;
+    let state = managed_world();
+    let control = |note: &str| Mutation::ControlRollout {
+        service: "api".into(),
+        rollout_id: "r1".into(),
+        decision: decision(RolloutEvent::Paused, note),
+        force: false,
+    };
+    let progress = |note: &str| Mutation::ProgressRollout {
+        service: "api".into(),
+        rollout_id: "r1".into(),
+        decision: decision(
+            RolloutEvent::Step {
+                action: StepAction::Hold {
+                    reason: "quiet".into(),
+                },
+            },
+            note,
+        ),
+    };
+    let too_long = "x".repeat(crate::validate::MAX_NOTE_LEN + 1);
+    for mutation in [control(&too_long), progress(&too_long)] {
+        assert_eq!(
+            refused(&state, &mutation),
+            RoutingError::invalid(
+                "decision.note",
+                format!("longer than {} characters", crate::validate::MAX_NOTE_LEN)
+            )
+        );
+    }
+    for hidden in [
+        "by eve: ok\u{202E}gnp.exe",
+        "by eve\u{200B}: ok",
+        "line\nbreak",
+    ] {
+        for mutation in [control(hidden), progress(hidden)] {
+            assert!(
+                matches!(
+                    refused(&state, &mutation),
+                    RoutingError::InvalidArgument { ref field, .. } if field == "decision.note"
+                ),
+                "{hidden:?}"
+            );
+        }
+    }
+    // At the limit, in characters, the note is recorded.
+    let longest = "é".repeat(crate::validate::MAX_NOTE_LEN);
+    step(&state, &progress(&longest));
+    let (paused, _) = step(&state, &control(&longest));
+    let decisions = paused.service("api").expect("api").rollouts()[0]
+        .plan
+        .as_ref()
+        .expect("managed")
+        .decisions
+        .clone();
+    assert_eq!(
+        decisions.last().map(|d| d.note.as_str()),
+        Some(longest.as_str())
+    );
+}
+
+#[test]
+fn a_registration_costs_the_replaced_pool_not_every_instance_of_the_service() {
+    use crate::state::Scope;
+    // Two versions: 2,000 instances of v1 stay untouched while v2 grows.
+    let mut state = build(
+        &RoutingState::default(),
+        [Mutation::UpsertService {
+            service: service("big", "v1", &["v1", "v2"]),
+            force: true,
+        }],
+    );
+    let many: Vec<Mutation> = (0..2_000)
+        .map(|i| register(instance(&format!("v1-{i:05}"), "big", "v1")))
+        .collect();
+    let dump = build(&state, many).dump();
+    state = RoutingState::from_dump(&dump).expect("a dump loads");
+    let before = state.clone();
+    let (after, _) = step(&before, &register(instance("v2-00001", "big", "v2")));
+    let scope = Scope::Service("big".into());
+    let cost = RoutingState::superseded_bytes(&before, &after, &scope);
+    let v1 = before.service("big").expect("big");
+    let v1_pool = v1.pool("v1").expect("v1 pool");
+    // The untouched v1 pool is shared, so not counted; nor is the instance index copied.
+    assert!(
+        std::sync::Arc::ptr_eq(
+            v1_pool,
+            after.service("big").expect("big").pool("v1").expect("v1")
+        ),
+        "an untouched pool is shared between revisions"
+    );
+    assert!(
+        cost < v1_pool.heap_bytes(),
+        "{cost} bytes for a change that replaced no large pool"
+    );
+    // Replacing v1's pool itself costs at least that pool.
+    let (grown, _) = step(&after, &register(instance("v1-99999", "big", "v1")));
+    let cost = RoutingState::superseded_bytes(&after, &grown, &scope);
+    assert!(cost >= v1_pool.heap_bytes(), "{cost}");
+}
+
+#[test]
+fn a_service_change_shares_its_experiments_sticky_tenants() {
+    let state = world();
+    let (with_experiment, _) = step(
+        &state,
+        &Mutation::UpsertExperiment {
+            experiment: experiment("e1", "api", &[("a", "v1", 50), ("b", "v2", 50)]),
+        },
+    );
+    let (sticky, _) = step(
+        &with_experiment,
+        &Mutation::UpdateExperiment {
+            service: "api".into(),
+            experiment_id: "e1".into(),
+            variants: vec![
+                crate::Variant {
+                    name: "a".into(),
+                    version: "v1".into(),
+                    weight: 10,
+                },
+                crate::Variant {
+                    name: "b".into(),
+                    version: "v2".into(),
+                    weight: 90,
+                },
+            ],
+            rebalance: false,
+        },
+    );
+    let kept = &sticky.service("api").expect("api").experiments()[0].sticky;
+    assert!(!kept.is_empty(), "tenants kept their variants");
+    let (registered, _) = step(&sticky, &register(instance("api-new", "api", "v1")));
+    let after = &registered.service("api").expect("api").experiments()[0].sticky;
+    assert!(
+        std::sync::Arc::ptr_eq(kept, after),
+        "a change that does not touch the experiment copies no sticky map"
+    );
+}
