@@ -518,6 +518,62 @@ mod tests {
     use super::*;
     use crate::audit::Actor;
 
+    /// Returns a followed replica over an embedded store holding service `api` with one
+    /// instance of `v1`, and `tenants` tenants; and the revision before the tenants.
+    async fn replica_with(tenants: usize, history: (usize, usize)) -> (Arc<Replica>, u64) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let replica = Replica::load(store, history.0, history.1)
+            .await
+            .expect("load");
+        tokio::spawn(Arc::clone(&replica).follow());
+        replica
+            .commit(suite::service(), &system())
+            .await
+            .expect("service");
+        let before_tenants = replica
+            .commit(suite::instance("api-1", "v1"), &system())
+            .await
+            .expect("instance")
+            .revision;
+        for i in 0..tenants {
+            replica
+                .commit(suite::tenant(&format!("tenant-{i:03}")), &system())
+                .await
+                .expect("tenant");
+        }
+        (replica, before_tenants)
+    }
+
+    fn system() -> Actor {
+        Actor::system("test", "")
+    }
+
+    /// Starts a watcher of everything from `from_revision`; returns its queue.
+    fn watch_all(
+        replica: &Arc<Replica>,
+        from_revision: u64,
+        chunk: usize,
+        queue: &Arc<Semaphore>,
+        max_queued_bytes: usize,
+    ) -> mpsc::Receiver<Queued> {
+        let (sender, receiver) = mpsc::channel(10_000);
+        let (closing_sender, closing) = tokio::sync::watch::channel(false);
+        let watcher = Watcher {
+            replica: Arc::clone(replica),
+            filter: AssignmentFilter::default(),
+            chunk,
+            sender,
+            queue: Arc::clone(queue),
+            max_queued_bytes,
+            closing,
+        };
+        tokio::spawn(async move {
+            watcher.run(from_revision).await;
+            drop(closing_sender);
+        });
+        receiver
+    }
+
     /// Waits, with a deadline, until `check` holds.
     async fn until(what: &str, mut check: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -532,39 +588,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_that_never_reads_queues_at_most_its_byte_budget() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let replica = Replica::load(store, 4096, 64 << 20).await.expect("load");
-        tokio::spawn(Arc::clone(&replica).follow());
-        let actor = Actor::system("test", "");
-        replica
-            .commit(suite::service(), &actor)
-            .await
-            .expect("service");
-        replica
-            .commit(suite::instance("api-1", "v1"), &actor)
-            .await
-            .expect("instance");
-        for i in 0..300 {
-            replica
-                .commit(suite::tenant(&format!("tenant-{i:03}")), &actor)
-                .await
-                .expect("tenant");
-        }
+        let (replica, _) = replica_with(300, (4096, 64 << 20)).await;
         // A snapshot of 300 assignments in messages of 10 is about 30 KB: twice the budget.
         let budget = 16 * 1024;
-        let (sender, mut receiver) = mpsc::channel(10_000);
         let queue = Arc::new(Semaphore::new(budget));
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let watcher = Watcher {
-            replica: Arc::clone(&replica),
-            filter: AssignmentFilter::default(),
-            chunk: 10,
-            sender,
-            queue: Arc::clone(&queue),
-            max_queued_bytes: budget,
-            closing,
-        };
-        tokio::spawn(watcher.run(0));
+        let mut receiver = watch_all(&replica, 0, 10, &queue, budget);
         // The watcher stops once the next message no longer fits.
         until("the queue to fill", || queue.available_permits() < 2048).await;
         let queued = receiver.len();
@@ -600,21 +628,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_watch_history_is_bounded_in_bytes_as_instances_pile_into_one_version() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let history_bytes = 2 << 20;
-        let replica = Replica::load(store, 100_000, history_bytes)
-            .await
-            .expect("load");
-        tokio::spawn(Arc::clone(&replica).follow());
-        let actor = Actor::system("test", "");
-        replica
-            .commit(suite::service(), &actor)
-            .await
-            .expect("service");
+        let (replica, _) = replica_with(0, (100_000, history_bytes)).await;
         let registrations = 2_000;
         for i in 0..registrations {
             replica
-                .commit(suite::instance(&format!("api-{i:05}"), "v1"), &actor)
+                .commit(suite::instance(&format!("api-{i:05}"), "v1"), &system())
                 .await
                 .expect("instance");
         }
@@ -641,38 +660,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_resume_replays_more_changes_than_one_batch_without_waiting_for_another() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let replica = Replica::load(store, 4096, 64 << 20).await.expect("load");
-        tokio::spawn(Arc::clone(&replica).follow());
-        let actor = Actor::system("test", "");
-        replica
-            .commit(suite::service(), &actor)
-            .await
-            .expect("service");
-        let from = replica
-            .commit(suite::instance("api-1", "v1"), &actor)
-            .await
-            .expect("instance")
-            .revision;
         let changes = REPLAY_BATCH * 3 + 1;
-        for i in 0..changes {
-            replica
-                .commit(suite::tenant(&format!("tenant-{i:03}")), &actor)
-                .await
-                .expect("tenant");
-        }
-        let (sender, mut receiver) = mpsc::channel(10_000);
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let watcher = Watcher {
-            replica: Arc::clone(&replica),
-            filter: AssignmentFilter::default(),
-            chunk: 100,
-            sender,
-            queue: Arc::new(Semaphore::new(1 << 20)),
-            max_queued_bytes: 1 << 20,
-            closing,
-        };
-        tokio::spawn(watcher.run(from));
+        let (replica, from) = replica_with(changes, (4096, 64 << 20)).await;
+        let queue = Arc::new(Semaphore::new(1 << 20));
+        let mut receiver = watch_all(&replica, from, 100, &queue, 1 << 20);
         // No change is made meanwhile: every missed one arrives all the same.
         for i in 0..changes {
             let (update, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())

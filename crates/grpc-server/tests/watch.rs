@@ -51,6 +51,23 @@ async fn next(stream: &mut Streaming<pb::AssignmentUpdate>) -> pb::AssignmentUpd
     }
 }
 
+/// Watches everything on a connection of its own with the smallest HTTP/2 windows, so that a
+/// watcher that stops reading stops the server's sending within 64 KiB.
+async fn slow_watch(server: &TestServer) -> Streaming<pb::AssignmentUpdate> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut router = greyrouter_proto::v1::router_client::RouterClient::new(channel);
+    within(router.watch_assignments(watch(&[], &[], 0)))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
 fn keys(update: &pb::AssignmentUpdate) -> Vec<(String, String, String, String)> {
     let mut keys: Vec<_> = update
         .upserts
@@ -266,18 +283,7 @@ async fn a_slow_watcher_does_not_hold_up_routing_or_other_watchers() {
     // that stops reading fills its HTTP/2 window (64 KiB on its own connection) and its buffer
     // within a few changes.
     server.populate(400).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let mut slow_router = greyrouter_proto::v1::router_client::RouterClient::new(channel);
-    let mut slow = within(slow_router.watch_assignments(watch(&[], &[], 0)))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut slow = slow_watch(&server).await;
     let slow_snapshot = next(&mut slow).await;
     let mut fast = open(&mut server, watch(&[], &[], 0)).await;
     next(&mut fast).await;
@@ -373,18 +379,7 @@ async fn a_slow_watcher_cut_off_by_shutdown_mid_update_ends_unavailable_never_ok
     let mut server = TestServer::with_config(config).await;
     // 400 tenants: each change of the default version is 20 partial messages of ~1.5 KB.
     server.populate(400).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let mut slow_router = greyrouter_proto::v1::router_client::RouterClient::new(channel);
-    let mut slow = within(slow_router.watch_assignments(watch(&[], &[], 0)))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut slow = slow_watch(&server).await;
     next(&mut slow).await;
     // The watcher stops reading while changes pile up behind its window and its queue.
     for i in 0..10 {

@@ -148,11 +148,17 @@ impl Pool {
         let mut instances: Vec<Arc<Instance>> = instances.into_iter().collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         instances.dedup_by(|a, b| a.id == b.id);
+        // Both lists are sorted by id: one walk matches every instance with its previous load.
+        let mut earlier = previous
+            .map_or(&[][..], |pool| pool.members.as_slice())
+            .iter()
+            .peekable();
         let members: Vec<Member> = instances
             .into_iter()
             .map(|instance| {
-                let load = previous
-                    .and_then(|pool| pool.member(&instance.id))
+                while earlier.next_if(|m| m.instance.id < instance.id).is_some() {}
+                let load = earlier
+                    .next_if(|m| m.instance.id == instance.id)
                     .map_or_else(Arc::default, |member| Arc::clone(&member.load));
                 Member { instance, load }
             })
