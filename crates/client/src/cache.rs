@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use greyrouter_proto::v1 as pb;
-use routing_core::balance::{InstanceLoad, Member, PickRequest, Pool};
+use routing_core::balance::{InstanceLoad, Members, PickRequest, Pool};
 use routing_core::{Instance, Strategy};
 
 use crate::ClientError;
@@ -327,7 +327,7 @@ impl Cache {
 
 /// The position of the first eligible member after `picked` (in id order, wrapping) that is
 /// neither avoided nor ejected; `picked` itself when there is none.
-fn avoiding(members: &[Member], picked: usize, avoid: &[String], now_ms: u64) -> usize {
+fn avoiding(members: &Members, picked: usize, avoid: &[String], now_ms: u64) -> usize {
     (1..members.len())
         .map(|offset| (picked + offset) % members.len())
         .find(|&position| {

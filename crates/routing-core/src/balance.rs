@@ -120,10 +120,25 @@ pub struct PickRequest<'a> {
     pub now_ms: u64,
 }
 
+/// The members of a pool, sorted by instance id: a persistent vector, so that a pool with one
+/// instance more or less shares all but a path of chunks with the pool it was made from.
+pub type Members = imbl::Vector<Member>;
+
 /// The instances of one service version.
 #[derive(Debug)]
 pub struct Pool {
-    members: Vec<Member>,
+    members: Members,
+    /// How many members are eligible.
+    eligible: usize,
+    /// The candidate sets, built on the first pick: a pool that is never picked from (one of
+    /// many made in a burst of registrations, kept only by the watch history) costs no more
+    /// than the path it changed.
+    candidates: OnceLock<CandidateSets>,
+}
+
+/// Every eligible member, and those of each region.
+#[derive(Debug)]
+struct CandidateSets {
     all: Candidates,
     regions: BTreeMap<String, Candidates>,
 }
@@ -150,10 +165,11 @@ impl Pool {
         instances.dedup_by(|a, b| a.id == b.id);
         // Both lists are sorted by id: one walk matches every instance with its previous load.
         let mut earlier = previous
-            .map_or(&[][..], |pool| pool.members.as_slice())
-            .iter()
+            .map(|pool| pool.members.iter())
+            .into_iter()
+            .flatten()
             .peekable();
-        let members: Vec<Member> = instances
+        let members: Members = instances
             .into_iter()
             .map(|instance| {
                 while earlier.next_if(|m| m.instance.id < instance.id).is_some() {}
@@ -163,34 +179,96 @@ impl Pool {
                 Member { instance, load }
             })
             .collect();
-        let eligible = members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.instance.is_eligible());
-        let mut all = Vec::new();
-        let mut regions: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for (index, member) in eligible {
-            let index = index as u32;
-            all.push(index);
-            if !member.instance.region.is_empty() {
-                regions
-                    .entry(member.instance.region.clone())
-                    .or_default()
-                    .push(index);
-            }
-        }
+        Pool::of(members)
+    }
+
+    fn of(members: Members) -> Self {
         Pool {
+            eligible: members.iter().filter(|m| m.instance.is_eligible()).count(),
             members,
-            all: Candidates::new(all),
-            regions: regions
-                .into_iter()
-                .map(|(region, members)| (region, Candidates::new(members)))
-                .collect(),
+            candidates: OnceLock::new(),
         }
     }
 
+    /// Returns this pool with `instance` added, or replacing the member of the same id (which
+    /// keeps its live load). Costs a path of the persistent member list, not a copy of it.
+    pub fn with_instance(&self, instance: Arc<Instance>) -> Pool {
+        let mut members = self.members.clone();
+        let mut eligible = self.eligible + usize::from(instance.is_eligible());
+        match members.binary_search_by(|m| m.instance.id.as_str().cmp(&instance.id)) {
+            Ok(at) => {
+                let old = members.set(
+                    at,
+                    Member {
+                        load: Arc::clone(&members[at].load),
+                        instance,
+                    },
+                );
+                eligible -= usize::from(old.instance.is_eligible());
+            }
+            Err(at) => members.insert(
+                at,
+                Member {
+                    instance,
+                    load: Arc::default(),
+                },
+            ),
+        }
+        Pool {
+            members,
+            eligible,
+            candidates: OnceLock::new(),
+        }
+    }
+
+    /// Returns this pool without the instance `instance_id` (the same members if it has none).
+    pub fn without_instance(&self, instance_id: &str) -> Pool {
+        let mut members = self.members.clone();
+        let mut eligible = self.eligible;
+        if let Ok(at) = members.binary_search_by(|m| m.instance.id.as_str().cmp(instance_id)) {
+            let old = members.remove(at);
+            eligible -= usize::from(old.instance.is_eligible());
+        }
+        Pool {
+            members,
+            eligible,
+            candidates: OnceLock::new(),
+        }
+    }
+
+    fn candidates(&self) -> &CandidateSets {
+        self.candidates.get_or_init(|| {
+            let mut all = Vec::with_capacity(self.eligible);
+            let mut regions: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            let eligible = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.instance.is_eligible());
+            for (index, member) in eligible {
+                let index = index as u32;
+                all.push(index);
+                if !member.instance.region.is_empty() {
+                    match regions.get_mut(&member.instance.region) {
+                        Some(members) => members.push(index),
+                        None => {
+                            regions.insert(member.instance.region.clone(), vec![index]);
+                        }
+                    }
+                }
+            }
+            CandidateSets {
+                all: Candidates::new(all),
+                regions: regions
+                    .into_iter()
+                    .map(|(region, members)| (region, Candidates::new(members)))
+                    .collect(),
+            }
+        })
+    }
+
     /// Returns the members, sorted by instance id.
-    pub fn members(&self) -> &[Member] {
+    pub fn members(&self) -> &Members {
         &self.members
     }
 
@@ -199,17 +277,17 @@ impl Pool {
         self.members
             .binary_search_by(|m| m.instance.id.as_str().cmp(instance_id))
             .ok()
-            .map(|index| &self.members[index])
+            .and_then(|index| self.members.get(index))
     }
 
     /// Whether any instance can take traffic.
     pub fn has_eligible(&self) -> bool {
-        !self.all.members.is_empty()
+        self.eligible > 0
     }
 
     /// Returns the number of eligible instances.
     pub fn eligible_len(&self) -> usize {
-        self.all.members.len()
+        self.eligible
     }
 
     /// Picks an eligible instance, or `None` when there is none.
@@ -221,11 +299,12 @@ impl Pool {
     /// Picks as [`pick`](Pool::pick) does, returning the member's position in
     /// [`members`](Pool::members).
     pub fn pick_position(&self, request: &PickRequest<'_>) -> Option<usize> {
-        let preferred = self
+        let sets = self.candidates();
+        let preferred = sets
             .regions
             .get(request.region)
             .filter(|_| !request.region.is_empty())
-            .unwrap_or(&self.all);
+            .unwrap_or(&sets.all);
         let position = preferred.pick(&self.members, request)?;
         // An ejected instance passes its turn to the next candidate that is not ejected.
         if let Some(chosen) = self.first_not_ejected(preferred, position, request.now_ms) {
@@ -234,11 +313,11 @@ impl Pool {
         // Every eligible instance of the preferred region is ejected: fail over to every
         // region's. Only when every eligible instance anywhere is ejected are ejections
         // ignored (panic mode): better a struggling instance than none.
-        if !std::ptr::eq(preferred, &self.all)
-            && let Some(chosen) = self
+        if !std::ptr::eq(preferred, &sets.all)
+            && let Some(chosen) = sets
                 .all
                 .pick(&self.members, request)
-                .and_then(|at| self.first_not_ejected(&self.all, at, request.now_ms))
+                .and_then(|at| self.first_not_ejected(&sets.all, at, request.now_ms))
         {
             return Some(chosen);
         }
@@ -261,23 +340,36 @@ impl Pool {
 }
 
 impl Pool {
-    /// Estimates the heap bytes this pool holds itself (its member list, candidate sets and the
-    /// strategy structures built so far); the instances and live loads are shared and not
-    /// counted.
-    pub fn heap_bytes(&self) -> usize {
+    /// Estimates the heap bytes this pool holds beside `next`, the pool that replaced it (if
+    /// any): the member list's chunks it does not share (all of them without `next`, a path of
+    /// chunks with it), and its candidate sets and strategy structures, built on its first pick
+    /// and never shared. Instances and live loads are shared and not counted.
+    pub fn bytes_beside(&self, next: Option<&Pool>) -> usize {
+        /// Elements in one chunk of the persistent vector.
+        const CHUNK: usize = 64;
+        let member = std::mem::size_of::<Member>();
+        let list = match next {
+            None => self.members.len() * member,
+            // A change rewrites the chunks on the path from the root to the changed element.
+            Some(_) => {
+                let depth = self.members.len().max(1).ilog(CHUNK) as usize + 1;
+                depth * CHUNK * member
+            }
+        };
         let candidates = |c: &Candidates| {
             c.members.capacity() * std::mem::size_of::<u32>()
                 + c.schedule.get().map_or(0, |s| s.capacity() * 4)
                 + c.ring.get().map_or(0, |r| r.capacity() * 16)
         };
-        std::mem::size_of::<Pool>()
-            + self.members.capacity() * std::mem::size_of::<Member>()
-            + candidates(&self.all)
-            + self
-                .regions
-                .iter()
-                .map(|(region, c)| region.len() + 64 + candidates(c))
-                .sum::<usize>()
+        let sets = self.candidates.get().map_or(0, |sets| {
+            candidates(&sets.all)
+                + sets
+                    .regions
+                    .iter()
+                    .map(|(region, c)| region.len() + 64 + candidates(c))
+                    .sum::<usize>()
+        });
+        std::mem::size_of::<Pool>() + list + sets
     }
 }
 
@@ -292,7 +384,7 @@ impl Candidates {
     }
 
     /// Returns the position (in `self.members`) the strategy picks.
-    fn pick(&self, members: &[Member], request: &PickRequest<'_>) -> Option<usize> {
+    fn pick(&self, members: &Members, request: &PickRequest<'_>) -> Option<usize> {
         let n = self.members.len() as u64;
         if n == 0 {
             return None;
@@ -323,7 +415,7 @@ impl Candidates {
     }
 
     /// Power of two choices: the less loaded (in flight per weight) of two distinct members.
-    fn power_of_two_choices(&self, members: &[Member], entropy: u64) -> u64 {
+    fn power_of_two_choices(&self, members: &Members, entropy: u64) -> u64 {
         let n = self.members.len() as u64;
         let first = reduce(entropy, n);
         let mut second = reduce(fmix64(entropy ^ 0x9e37_79b9_7f4a_7c15), n - 1);
@@ -346,7 +438,7 @@ impl Candidates {
     /// Smooth weighted round robin (as in nginx): each turn every member's credit grows by its
     /// weight and the richest member, paying the total, is picked. 5:1:1 gives a a b a c a a,
     /// not a a a a a b c. One cycle is computed once; picks then walk it with the cursor.
-    fn weighted_schedule(&self, members: &[Member]) -> Vec<u32> {
+    fn weighted_schedule(&self, members: &Members) -> Vec<u32> {
         let mut weights: Vec<u64> = self
             .members
             .iter()
@@ -380,7 +472,7 @@ impl Candidates {
     }
 
     /// At random, in proportion to weight x registered score x live score.
-    fn health_weighted(&self, members: &[Member], entropy: u64) -> u64 {
+    fn health_weighted(&self, members: &Members, entropy: u64) -> u64 {
         let weight = |m: u32| {
             let member = &members[m as usize];
             u64::from(member.instance.weight)
@@ -402,7 +494,7 @@ impl Candidates {
         self.members.len() as u64 - 1
     }
 
-    fn ring(&self, members: &[Member]) -> Vec<(u64, u32)> {
+    fn ring(&self, members: &Members) -> Vec<(u64, u32)> {
         let mut ring = Vec::with_capacity(self.members.len() * RING_POINTS_PER_INSTANCE as usize);
         for (position, &m) in self.members.iter().enumerate() {
             let id = members[m as usize].instance.id.as_bytes();

@@ -33,7 +33,7 @@ pub mod validate;
 pub mod watch;
 
 pub use analysis::{AnalysisPolicy, Measurement, StepAction, Verdict, judge, next_step};
-pub use balance::{InstanceLoad, Member, PickRequest, Pool};
+pub use balance::{InstanceLoad, Member, Members, PickRequest, Pool};
 pub use ejection::{EjectionPolicy, InstanceHealth, may_eject};
 pub use error::{Entity, RoutingError};
 pub use model::{

@@ -167,13 +167,26 @@ impl ServiceEntry {
         }
     }
 
-    fn instances_of(&self, version: &str) -> Vec<Arc<Instance>> {
-        self.pools.get(version).map_or_else(Vec::new, |pool| {
-            pool.members()
-                .iter()
-                .map(|m| Arc::clone(&m.instance))
-                .collect()
-        })
+    /// Adds or replaces an instance in its version's pool (a path copied, not the pool).
+    fn put_instance(&mut self, instance: Arc<Instance>) {
+        let version = instance.version.clone();
+        let pool = match self.pools.get(&version) {
+            Some(pool) => pool.with_instance(instance),
+            None => Pool::new([instance], None),
+        };
+        self.pools.insert(version, Arc::new(pool));
+    }
+
+    /// Removes an instance from a version's pool; an emptied pool goes.
+    fn remove_instance(&mut self, version: &str, instance_id: &str) {
+        if let Some(pool) = self.pools.get(version) {
+            let rest = pool.without_instance(instance_id);
+            if rest.members().is_empty() {
+                self.pools.remove(version);
+            } else {
+                self.pools.insert(version.to_owned(), Arc::new(rest));
+            }
+        }
     }
 }
 
@@ -648,21 +661,10 @@ impl RoutingState {
                 if let Some(old_version) = entry.instance_versions.get(&instance.id).cloned()
                     && old_version != instance.version
                 {
-                    let rest = entry
-                        .instances_of(&old_version)
-                        .into_iter()
-                        .filter(|i| i.id != instance.id)
-                        .collect();
-                    entry.set_instances(&old_version, rest);
+                    entry.remove_instance(&old_version, &instance.id);
                 }
-                // Replaced within its version's pool, so the new pool keeps its live load.
-                let mut instances: Vec<Arc<Instance>> = entry
-                    .instances_of(&instance.version)
-                    .into_iter()
-                    .filter(|i| i.id != instance.id)
-                    .collect();
-                instances.push(Arc::new(instance.clone()));
-                entry.set_instances(&instance.version, instances);
+                // Replaced within its version's pool, so it keeps its live load.
+                entry.put_instance(Arc::new(instance.clone()));
                 entry
                     .instance_versions
                     .insert(instance.id.clone(), instance.version.clone());
@@ -681,12 +683,7 @@ impl RoutingState {
                 let version = entry.instance_versions.remove(instance_id).ok_or_else(|| {
                     RoutingError::not_found(Entity::Instance, format!("{service}/{instance_id}"))
                 })?;
-                let rest = entry
-                    .instances_of(&version)
-                    .into_iter()
-                    .filter(|i| &i.id != instance_id)
-                    .collect();
-                entry.set_instances(&version, rest);
+                entry.remove_instance(&version, instance_id);
                 self.services.insert(service.clone(), Arc::new(entry));
                 Ok(Outcome::Done)
             }

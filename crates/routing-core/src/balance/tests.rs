@@ -491,3 +491,64 @@ fn consistent_hash_spreads_keys() {
         assert!((3_750..=6_250).contains(count), "{picked:?}");
     }
 }
+
+/// One change of a pool's membership: register (id, weight, region, healthy) or deregister id.
+fn membership_change() -> impl proptest::strategy::Strategy<Value = (bool, u8, u32, u8, bool)> {
+    (any::<bool>(), 0u8..12, 0u32..3, 0u8..3, any::<bool>())
+}
+
+proptest! {
+    /// A pool changed one instance at a time holds exactly what a pool built from scratch
+    /// holds: the same members in the same order, the same eligible count, the same picks, and
+    /// every remaining member keeps its live load.
+    #[test]
+    fn a_pool_changed_in_place_equals_a_pool_built_from_scratch(
+        changes in prop::collection::vec(membership_change(), 1..60),
+        entropy in any::<u64>(),
+    ) {
+        let mut pool = Pool::new(Vec::new(), None);
+        let mut model: BTreeMap<String, Arc<Instance>> = BTreeMap::new();
+        for (register, id, weight, region, healthy) in changes {
+            let id = format!("i{id:02}");
+            if register {
+                let region = ["", "eu", "us"][usize::from(region)];
+                let added = instance(&id, weight, region, healthy);
+                let before = pool.member(&id).map(|m| Arc::clone(&m.load));
+                pool = pool.with_instance(Arc::clone(&added));
+                if let Some(load) = before {
+                    let kept = pool.member(&id).map(|m| Arc::clone(&m.load));
+                    prop_assert!(kept.is_some_and(|kept| Arc::ptr_eq(&kept, &load)));
+                }
+                model.insert(id, added);
+            } else {
+                pool = pool.without_instance(&id);
+                model.remove(&id);
+            }
+            let scratch = Pool::new(model.values().cloned(), None);
+            let ids = |p: &Pool| p.members().iter().map(|m| m.instance.id.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(ids(&pool), ids(&scratch));
+            prop_assert_eq!(pool.eligible_len(), scratch.eligible_len());
+            prop_assert_eq!(pool.has_eligible(), scratch.has_eligible());
+            for strategy in Strategy::ALL {
+                for region in ["", "eu", "us"] {
+                    let request = PickRequest {
+                        strategy,
+                        region,
+                        hash_key: "tenant-7",
+                        entropy,
+                        now_ms: 0,
+                    };
+                    // Fresh pools on both sides: round-robin cursors start alike.
+                    let fresh = Pool::new(pool.members().iter().map(|m| Arc::clone(&m.instance)), None);
+                    let scratch = Pool::new(model.values().cloned(), None);
+                    let expected = scratch.pick(&request).map(|m| m.instance.id.clone());
+                    prop_assert_eq!(&fresh.pick(&request).map(|m| m.instance.id.clone()), &expected);
+                    // Strategies without a cursor pick the same from the changed pool itself.
+                    if !matches!(strategy, Strategy::RoundRobin | Strategy::WeightedRoundRobin) {
+                        prop_assert_eq!(&pool.pick(&request).map(|m| m.instance.id.clone()), &expected);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -100,11 +100,15 @@ impl ServiceEntry {
         let pools: usize = self
             .pools
             .iter()
-            .filter(|(version, pool)| {
-                next.and_then(|n| n.pools.get(*version))
-                    .is_none_or(|kept| !Arc::ptr_eq(pool, kept))
+            .filter_map(|(version, pool)| {
+                let next_pool = next.and_then(|n| n.pools.get(version));
+                match next_pool {
+                    Some(kept) if Arc::ptr_eq(pool, kept) => None,
+                    _ => {
+                        Some(RECORD + version.len() + pool.bytes_beside(next_pool.map(Arc::as_ref)))
+                    }
+                }
             })
-            .map(|(version, pool)| RECORD + version.len() + pool.heap_bytes())
             .sum();
         let overrides: usize = self
             .overrides

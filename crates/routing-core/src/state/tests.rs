@@ -1989,10 +1989,11 @@ fn rollout_decision_notes_follow_the_note_rule() {
 }
 
 #[test]
-fn a_registration_costs_the_replaced_pool_not_every_instance_of_the_service() {
+fn a_registration_costs_a_path_of_the_pool_not_every_instance_of_the_service() {
     use crate::state::Scope;
+    use crate::{PickRequest, Strategy};
     // Two versions: 2,000 instances of v1 stay untouched while v2 grows.
-    let mut state = build(
+    let state = build(
         &RoutingState::default(),
         [Mutation::UpsertService {
             service: service("big", "v1", &["v1", "v2"]),
@@ -2002,30 +2003,51 @@ fn a_registration_costs_the_replaced_pool_not_every_instance_of_the_service() {
     let many: Vec<Mutation> = (0..2_000)
         .map(|i| register(instance(&format!("v1-{i:05}"), "big", "v1")))
         .collect();
-    let dump = build(&state, many).dump();
-    state = RoutingState::from_dump(&dump).expect("a dump loads");
-    let before = state.clone();
-    let (after, _) = step(&before, &register(instance("v2-00001", "big", "v2")));
+    let before = build(&state, many);
     let scope = Scope::Service("big".into());
+    let v1 = std::sync::Arc::clone(before.service("big").expect("big").pool("v1").expect("v1"));
+    let whole = v1.bytes_beside(None);
+    assert!(whole >= 2_000 * std::mem::size_of::<crate::Member>());
+
+    // Another version's registration shares v1's pool outright.
+    let (after, _) = step(&before, &register(instance("v2-00001", "big", "v2")));
+    let kept = after.service("big").expect("big").pool("v1").expect("v1");
+    assert!(
+        std::sync::Arc::ptr_eq(&v1, kept),
+        "an untouched pool is shared"
+    );
     let cost = RoutingState::superseded_bytes(&before, &after, &scope);
-    let v1 = before.service("big").expect("big");
-    let v1_pool = v1.pool("v1").expect("v1 pool");
-    // The untouched v1 pool is shared, so not counted; nor is the instance index copied.
     assert!(
-        std::sync::Arc::ptr_eq(
-            v1_pool,
-            after.service("big").expect("big").pool("v1").expect("v1")
-        ),
-        "an untouched pool is shared between revisions"
+        cost < whole / 4,
+        "{cost} bytes for a change that left v1 alone ({whole})"
     );
-    assert!(
-        cost < v1_pool.heap_bytes(),
-        "{cost} bytes for a change that replaced no large pool"
-    );
-    // Replacing v1's pool itself costs at least that pool.
+
+    // A registration into v1 itself copies a path of the member list, not the list ...
     let (grown, _) = step(&after, &register(instance("v1-99999", "big", "v1")));
     let cost = RoutingState::superseded_bytes(&after, &grown, &scope);
-    assert!(cost >= v1_pool.heap_bytes(), "{cost}");
+    assert!(
+        cost < whole / 4,
+        "{cost} bytes for one more of 2,000 members ({whole})"
+    );
+    let grown_pool = grown.service("big").expect("big").pool("v1").expect("v1");
+    assert_eq!(grown_pool.members().len(), 2_001);
+    assert!(grown_pool.member("v1-99999").is_some());
+
+    // ... but a pool that was picked from built candidate sets, which only it holds.
+    let pick = PickRequest {
+        strategy: Strategy::RoundRobin,
+        region: "",
+        hash_key: "",
+        entropy: 1,
+        now_ms: 0,
+    };
+    assert!(grown_pool.pick(&pick).is_some());
+    let (again, _) = step(&grown, &register(instance("v1-99998", "big", "v1")));
+    let cost = RoutingState::superseded_bytes(&grown, &again, &scope);
+    assert!(
+        cost >= 2_001 * 4,
+        "{cost}: the candidate set of 2,001 indices is counted"
+    );
 }
 
 #[test]
