@@ -438,12 +438,36 @@ impl Watcher {
     }
 
     /// Sends the current snapshot; returns its revision, or `None` when the client left.
+    ///
+    /// The snapshot is built one message at a time as the queue makes room, so a watcher that
+    /// does not read holds its queue and one message, never the whole snapshot.
     async fn send_snapshot(&self) -> Option<u64> {
         let state = self.replica.current();
-        let assignments = watch::snapshot(&state, &self.filter);
-        self.send(state.revision(), true, &assignments, Vec::new(), "")
-            .await
-            .then_some(state.revision())
+        let revision = state.revision();
+        let mut pairs = watch::assignments(&state, &self.filter).peekable();
+        loop {
+            let upserts: Vec<pb::Assignment> = pairs
+                .by_ref()
+                .take(self.chunk)
+                .map(|assignment| convert::assignment_message(&assignment))
+                .collect();
+            let partial = pairs.peek().is_some();
+            let message = pb::AssignmentUpdate {
+                revision,
+                snapshot: true,
+                upserts,
+                removals: Vec::new(),
+                partial,
+                cause: String::new(),
+                history: self.replica.history_id().to_owned(),
+            };
+            if !self.queue_message(message).await {
+                return None;
+            }
+            if !partial {
+                return Some(revision);
+            }
+        }
     }
 
     /// Sends one revision's update, split into messages of at most `chunk` assignments, each
@@ -642,12 +666,12 @@ mod tests {
             bytes <= history_bytes,
             "{kept} changes of {bytes} bytes kept"
         );
-        // Each registration replaces a pool of up to 2,000 members (~16 bytes each), so the
-        // bytes, not the count of 100,000, decide what is kept ...
+        // The bytes, not the count of 100,000, decide what is kept ...
         assert!(kept < registrations, "{kept} changes kept");
-        // ... and what one change costs follows the pool it replaced, not every map it copied.
+        // ... and one registration costs a path of the pool and of the instance index (a few
+        // KiB), not a copy of 2,000 members (32 KiB) or of every map it touched.
         assert!(
-            kept > history_bytes / (2_000 * 64),
+            kept > history_bytes / (8 * 1024),
             "{kept} changes of {bytes} bytes kept: too little kept per byte"
         );
         // The newest changes are still there to replay.

@@ -880,6 +880,16 @@ async fn every_reason_follows_one_rule_in_the_body_and_in_the_header() {
             "reason",
         );
     }
+    // However long, a reason is refused for the reason limit.
+    let status = server
+        .admin
+        .emergency_rollback(rollback("x".repeat(1_000_000)))
+        .await
+        .expect_err("refused");
+    assert!(
+        status.message().contains("longer than 256 characters"),
+        "{status:?}"
+    );
     for reason in [
         "x".repeat(routing_core::validate::MAX_REASON_LEN + 1),
         "a\tb".to_owned(),

@@ -115,14 +115,14 @@ pub fn hidden(c: char) -> Option<&'static str> {
 /// Checks a reason or note (why a change was made): [`text`] of at most [`MAX_REASON_LEN`]
 /// characters. Every free-text "why" field is limited by this one rule.
 pub fn reason(field: &str, value: &str) -> Result<(), RoutingError> {
-    text(field, value)?;
+    // The length first: a value too long is refused for its own limit, not the text limit.
     if value.chars().count() > MAX_REASON_LEN {
         return Err(RoutingError::invalid(
             field,
             format!("longer than {MAX_REASON_LEN} characters"),
         ));
     }
-    Ok(())
+    text(field, value)
 }
 
 /// Longest name of who made a change (a user, a service account), in characters.
@@ -133,27 +133,27 @@ pub const MAX_NOTE_LEN: usize = MAX_ACTOR_LEN + MAX_REASON_LEN + 8;
 
 /// Checks who made a change: [`text`] of 1 to [`MAX_ACTOR_LEN`] characters.
 pub fn actor(field: &str, value: &str) -> Result<(), RoutingError> {
-    text(field, value)?;
+    // The length first: a value too long is refused for its own limit, not the text limit.
     if value.chars().count() > MAX_ACTOR_LEN {
         return Err(RoutingError::invalid(
             field,
             format!("longer than {MAX_ACTOR_LEN} characters"),
         ));
     }
-    Ok(())
+    text(field, value)
 }
 
 /// Checks a rollout decision's note: [`text`] of at most [`MAX_NOTE_LEN`] characters, room for
 /// an actor and a reason.
 pub fn note(field: &str, value: &str) -> Result<(), RoutingError> {
-    text(field, value)?;
+    // The length first: a value too long is refused for its own limit, not the text limit.
     if value.chars().count() > MAX_NOTE_LEN {
         return Err(RoutingError::invalid(
             field,
             format!("longer than {MAX_NOTE_LEN} characters"),
         ));
     }
-    Ok(())
+    text(field, value)
 }
 
 /// Checks a map of labels or metadata: at most [`MAX_ENTRIES`] entries, keys are names.

@@ -99,23 +99,29 @@ impl AssignmentDiff {
 
 /// Returns every effective assignment the filter follows, tenant by tenant.
 pub fn snapshot(state: &RoutingState, filter: &AssignmentFilter) -> Vec<EffectiveAssignment> {
-    let services: Vec<&Arc<ServiceEntry>> = state
+    assignments(state, filter).collect()
+}
+
+/// Yields every effective assignment the filter follows, tenant by tenant, one at a time: a
+/// large snapshot can be sent in parts without ever being held whole.
+pub fn assignments<'s>(
+    state: &'s RoutingState,
+    filter: &'s AssignmentFilter,
+) -> impl Iterator<Item = EffectiveAssignment> + Send + 's {
+    let services: Arc<[&'s Arc<ServiceEntry>]> = state
         .services()
         .filter(|s| filter.wants_service(&s.service.name))
         .collect();
-    tenants(state, filter)
-        .flat_map(|tenant| {
-            services
-                .iter()
-                .filter_map(move |service| EffectiveAssignment::of(tenant, service))
-        })
-        .collect()
+    tenants(state, filter).flat_map(move |tenant| {
+        let services = Arc::clone(&services);
+        (0..services.len()).filter_map(move |i| EffectiveAssignment::of(tenant, services[i]))
+    })
 }
 
 fn tenants<'s>(
     state: &'s RoutingState,
     filter: &'s AssignmentFilter,
-) -> Box<dyn Iterator<Item = &'s Arc<TenantEntry>> + 's> {
+) -> Box<dyn Iterator<Item = &'s Arc<TenantEntry>> + Send + 's> {
     if filter.tenant_ids.is_empty() {
         Box::new(state.tenants_after(None))
     } else {
