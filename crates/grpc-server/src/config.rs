@@ -338,8 +338,9 @@ pub struct WatchConfig {
     /// Memory the kept changes may hold on their own (old revisions' replaced entries), in
     /// bytes; the oldest changes are dropped beyond it.
     pub history_bytes: usize,
-    /// Bytes of encoded messages queued for one watcher; a watcher that does not read waits
-    /// for room, then catches up from the history or a fresh snapshot.
+    /// Memory the messages queued for one watcher may take, in bytes (about three times their
+    /// encoded size); a watcher that does not read waits for room, then catches up from the
+    /// history or a fresh snapshot.
     pub max_queued_bytes: usize,
     /// Most assignments in one streamed message; larger updates are split.
     pub max_assignments_per_message: usize,
@@ -393,7 +394,7 @@ impl Default for WatchConfig {
             history: 4096,
             history_bytes: 32 * 1024 * 1024,
             max_queued_bytes: 256 * 1024,
-            max_assignments_per_message: 1000,
+            max_assignments_per_message: 100,
             buffer: 16,
         }
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_server::Router;
-use prost::Message;
 use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
 use routing_core::{RouteQuery, RoutingError, RoutingState, validate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -281,6 +280,60 @@ impl Tally {
     }
 }
 
+/// Allocator overhead counted for each allocation of a queued message.
+const ALLOCATION: usize = 16;
+
+/// Estimates the memory a message takes while it waits in a watcher's queue: its structs and
+/// every string and list they own (about three times its encoded size).
+fn memory_bytes(message: &pb::AssignmentUpdate) -> usize {
+    let text = |s: &String| {
+        if s.capacity() == 0 {
+            0
+        } else {
+            s.capacity() + ALLOCATION
+        }
+    };
+    let list = |capacity: usize, size: usize| {
+        if capacity == 0 {
+            0
+        } else {
+            capacity * size + ALLOCATION
+        }
+    };
+    let instance = |i: &pb::InstanceAddress| {
+        text(&i.instance_id) + text(&i.address) + text(&i.region) + text(&i.zone)
+    };
+    let assignment = |a: &pb::Assignment| {
+        text(&a.tenant_id)
+            + text(&a.service)
+            + text(&a.version)
+            + text(&a.source)
+            + text(&a.region)
+            + list(
+                a.instances.capacity(),
+                std::mem::size_of::<pb::InstanceAddress>(),
+            )
+            + a.instances.iter().map(instance).sum::<usize>()
+    };
+    std::mem::size_of::<pb::AssignmentUpdate>()
+        + text(&message.cause)
+        + text(&message.history)
+        + list(
+            message.upserts.capacity(),
+            std::mem::size_of::<pb::Assignment>(),
+        )
+        + message.upserts.iter().map(assignment).sum::<usize>()
+        + list(
+            message.removals.capacity(),
+            std::mem::size_of::<pb::AssignmentKey>(),
+        )
+        + message
+            .removals
+            .iter()
+            .map(|k| text(&k.tenant_id) + text(&k.service))
+            .sum::<usize>()
+}
+
 /// Changes a watcher takes from the history at once.
 const REPLAY_BATCH: usize = 16;
 
@@ -520,7 +573,7 @@ impl Watcher {
     /// Queues one message once the watcher's byte budget has room for it (a message larger
     /// than the whole budget waits for an empty queue); returns false when the client left.
     async fn queue_message(&self, message: pb::AssignmentUpdate) -> bool {
-        let bytes = message.encoded_len().clamp(1, self.max_queued_bytes);
+        let bytes = memory_bytes(&message).clamp(1, self.max_queued_bytes);
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         let permit = tokio::select! {
             permit = Arc::clone(&self.queue).acquire_many_owned(bytes) => match permit {
@@ -613,19 +666,23 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_never_reads_queues_at_most_its_byte_budget() {
         let (replica, _) = replica_with(300, (4096, 64 << 20)).await;
-        // A snapshot of 300 assignments in messages of 10 is about 30 KB: twice the budget.
-        let budget = 16 * 1024;
+        // A snapshot of 300 assignments in messages of 5 takes about 270 KB in memory, eight
+        // times the budget; one message takes about 4.5 KB.
+        let budget = 32 * 1024;
         let queue = Arc::new(Semaphore::new(budget));
-        let mut receiver = watch_all(&replica, 0, 10, &queue, budget);
+        let mut receiver = watch_all(&replica, 0, 5, &queue, budget);
         // The watcher stops once the next message no longer fits.
-        until("the queue to fill", || queue.available_permits() < 2048).await;
+        until("the queue to fill", || {
+            queue.available_permits() < budget / 4
+        })
+        .await;
         let queued = receiver.len();
         let mut bytes = 0;
         let mut first_revision = None;
         let mut assignments = 0;
         for _ in 0..queued {
             let (update, _permit) = receiver.try_recv().expect("queued message");
-            bytes += update.encoded_len();
+            bytes += memory_bytes(&update);
             assignments += update.upserts.len();
             first_revision.get_or_insert(update.revision);
         }
