@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use greyrouter_proto::v1 as pb;
-use routing_core::balance::{InstanceLoad, Members, PickRequest, Pool};
+use routing_core::balance::{InstanceLoad, Member, Members, PickRequest, Pool};
 use routing_core::{Instance, Strategy};
 
 use crate::ClientError;
@@ -151,7 +151,7 @@ pub struct Decision {
 
 impl Decision {
     fn instance(&self) -> &Instance {
-        &self.assignment.pool.members()[self.member].instance
+        &member(&self.assignment.pool, self.member).instance
     }
 
     /// The tenant.
@@ -202,7 +202,7 @@ impl Decision {
 
     /// The live load of a locally picked instance.
     pub(crate) fn load(&self) -> Option<&Arc<InstanceLoad>> {
-        (self.origin == Origin::Local).then(|| &self.assignment.pool.members()[self.member].load)
+        (self.origin == Origin::Local).then(|| &member(&self.assignment.pool, self.member).load)
     }
 
     /// Whether the pick counted an in-flight request.
@@ -285,7 +285,8 @@ impl Cache {
         };
         let members = assignment.pool.members();
         let picked = assignment.pool.pick_position(&pick).map(|position| {
-            if avoid.is_empty() || !avoid.contains(&members[position].instance.id) {
+            if avoid.is_empty() || !avoid.contains(&member(&assignment.pool, position).instance.id)
+            {
                 position
             } else {
                 avoiding(members, position, avoid, now_ms)
@@ -300,7 +301,7 @@ impl Cache {
         // Only least_connections reads in-flight counts: other picks skip the shared counter.
         let started = pick.strategy == Strategy::LeastConnections;
         if started {
-            members[position].load.start();
+            member(&assignment.pool, position).load.start();
         }
         Ok(Decision {
             tenant_id: Arc::clone(tenant_id),
@@ -323,6 +324,12 @@ impl Cache {
             .and_then(|index| self.tenants.get(tenant_id)?.get(index)?.as_ref())
             .is_some()
     }
+}
+
+/// The member at a position a pick named (from the plain copy picks use).
+fn member(pool: &Pool, position: usize) -> &Member {
+    pool.member_at(position)
+        .unwrap_or_else(|| &pool.members()[position])
 }
 
 /// The position of the first eligible member after `picked` (in id order, wrapping) that is

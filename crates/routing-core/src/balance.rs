@@ -139,6 +139,9 @@ pub struct Pool {
 /// Every eligible member, and those of each region.
 #[derive(Debug)]
 struct CandidateSets {
+    /// The members in a plain slice, in the pool's order: picks index it, not the persistent
+    /// vector (a slice index is one load; a persistent vector's walks its tree).
+    members: Vec<Member>,
     all: Candidates,
     regions: BTreeMap<String, Candidates>,
 }
@@ -258,6 +261,7 @@ impl Pool {
                 }
             }
             CandidateSets {
+                members: self.members.iter().cloned().collect(),
                 all: Candidates::new(all),
                 regions: regions
                     .into_iter()
@@ -280,6 +284,16 @@ impl Pool {
             .and_then(|index| self.members.get(index))
     }
 
+    /// Returns the member at `position` of [`members`](Pool::members), as
+    /// [`pick_position`](Pool::pick_position) names it (from the plain copy picks use, once
+    /// built).
+    pub fn member_at(&self, position: usize) -> Option<&Member> {
+        match self.candidates.get() {
+            Some(sets) => sets.members.get(position),
+            None => self.members.get(position),
+        }
+    }
+
     /// Whether any instance can take traffic.
     pub fn has_eligible(&self) -> bool {
         self.eligible > 0
@@ -293,7 +307,7 @@ impl Pool {
     /// Picks an eligible instance, or `None` when there is none.
     pub fn pick(&self, request: &PickRequest<'_>) -> Option<&Member> {
         self.pick_position(request)
-            .and_then(|position| self.members.get(position))
+            .and_then(|position| self.member_at(position))
     }
 
     /// Picks as [`pick`](Pool::pick) does, returning the member's position in
@@ -305,9 +319,10 @@ impl Pool {
             .get(request.region)
             .filter(|_| !request.region.is_empty())
             .unwrap_or(&sets.all);
-        let position = preferred.pick(&self.members, request)?;
+        let members = sets.members.as_slice();
+        let position = preferred.pick(members, request)?;
         // An ejected instance passes its turn to the next candidate that is not ejected.
-        if let Some(chosen) = self.first_not_ejected(preferred, position, request.now_ms) {
+        if let Some(chosen) = first_not_ejected(members, preferred, position, request.now_ms) {
             return Some(chosen);
         }
         // Every eligible instance of the preferred region is ejected: fail over to every
@@ -316,27 +331,27 @@ impl Pool {
         if !std::ptr::eq(preferred, &sets.all)
             && let Some(chosen) = sets
                 .all
-                .pick(&self.members, request)
-                .and_then(|at| self.first_not_ejected(&sets.all, at, request.now_ms))
+                .pick(members, request)
+                .and_then(|at| first_not_ejected(members, &sets.all, at, request.now_ms))
         {
             return Some(chosen);
         }
         Some(preferred.members[position] as usize)
     }
+}
 
-    /// Returns the member index of the first candidate from `position` on (wrapping) that is
-    /// not ejected at `now_ms`, or `None` when every candidate is ejected.
-    fn first_not_ejected(
-        &self,
-        candidates: &Candidates,
-        position: usize,
-        now_ms: u64,
-    ) -> Option<usize> {
-        let n = candidates.members.len();
-        (0..n)
-            .map(|offset| candidates.members[(position + offset) % n] as usize)
-            .find(|&m| !self.members[m].load.is_ejected(now_ms))
-    }
+/// Returns the member index of the first candidate from `position` on (wrapping) that is not
+/// ejected at `now_ms`, or `None` when every candidate is ejected.
+fn first_not_ejected(
+    members: &[Member],
+    candidates: &Candidates,
+    position: usize,
+    now_ms: u64,
+) -> Option<usize> {
+    let n = candidates.members.len();
+    (0..n)
+        .map(|offset| candidates.members[(position + offset) % n] as usize)
+        .find(|&m| !members[m].load.is_ejected(now_ms))
 }
 
 impl Pool {
@@ -362,7 +377,8 @@ impl Pool {
                 + c.ring.get().map_or(0, |r| r.capacity() * 16)
         };
         let sets = self.candidates.get().map_or(0, |sets| {
-            candidates(&sets.all)
+            sets.members.capacity() * member
+                + candidates(&sets.all)
                 + sets
                     .regions
                     .iter()
@@ -384,7 +400,7 @@ impl Candidates {
     }
 
     /// Returns the position (in `self.members`) the strategy picks.
-    fn pick(&self, members: &Members, request: &PickRequest<'_>) -> Option<usize> {
+    fn pick(&self, members: &[Member], request: &PickRequest<'_>) -> Option<usize> {
         let n = self.members.len() as u64;
         if n == 0 {
             return None;
@@ -415,7 +431,7 @@ impl Candidates {
     }
 
     /// Power of two choices: the less loaded (in flight per weight) of two distinct members.
-    fn power_of_two_choices(&self, members: &Members, entropy: u64) -> u64 {
+    fn power_of_two_choices(&self, members: &[Member], entropy: u64) -> u64 {
         let n = self.members.len() as u64;
         let first = reduce(entropy, n);
         let mut second = reduce(fmix64(entropy ^ 0x9e37_79b9_7f4a_7c15), n - 1);
@@ -438,7 +454,7 @@ impl Candidates {
     /// Smooth weighted round robin (as in nginx): each turn every member's credit grows by its
     /// weight and the richest member, paying the total, is picked. 5:1:1 gives a a b a c a a,
     /// not a a a a a b c. One cycle is computed once; picks then walk it with the cursor.
-    fn weighted_schedule(&self, members: &Members) -> Vec<u32> {
+    fn weighted_schedule(&self, members: &[Member]) -> Vec<u32> {
         let mut weights: Vec<u64> = self
             .members
             .iter()
@@ -472,7 +488,7 @@ impl Candidates {
     }
 
     /// At random, in proportion to weight x registered score x live score.
-    fn health_weighted(&self, members: &Members, entropy: u64) -> u64 {
+    fn health_weighted(&self, members: &[Member], entropy: u64) -> u64 {
         let weight = |m: u32| {
             let member = &members[m as usize];
             u64::from(member.instance.weight)
@@ -494,7 +510,7 @@ impl Candidates {
         self.members.len() as u64 - 1
     }
 
-    fn ring(&self, members: &Members) -> Vec<(u64, u32)> {
+    fn ring(&self, members: &[Member]) -> Vec<(u64, u32)> {
         let mut ring = Vec::with_capacity(self.members.len() * RING_POINTS_PER_INSTANCE as usize);
         for (position, &m) in self.members.iter().enumerate() {
             let id = members[m as usize].instance.id.as_bytes();
