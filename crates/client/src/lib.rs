@@ -105,6 +105,7 @@ struct Counters {
     reports_accepted: AtomicU64,
     reports_rejected: AtomicU64,
     reports_failed: AtomicU64,
+    report_calls: AtomicU64,
     ejections: AtomicU64,
 }
 
@@ -151,6 +152,8 @@ pub struct Status {
     pub reports_failed: u64,
     /// Outcome reports dropped because the queue was full.
     pub reports_dropped: u64,
+    /// `ReportOutcomes` calls made: reports go in batches, so far fewer than reports.
+    pub report_calls: u64,
     /// Instances this client ejected after seeing them fail.
     pub ejections: u64,
 }
@@ -500,6 +503,7 @@ impl Client {
             reports_rejected: counters.reports_rejected.load(Ordering::Relaxed),
             reports_failed: counters.reports_failed.load(Ordering::Relaxed),
             reports_dropped: counters.reports_dropped.load(Ordering::Relaxed),
+            report_calls: counters.report_calls.load(Ordering::Relaxed),
             ejections: counters.ejections.load(Ordering::Relaxed),
         }
     }

@@ -110,6 +110,7 @@ async fn send(shared: &Shared, outcomes: Vec<pb::Outcome>) {
     let count = outcomes.len() as u64;
     let index = shared.counters.endpoint.load(Ordering::Relaxed) % shared.channels.len();
     let mut client = RouterClient::new(shared.channels[index].clone());
+    shared.counters.report_calls.fetch_add(1, Ordering::Relaxed);
     let call = client.report_outcomes(pb::ReportOutcomesRequest { outcomes });
     match tokio::time::timeout(shared.config.request_timeout, call).await {
         Ok(Ok(response)) => {

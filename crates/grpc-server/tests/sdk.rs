@@ -219,6 +219,7 @@ async fn outcome_reports_reach_the_router_in_batches() {
     // Two full batches go without a flush.
     let sent = status_until(&client, "two batches", |s| s.reports_accepted == 20).await;
     assert_eq!((sent.reports_rejected, sent.reports_dropped), (0, 0));
+    assert_eq!(sent.report_calls, 2, "20 reports in batches of 10");
     for _ in 0..5 {
         let decision = local(&client, "t0", "api");
         client.report(
@@ -229,6 +230,10 @@ async fn outcome_reports_reach_the_router_in_batches() {
     within(client.flush()).await.expect("flushed");
     let status = client.status();
     assert_eq!((status.reports_accepted, status.reports_failed), (25, 0));
+    assert_eq!(
+        status.report_calls, 3,
+        "the flush sent the last five in one call"
+    );
     client.close().await;
     server.stop().await;
 }

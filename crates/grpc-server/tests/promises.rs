@@ -1,0 +1,236 @@
+//! README promises held through a running server: the seed applies only to an empty store (TOML
+//! or JSON), outlier ejection never ejects more than the policy's share of a pool, an ejected
+//! instance's region fails over to another region, and panic mode routes when every instance
+//! is ejected.
+
+mod support;
+
+use std::path::PathBuf;
+
+use greyrouter::config::Config;
+use greyrouter_proto::v1 as pb;
+use greyrouter_test_support::RedisServer;
+use support::TestServer;
+
+fn example_seed() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed.toml")
+}
+
+fn failures(instance: &str, count: usize) -> pb::ReportOutcomesRequest {
+    pb::ReportOutcomesRequest {
+        outcomes: (0..count)
+            .map(|_| pb::Outcome {
+                instance_id: instance.into(),
+                service: "api".into(),
+                success: false,
+                latency_ms: 3,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+async fn instances_routed(server: &mut TestServer, tenant: &str, routes: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..routes {
+        let routed = server.route(tenant, "api").await.expect("route");
+        if !seen.contains(&routed.instance_id) {
+            seen.push(routed.instance_id);
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn the_seed_is_applied_to_an_empty_store_only() {
+    let redis = RedisServer::start();
+    let config = || Config {
+        store: redis.url(),
+        seed: Some(example_seed()),
+        ..Config::default()
+    };
+    let mut first = TestServer::with_config(config()).await;
+    // The seed pins acme-corp to v2.0; an operator moves it back to v1.0.
+    let seeded = first
+        .route("acme-corp", "user-service")
+        .await
+        .expect("seeded");
+    assert_eq!(seeded.version, "v2.0");
+    first.pin("acme-corp", "user-service", "v1.0").await;
+    first.stop().await;
+    // A second router on the same store finds it populated: the seed is not applied again, so
+    // the operator's pin stays.
+    let mut second = TestServer::with_config(config()).await;
+    let routed = second
+        .route("acme-corp", "user-service")
+        .await
+        .expect("route");
+    assert_eq!(
+        (routed.version.as_str(), routed.source.as_str()),
+        ("v1.0", "pin")
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_seed_loads_the_same_state_as_its_toml() {
+    let dump = greyrouter::server::read_seed(&example_seed()).expect("toml seed");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let json = dir.path().join("seed.json");
+    std::fs::write(&json, serde_json::to_string(&dump).expect("json")).expect("write");
+    let mut from_toml = TestServer::with_config(Config {
+        seed: Some(example_seed()),
+        ..Config::default()
+    })
+    .await;
+    let mut from_json = TestServer::with_config(Config {
+        seed: Some(json),
+        ..Config::default()
+    })
+    .await;
+    for (tenant, service) in [
+        ("acme-corp", "user-service"),
+        ("globex", "user-service"),
+        ("initech", "order-service"),
+    ] {
+        let a = from_toml.route(tenant, service).await.expect("toml");
+        let b = from_json.route(tenant, service).await.expect("json");
+        assert_eq!(
+            (a.version, a.source, a.revision),
+            (b.version, b.source, b.revision),
+            "{tenant}/{service}"
+        );
+    }
+    from_toml.stop().await;
+    from_json.stop().await;
+}
+
+#[tokio::test]
+async fn ejection_stops_at_half_the_pool_and_an_ejected_region_fails_over() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    server.instance("api", "v1", "a2", "eu").await;
+    server.instance("api", "v1", "a3", "us").await;
+    server.instance("api", "v1", "a4", "us").await;
+    // Every eu instance fails: both would be ejected, but at most half the pool (2 of 4) may be.
+    for instance in ["a1", "a2"] {
+        server
+            .router
+            .report_outcomes(failures(instance, 5))
+            .await
+            .expect("report");
+    }
+    // The eu tenant t0 no longer reaches eu: its region's instances are all ejected, so it fails
+    // over to us instead of being sent to an ejected instance.
+    assert_eq!(instances_routed(&mut server, "t0", 20).await, ["a3", "a4"]);
+    // A third failing instance is not ejected: two of four are already.
+    server
+        .router
+        .report_outcomes(failures("a3", 5))
+        .await
+        .expect("report");
+    assert_eq!(instances_routed(&mut server, "t0", 20).await, ["a3", "a4"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn when_every_instance_is_ejected_routing_goes_on_in_panic_mode() {
+    let mut config = Config::default();
+    config.outcomes.ejection.max_ejected_percent = 100;
+    let mut server = TestServer::with_config(config).await;
+    server.populate(1).await;
+    server.instance("api", "v1", "a2", "eu").await;
+    for instance in ["a1", "a2"] {
+        server
+            .router
+            .report_outcomes(failures(instance, 5))
+            .await
+            .expect("report");
+    }
+    // Both are ejected (the first route after the ejections would otherwise fail): ejections
+    // are ignored rather than failing every request.
+    assert_eq!(instances_routed(&mut server, "t0", 20).await, ["a1", "a2"]);
+    // With one of them back (a re-registration does not lift an ejection, so check a new
+    // instance), a healthy instance wins over the ejected ones.
+    server.instance("api", "v1", "a9", "eu").await;
+    assert_eq!(instances_routed(&mut server, "t0", 20).await, ["a9"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_managed_rollout_survives_a_restart_of_every_router() {
+    let redis = RedisServer::start();
+    let config = || Config {
+        store: redis.url(),
+        ..Config::default()
+    };
+    let mut first = TestServer::with_config(config()).await;
+    first.populate(20).await;
+    first
+        .admin
+        .start_rollout(pb::StartRolloutRequest {
+            service: "api".into(),
+            id: "r1".into(),
+            to_version: "v2".into(),
+            steps: vec![10.0, 50.0, 100.0],
+            interval_seconds: 3600,
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    first
+        .admin
+        .pause_rollout(pb::RolloutActionRequest {
+            service: "api".into(),
+            id: "r1".into(),
+            reason: "hold for the weekend".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause");
+    let get = pb::GetRolloutRequest {
+        service: "api".into(),
+        id: "r1".into(),
+    };
+    let before = first
+        .admin
+        .get_rollout(get.clone())
+        .await
+        .expect("rollout")
+        .into_inner()
+        .rollout
+        .expect("a rollout");
+    let routed_before: Vec<String> = {
+        let mut versions = Vec::new();
+        for i in 0..20 {
+            versions.push(
+                first
+                    .route(&format!("t{i}"), "api")
+                    .await
+                    .expect("route")
+                    .version,
+            );
+        }
+        versions
+    };
+    first.stop().await;
+    // A router started afresh loads the rollout from a snapshot of the store: same plan, phase,
+    // decisions and the same tenants on the new version.
+    let mut second = TestServer::with_config(config()).await;
+    let after = second
+        .admin
+        .get_rollout(get)
+        .await
+        .expect("rollout after a restart")
+        .into_inner()
+        .rollout
+        .expect("a rollout");
+    assert_eq!(after.phase, "paused");
+    assert_eq!(after, before);
+    for (i, version) in routed_before.iter().enumerate() {
+        let routed = second.route(&format!("t{i}"), "api").await.expect("route");
+        assert_eq!(&routed.version, version, "t{i}");
+    }
+    second.stop().await;
+}
