@@ -201,7 +201,212 @@ pub fn percent(basis_points: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use greyrouter_proto::v1 as pb;
+    use greyrouter_store::{MemoryStore, Store, suite};
+    use routing_core::analysis::AnalysisPolicy;
+    use routing_core::ejection::EjectionPolicy;
+    use routing_core::model::{RolloutPhase, RolloutPlan};
+    use routing_core::outcome::WindowConfig;
+    use routing_core::{Cohort, Rollout};
+
     use super::*;
+
+    const START: u64 = 1_000_000;
+    const INTERVAL: u64 = 60_000;
+
+    /// A replica with service `api` (v1 default, one instance of each of v1 and v2), 40 tenants
+    /// and a managed rollout `r1` to v2 started at [`START`] with `steps` (basis points).
+    async fn rollout_world(steps: &[u32]) -> (Arc<Replica>, Outcomes) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let replica = Replica::load(store, 1024, 1 << 20).await.expect("load");
+        tokio::spawn(Arc::clone(&replica).follow());
+        let actor = Actor::system("test", "");
+        let mut mutations = vec![
+            suite::service(),
+            suite::instance("a1", "v1"),
+            suite::instance("b1", "v2"),
+        ];
+        mutations.extend((0..40).map(|i| suite::tenant(&format!("t{i}"))));
+        mutations.push(Mutation::StartRollout {
+            rollout: Rollout {
+                id: "r1".into(),
+                service: "api".into(),
+                to_version: "v2".into(),
+                basis_points: 0,
+                salt: String::new(),
+                cohort: Cohort::default(),
+                plan: Some(RolloutPlan {
+                    from_version: String::new(),
+                    steps: steps.to_vec(),
+                    interval_ms: INTERVAL,
+                    analysis: AnalysisPolicy {
+                        min_requests: 20,
+                        max_failed_checks: 2,
+                        ..AnalysisPolicy::default()
+                    },
+                    phase: RolloutPhase::Running,
+                    step: 0,
+                    step_started_ms: START,
+                    failed_checks: 0,
+                    decisions: Vec::new(),
+                }),
+            },
+            force: false,
+        });
+        for mutation in mutations {
+            replica.commit(mutation, &actor).await.expect("commit");
+        }
+        let outcomes = Outcomes::new(
+            EjectionPolicy::default(),
+            WindowConfig {
+                span_ms: 10 * INTERVAL,
+                slots: 60,
+            },
+        );
+        (replica, outcomes)
+    }
+
+    /// Reports `count` outcomes of each instance at `at_ms`: v2's fail when `v2_fails`.
+    fn traffic(replica: &Replica, outcomes: &Outcomes, at_ms: u64, count: usize, v2_fails: bool) {
+        let state = replica.current();
+        for (instance, version) in [("a1", "v1"), ("b1", "v2")] {
+            for _ in 0..count {
+                let report = pb::Outcome {
+                    instance_id: instance.into(),
+                    service: "api".into(),
+                    version: version.into(),
+                    success: !(v2_fails && version == "v2"),
+                    latency_ms: 5,
+                    ..Default::default()
+                };
+                outcomes.record(&state, &report, at_ms).expect("report");
+            }
+        }
+    }
+
+    fn events(replica: &Replica) -> Vec<String> {
+        let state = replica.current();
+        let plan = state.service("api").expect("api").rollouts()[0]
+            .plan
+            .clone()
+            .expect("managed");
+        plan.decisions
+            .iter()
+            .map(|d| match &d.event {
+                RolloutEvent::Step { action } => describe(action)
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_healthy_canary_advances_step_by_step_on_the_clock_it_is_given() {
+        let (replica, outcomes) = rollout_world(&[2_500, 5_000, 10_000]).await;
+        // Before a step's interval has run, nothing is decided, however much traffic.
+        traffic(&replica, &outcomes, START + INTERVAL / 2, 30, false);
+        step_all(&replica, &outcomes, None, "test", START + INTERVAL - 1).await;
+        assert_eq!(events(&replica), ["Started"]);
+        for step in 1..=3 {
+            let now = START + step * INTERVAL + step;
+            traffic(&replica, &outcomes, now - 10, 30, false);
+            step_all(&replica, &outcomes, None, "test", now).await;
+        }
+        assert_eq!(
+            events(&replica),
+            [
+                "Started",
+                "canary healthy",
+                "canary healthy",
+                "canary healthy at the last step"
+            ]
+        );
+        let state = replica.current();
+        let rollout = &state.service("api").expect("api").rollouts()[0];
+        assert_eq!(
+            rollout.plan.as_ref().map(|p| p.phase),
+            Some(RolloutPhase::Promoted)
+        );
+        assert_eq!(
+            state.service("api").expect("api").service.default_version,
+            "v2"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_decision_from_a_driver_that_lost_the_lease_is_refused_as_stale() {
+        let (replica, outcomes) = rollout_world(&[2_500, 5_000, 10_000]).await;
+        // A driver judged step 0 and then lost the lease before committing; the new holder
+        // judged it meanwhile and the rollout moved on.
+        let stale = Mutation::ProgressRollout {
+            service: "api".into(),
+            rollout_id: "r1".into(),
+            decision: RolloutDecision {
+                at_ms: START + INTERVAL,
+                step: 0,
+                basis_points: 2_500,
+                event: RolloutEvent::Step {
+                    action: StepAction::Advance {
+                        basis_points: 5_000,
+                    },
+                },
+                canary: None,
+                baseline: None,
+                note: String::new(),
+            },
+        };
+        traffic(&replica, &outcomes, START + INTERVAL - 10, 30, false);
+        step_all(&replica, &outcomes, None, "new-holder", START + INTERVAL).await;
+        assert_eq!(events(&replica).len(), 2, "the new holder advanced");
+        let refused = replica
+            .commit(stale, &Actor::system("rollout-driver:old-holder", ""))
+            .await
+            .expect_err("a decision for a step already judged");
+        assert!(
+            matches!(
+                refused,
+                greyrouter_store::StoreError::Rejected(
+                    routing_core::RoutingError::FailedPrecondition(_)
+                )
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(events(&replica).len(), 2, "nothing recorded twice");
+    }
+
+    #[tokio::test]
+    async fn too_few_requests_hold_and_a_failing_canary_aborts_after_its_checks() {
+        let (replica, outcomes) = rollout_world(&[5_000, 10_000]).await;
+        // Fewer requests than the policy's minimum: inconclusive, the step holds.
+        traffic(&replica, &outcomes, START + INTERVAL - 10, 5, false);
+        step_all(&replica, &outcomes, None, "test", START + INTERVAL).await;
+        assert_eq!(events(&replica), ["Started", "inconclusive, holding"]);
+        // A failing canary fails one check, then aborts at the policy's second.
+        for check in 2..=3 {
+            let now = START + check * INTERVAL;
+            traffic(&replica, &outcomes, now - 10, 30, true);
+            step_all(&replica, &outcomes, None, "test", now).await;
+        }
+        assert_eq!(
+            events(&replica),
+            [
+                "Started",
+                "inconclusive, holding",
+                "check 1 failed",
+                "aborted, rolling back"
+            ]
+        );
+        let state = replica.current();
+        for i in 0..40 {
+            let resolved = state.resolve(&format!("t{i}"), "api").expect("resolve");
+            assert_eq!(resolved.version, "v1", "t{i} is back on v1");
+        }
+    }
 
     #[test]
     fn percentages_read_naturally() {

@@ -188,14 +188,25 @@ async fn a_healthy_rollout_advances_to_completion() {
     stop.store(true, Ordering::Relaxed);
     traffic.await.expect("traffic");
 
-    let events: Vec<&str> = done.decisions.iter().map(|d| d.event.as_str()).collect();
+    // On a loaded machine a step may hold for want of reports inside its interval; the exact
+    // sequence on a given clock is pinned by the driver's own tests (`rollouts::tests`).
+    let events: Vec<&str> = done
+        .decisions
+        .iter()
+        .map(|d| d.event.as_str())
+        .filter(|e| *e != "hold")
+        .collect();
     assert_eq!(
         events,
         ["started", "advance", "advance", "complete"],
         "{:?}",
         done.decisions
     );
-    let advance = &done.decisions[1];
+    let advance = done
+        .decisions
+        .iter()
+        .find(|d| d.event == "advance")
+        .expect("an advance");
     assert!(
         advance
             .canary
@@ -237,14 +248,19 @@ async fn a_failing_canary_aborts_and_every_tenant_returns() {
     stop.store(true, Ordering::Relaxed);
     traffic.await.expect("traffic");
 
-    let events: Vec<&str> = aborted.decisions.iter().map(|d| d.event.as_str()).collect();
+    let events: Vec<&str> = aborted
+        .decisions
+        .iter()
+        .map(|d| d.event.as_str())
+        .filter(|e| *e != "hold")
+        .collect();
     assert_eq!(
         events,
         ["started", "fail_check", "abort"],
         "{:?}",
         aborted.decisions
     );
-    let abort = &aborted.decisions[2];
+    let abort = aborted.decisions.last().expect("the abort");
     assert!(abort.detail.contains("error rate"), "{}", abort.detail);
     assert!(abort.canary.as_ref().is_some_and(|m| m.error_rate > 0.99));
     assert_eq!(aborted.percent, 0.0);
