@@ -49,6 +49,17 @@ async fn non_default_http2_settings_serve_concurrent_calls() {
     };
     let mut server = TestServer::with_config(config).await;
     server.populate(4).await;
+    // The server announces the stream limit it was given.
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (send, mut connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let mut ping = connection.ping_pong().expect("ping handle");
+    tokio::spawn(connection);
+    support::within(ping.ping(h2::Ping::opaque()))
+        .await
+        .expect("pong");
+    assert_eq!(send.current_max_send_streams(), 2);
     // 16 calls at once on one connection that allows 2 streams: the client queues the rest.
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..16 {

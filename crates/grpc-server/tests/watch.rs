@@ -336,6 +336,9 @@ async fn shutdown_ends_watch_streams_with_unavailable() {
     server.stop().await;
     let status = within(stream.message()).await.expect_err("stream ends");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Said by the server, not made up by the client from a dropped connection.
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(std::error::Error::source(&status).is_none(), "{status:?}");
 }
 
 #[tokio::test]
@@ -404,5 +407,6 @@ async fn a_slow_watcher_cut_off_by_shutdown_mid_update_ends_unavailable_never_ok
         }
     };
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
     within(stopping).await.expect("server stopped");
 }
