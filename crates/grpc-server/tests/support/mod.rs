@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greyrouter::config::Config;
@@ -214,49 +215,96 @@ pub async fn within<F: Future>(future: F) -> F::Output {
         .expect("deadline passed")
 }
 
+/// How long a `greyrouter serve` process may take to print its "listening on" line.
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How many times [`ServerProcess::restart`] and [`ServerProcess::start_at`] try an address
+/// that another process holds, [`RETRY_PAUSE`] apart, before giving up.
+const BIND_ATTEMPTS: usize = 5;
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// A `greyrouter serve` process: killed with SIGKILL, restarted on the same address.
 pub struct ServerProcess {
     child: std::process::Child,
     pub addr: SocketAddr,
     args: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Why a process did not print its "listening on" line.
+#[derive(Debug)]
+pub enum StartError {
+    /// It could not bind its address: another process holds it (its stderr).
+    AddressInUse(String),
+    /// Anything else: it exited, printed something else, or hung (what happened, its stderr).
+    Failed(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::AddressInUse(stderr) => {
+                write!(
+                    f,
+                    "the address is in use by another process; stderr:\n{stderr}"
+                )
+            }
+            StartError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A process that printed its "listening on" line.
+pub struct Started {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Everything the process wrote to stderr so far, and from now on.
+    pub stderr: Arc<Mutex<String>>,
 }
 
 impl ServerProcess {
     /// Starts `greyrouter serve` on an ephemeral port with `args`.
     pub fn start(args: &[&str]) -> ServerProcess {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, addr) = Self::spawn("127.0.0.1:0", &args);
-        ServerProcess { child, addr, args }
+        ServerProcess::start_on("127.0.0.1:0".parse().expect("an address"), args)
     }
 
-    /// Starts `greyrouter serve` on `addr` (one another process left) with `args`.
+    /// Starts `greyrouter serve` on `addr` (one another process left) with `args`; waits a
+    /// little for the address when it is still held, then panics saying so.
     pub fn start_at(addr: SocketAddr, args: &[&str]) -> ServerProcess {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, addr) = Self::spawn(&addr.to_string(), &args);
-        ServerProcess { child, addr, args }
+        ServerProcess::start_on(addr, args)
     }
 
-    fn spawn(addr: &str, args: &[String]) -> (std::process::Child, SocketAddr) {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"))
-            .args(["serve", "--grpc-addr", addr])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn greyrouter serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the first line");
-        let addr = line
-            .trim()
-            .strip_prefix("greyrouter listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
-        (child, addr)
+    fn start_on(addr: SocketAddr, args: &[&str]) -> ServerProcess {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let started = Self::spawn_retrying(addr, &args)
+            .unwrap_or_else(|err| panic!("greyrouter serve on {addr}: {err}"));
+        ServerProcess {
+            child: started.child,
+            addr: started.addr,
+            args,
+            stderr: started.stderr,
+        }
+    }
+
+    /// Spawns `greyrouter serve` on `addr`, trying again a few times while the address is in
+    /// use.
+    fn spawn_retrying(addr: SocketAddr, args: &[String]) -> Result<Started, StartError> {
+        let mut attempt = 1;
+        loop {
+            match Self::spawn(&addr.to_string(), args) {
+                Err(StartError::AddressInUse(_)) if attempt < BIND_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn spawn(addr: &str, args: &[String]) -> Result<Started, StartError> {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"));
+        command.args(["serve", "--grpc-addr", addr]).args(args);
+        launch(command, START_DEADLINE)
     }
 
     pub fn url(&self) -> String {
@@ -266,6 +314,11 @@ impl ServerProcess {
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
     }
 
     /// Asks the process to stop (SIGTERM: drain, then exit) and returns how it ended.
@@ -284,11 +337,22 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
-    /// Starts the process again on the same address, with the same arguments.
+    /// Starts the process again on the same address, with the same arguments; panics, saying
+    /// so, when another process took the address while it was down.
     pub fn restart(&mut self) {
+        if let Err(err) = self.try_restart() {
+            panic!("cannot restart greyrouter serve on {}: {err}", self.addr);
+        }
+    }
+
+    /// Starts the process again on the same address, with the same arguments; waits a little
+    /// for the address when another process holds it.
+    pub fn try_restart(&mut self) -> Result<(), StartError> {
         self.kill();
-        let (child, _) = Self::spawn(&self.addr.to_string(), &self.args);
-        self.child = child;
+        let started = Self::spawn_retrying(self.addr, &self.args)?;
+        self.child = started.child;
+        self.stderr = started.stderr;
+        Ok(())
     }
 }
 
@@ -296,4 +360,81 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Spawns `command` (stdout and stderr piped) and waits up to `deadline` for its first line,
+/// `greyrouter listening on <address>`. Its stderr is collected all along; stdout is drained
+/// after the first line. On failure the process is killed and the error carries its stderr.
+pub fn launch(
+    mut command: std::process::Command,
+    deadline: Duration,
+) -> Result<Started, StartError> {
+    use std::io::{BufRead, Read};
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the server");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr");
+    let collected = Arc::clone(&stderr);
+    let (stderr_ended, stderr_done) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            collected
+                .lock()
+                .expect("stderr")
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        let _ = stderr_ended.send(());
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let (first_line, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = first_line.send(reader.read_line(&mut line).map(|_| line));
+        // Keep reading, so that the process never writes to a closed pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let (line, timed_out) = match read.recv_timeout(deadline) {
+        Ok(Ok(line)) => (line, false),
+        Ok(Err(err)) => (format!("<unreadable: {err}>"), false),
+        Err(_) => (String::new(), true),
+    };
+    if let Some(addr) = line
+        .trim()
+        .strip_prefix("greyrouter listening on ")
+        .and_then(|addr| addr.parse().ok())
+    {
+        return Ok(Started {
+            child,
+            addr,
+            stderr,
+        });
+    }
+    // A process that exited before listening is a zombie: the signal changes nothing.
+    let _ = child.kill();
+    let status = child.wait();
+    let _ = stderr_done.recv_timeout(Duration::from_secs(5));
+    let text = stderr.lock().expect("stderr").clone();
+    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+    if line.is_empty() && text.contains("cannot listen") && text.contains("in use") {
+        return Err(StartError::AddressInUse(text));
+    }
+    let what = if timed_out {
+        format!("printed no \"listening on\" line within {deadline:?} and was killed ({status})")
+    } else if line.is_empty() {
+        format!("exited ({status}) before listening")
+    } else {
+        format!("printed {line:?} instead of \"greyrouter listening on <address>\" ({status})")
+    };
+    Err(StartError::Failed(format!(
+        "the server {what}; stderr:\n{text}"
+    )))
 }
