@@ -115,6 +115,26 @@ async fn racing_compare_and_set_on_two_replicas_has_one_winner() {
     let redis = RedisServer::start();
     let mut replicas = fleet(&redis, 2).await;
     replicas[0].populate(20).await;
+    // Both replicas hold the tenants before they race: the race is over the pin, not over who
+    // has heard of the tenant.
+    let populated = replicas[0]
+        .route("t19", "api")
+        .await
+        .expect("route")
+        .revision;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while replicas[1]
+        .route("t19", "api")
+        .await
+        .map_or(0, |routed| routed.revision)
+        < populated
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica B never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let set = |tenant: String| pb::SetTenantVersionRequest {
         tenant_id: tenant,
         service: "api".into(),
