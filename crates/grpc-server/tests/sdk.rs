@@ -251,6 +251,8 @@ async fn a_failing_instance_is_retried_elsewhere_and_ejected_locally() {
 
     // a1 fails every call; an idempotent call still succeeds, on a2, never trying one twice.
     let mut tried_a1 = false;
+    // Every failed attempt on a1 is reported by call_idempotent: count them all.
+    let mut failures = 0;
     for _ in 0..2 {
         let tried = std::sync::Mutex::new(Vec::new());
         let answer = client
@@ -273,12 +275,12 @@ async fn a_failing_instance_is_retried_elsewhere_and_ejected_locally() {
         let tried = tried.into_inner().expect("lock");
         assert!(tried.len() <= 2, "{tried:?}");
         tried_a1 |= tried.first().is_some_and(|first| first == "a1");
+        failures += tried.iter().filter(|id| *id == "a1").count();
     }
     assert!(tried_a1, "round robin offers a1 first in one of two calls");
 
     // Three failures in a row (the client's policy; the calls above count) eject a1 here: a2
     // takes everything.
-    let mut failures = 0;
     while client.status().ejections == 0 {
         let decision = local(&client, "t0", "api");
         if decision.instance_id() == "a1" {
@@ -292,6 +294,8 @@ async fn a_failing_instance_is_retried_elsewhere_and_ejected_locally() {
             client.report(&decision, Report::success(Duration::from_millis(1)));
         }
     }
+    // Exactly the third failure ejected it: not the second, not the fourth.
+    assert_eq!(failures, 3, "a1 was ejected after {failures} failures");
     for _ in 0..10 {
         assert_eq!(local(&client, "t0", "api").instance_id(), "a2");
     }
