@@ -36,3 +36,45 @@ pub(crate) async fn connect(
     }
     Ok(channels)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_connection_is_its_own_http2_connection() {
+        // A bare HTTP/2 server that counts the connections it accepts.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (count, mut accepted) = tokio::sync::watch::channel(0usize);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.send_modify(|n| *n += 1);
+                tokio::spawn(async move {
+                    if let Ok(mut connection) = h2::server::handshake(socket).await {
+                        while let Some(Ok(_)) = connection.accept().await {}
+                    }
+                });
+            }
+        });
+        let channels = connect(&format!("http://{addr}"), 3, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let clones: Vec<Channel> = channels.iter().cloned().collect();
+        assert_eq!(clones.len(), 3);
+        // A last connection of our own: connections are accepted in the order they were made,
+        // so once it is accepted, every connection `connect` made has been counted.
+        let _marker = tokio::net::TcpStream::connect(addr).await.expect("marker");
+        let counted = tokio::time::timeout(Duration::from_secs(10), accepted.wait_for(|n| *n >= 4))
+            .await
+            .expect("in time")
+            .map(|n| *n)
+            .expect("counting");
+        assert_eq!(
+            counted, 4,
+            "three connections and the marker, clones shared theirs"
+        );
+    }
+}
