@@ -62,7 +62,7 @@ mod tests {
         let channels = connect(&format!("http://{addr}"), 3, Duration::from_secs(5))
             .await
             .expect("connect");
-        let clones: Vec<Channel> = channels.iter().cloned().collect();
+        let clones: Vec<Channel> = channels.to_vec();
         assert_eq!(clones.len(), 3);
         // A last connection of our own: connections are accepted in the order they were made,
         // so once it is accepted, every connection `connect` made has been counted.
