@@ -47,10 +47,37 @@ mod tests {
         assert_eq!(parse_stat(""), None);
     }
 
+    /// A busy loop is counted, at the right scale: spinning until the measure has grown by
+    /// 200 ms takes a bounded wall time (a measure that stays still, or reads the wrong fields,
+    /// never gets there), and no more CPU time than the wall time on every core passes (a
+    /// measure ten times too large gets there too soon). Other tests' threads only add CPU time,
+    /// and a busy machine only adds wall time.
     #[test]
-    fn this_process_has_used_some_time() {
-        if cfg!(target_os = "linux") {
-            assert!(process_cpu_time().is_some());
+    #[cfg(target_os = "linux")]
+    fn a_busy_loop_is_counted_within_the_wall_time_on_every_core() {
+        const SPIN: Duration = Duration::from_millis(200);
+        const GIVE_UP: Duration = Duration::from_secs(20);
+        // The kernel counts whole ticks, per thread: allow a few of them.
+        const TICKS: Duration = Duration::from_millis(5 * 1000 / USER_HZ);
+        let start = process_cpu_time().expect("/proc/self/stat on Linux");
+        let wall = std::time::Instant::now();
+        let mut spun = Duration::ZERO;
+        let mut x = 1u64;
+        while spun < SPIN {
+            assert!(
+                wall.elapsed() < GIVE_UP,
+                "{spun:?} of CPU time counted after {GIVE_UP:?} of spinning"
+            );
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005) ^ (x >> 7));
+            }
+            spun = process_cpu_time().expect("still readable") - start;
         }
+        let elapsed = wall.elapsed();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        assert!(
+            spun <= elapsed * cores + TICKS,
+            "{spun:?} of CPU time in {elapsed:?} of wall time on {cores} cores"
+        );
     }
 }

@@ -308,20 +308,90 @@ pub async fn run_seed_design_server(
 
 #[cfg(test)]
 mod tests {
+    use greyrouter_test_support::RedisServer;
+
     use super::*;
 
-    #[test]
-    fn the_script_returns_an_array_and_uses_the_design_keys() {
-        assert!(ROUTE_SCRIPT.contains("return {selected, version, redis.call('TIME')[1]}"));
-        assert!(ROUTE_SCRIPT.contains("':services'"));
-        assert!(ROUTE_SCRIPT.contains("':instances'"));
-        assert!(!ROUTE_SCRIPT.contains("err ="));
+    fn request(tenant_id: &str, service: &str) -> Request<pb::RouteRequest> {
+        Request::new(pb::RouteRequest {
+            tenant_id: tenant_id.to_owned(),
+            service: service.to_owned(),
+            ..Default::default()
+        })
     }
 
-    #[test]
-    fn the_floor_response_is_realistic() {
+    /// The script, run on a real Redis over seeded data: its array reply becomes a response,
+    /// its counter walks the version's instances in turn, its usage keys count each pick, and
+    /// a tenant or service without a version is `NOT_FOUND`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_script_routes_seeded_tenants_in_turn_and_refuses_unknown_ones() {
+        let redis = RedisServer::start();
+        let router = SeedDesignRouter::connect(&redis.url())
+            .await
+            .expect("connect and load the script");
+        seed_design_data(router.client(), 3, 2, 3)
+            .await
+            .expect("seed");
+
+        let mut picked = Vec::new();
+        for turn in 0..6 {
+            let tenant = format!("tenant-{}", turn % 3);
+            let answer = router
+                .route(request(&tenant, "service-1"))
+                .await
+                .unwrap_or_else(|status| panic!("routing {tenant}: {status}"))
+                .into_inner();
+            assert_eq!(
+                (
+                    answer.version.as_str(),
+                    answer.source.as_str(),
+                    answer.revision
+                ),
+                ("v1", "lua", 0),
+                "{answer:?}"
+            );
+            assert_eq!(answer.address, answer.instance_id);
+            picked.push(answer.instance_id);
+        }
+        // One counter per version, shared by every tenant: three picks visit the three
+        // instances of service-1 (in the set's order), the next three repeat them.
+        let mut first_round = picked[..3].to_vec();
+        first_round.sort();
+        assert_eq!(
+            first_round,
+            ["10.0.1.0:8080", "10.0.1.1:8080", "10.0.1.2:8080"]
+        );
+        assert_eq!(picked[3..], picked[..3]);
+        for instance in &first_round {
+            let usage = redis.command(&["GET", &format!("instance:{instance}:usage")]);
+            assert_eq!(usage, "$1\r\n2\r\n", "{instance}");
+        }
+
+        for (tenant, service) in [("tenant-3", "service-1"), ("tenant-0", "service-2")] {
+            let status = router
+                .route(request(tenant, service))
+                .await
+                .expect_err("no version");
+            assert_eq!(
+                status.code(),
+                tonic::Code::NotFound,
+                "{tenant}/{service}: {status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_floor_answers_its_fixed_response_to_any_request() {
         let floor = FloorRouter::default();
-        assert_eq!(floor.response.version, "v1");
-        assert!(!floor.response.address.is_empty());
+        for (tenant, service) in [("tenant-0", "service-0"), ("nobody", "")] {
+            let answer = floor
+                .route(request(tenant, service))
+                .await
+                .expect("route")
+                .into_inner();
+            assert_eq!(answer, floor.response);
+            assert_eq!(answer.version, "v1");
+            assert!(!answer.address.is_empty());
+        }
     }
 }

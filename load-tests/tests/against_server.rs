@@ -55,6 +55,36 @@ fn run_config(target: &str) -> RunConfig {
     }
 }
 
+/// Routes every seeded tenant to every seeded service, returning each answer's version,
+/// instance id, address and source. Consistent hashing on the tenant id picks the instance, so
+/// that the answers do not depend on how often the service was routed before.
+async fn every_answer(
+    router: &mut RouterClient<tonic::transport::Channel>,
+) -> Vec<(String, String, String, String)> {
+    let mut answers = Vec::new();
+    for tenant in 0..keyspace().tenants {
+        for service in 0..keyspace().services {
+            let routed = router
+                .route(pb::RouteRequest {
+                    tenant_id: format!("tenant-{tenant}"),
+                    service: format!("service-{service}"),
+                    strategy: pb::Strategy::ConsistentHash.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|status| panic!("tenant-{tenant}/service-{service}: {status}"))
+                .into_inner();
+            answers.push((
+                routed.version,
+                routed.instance_id,
+                routed.address,
+                routed.source,
+            ));
+        }
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_then_routes_every_request() {
     let server = Server::start(Config::default()).await;
@@ -70,14 +100,26 @@ async fn seeds_then_routes_every_request() {
     assert!(report.revision >= 59, "one revision per upsert at least");
 
     // Seeding again upserts the same entities: it succeeds and changes nothing routed.
-    within(seed(&seed_config(&server.target)))
-        .await
-        .expect("second seed");
-
-    // A seeded tenant routes to one of its service's seeded instances.
     let mut router = RouterClient::connect(server.target.clone())
         .await
         .expect("connect");
+    let first = within(every_answer(&mut router)).await;
+    assert_eq!(first.len(), 50 * 3);
+    assert!(
+        first
+            .iter()
+            .all(|(version, _, address, source)| version == "v1"
+                && address.starts_with("10.")
+                && source == "default"),
+        "{first:?}"
+    );
+    within(seed(&seed_config(&server.target)))
+        .await
+        .expect("second seed");
+    let second = within(every_answer(&mut router)).await;
+    assert_eq!(second, first, "the second seed changed what is routed");
+
+    // A seeded tenant routes to one of its service's seeded instances.
     let routed = router
         .route(pb::RouteRequest {
             tenant_id: "tenant-49".to_owned(),

@@ -429,17 +429,25 @@ async fn strategies_and_region_preference_apply_per_request() {
         region: region.into(),
         strategy: strategy.into(),
     };
-    // Tenant t0 lives in eu: round robin alternates between the two eu instances only.
-    let mut seen = HashSet::new();
-    for _ in 0..6 {
+    // Tenant t0 lives in eu: round robin alternates between the two eu instances only, each
+    // in turn (random picking would repeat one).
+    let mut picked = Vec::new();
+    for _ in 0..8 {
         let r = server
             .router
             .route(route(pb::Strategy::RoundRobin, "", ""))
             .await
             .expect("route");
-        seen.insert(r.into_inner().instance_id);
+        picked.push(r.into_inner().instance_id);
     }
-    assert_eq!(seen, HashSet::from(["a1".to_owned(), "a2".to_owned()]));
+    let turn = [picked[0].clone(), picked[1].clone()];
+    assert_eq!(
+        HashSet::from(turn.clone()),
+        HashSet::from(["a1".to_owned(), "a2".to_owned()]),
+        "{picked:?}"
+    );
+    let alternating: Vec<String> = turn.iter().cycle().take(8).cloned().collect();
+    assert_eq!(picked, alternating);
     // Asking for us picks the us instance.
     let us = server
         .router

@@ -54,14 +54,35 @@ mod tests {
 
     #[test]
     fn hash_is_stable_across_releases() {
-        // Pinned values: changing the hash would move every tenant of every rollout.
-        assert_eq!(stable_hash(&[]), fmix64(FNV_OFFSET));
-        assert_eq!(stable_hash(&[b"tenant-1"]), stable_hash(&[b"tenant-1"]));
-        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
-        assert_eq!(
-            bucket("rollout", "r1", "acme"),
-            bucket("rollout", "r1", "acme")
-        );
+        // Pinned values, computed once (and cross-checked with an independent implementation of
+        // the algorithm in the module docs): changing the offset, the prime, the separator or the
+        // finaliser would move every tenant of every rollout, and fails here.
+        let hashes: [(&[&[u8]], u64); 5] = [
+            (&[], 0xefd0_1f60_ba99_2926),
+            (&[b""], 0x1bbd_5c81_3c69_a8d7),
+            (&[b"tenant-1"], 0xb260_cc34_54ca_6610),
+            (&[b"ab", b"c"], 0x04f3_60e5_0ae8_8219),
+            (&[b"a", b"bc"], 0x0b1a_b3f8_db79_4b96),
+        ];
+        for (parts, expected) in hashes {
+            assert_eq!(stable_hash(parts), expected, "stable_hash({parts:?})");
+        }
+        assert_eq!(fmix64(0), 0);
+        assert_eq!(fmix64(1), 0xb456_bcfc_34c2_cb2c);
+        let buckets = [
+            (("rollout", "r1", "acme"), 1812),
+            (("rollout", "r1", "globex"), 5587),
+            (("experiment", "r1", "acme"), 8800),
+            (("rollout", "canary-2024", "tenant-42"), 4853),
+            (("rollout", "", ""), 7914),
+        ];
+        for ((domain, salt, tenant), expected) in buckets {
+            assert_eq!(
+                bucket(domain, salt, tenant),
+                expected,
+                "bucket({domain:?}, {salt:?}, {tenant:?})"
+            );
+        }
     }
 
     #[test]

@@ -82,6 +82,35 @@ fn weighted_round_robin_interleaves_five_one_one() {
 }
 
 #[test]
+fn round_robin_rotates_in_id_order_within_each_region() {
+    let pool = Pool::new(
+        [
+            instance("us-1", 1, "us", true),
+            instance("eu-3", 1, "eu", true),
+            instance("eu-1", 1, "eu", true),
+            instance("eu-2", 1, "eu", true),
+        ],
+        None,
+    );
+    let mut rng = SplitMix(23);
+    let everyone = ["eu-1", "eu-2", "eu-3", "us-1"];
+    let in_eu = ["eu-1", "eu-2", "eu-3"];
+    // Each candidate set keeps its own turn: picks in eu do not skip anyone's turn in all.
+    for turn in 0..12 {
+        assert_eq!(
+            pick(&pool, Strategy::RoundRobin, "eu", "", &mut rng),
+            Some(in_eu[turn % 3]),
+            "eu, turn {turn}"
+        );
+        assert_eq!(
+            pick(&pool, Strategy::RoundRobin, "", "", &mut rng),
+            Some(everyone[turn % 4]),
+            "all, turn {turn}"
+        );
+    }
+}
+
+#[test]
 fn drained_and_unhealthy_instances_are_skipped() {
     let pool = Pool::new(
         [
@@ -427,14 +456,40 @@ proptest! {
         prop_assert_eq!(seen, reduced);
     }
 
-    /// Round robin spreads n*k picks exactly k to each instance.
+    /// Round robin visits the eligible instances one after another in id order, from the
+    /// first, and starts over: n*k picks give each instance exactly k, in a fixed rotation
+    /// (which random picking, or any other order, fails).
     #[test]
-    fn round_robin_is_even(n in 1usize..16, rounds in 1usize..8) {
-        let instances: Vec<_> = (0..n).map(|i| instance(&format!("i{i:02}"), 1, "", true)).collect();
+    fn round_robin_visits_instances_in_id_order(
+        healthy in prop::collection::vec(any::<bool>(), 1..16),
+        rounds in 1usize..8,
+    ) {
+        // Registered in reverse: the rotation follows ids, not registration, and skips the
+        // unhealthy.
+        let instances: Vec<_> = healthy
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, &healthy)| instance(&format!("i{i:02}"), 1, "", healthy))
+            .collect();
         let pool = Pool::new(instances, None);
-        let picked = counts(&pool, Strategy::RoundRobin, n * rounds);
-        prop_assert_eq!(picked.len(), n);
-        prop_assert!(picked.values().all(|&c| c == rounds));
+        let eligible: Vec<String> = healthy
+            .iter()
+            .enumerate()
+            .filter(|(_, healthy)| **healthy)
+            .map(|(i, _)| format!("i{i:02}"))
+            .collect();
+        let mut rng = SplitMix(11);
+        let picks = eligible.len().max(1) * rounds;
+        let picked: Vec<Option<&str>> = (0..picks)
+            .map(|_| pick(&pool, Strategy::RoundRobin, "", "", &mut rng))
+            .collect();
+        let expected: Vec<Option<&str>> = if eligible.is_empty() {
+            vec![None; picks]
+        } else {
+            eligible.iter().map(|id| Some(id.as_str())).cycle().take(picks).collect()
+        };
+        prop_assert_eq!(picked, expected);
     }
 
     /// Random and least-connections (with no load) spread within 20% of the mean.

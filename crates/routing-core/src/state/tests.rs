@@ -1371,16 +1371,27 @@ fn old_revisions_are_unchanged_by_later_ones() {
         ],
     );
     assert_eq!(after.revision(), before.revision() + 3);
-    assert_eq!(resolved(&before, "acme", "api"), pair("v1", "default"));
-    assert_eq!(resolved(&before, "globex", "api"), pair("v1", "default"));
-    let v1 = before
-        .service("api")
-        .expect("api")
-        .pool("v1")
-        .expect("v1 pool");
-    assert_eq!(v1.members().len(), 1);
-    assert!(before.tenant("acme").expect("acme").pins.is_empty());
+    assert_eq!(resolved(&after, "acme", "api"), pair("v2", "pin"));
     assert_eq!(resolved(&after, "globex", "api").0, "v3");
+    // `before` is routed only now, after the later revisions shared (and extended) its pools:
+    // it still answers its own version, source, instance and revision, every time.
+    for tenant_id in ["acme", "globex"] {
+        for _ in 0..4 {
+            let decision = before
+                .route(&query(tenant_id, "api"))
+                .unwrap_or_else(|e| panic!("routing {tenant_id}: {e}"));
+            assert_eq!(
+                (
+                    decision.resolution.version.as_str(),
+                    decision.resolution.source.to_string(),
+                    decision.member.instance.id.as_str(),
+                    decision.revision,
+                ),
+                ("v1", "default".to_owned(), "api-1", before.revision()),
+                "{tenant_id}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1695,10 +1706,12 @@ fn route_prefers_the_tenants_region_unless_the_query_names_one() {
         distinct(&picks(&state, &in_us, 6)),
         BTreeSet::from(["api-1-us"])
     );
-    // initech has no region: both instances take turns.
+    // initech has no region: both instances take turns, in id order.
     assert_eq!(
-        distinct(&picks(&state, &query("initech", "api"), 6)).len(),
-        2
+        picks(&state, &query("initech", "api"), 6),
+        [
+            "api-1", "api-1-us", "api-1", "api-1-us", "api-1", "api-1-us"
+        ]
     );
 }
 
@@ -1707,12 +1720,15 @@ fn route_strategy_can_be_overridden_per_query() {
     let ids: Vec<String> = (0..20).map(|i| format!("tenant-{i}")).collect();
     let state = with_tenants(&world(), ids.iter().cloned());
     let state = build(&state, [register(instance("api-1b", "api", "v1"))]);
-    // The service is round robin: consecutive picks alternate.
+    // The service is round robin: consecutive picks alternate, in id order; the key is unused.
     let keyed = RouteQuery {
         hash_key: "order-42",
         ..query("tenant-0", "api")
     };
-    assert_eq!(distinct(&picks(&state, &keyed, 4)).len(), 2);
+    assert_eq!(
+        picks(&state, &keyed, 4),
+        ["api-1", "api-1b", "api-1", "api-1b"]
+    );
     // Consistent hashing keeps a key on one instance.
     let hashed = RouteQuery {
         strategy: Some(crate::Strategy::ConsistentHash),
@@ -1846,18 +1862,19 @@ fn from_dump_checks_every_record() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Every successful apply moves the revision by one; a refused one changes nothing; the
-    /// result is deterministic and survives a dump round trip.
+    /// Every successful apply moves the revision by one; the result is deterministic and survives
+    /// a dump round trip; later applies, successful or refused, leave how old revisions route.
     #[test]
     fn apply_is_all_or_nothing(mutations in prop::collection::vec(fixtures::mutation(), 1..40)) {
         let mut state = world();
         let mut replica = world();
+        let mut revisions = Vec::new();
         for mutation in &mutations {
+            revisions.push(state.clone());
             let before = state.dump();
             match state.apply(mutation) {
                 Ok((next, outcome)) => {
                     prop_assert_eq!(next.revision(), state.revision() + 1);
-                    prop_assert_eq!(&state.dump(), &before, "the old revision changed");
                     let after = next.dump();
                     prop_assert_eq!(after.revision, before.revision + 1);
                     match RoutingState::from_dump(&after) {
@@ -1876,12 +1893,50 @@ proptest! {
                     state = next;
                 }
                 Err(error) => {
-                    prop_assert_eq!(state.dump(), before);
                     prop_assert_eq!(replica.apply(mutation).err(), Some(error));
                 }
             }
         }
+        // Revisions share pools, with their lazily built caches and their cursors. Routed only
+        // now, after every later revision was made from it (or an apply began and was refused),
+        // each old revision still routes every tenant as a copy rebuilt from its dump does.
+        revisions.push(state);
+        for old in revisions.iter().rev() {
+            let fresh = RoutingState::from_dump(&old.dump()).expect("a revision rebuilds");
+            prop_assert_eq!(
+                routes(old),
+                routes(&fresh),
+                "revision {} routes differently",
+                old.revision()
+            );
+        }
     }
+}
+
+/// A route's resolution, instance id and revision, or its refusal.
+type Routed = Result<(crate::Resolution, String, u64), RoutingError>;
+
+/// Returns how a state routes every tenant and service the generated mutations name: the
+/// resolution, the instance and the revision, or the refusal. Consistent hashing picks the
+/// instance, so that no cursor moved by earlier routes changes the answer.
+fn routes(state: &RoutingState) -> Vec<Routed> {
+    let mut routes = Vec::new();
+    for tenant_id in fixtures::TENANT_IDS {
+        for service in fixtures::SERVICES {
+            let query = RouteQuery {
+                strategy: Some(crate::Strategy::ConsistentHash),
+                ..query(tenant_id, service)
+            };
+            routes.push(state.route(&query).map(|decision| {
+                (
+                    decision.resolution,
+                    decision.member.instance.id.clone(),
+                    decision.revision,
+                )
+            }));
+        }
+    }
+    routes
 }
 
 // ---------------------------------------------------------------------------------------------
