@@ -260,12 +260,11 @@ async fn writes_fail_at_once_while_redis_is_known_to_be_down() {
 async fn a_change_unacknowledged_by_replicas_answers_unavailable() {
     let master = RedisServer::start();
     let replica = RedisServer::start_replica_of(&master);
-    let mut config = RedisConfig::new(master.url());
-    config.min_replicas_acked = 1;
-    config.replica_ack_timeout = Duration::from_millis(300);
-    let store = RedisStore::connect(config).await.expect("connect");
+    // A replica that is up acknowledges within a generous timeout even on a loaded machine; the
+    // short one is for the paused replica, so the test does not wait long for the refusal.
+    let (patient, store) = acknowledged_stores(master.url()).await;
     // With the replica up, every change is acknowledged: on the replica as soon as answered.
-    populate(&store).await;
+    populate(&patient).await;
     assert!(
         replica
             .command(&["GET", "{greyrouter}:revision"])
@@ -295,8 +294,22 @@ async fn a_change_unacknowledged_by_replicas_answers_unavailable() {
     assert_eq!(state.revision(), 5);
     assert_eq!(state.resolve("t0", "api").expect("resolve").version, "v2");
     // Acknowledged again once the replica is back.
-    let revision = commit_eventually(&store, pin("t0", "v1")).await;
+    let revision = commit_eventually(&patient, pin("t0", "v1")).await;
     assert_eq!(revision, 6);
+}
+
+/// Two stores waiting for one replica's acknowledgement: within 10 s and within 300 ms.
+async fn acknowledged_stores(url: String) -> (RedisStore, RedisStore) {
+    let store = |timeout: Duration| {
+        let mut config = RedisConfig::new(url.clone());
+        config.min_replicas_acked = 1;
+        config.replica_ack_timeout = timeout;
+        RedisStore::connect(config)
+    };
+    (
+        store(Duration::from_secs(10)).await.expect("connect"),
+        store(Duration::from_millis(300)).await.expect("connect"),
+    )
 }
 
 /// A base at the store's revision but after another last change (the store lost changes and
@@ -382,11 +395,8 @@ async fn the_lineage_of_changes_is_checked_and_histories_move_by_compare_and_set
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_acknowledge_through_the_master_of_the_keys_slot_in_a_cluster() {
     let cluster = RedisCluster::start_with_replicas(1);
-    let mut config = RedisConfig::new(cluster.url());
-    config.min_replicas_acked = 1;
-    config.replica_ack_timeout = Duration::from_millis(300);
-    let store = RedisStore::connect(config).await.expect("connect");
-    populate(&store).await;
+    let (patient, store) = acknowledged_stores(cluster.url()).await;
+    populate(&patient).await;
     let replica = cluster.replica_of_key("{greyrouter}:revision");
     replica.pause();
     let err = try_commit(&store, pin("t0", "v2"))
@@ -398,7 +408,7 @@ async fn replicas_acknowledge_through_the_master_of_the_keys_slot_in_a_cluster()
             .contains("acknowledged by 0 of 1 replica(s) within 300 ms"),
         "{err}"
     );
-    assert_eq!(commit_eventually(&store, pin("t0", "v1")).await, 6);
+    assert_eq!(commit_eventually(&patient, pin("t0", "v1")).await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
