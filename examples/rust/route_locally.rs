@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use greyrouter_client::{CallError, Client, ClientConfig, Report, RouteRequest};
+use greyrouter_client::{CallError, Client, ClientConfig, Report, RouteRequest, Status};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +18,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned());
     let tenant = args.next().unwrap_or_else(|| "globex".to_owned());
     let service = args.next().unwrap_or_else(|| "user-service".to_owned());
+    run(&url, &tenant, &service).await?;
+    Ok(())
+}
 
+/// Routes `tenant`'s requests to `service` through the router at `url`; returns the client's
+/// status at the end. (The SDK's tests call it against a real router.)
+pub(crate) async fn run(
+    url: &str,
+    tenant: &str,
+    service: &str,
+) -> Result<Status, Box<dyn std::error::Error>> {
     // Follow every tenant and service; `.tenants([...])` / `.services([...])` narrow the copy.
     let client = Client::connect(ClientConfig::new(url)).await?;
     let revision = client.ready(Duration::from_secs(5)).await?;
@@ -28,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // A decision costs a lookup and a pick, no network call.
-    let request = RouteRequest::new(&tenant, &service);
+    let request = RouteRequest::new(tenant, service);
     for _ in 0..4 {
         let decision = client.route(&request).await?;
         println!(
@@ -76,5 +86,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         status.reports_accepted, status.revision, status.connected
     );
     client.close().await;
-    Ok(())
+    Ok(status)
 }

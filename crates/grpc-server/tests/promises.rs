@@ -234,3 +234,105 @@ async fn a_managed_rollout_survives_a_restart_of_every_router() {
     }
     second.stop().await;
 }
+
+fn outcomes(
+    instance_id: &str,
+    address: &str,
+    success: bool,
+    count: usize,
+) -> pb::ReportOutcomesRequest {
+    pb::ReportOutcomesRequest {
+        outcomes: (0..count)
+            .map(|_| pb::Outcome {
+                instance_id: instance_id.into(),
+                address: address.into(),
+                service: "api".into(),
+                success,
+                latency_ms: 3,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+async fn report(server: &mut TestServer, request: pb::ReportOutcomesRequest) -> (u64, u64) {
+    let answer = server
+        .router
+        .report_outcomes(request)
+        .await
+        .expect("report")
+        .into_inner();
+    (answer.accepted, answer.rejected)
+}
+
+#[tokio::test]
+async fn outcomes_reported_by_address_are_counted_against_that_instance() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    server.instance("api", "v1", "a2", "eu").await;
+    assert_eq!(instances_routed(&mut server, "t0", 4).await, ["a1", "a2"]);
+    // Five failures naming a2 only by its address (a proxy that knows no instance ids): a2 is
+    // ejected, not a1 (the first instance of the version).
+    let by_address = outcomes("", "a2.internal:8080", false, 5);
+    assert_eq!(report(&mut server, by_address).await, (5, 0));
+    assert_eq!(instances_routed(&mut server, "t0", 20).await, ["a1"]);
+    // An address no instance has is refused and counted against nobody.
+    let unknown = outcomes("", "a9.internal:8080", false, 5);
+    assert_eq!(report(&mut server, unknown).await, (0, 5));
+    assert_eq!(instances_routed(&mut server, "t0", 20).await, ["a1"]);
+    server.stop().await;
+}
+
+/// How many of `routes` `health_aware` decisions for t0 went to each instance.
+async fn health_aware_picks(
+    server: &mut TestServer,
+    routes: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut picks = std::collections::BTreeMap::new();
+    for _ in 0..routes {
+        let routed = server
+            .router
+            .route(pb::RouteRequest {
+                tenant_id: "t0".into(),
+                service: "api".into(),
+                strategy: pb::Strategy::HealthAware.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("route")
+            .into_inner();
+        *picks.entry(routed.instance_id).or_default() += 1;
+    }
+    picks
+}
+
+#[tokio::test]
+async fn live_health_scores_from_outcome_reports_change_health_aware_picks() {
+    let mut config = Config::default();
+    // No ejections: only the live score can keep a1 from being picked.
+    config.outcomes.ejection.max_ejected_percent = 0;
+    let mut server = TestServer::with_config(config).await;
+    server.populate(1).await;
+    server.instance("api", "v1", "a2", "eu").await;
+    let before = health_aware_picks(&mut server, 200).await;
+    assert!(before.get("a1").is_some_and(|&n| n > 50), "{before:?}");
+    // Every request a1 served failed: live score 0, so health_aware never picks it ...
+    assert_eq!(
+        report(&mut server, outcomes("a1", "", false, 10)).await,
+        (10, 0)
+    );
+    let failing = health_aware_picks(&mut server, 200).await;
+    assert_eq!(failing.get("a2"), Some(&200), "{failing:?}");
+    // ... though it is not ejected: round robin still sends it its turn.
+    assert_eq!(instances_routed(&mut server, "t0", 4).await, ["a1", "a2"]);
+    // Five successes: 5 of 15 (score 33), so a1 gets 33/133 of the picks, about 99 of 400
+    // (the standard deviation is about 9; even shares would give 200).
+    assert_eq!(
+        report(&mut server, outcomes("a1", "", true, 5)).await,
+        (5, 0)
+    );
+    let recovering = health_aware_picks(&mut server, 400).await;
+    let a1 = recovering.get("a1").copied().unwrap_or(0);
+    assert!((50..=150).contains(&a1), "{recovering:?}");
+    server.stop().await;
+}

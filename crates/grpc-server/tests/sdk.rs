@@ -480,3 +480,82 @@ async fn bad_settings_are_refused_with_the_setting_named() {
     assert_eq!(waited.code(), tonic::Code::DeadlineExceeded);
     let _ = Strategy::RoundRobin;
 }
+
+/// The README's example (`examples/rust/route_locally.rs`), compiled into this test: its `main`
+/// reads the command line, its `run` is what the example does.
+#[allow(dead_code)]
+#[path = "../../../examples/rust/route_locally.rs"]
+mod route_locally;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_example_runs_against_the_quickstart_server() {
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seed.toml");
+    let mut server = TestServer::with_config(Config {
+        seed: Some(seed.into()),
+        ..Config::default()
+    })
+    .await;
+    let url = format!("http://{}", server.addr);
+    let status = within(route_locally::run(&url, "globex", "user-service"))
+        .await
+        .unwrap_or_else(|err| panic!("the example failed: {err}"));
+    // The whole seed held locally; every decision local; four reports and the idempotent
+    // call's two attempts (the first instance refuses, the retry on the other answers)
+    // delivered.
+    assert!(status.synced, "{status:?}");
+    assert_eq!((status.revision, status.assignments), (12, 6), "{status:?}");
+    assert_eq!(status.server_decisions, 0, "{status:?}");
+    assert_eq!(
+        (
+            status.reports_accepted,
+            status.reports_rejected,
+            status.reports_failed,
+            status.reports_dropped
+        ),
+        (6, 0, 0, 0),
+        "{status:?}"
+    );
+    // The router answers the version the example decided locally.
+    let routed = server.route("globex", "user-service").await.expect("route");
+    assert_eq!(routed.version, "v1.0");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_ends_the_in_flight_request_least_connections_counted() {
+    let mut server = TestServer::start().await;
+    server.populate(1).await;
+    let revision = server.instance("api", "v1", "a2", "eu").await;
+    let client = ready(config(&format!("http://{}", server.addr))).await;
+    client
+        .wait_for_revision(revision, DEADLINE)
+        .await
+        .expect("a2 arrives");
+    let request = RouteRequest::new("t0", "api").strategy(Strategy::LeastConnections);
+    let pick = || client.route_local(&request).expect("held");
+    // One request in flight on each instance: the second pick goes to the idle one.
+    let first = pick();
+    let other = pick();
+    assert_ne!(first.instance_id(), other.instance_id());
+    // Reporting the first request ends it: its instance is now the less loaded and takes
+    // every pick that is reported in turn. Were it still counted, the two would tie and
+    // then alternate.
+    client.report(&first, Report::success(Duration::from_millis(2)));
+    for _ in 0..20 {
+        let next = pick();
+        assert_eq!(next.instance_id(), first.instance_id());
+        client.report(&next, Report::success(Duration::from_millis(2)));
+    }
+    // Reporting the other one too: both idle, picks go either way again.
+    client.report(&other, Report::success(Duration::from_millis(2)));
+    let seen: BTreeSet<String> = (0..64)
+        .map(|_| {
+            let next = pick();
+            client.report(&next, Report::success(Duration::from_millis(2)));
+            next.instance_id().to_owned()
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    client.close().await;
+    server.stop().await;
+}

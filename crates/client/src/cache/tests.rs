@@ -301,3 +301,85 @@ fn only_least_connections_counts_requests_in_flight() {
     assert!(counted.started());
     assert_eq!(counted.load().map(|l| l.in_flight()), Some(1));
 }
+
+#[test]
+fn a_local_copy_without_a_connection_decides_from_the_updates_it_is_fed() {
+    // Only the public API, as a service's own test would use it.
+    let mut copy = LocalCopy::new();
+    assert!(copy.is_empty());
+    assert_eq!(copy.revision(), 0);
+    let nothing = copy
+        .route(&RouteRequest::new("acme", "api"), 1, 1_000)
+        .expect_err("nothing held yet");
+    assert!(
+        matches!(nothing, ClientError::NotCached { .. }),
+        "{nothing}"
+    );
+
+    let mut first = update(3, true, vec![assignment("acme", "api", "v1", &["a1"])]);
+    first.partial = true;
+    assert!(
+        !copy.apply(first),
+        "a part of a revision waits for the rest"
+    );
+    assert!(copy.is_empty());
+    let last = update(
+        3,
+        true,
+        vec![assignment("globex", "api", "v2", &["b1", "b2"])],
+    );
+    assert!(copy.apply(last));
+    assert_eq!((copy.revision(), copy.len()), (3, 2));
+
+    let acme = copy
+        .route(&RouteRequest::new("acme", "api"), 1, 1_000)
+        .expect("held");
+    assert_eq!(
+        (
+            acme.version(),
+            acme.source(),
+            acme.instance_id(),
+            acme.origin()
+        ),
+        ("v1", "default", "a1", Origin::Local)
+    );
+    assert_eq!(acme.address(), "a1.internal:8080");
+    assert_eq!(acme.revision(), 3);
+    // Fixed assignments, fixed entropy: the same decision every time.
+    let keyed = RouteRequest::new("globex", "api")
+        .strategy(Strategy::ConsistentHash)
+        .hash_key("user-7");
+    let once = copy.route(&keyed, 5, 1_000).expect("held");
+    for entropy in 0..10 {
+        let again = copy.route(&keyed, entropy, 1_000).expect("held");
+        assert_eq!(again.instance_id(), once.instance_id());
+    }
+    for (tenant, service) in [("initech", "api"), ("acme", "billing")] {
+        let err = copy
+            .route(&RouteRequest::new(tenant, service), 1, 1_000)
+            .expect_err("not held");
+        assert!(
+            matches!(&err, ClientError::NotCached { tenant_id, service: s }
+                if tenant_id == tenant && s == service),
+            "{err}"
+        );
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+
+    // A change moves acme; a removal drops globex.
+    let mut change = update(4, false, vec![assignment("acme", "api", "v2", &["b1"])]);
+    change.removals.push(pb::AssignmentKey {
+        tenant_id: "globex".into(),
+        service: "api".into(),
+    });
+    assert!(copy.apply(change));
+    assert_eq!((copy.revision(), copy.len()), (4, 1));
+    let moved = copy
+        .route(&RouteRequest::new("acme", "api"), 1, 1_000)
+        .expect("held");
+    assert_eq!((moved.version(), moved.instance_id()), ("v2", "b1"));
+    assert!(matches!(
+        copy.route(&RouteRequest::new("globex", "api"), 1, 1_000),
+        Err(ClientError::NotCached { .. })
+    ));
+}

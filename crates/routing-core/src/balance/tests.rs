@@ -607,3 +607,120 @@ proptest! {
         }
     }
 }
+
+// README promises of the strategy table: `least_connections` compares in-flight per weight,
+// `health_aware` picks in proportion to weight x registered score x live score.
+
+/// An instance of `weight` whose registered health score is `score`.
+fn scored(id: &str, weight: u32, score: u8) -> Arc<Instance> {
+    let mut instance = (*instance(id, weight, "", true)).clone();
+    instance.health_score = score;
+    Arc::new(instance)
+}
+
+/// Sets a member's in-flight count.
+fn in_flight(pool: &Pool, id: &str, count: u64) {
+    let load = &pool.member(id).expect("a member").load;
+    while load.in_flight() < count {
+        load.start();
+    }
+}
+
+#[test]
+fn least_connections_compares_in_flight_per_weight_so_three_of_three_ties_one_of_one() {
+    let pool = Pool::new(
+        [
+            instance("heavy", 3, "", true),
+            instance("light", 1, "", true),
+        ],
+        None,
+    );
+    in_flight(&pool, "heavy", 3);
+    in_flight(&pool, "light", 1);
+    // 3 per 3 equals 1 per 1: a tie, which goes to the first of the two sampled; with two
+    // members that is `reduce(entropy, 2)`, so the counts follow the entropy exactly. Comparing
+    // raw counts (3 > 1) would send every request to `light`.
+    let mut rng = SplitMix(29);
+    let mut expected = SplitMix(29);
+    let mut heavy = 0;
+    for _ in 0..1_000 {
+        let first = reduce(expected.next(), 2);
+        let picked = pick(&pool, Strategy::LeastConnections, "", "", &mut rng);
+        let sampled_first = if first == 0 { "heavy" } else { "light" };
+        assert_eq!(picked, Some(sampled_first));
+        heavy += usize::from(picked == Some("heavy"));
+    }
+    assert!((400..=600).contains(&heavy), "heavy picked {heavy} of 1000");
+}
+
+#[test]
+fn least_connections_prefers_the_heavier_instance_at_equal_in_flight() {
+    let pool = Pool::new(
+        [
+            instance("heavy", 3, "", true),
+            instance("light", 1, "", true),
+        ],
+        None,
+    );
+    in_flight(&pool, "heavy", 2);
+    in_flight(&pool, "light", 2);
+    // 2 per 3 is less than 2 per 1: `heavy` whichever is sampled first.
+    let picked = counts(&pool, Strategy::LeastConnections, 500);
+    assert_eq!(picked.get("heavy"), Some(&500), "{picked:?}");
+    // Until it carries three times the load: 6 per 3 against 2 per 1 ties again, 7 loses.
+    in_flight(&pool, "heavy", 7);
+    let picked = counts(&pool, Strategy::LeastConnections, 500);
+    assert_eq!(picked.get("light"), Some(&500), "{picked:?}");
+}
+
+#[test]
+fn health_aware_picks_in_proportion_to_weight_times_registered_and_live_score() {
+    let pool = Pool::new(
+        [
+            scored("a", 1, 100),
+            scored("b", 2, 50),
+            scored("c", 3, 100),
+            scored("d", 1, 100),
+            // Registered score 0: never picked while anyone else can be.
+            scored("e", 5, 0),
+        ],
+        None,
+    );
+    pool.member("c").expect("c").load.set_live_score(50);
+    pool.member("d").expect("d").load.set_live_score(20);
+    // a 1x100x100 = 10,000; b 2x50x100 = 10,000; c 3x100x50 = 15,000; d 1x100x20 = 2,000;
+    // e 0: shares 10/37, 10/37, 15/37, 2/37. Leaving out any one factor moves some share by
+    // more than a third.
+    let picks = 100_000;
+    let picked = counts(&pool, Strategy::HealthAware, picks);
+    let total: u64 = 37_000;
+    for (id, weight) in [("a", 10_000), ("b", 10_000), ("c", 15_000), ("d", 2_000)] {
+        let expected = picks as u64 * weight / total;
+        let got = picked.get(id).copied().unwrap_or(0) as u64;
+        // The SplitMix sequence is fixed, so this either always holds or never: 1% of the
+        // picks is about 7 standard deviations of a binomial share.
+        assert!(
+            got.abs_diff(expected) <= picks as u64 / 100,
+            "{id}: {got} picks, expected {expected}: {picked:?}"
+        );
+    }
+    assert_eq!(picked.get("e"), None, "{picked:?}");
+    assert_eq!(picked.values().sum::<usize>(), picks);
+}
+
+#[test]
+fn health_aware_follows_a_live_score_change_on_the_same_pool() {
+    let pool = Pool::new([scored("a", 1, 100), scored("b", 1, 100)], None);
+    let even = counts(&pool, Strategy::HealthAware, 10_000);
+    let a = even.get("a").copied().unwrap_or(0);
+    assert!((4_500..=5_500).contains(&a), "{even:?}");
+    // Outcome reports lower a's live score to 25: a gets 25/125 of the picks.
+    pool.member("a").expect("a").load.set_live_score(25);
+    let after = counts(&pool, Strategy::HealthAware, 10_000);
+    let a = after.get("a").copied().unwrap_or(0);
+    assert!((1_700..=2_300).contains(&a), "{after:?}");
+    // A live score of 0 takes it out of health_aware picks entirely.
+    pool.member("a").expect("a").load.set_live_score(0);
+    let gone = counts(&pool, Strategy::HealthAware, 1_000);
+    assert_eq!(gone.get("b"), Some(&1_000), "{gone:?}");
+}
