@@ -243,6 +243,10 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SetTenantVersionResponse>, Status> {
         let actor = Actor::from_metadata(request.metadata())?;
         let request = request.into_inner();
+        if request.migrate {
+            // Asking for a migration on a router that cannot run one is refused, not ignored.
+            self.schemas()?;
+        }
         if let Some(schemas) = &self.schemas {
             let state = self.replica.current();
             if let Some(tenant) = state.tenant(&request.tenant_id)

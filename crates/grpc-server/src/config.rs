@@ -426,6 +426,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("GREYROUTER_WATCH_HISTORY", "watch.history"),
     ("GREYROUTER_WATCH_HISTORY_BYTES", "watch.history_bytes"),
     ("GREYROUTER_REDIS_PREFIX", "redis.prefix"),
+    ("GREYROUTER_SCHEMA_DATABASE_URL", "schema.database_url"),
+    ("GREYROUTER_SCHEMA_MIGRATIONS", "schema.migrations"),
     (
         "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS",
         "redis.command_timeout_ms",

@@ -334,6 +334,9 @@ fn memory_bytes(message: &pb::AssignmentUpdate) -> usize {
             .sum::<usize>()
 }
 
+/// How a watch stream ends when the server shuts down.
+const SHUTTING_DOWN: &str = "server is shutting down; resume on another router";
+
 /// Changes a watcher takes from the history at once.
 const REPLAY_BATCH: usize = 16;
 
@@ -350,6 +353,9 @@ type Queued = (pb::AssignmentUpdate, OwnedSemaphorePermit);
 struct UpdateStream {
     receiver: mpsc::Receiver<Queued>,
     closing: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// Whether the server is shutting down, read when the watcher's task has ended (it may have
+    /// ended for that reason before the `closing` future was polled).
+    shutting_down: tokio::sync::watch::Receiver<bool>,
     done: bool,
 }
 
@@ -360,6 +366,7 @@ impl UpdateStream {
     ) -> Self {
         UpdateStream {
             receiver,
+            shutting_down: closing.clone(),
             closing: Box::pin(async move {
                 // A dropped sender means the server is gone: treat it as closing too.
                 let _ = closing.wait_for(|closing| *closing).await;
@@ -382,18 +389,19 @@ impl Stream for UpdateStream {
         }
         if self.closing.as_mut().poll(cx).is_ready() {
             self.done = true;
-            return Poll::Ready(Some(Err(Status::unavailable(
-                "server is shutting down; resume on another router",
-            ))));
+            return Poll::Ready(Some(Err(Status::unavailable(SHUTTING_DOWN))));
         }
         match self.receiver.poll_recv(cx) {
             // The permit is released here: the update now belongs to the transport.
             Poll::Ready(Some((update, _permit))) => Poll::Ready(Some(Ok(update))),
             Poll::Ready(None) => {
                 self.done = true;
-                Poll::Ready(Some(Err(Status::unavailable(
-                    "this router stopped following changes; resume on another router",
-                ))))
+                let message = if *self.shutting_down.borrow() {
+                    SHUTTING_DOWN
+                } else {
+                    "this router stopped following changes; resume on another router"
+                };
+                Poll::Ready(Some(Err(Status::unavailable(message))))
             }
             Poll::Pending => Poll::Pending,
         }

@@ -102,15 +102,27 @@ async fn rollout(admin: &mut AdminClient<Channel>) -> pb::Rollout {
         .expect("rollout")
 }
 
-/// Polls the rollout until its phase is `phase` (the test deadline applies).
+/// Polls the rollout until its phase is `phase` (the test deadline applies). A replica that has
+/// not yet applied the rollout's start answers `NOT_FOUND` meanwhile.
 async fn await_phase(admin: &mut AdminClient<Channel>, phase: &str) -> pb::Rollout {
     within(async {
         loop {
-            let current = rollout(admin).await;
-            if current.phase == phase {
-                return current;
+            let answer = admin
+                .get_rollout(pb::GetRolloutRequest {
+                    service: "api".into(),
+                    id: "r1".into(),
+                })
+                .await;
+            match answer {
+                Ok(answer) => {
+                    let current = answer.into_inner().rollout.expect("rollout");
+                    if current.phase == phase {
+                        return current;
+                    }
+                }
+                Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}"),
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })
     .await

@@ -210,7 +210,7 @@ async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
 /// timeout before failing, and writes issued while it restarted blocked, then succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_fail_at_once_while_redis_is_known_to_be_down() {
-    let mut server = RedisServer::start();
+    let server = RedisServer::start();
     // The default command timeout (2 s): a write that waits for it is easy to tell apart.
     let config = RedisConfig::new(server.url());
     let timeout = config.command_timeout;
@@ -218,7 +218,9 @@ async fn writes_fail_at_once_while_redis_is_known_to_be_down() {
     populate(&store).await;
     let base = store.load().await.expect("load");
 
-    server.kill();
+    // A Redis that stops answering (the process is stopped: its port stays its own, so no
+    // other test's server can take it over while the test runs).
+    server.pause();
     // Once a first write has failed, the store knows Redis is down.
     let first = store
         .commit(&base, pin("t0", "v2"), ChangeMeta::default())
@@ -246,10 +248,12 @@ async fn writes_fail_at_once_while_redis_is_known_to_be_down() {
     }
     assert!(store.ping().await.is_err(), "health follows the link");
 
-    server.restart();
-    // The same client works again once Redis answers (the restarted server kept no data).
+    server.resume();
+    // The same client works again once Redis answers. The first write, sent before the outage
+    // was known and answered UNAVAILABLE, may have been applied when Redis resumed (as the
+    // README warns); the writes refused at once were never sent.
     let revision = commit_eventually(&store, tenant("after-restart")).await;
-    assert_eq!(revision, 1);
+    assert!((5..=6).contains(&revision), "revision {revision}");
     store.ping().await.expect("ping after recovery");
 }
 

@@ -384,75 +384,225 @@ async fn a_migration_failing_half_way_rolls_back_that_tenant_only() {
     );
 }
 
-/// One migration that takes a second, so that two migrators overlap.
-fn slow_migration() -> Arc<Catalog> {
+// Gates: advisory locks with two `int4` keys, `(7777, n)`, that a test holds; a gated migration
+// waits for one (`pg_advisory_xact_lock_shared`), so the test decides when it ends and sees in
+// `pg_locks` that it runs.
+
+/// One migration that waits at the gate `(7777, 1)` before creating its table.
+fn gated_migration() -> Arc<Catalog> {
     catalog(
         &[(
-            "0001_slow.up.sql",
-            "SELECT pg_sleep(1);\nCREATE TABLE slow (id int);\n",
+            "0001_gated.up.sql",
+            "SELECT pg_advisory_xact_lock_shared(7777, 1);\nCREATE TABLE gated (id int);\n",
         )],
         "\"v1\" = 1\n",
     )
+}
+
+/// Polls `query` (one `bigint` column) until it returns at least `at_least` rows, and returns
+/// them; panics with what it last saw after the deadline. No fixed sleep: it waits for the
+/// event, however slow the machine.
+async fn await_rows(
+    sql: &tokio_postgres::Client,
+    what: &str,
+    query: &str,
+    at_least: usize,
+) -> Vec<i64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<i64> = sql
+            .query(query, &[])
+            .await
+            .expect("poll the server")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if rows.len() >= at_least {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: saw {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until at least `at_least` migrations of this database wait at a gate; returns the
+/// gates they wait at (the `n` of `(7777, n)`), in order.
+async fn await_gate_waiters(sql: &tokio_postgres::Client, at_least: usize) -> Vec<i64> {
+    await_rows(
+        sql,
+        &format!("{at_least} migration(s) waiting at a gate"),
+        "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = 7777 \
+         AND objsubid = 2 AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY objid",
+        at_least,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_migrators_of_one_tenant_never_both_apply() {
     let db = PostgresDatabase::create();
     let sql = client(&db).await;
+    let gate = client(&db).await;
+    gate.execute("SELECT pg_advisory_lock(7777, 1)", &[])
+        .await
+        .expect("close the gate");
 
-    // Waiting: the second one finds nothing left to do.
-    let first = migrator(slow_migration(), &db, options());
-    let second = migrator(slow_migration(), &db, options());
-    let tenant_a = tenant("a");
-    let (one, two) = tokio::join!(
-        first.migrate(&tenant_a, SERVICE, 1, &ignore),
-        second.migrate(&tenant_a, SERVICE, 1, &ignore)
+    // Waiting: the first migrator holds tenant a's lock (its migration waits at the gate) when
+    // the second asks for it; the second waits, then finds nothing left to do.
+    let first = migrator(gated_migration(), &db, options());
+    let second = Migrator::new(
+        gated_migration(),
+        Arc::new(Templates {
+            url: format!("{}?application_name=second-migrator", db.url()),
+            schema: "tenant_{tenant}".to_owned(),
+        }),
+        options(),
     );
+    let running = tokio::spawn({
+        let first = first.clone();
+        async move { first.migrate(&tenant("a"), SERVICE, 1, &ignore).await }
+    });
+    assert_eq!(await_gate_waiters(&sql, 1).await, vec![1]);
+    let waiting =
+        tokio::spawn(async move { second.migrate(&tenant("a"), SERVICE, 1, &ignore).await });
+    await_rows(
+        &sql,
+        "the second migrator to try tenant a's lock",
+        "SELECT pid::bigint FROM pg_stat_activity WHERE application_name = 'second-migrator' \
+         AND query LIKE '%pg_try_advisory_lock%' AND datname = current_database()",
+        1,
+    )
+    .await;
+    gate.execute("SELECT pg_advisory_unlock(7777, 1)", &[])
+        .await
+        .expect("open the gate");
+    let one = running.await.expect("first task");
+    let two = waiting.await.expect("second task");
     assert_eq!(one.expect("first").current, 1);
     assert_eq!(two.expect("second").current, 1);
     assert_eq!(history(&sql, "tenant_a").await, vec![up(1)]);
 
-    // Not waiting: the second one is refused.
-    let impatient = MigratorOptions {
-        lock_timeout: Duration::ZERO,
-        ..options()
-    };
-    let first = migrator(slow_migration(), &db, impatient.clone());
-    let second = migrator(slow_migration(), &db, impatient);
-    let tenant_b = tenant("b");
-    let (one, two) = tokio::join!(
-        first.migrate(&tenant_b, SERVICE, 1, &ignore),
-        second.migrate(&tenant_b, SERVICE, 1, &ignore)
+    // Not waiting: while the first migrator holds tenant b's lock, the second is refused.
+    gate.execute("SELECT pg_advisory_lock(7777, 1)", &[])
+        .await
+        .expect("close the gate");
+    let impatient = migrator(
+        gated_migration(),
+        &db,
+        MigratorOptions {
+            lock_timeout: Duration::ZERO,
+            ..options()
+        },
     );
-    let outcomes = [one, two];
-    let busy = outcomes
-        .iter()
-        .filter(
-            |outcome| matches!(outcome, Err(SchemaError::Busy { tenant_id }) if tenant_id == "b"),
-        )
-        .count();
-    let done = outcomes
-        .iter()
-        .filter(|outcome| matches!(outcome, Ok(schema) if schema.current == 1))
-        .count();
-    assert_eq!((busy, done), (1, 1), "{outcomes:?}");
+    let running = tokio::spawn({
+        let first = first.clone();
+        async move { first.migrate(&tenant("b"), SERVICE, 1, &ignore).await }
+    });
+    assert_eq!(await_gate_waiters(&sql, 1).await, vec![1]);
+    let refused = impatient.migrate(&tenant("b"), SERVICE, 1, &ignore).await;
     assert_eq!(
-        outcomes
-            .iter()
-            .find_map(|outcome| outcome.as_ref().err())
-            .map(ToString::to_string)
-            .as_deref(),
-        Some("tenant b is being migrated by another migrator; try again later")
+        refused,
+        Err(SchemaError::Busy {
+            tenant_id: "b".to_owned()
+        })
+    );
+    assert_eq!(
+        refused.expect_err("busy").to_string(),
+        "tenant b is being migrated by another migrator; try again later"
+    );
+    gate.execute("SELECT pg_advisory_unlock(7777, 1)", &[])
+        .await
+        .expect("open the gate");
+    assert_eq!(
+        running.await.expect("first task").expect("first").current,
+        1
     );
     assert_eq!(history(&sql, "tenant_b").await, vec![up(1)]);
 
-    // The lock was released: the tenant can be migrated again right away.
-    let schema = first
-        .migrate(&tenant_b, SERVICE, 1, &ignore)
+    // The lock was released: the tenant can be migrated again right away, even impatiently.
+    let schema = impatient
+        .migrate(&tenant("b"), SERVICE, 1, &ignore)
         .await
         .expect("the lock is free");
     assert_eq!(schema.current, 1);
     assert_eq!(history(&sql, "tenant_b").await, vec![up(1)]);
+}
+
+/// README: "At most `max_concurrent_upgrades` tenants at once". Each tenant's migration waits at
+/// its own gate `(7777, n)` (n from its schema `tenant_t_n`), so the test sees from PostgreSQL
+/// which tenants are migrating, and lets them finish one at a time: whenever it looks, at most
+/// the limit are, and as many as the limit once enough are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_many_never_runs_more_than_max_concurrent_tenants_at_once() {
+    const TENANTS: usize = 6;
+    const LIMIT: usize = 2;
+    let db = PostgresDatabase::create();
+    let sql = client(&db).await;
+    let gate = client(&db).await;
+    for n in 0..TENANTS as i32 {
+        gate.execute("SELECT pg_advisory_lock(7777, $1)", &[&n])
+            .await
+            .expect("close a gate");
+    }
+    let gated = catalog(
+        &[(
+            "0001_gated.up.sql",
+            "SELECT pg_advisory_xact_lock_shared(7777, split_part(current_schema(), '_', 3)::int);\n\
+             CREATE TABLE gated (id int);\n",
+        )],
+        "",
+    );
+    let migrator = migrator(
+        gated,
+        &db,
+        MigratorOptions {
+            max_concurrent: LIMIT,
+            ..options()
+        },
+    );
+    let tenants: Vec<Tenant> = (0..TENANTS).map(|n| tenant(&format!("t-{n}"))).collect();
+    let run = tokio::spawn(async move {
+        migrator
+            .migrate_many(tenants, SERVICE, 1, Arc::new(ignore))
+            .await
+    });
+
+    let mut released = BTreeSet::new();
+    while released.len() < TENANTS {
+        let expected = LIMIT.min(TENANTS - released.len());
+        let migrating = await_gate_waiters(&sql, expected).await;
+        assert!(
+            migrating.len() <= LIMIT,
+            "{} tenants migrate at once with max_concurrent {LIMIT}: gates {migrating:?}",
+            migrating.len()
+        );
+        assert!(
+            migrating.iter().all(|n| !released.contains(n)),
+            "{migrating:?}"
+        );
+        let next = migrating[0];
+        let opened: bool = gate
+            .query_one(
+                "SELECT pg_advisory_unlock(7777, $1)",
+                &[&i32::try_from(next).expect("a gate")],
+            )
+            .await
+            .expect("open a gate")
+            .get(0);
+        assert!(opened, "gate {next} was closed");
+        released.insert(next);
+    }
+    let outcomes = run.await.expect("migrate_many");
+    assert_eq!(outcomes.len(), TENANTS);
+    for (tenant_id, outcome) in &outcomes {
+        assert_eq!(outcome.as_ref().map(|s| s.current), Ok(1), "{tenant_id}");
+    }
+    assert_eq!(released, (0..TENANTS as i64).collect::<BTreeSet<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -682,6 +682,17 @@ impl PostgresDatabase {
         PostgresDatabase { name }
     }
 
+    /// Creates a fresh, empty database named `name`, dropped like the others: for a database
+    /// per tenant, name them after one from [`PostgresDatabase::create`] (`<its name>_<tenant>`)
+    /// and configure `<its url>_{tenant}`.
+    pub fn create_named(name: &str) -> PostgresDatabase {
+        postgres_admin(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap_or_else(|why| panic!("cannot create the test database {name}: {why}"));
+        PostgresDatabase {
+            name: name.to_owned(),
+        }
+    }
+
     /// Returns the database's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -708,6 +719,50 @@ impl Drop for PostgresDatabase {
         if let Err(why) = postgres_admin(&drop) {
             eprintln!("cannot drop the test database {}: {why}", self.name);
         }
+    }
+}
+
+/// A session kept open on a test database: `psql` reading statements from a pipe, for a test
+/// that holds something across calls (an advisory lock as a gate that migrations wait at).
+///
+/// Statements run in order but asynchronously: wait for their effect (in `pg_locks`, say) with
+/// [`PostgresDatabase::psql`] before relying on it. The session ends when the value is dropped.
+pub struct PostgresSession {
+    child: Child,
+}
+
+impl PostgresSession {
+    /// Opens a session on `database`.
+    pub fn open(database: &PostgresDatabase) -> PostgresSession {
+        let child = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t"])
+            .args(["-h", POSTGRES_HOST, "-p", &POSTGRES_PORT.to_string()])
+            .args(["-U", POSTGRES_USER, "-d", database.name()])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot run psql (install Debian's postgresql-client package): {err}")
+            });
+        PostgresSession { child }
+    }
+
+    /// Sends one statement (or several, each ending with `;`) to the session.
+    pub fn send(&mut self, sql: &str) {
+        let stdin = self.child.stdin.as_mut().expect("psql's stdin");
+        stdin
+            .write_all(format!("{sql}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("send a statement to psql");
+    }
+}
+
+impl Drop for PostgresSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
