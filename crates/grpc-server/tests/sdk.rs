@@ -478,7 +478,6 @@ async fn bad_settings_are_refused_with_the_setting_named() {
         .await
         .expect_err("nobody answers");
     assert_eq!(waited.code(), tonic::Code::DeadlineExceeded);
-    let _ = Strategy::RoundRobin;
 }
 
 /// The README's example (`examples/rust/route_locally.rs`), compiled into this test: its `main`
