@@ -336,3 +336,52 @@ async fn live_health_scores_from_outcome_reports_change_health_aware_picks() {
     assert!((50..=150).contains(&a1), "{recovering:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_trimmed_stream_loads_a_snapshot() {
+    use std::sync::Arc;
+
+    use greyrouter::audit::Actor;
+    use greyrouter::replica::Replica;
+    use greyrouter_store::Store;
+    use redis_store::{RedisConfig, RedisStore};
+
+    let redis = RedisServer::start();
+    let mut config = RedisConfig::new(redis.url());
+    config.stream_max_len = 100;
+    let writer: Arc<dyn Store> =
+        Arc::new(RedisStore::connect(config.clone()).await.expect("connect"));
+    let writing = Replica::load(Arc::clone(&writer), 16, 1 << 20)
+        .await
+        .expect("load");
+    tokio::spawn(Arc::clone(&writing).follow());
+    // A replica that loaded the empty store and then did not follow while 600 changes were
+    // made: the stream keeps only about the last 100.
+    let lagging_store: Arc<dyn Store> =
+        Arc::new(RedisStore::connect(config).await.expect("connect"));
+    let lagging = Replica::load(lagging_store, 16, 1 << 20)
+        .await
+        .expect("load");
+    let actor = Actor::system("test", "");
+    for i in 0..600 {
+        writing
+            .commit(greyrouter_store::suite::tenant(&format!("t{i:03}")), &actor)
+            .await
+            .expect("commit");
+    }
+    let oldest = redis.command(&["XRANGE", "{greyrouter}:changes", "-", "+", "COUNT", "1"]);
+    assert!(
+        !oldest.contains("\n1-0\r"),
+        "the stream was trimmed: {oldest}"
+    );
+    // Following now, it finds its next change gone and loads a snapshot instead.
+    let mut revisions = lagging.subscribe();
+    tokio::spawn(Arc::clone(&lagging).follow());
+    support::within(revisions.wait_for(|&revision| revision >= 600))
+        .await
+        .expect("caught up");
+    let state = lagging.current();
+    assert_eq!(state.revision(), 600);
+    assert_eq!(state.tenant_count(), 600);
+    assert!(state.tenant("t000").is_some() && state.tenant("t599").is_some());
+}
