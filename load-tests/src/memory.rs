@@ -102,7 +102,7 @@ impl fmt::Display for Scenario {
     }
 }
 
-/// What to measure; the defaults are the sizes of the hardening issue.
+/// What to measure; the defaults are the sizes of the hostile-input review.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
     /// Server URI, e.g. `http://127.0.0.1:50051`.

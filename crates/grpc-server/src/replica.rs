@@ -1034,7 +1034,7 @@ mod tests {
         store
     }
 
-    /// Regression (hardening item 13): a commit that met a store behind this router waited
+    /// Regression: a commit that met a store behind this router waited
     /// for the router to "catch up" with a revision it already had (up to 5 s per attempt),
     /// then failed saying it had not caught up.
     #[tokio::test]
@@ -1079,7 +1079,7 @@ mod tests {
         assert!(matches!(replica.changes_after(1), Replay::Gone));
     }
 
-    /// Regression (hardening item 13): a commit retried after conflicts could wait 5 s per
+    /// Regression: a commit retried after conflicts could wait 5 s per
     /// attempt for this replica to catch up, far past the store's command timeout.
     #[tokio::test]
     async fn a_commit_gives_up_within_twice_the_store_write_timeout() {

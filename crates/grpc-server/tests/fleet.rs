@@ -439,7 +439,7 @@ fn admin_health(server: &TestServer) -> impl std::future::Future<Output = i32> +
     }
 }
 
-/// Regression (hardening item 10): the guard against a Redis that comes back empty covered only
+/// Regression: the guard against a Redis that comes back empty covered only
 /// revision 0; one write to the emptied Redis (a fresh router applying its seed) gave it a
 /// revision, and the whole fleet adopted that near-empty state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,7 +546,7 @@ async fn an_emptied_redis_written_to_again_is_adopted_only_when_an_operator_says
     fresh.stop().await;
 }
 
-/// Regression (hardening item 11): after the store went back in time (a failover that lost
+/// Regression: after the store went back in time (a failover that lost
 /// acknowledged changes, whose revisions are then reused), open watch streams got neither a
 /// snapshot nor the replacing changes, and a client resuming with its old (history, revision)
 /// could be replayed different changes.

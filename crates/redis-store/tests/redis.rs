@@ -206,7 +206,7 @@ async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
     store.ping().await.expect("ping after recovery");
 }
 
-/// Regression (hardening item 8): while Redis was down, every write waited the whole command
+/// Regression: while Redis was down, every write waited the whole command
 /// timeout before failing, and writes issued while it restarted blocked, then succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_fail_at_once_while_redis_is_known_to_be_down() {

@@ -233,7 +233,7 @@ fn pick_at<'p>(
 
 #[test]
 fn an_ejected_instance_alone_in_its_region_fails_over_to_another_region() {
-    // The hardening issue's case: a tenant's region holds one instance, ejected, while a healthy
+    // The case found by the hostile-input review: a tenant's region holds one instance, ejected, while a healthy
     // instance exists elsewhere. The old pick ignored the ejection (panic mode within the region).
     let pool = Pool::new(
         [
