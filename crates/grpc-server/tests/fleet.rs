@@ -122,19 +122,12 @@ async fn racing_compare_and_set_on_two_replicas_has_one_winner() {
         .await
         .expect("route")
         .revision;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while replicas[1]
-        .route("t19", "api")
-        .await
-        .map_or(0, |routed| routed.revision)
-        < populated
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replica B never caught up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let b = &mut replicas[1];
+    support::eventually("replica B to catch up", async || {
+        let routed = b.route("t19", "api").await.ok()?;
+        (routed.revision >= populated).then_some(())
+    })
+    .await;
     let set = |tenant: String| pb::SetTenantVersionRequest {
         tenant_id: tenant,
         service: "api".into(),
@@ -266,14 +259,10 @@ async fn an_emptied_redis_does_not_empty_the_routing_table() {
     redis.command(&["FLUSHALL"]);
     // Once the replica has noticed (its Admin health says so) ...
     let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while admin_health(&replicas[0]).await != not_serving {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replica never noticed the emptied store"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    support::eventually("the replica to notice the emptied store", async || {
+        (admin_health(&replicas[0]).await == not_serving).then_some(())
+    })
+    .await;
     // ... it still routes from its last state rather than from the empty store.
     for _ in 0..20 {
         let routed = replicas[0].route("t1", "api").await;

@@ -105,24 +105,20 @@ async fn rollout(admin: &mut AdminClient<Channel>) -> pb::Rollout {
 /// Polls the rollout until its phase is `phase` (the test deadline applies). A replica that has
 /// not yet applied the rollout's start answers `NOT_FOUND` meanwhile.
 async fn await_phase(admin: &mut AdminClient<Channel>, phase: &str) -> pb::Rollout {
-    within(async {
-        loop {
-            let answer = admin
-                .get_rollout(pb::GetRolloutRequest {
-                    service: "api".into(),
-                    id: "r1".into(),
-                })
-                .await;
-            match answer {
-                Ok(answer) => {
-                    let current = answer.into_inner().rollout.expect("rollout");
-                    if current.phase == phase {
-                        return current;
-                    }
-                }
-                Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}"),
+    support::eventually(&format!("the rollout to be {phase}"), async || {
+        let answer = admin
+            .get_rollout(pb::GetRolloutRequest {
+                service: "api".into(),
+                id: "r1".into(),
+            })
+            .await;
+        match answer {
+            Ok(answer) => Some(answer.into_inner().rollout.expect("rollout"))
+                .filter(|current| current.phase == phase),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+                None
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })
     .await

@@ -215,6 +215,25 @@ pub async fn within<F: Future>(future: F) -> F::Output {
         .expect("deadline passed")
 }
 
+/// Polls `check` until it answers `Some`, within the test deadline (for what no event tells);
+/// the pause between polls grows from 5 ms to 100 ms.
+#[allow(dead_code)]
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// How long a `greyrouter serve` process may take to print its "listening on" line.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
 
