@@ -19,7 +19,8 @@
 #
 # Usage (from the repository root): load-tests/compare.sh
 # Settings (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4),
-# TENANTS (10000), SERVICES (20), INSTANCES (4), BATCH_SIZE (100).
+# TENANTS (10000), SERVICES (20), INSTANCES (4), BATCH_SIZE (100), BIN_DIR (build here when
+# unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +34,14 @@ SERVICES="${SERVICES:-20}"
 INSTANCES="${INSTANCES:-4}"
 BATCH_SIZE="${BATCH_SIZE:-100}"
 
-cargo build --release --locked -q -p greyrouter -p greyrouter-load >&2
-bin="$CARGO_TARGET_DIR/release"
+# BIN_DIR: take greyrouter and greyrouter-load from there instead of building them (to compare
+# two builds of the product side by side, e.g. before and after a change).
+if [ -n "${BIN_DIR:-}" ]; then
+  bin="$BIN_DIR"
+else
+  cargo build --release --locked -q -p greyrouter -p greyrouter-load >&2
+  bin="$CARGO_TARGET_DIR/release"
+fi
 
 work=$(mktemp -d)
 server_pid=""

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use greyrouter_proto::v1 as pb;
-use routing_core::balance::{InstanceLoad, Member, Members, PickRequest, Pool};
+use routing_core::balance::{Member, Members, PickRequest, Pool};
 use routing_core::{Instance, Strategy};
 
 use crate::ClientError;
@@ -143,7 +143,8 @@ pub struct Decision {
     assignment: Arc<Assignment>,
     /// The picked member's position in the assignment's pool.
     member: usize,
-    /// Whether the pick counted an in-flight request (`least_connections`) that the report ends.
+    /// Whether the pick counted an in-flight request (`least_connections`) that the report ends
+    /// (a count that no report ends decays, see `routing_core::balance::InstanceLoad`).
     started: bool,
     revision: u64,
     origin: Origin,
@@ -200,9 +201,15 @@ impl Decision {
         self.origin
     }
 
+    /// The locally picked member (instance and live load).
+    pub(crate) fn member(&self) -> Option<&Member> {
+        (self.origin == Origin::Local).then(|| member(&self.assignment.pool, self.member))
+    }
+
     /// The live load of a locally picked instance.
-    pub(crate) fn load(&self) -> Option<&Arc<InstanceLoad>> {
-        (self.origin == Origin::Local).then(|| &member(&self.assignment.pool, self.member).load)
+    #[cfg(test)]
+    pub(crate) fn load(&self) -> Option<&Arc<routing_core::balance::InstanceLoad>> {
+        self.member().map(|member| &member.load)
     }
 
     /// Whether the pick counted an in-flight request.
@@ -299,9 +306,11 @@ impl Cache {
             });
         };
         // Only least_connections reads in-flight counts: other picks skip the shared counter.
+        // A start the caller never reports stops counting after IN_FLIGHT_TIMEOUT_MS to twice
+        // that (see `InstanceLoad`).
         let started = pick.strategy == Strategy::LeastConnections;
         if started {
-            member(&assignment.pool, position).load.start();
+            member(&assignment.pool, position).load.start(now_ms);
         }
         Ok(Decision {
             tenant_id: Arc::clone(tenant_id),
@@ -613,26 +622,10 @@ fn service_index_or_new(services: &mut Arc<Vec<(String, usize)>>, service: &str)
 /// The routing-core strategy of a proto value; round robin for values this client does not know
 /// (a newer router's strategy).
 fn strategy(value: i32) -> Strategy {
-    match pb::Strategy::try_from(value) {
-        Ok(pb::Strategy::Random) => Strategy::Random,
-        Ok(pb::Strategy::WeightedRoundRobin) => Strategy::WeightedRoundRobin,
-        Ok(pb::Strategy::LeastConnections) => Strategy::LeastConnections,
-        Ok(pb::Strategy::HealthAware) => Strategy::HealthAware,
-        Ok(pb::Strategy::ConsistentHash) => Strategy::ConsistentHash,
-        Ok(pb::Strategy::RoundRobin | pb::Strategy::Unspecified) | Err(_) => Strategy::RoundRobin,
-    }
-}
-
-/// Returns the proto value of a strategy.
-pub(crate) fn strategy_to_proto(strategy: Strategy) -> pb::Strategy {
-    match strategy {
-        Strategy::RoundRobin => pb::Strategy::RoundRobin,
-        Strategy::Random => pb::Strategy::Random,
-        Strategy::WeightedRoundRobin => pb::Strategy::WeightedRoundRobin,
-        Strategy::LeastConnections => pb::Strategy::LeastConnections,
-        Strategy::HealthAware => pb::Strategy::HealthAware,
-        Strategy::ConsistentHash => pb::Strategy::ConsistentHash,
-    }
+    greyrouter_proto::domain::strategy("strategy", value)
+        .ok()
+        .flatten()
+        .unwrap_or(Strategy::RoundRobin)
 }
 
 /// A local copy of assignments built from `WatchAssignments` updates, without a connection: what

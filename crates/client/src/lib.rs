@@ -9,10 +9,12 @@
 //! applied, or takes a fresh snapshot when the router cannot replay that far; meanwhile it keeps
 //! deciding from the copy it holds.
 //!
-//! Outcomes of calls ([`Client::report`]) end the instance's in-flight count (for
-//! `least_connections`), feed the client's own outlier ejection (an instance that keeps failing
-//! is left alone for a while) and are sent to the routers in batches, where they drive canary
-//! analysis and the routers' ejections. [`Client::call_idempotent`] does all of it around a call
+//! Outcomes of calls ([`Client::report`]) end the instance's in-flight count (kept for
+//! `least_connections` decisions only; a decision never reported stops counting after 30 to 60
+//! seconds, see [`IN_FLIGHT_TIMEOUT_MS`](routing_core::balance::IN_FLIGHT_TIMEOUT_MS)), feed the
+//! client's own outlier ejection (an instance that keeps failing is left alone for a while) and
+//! are sent to the routers in batches, where they drive canary analysis and the routers'
+//! ejections. [`Client::call_idempotent`] does all of it around a call
 //! and retries a failed idempotent call on another instance.
 //!
 //! ```no_run
@@ -36,10 +38,7 @@ mod error;
 mod follow;
 mod reports;
 
-use std::cell::Cell;
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,7 +46,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_client::RouterClient;
-use routing_core::ejection::{InstanceHealth, may_eject};
+use routing_core::ejection::EjectionBook;
+use routing_core::hash::entropy;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
 
@@ -82,7 +82,7 @@ struct Shared {
     status_changed: watch::Sender<u64>,
     counters: Counters,
     /// Outcomes per (service, instance id), for the client's own ejections.
-    health: Mutex<HashMap<(String, String), InstanceHealth>>,
+    health: Mutex<EjectionBook>,
     /// Milliseconds since the Unix epoch, renewed every [`CLOCK_TICK`]: decisions read it
     /// instead of the system clock (ejections last seconds; a read of the clock costs more than
     /// the rest of a decision).
@@ -208,7 +208,7 @@ impl Client {
             cache: ArcSwap::from_pointee(Cache::default()),
             status_changed: watch::Sender::new(0),
             counters: Counters::default(),
-            health: Mutex::new(HashMap::new()),
+            health: Mutex::new(EjectionBook::new()),
             clock_ms: AtomicU64::new(now_ms()),
         });
         let mut tasks = vec![
@@ -327,7 +327,7 @@ impl Client {
             region: request.region.to_owned(),
             strategy: request
                 .strategy
-                .map_or(pb::Strategy::Unspecified, cache::strategy_to_proto)
+                .map_or(pb::Strategy::Unspecified, pb::Strategy::from)
                 .into(),
         });
         let response = tokio::time::timeout(self.shared.config.request_timeout, call)
@@ -356,43 +356,38 @@ impl Client {
     /// counted.
     pub fn report(&self, decision: &Decision, report: Report) {
         let latency_ms = u32::try_from(report.latency.as_millis()).unwrap_or(u32::MAX);
-        if let (Some(load), Some(pool)) = (decision.load(), decision.pool()) {
-            if decision.started() {
-                load.finish();
-            }
+        if let (Some(member), Some(pool)) = (decision.member(), decision.pool()) {
             let now = self.shared.now_ms();
-            let policy = &self.shared.config.ejection;
-            let mut health = self
+            if decision.started() {
+                member.load.finish(now);
+            }
+            let ejection = self
                 .shared
                 .health
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let instance = health
-                .entry((
-                    decision.service().to_owned(),
-                    decision.instance_id().to_owned(),
-                ))
-                .or_insert_with(|| InstanceHealth::new(policy));
-            if instance.record(policy, now, report.success, latency_ms) {
-                let members = pool.members();
-                let ejected = members.iter().filter(|m| m.load.is_ejected(now)).count();
-                if may_eject(ejected, members.len(), policy) {
-                    let until = instance.eject(policy, now);
-                    load.eject_until(until);
-                    self.shared
-                        .counters
-                        .ejections
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.shared.status_changed();
-                    tracing::info!(
-                        service = decision.service(),
-                        instance = decision.instance_id(),
-                        until_ms = until,
-                        "instance ejected by this client"
-                    );
-                }
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(
+                    &self.shared.config.ejection,
+                    pool,
+                    member,
+                    report.success,
+                    latency_ms,
+                    now,
+                );
+            if let Some(ejection) = ejection {
+                self.shared
+                    .counters
+                    .ejections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.status_changed();
+                tracing::info!(
+                    service = decision.service(),
+                    instance = decision.instance_id(),
+                    until_ms = ejection.until_ms,
+                    times = ejection.times,
+                    "instance ejected by this client"
+                );
             }
-            load.set_live_score(instance.health_score(now));
         }
         let queue = self
             .lifetime
@@ -530,19 +525,6 @@ impl Client {
             let _ = task.await;
         }
     }
-}
-
-thread_local! {
-    static ENTROPY: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64));
-}
-
-/// Returns a fresh random value (splitmix64 over a per-thread seed).
-fn entropy() -> u64 {
-    ENTROPY.with(|state| {
-        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(next);
-        routing_core::hash::fmix64(next)
-    })
 }
 
 /// Renews the client's clock until the client closes.

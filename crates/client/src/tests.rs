@@ -121,16 +121,16 @@ async fn report_ends_the_in_flight_count_of_a_least_connections_pick() {
     let counted = RouteRequest::new("acme", "api").strategy(Strategy::LeastConnections);
     let first = client.route_local(&counted).expect("held");
     let load = Arc::clone(first.load().expect("a local pick"));
-    assert_eq!(load.in_flight(), 1);
+    assert_eq!(load.in_flight(client.shared.now_ms()), 1);
     // The other instance is idle: the next pick goes there, and each has one in flight.
     let other = client.route_local(&counted).expect("held");
     assert_ne!(other.instance_id(), first.instance_id());
     // A round-robin decision on the same instance counted nothing, so its report ends nothing.
     let plain = decision_on(&client, first.instance_id());
     client.report(&plain, success());
-    assert_eq!(load.in_flight(), 1);
+    assert_eq!(load.in_flight(client.shared.now_ms()), 1);
     client.report(&first, success());
-    assert_eq!(load.in_flight(), 0);
+    assert_eq!(load.in_flight(client.shared.now_ms()), 0);
     // Through the strategy: the instance whose request was reported is the less loaded, so
     // every pick goes to it while each pick is reported (a count that did not come down would
     // send every other pick to the other instance).
@@ -139,9 +139,12 @@ async fn report_ends_the_in_flight_count_of_a_least_connections_pick() {
         assert_eq!(held.instance_id(), first.instance_id());
         client.report(&held, success());
     }
-    assert_eq!(load.in_flight(), 0);
+    assert_eq!(load.in_flight(client.shared.now_ms()), 0);
     client.report(&other, failure());
-    assert_eq!(other.load().map(|l| l.in_flight()), Some(0));
+    assert_eq!(
+        other.load().map(|l| l.in_flight(client.shared.now_ms())),
+        Some(0)
+    );
 }
 
 #[tokio::test]

@@ -1,92 +1,59 @@
-//! The `Router` service: `Route` and `WatchAssignments`.
+//! The `Router` service: `Route`, `RouteBatch`, outcome reports and `WatchAssignments`.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use control::Node;
+use control::audit::now_ms;
+use control::node::MAX_BATCH;
+use control::outcomes::OutcomeReport;
+use control::watch::{Frames, Queued, Update};
+use greyrouter_proto::domain;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::router_server::Router;
-use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
-use routing_core::{RouteQuery, RoutingError, RoutingState, validate};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use routing_core::hash::entropy;
+use routing_core::{RouteQuery, RoutingError, RoutingState};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::now_ms;
-use crate::config::{Limits, WatchConfig};
-use crate::convert;
-use crate::outcomes::Outcomes;
-use crate::replica::{Replay, Replica};
 use crate::status;
 
-/// Serves `greyrouter.v1.Router` from the replica's snapshot.
+/// Serves `greyrouter.v1.Router` from the node's snapshot.
 #[derive(Debug, Clone)]
 pub struct RouterService {
-    replica: Arc<Replica>,
-    outcomes: Arc<Outcomes>,
-    limits: Limits,
-    watch: WatchConfig,
+    node: Arc<Node>,
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RouterService {
-    /// Returns the service over a replica. Watch streams end with `UNAVAILABLE` once
-    /// `closing` turns true, so that a graceful shutdown does not wait for watchers.
-    pub fn new(
-        replica: Arc<Replica>,
-        outcomes: Arc<Outcomes>,
-        limits: Limits,
-        watch: WatchConfig,
-        closing: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        RouterService {
-            replica,
-            outcomes,
-            limits,
-            watch,
-            closing,
-        }
+    /// Returns the service over a node. Watch streams end with `UNAVAILABLE` once `closing`
+    /// turns true, so that a graceful shutdown does not wait for watchers.
+    pub fn new(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        RouterService { node, closing }
     }
-}
 
-/// Most decisions in one `RouteBatch`.
-const MAX_BATCH: usize = 1000;
-
-impl RouterService {
-    /// Checks a request and decides it on `state`.
+    /// Converts a request and decides it on `state`.
     fn decide(
         &self,
         state: &RoutingState,
         request: &pb::RouteRequest,
         now_ms: u64,
     ) -> Result<pb::RouteResponse, Status> {
-        let check = || {
-            validate::name("tenant_id", &request.tenant_id)?;
-            validate::name("service", &request.service)?;
-            validate::optional_name("region", &request.region)?;
-            validate::text("hash_key", &request.hash_key)?;
-            convert::metadata(
-                &request.metadata,
-                self.limits.max_metadata_entries,
-                self.limits.max_metadata_bytes,
-            )?;
-            convert::strategy("strategy", request.strategy)
+        let strategy = domain::strategy("strategy", request.strategy).map_err(status::routing)?;
+        let query = RouteQuery {
+            tenant_id: &request.tenant_id,
+            service: &request.service,
+            region: &request.region,
+            hash_key: &request.hash_key,
+            strategy,
+            entropy: entropy(),
+            now_ms,
         };
-        let strategy = check().map_err(|e| status::routing(&e))?;
-        let decision = state
-            .route(&RouteQuery {
-                tenant_id: &request.tenant_id,
-                service: &request.service,
-                region: &request.region,
-                hash_key: &request.hash_key,
-                strategy,
-                entropy: entropy(),
-                now_ms,
-            })
-            .map_err(|e| status::routing(&e))?;
-        decision.member.load.start();
+        let decision = self
+            .node
+            .route(state, &query, &request.metadata)
+            .map_err(status::routing)?;
         let instance = &decision.member.instance;
         Ok(pb::RouteResponse {
             instance_id: instance.id.clone(),
@@ -98,17 +65,18 @@ impl RouterService {
     }
 }
 
-thread_local! {
-    static ENTROPY: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64));
-}
-
-/// Returns a fresh random value (splitmix64 over a per-thread seed).
-fn entropy() -> u64 {
-    ENTROPY.with(|state| {
-        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(next);
-        routing_core::hash::fmix64(next)
-    })
+/// Returns the domain report of an outcome message.
+fn report(message: &pb::Outcome) -> OutcomeReport {
+    OutcomeReport {
+        instance_id: message.instance_id.clone(),
+        address: message.address.clone(),
+        tenant_id: message.tenant_id.clone(),
+        service: message.service.clone(),
+        version: message.version.clone(),
+        success: message.success,
+        latency_ms: message.latency_ms,
+        status_code: message.status_code,
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentUpdate, Status>> + Send>>;
@@ -119,7 +87,7 @@ impl Router for RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
-        let state = self.replica.snapshot();
+        let state = self.node.snapshot();
         self.decide(&state, &request.into_inner(), now_ms())
             .map(Response::new)
     }
@@ -136,7 +104,7 @@ impl Router for RouterService {
             ));
         }
         // One snapshot and one clock reading for the whole batch.
-        let state = self.replica.snapshot();
+        let state = self.node.snapshot();
         let now = now_ms();
         let results = requests
             .iter()
@@ -162,10 +130,10 @@ impl Router for RouterService {
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
         let mut reports = request.into_inner();
         let mut tally = Tally::default();
-        while let Some(report) = reports.message().await? {
+        while let Some(message) = reports.message().await? {
             tally.add(
-                self.outcomes
-                    .record(&self.replica.snapshot(), &report, now_ms()),
+                self.node
+                    .report_outcome(&self.node.snapshot(), &report(&message), now_ms()),
             );
         }
         Ok(Response::new(tally.into_response()))
@@ -175,11 +143,11 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ReportOutcomesRequest>,
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
-        let state = self.replica.snapshot();
+        let state = self.node.snapshot();
         let now = now_ms();
         let mut tally = Tally::default();
-        for report in &request.get_ref().outcomes {
-            tally.add(self.outcomes.record(&state, report, now));
+        for message in &request.get_ref().outcomes {
+            tally.add(self.node.report_outcome(&state, &report(message), now));
         }
         Ok(Response::new(tally.into_response()))
     }
@@ -191,60 +159,19 @@ impl Router for RouterService {
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let request = request.into_inner();
-        let limit = self.limits.max_watch_filter;
-        if request.tenant_ids.len() > limit || request.services.len() > limit {
-            return Err(status::invalid_argument(
-                "tenant_ids",
-                &format!("at most {limit} tenants and {limit} services"),
-            ));
-        }
-        let filter = AssignmentFilter {
-            tenant_ids: convert::names("tenant_ids", request.tenant_ids)
-                .map_err(|e| status::routing(&e))?,
-            services: convert::names("services", request.services)
-                .map_err(|e| status::routing(&e))?,
-        };
-        validate::optional_name("history", &request.history).map_err(|e| status::routing(&e))?;
-        // Revisions of another history name other states: send a snapshot instead.
-        let from_revision =
-            if request.history.is_empty() || request.history == self.replica.history_id() {
-                request.from_revision
-            } else {
-                0
-            };
-        // Check a resume before answering, so the client sees OUT_OF_RANGE as the call's status.
-        if from_revision > 0 {
-            match self.replica.changes_after(from_revision) {
-                Replay::Changes(_) => {}
-                Replay::Gone => {
-                    return Err(Status::out_of_range(format!(
-                        "revision {} is older than the kept history; watch from revision 0 for a snapshot",
-                        request.from_revision
-                    )));
-                }
-                Replay::Ahead => {
-                    return Err(Status::out_of_range(format!(
-                        "revision {} is ahead of this router (at {}); watch from revision 0 for a snapshot",
-                        request.from_revision,
-                        self.replica.current().revision()
-                    )));
-                }
-            }
-        }
-        let (sender, receiver) = mpsc::channel(self.watch.buffer);
-        let queue = Arc::new(Semaphore::new(self.watch.max_queued_bytes));
-        let watcher = Watcher {
-            replica: Arc::clone(&self.replica),
-            filter,
-            chunk: self.watch.max_assignments_per_message,
-            sender,
-            queue,
-            max_queued_bytes: self.watch.max_queued_bytes,
-            closing: self.closing.clone(),
-        };
-        tokio::spawn(watcher.run(from_revision));
+        let queue = self
+            .node
+            .watch(
+                request.tenant_ids,
+                request.services,
+                request.from_revision,
+                &request.history,
+                self.closing.clone(),
+                ProtoFrames,
+            )
+            .map_err(|e| status::status(&e))?;
         Ok(Response::new(Box::pin(UpdateStream::new(
-            receiver,
+            queue,
             self.closing.clone(),
         ))))
     }
@@ -277,6 +204,37 @@ impl Tally {
             rejected: self.rejected,
             first_rejection: self.first_rejection,
         }
+    }
+}
+
+/// Watch messages as `AssignmentUpdate`s.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtoFrames;
+
+impl Frames for ProtoFrames {
+    type Frame = pb::AssignmentUpdate;
+
+    fn frame(&self, update: &Update<'_>) -> pb::AssignmentUpdate {
+        pb::AssignmentUpdate {
+            revision: update.revision,
+            snapshot: update.snapshot,
+            upserts: update.upserts.iter().map(pb::Assignment::from).collect(),
+            removals: update
+                .removals
+                .iter()
+                .map(|(tenant_id, service)| pb::AssignmentKey {
+                    tenant_id: tenant_id.clone(),
+                    service: service.clone(),
+                })
+                .collect(),
+            partial: update.partial,
+            cause: update.cause.to_owned(),
+            history: update.history.to_owned(),
+        }
+    }
+
+    fn memory_bytes(&self, frame: &pb::AssignmentUpdate) -> usize {
+        memory_bytes(frame)
     }
 }
 
@@ -337,13 +295,6 @@ fn memory_bytes(message: &pb::AssignmentUpdate) -> usize {
 /// How a watch stream ends when the server shuts down.
 const SHUTTING_DOWN: &str = "server is shutting down; resume on another router";
 
-/// Changes a watcher takes from the history at once.
-const REPLAY_BATCH: usize = 16;
-
-/// An update queued for a watcher, with the share of the watcher's byte budget it holds until
-/// the stream hands it to the transport.
-type Queued = (pb::AssignmentUpdate, OwnedSemaphorePermit);
-
 /// The stream a watcher's client reads: the queued updates, then always an error status.
 ///
 /// A watch never ends on its own: when its task stops (the server is shutting down, or the
@@ -351,7 +302,7 @@ type Queued = (pb::AssignmentUpdate, OwnedSemaphorePermit);
 /// takes a cut-off sequence for a complete one. When the server starts shutting down, the
 /// status goes out at once, ahead of whatever is still queued.
 struct UpdateStream {
-    receiver: mpsc::Receiver<Queued>,
+    receiver: mpsc::Receiver<Queued<pb::AssignmentUpdate>>,
     closing: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// Whether the server is shutting down, read when the watcher's task has ended (it may have
     /// ended for that reason before the `closing` future was polled).
@@ -361,7 +312,7 @@ struct UpdateStream {
 
 impl UpdateStream {
     fn new(
-        receiver: mpsc::Receiver<Queued>,
+        receiver: mpsc::Receiver<Queued<pb::AssignmentUpdate>>,
         mut closing: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         UpdateStream {
@@ -408,200 +359,19 @@ impl Stream for UpdateStream {
     }
 }
 
-/// One watch stream: sends a snapshot or a replay, then every change that alters what it follows.
-struct Watcher {
-    replica: Arc<Replica>,
-    filter: AssignmentFilter,
-    chunk: usize,
-    sender: mpsc::Sender<Queued>,
-    /// Bytes of encoded updates this watcher may have queued.
-    queue: Arc<Semaphore>,
-    max_queued_bytes: usize,
-    closing: tokio::sync::watch::Receiver<bool>,
-}
-
-impl Watcher {
-    async fn run(self, from_revision: u64) {
-        let mut closing = self.closing.clone();
-        // Dropping the sender on return ends the client's stream with UNAVAILABLE.
-        tokio::select! {
-            () = self.follow(from_revision) => {}
-            _ = closing.wait_for(|closing| *closing) => {}
-        }
-    }
-
-    async fn follow(&self, from_revision: u64) {
-        let mut revisions = self.replica.subscribe();
-        let mut at = if from_revision == 0 {
-            match self.send_snapshot().await {
-                Some(revision) => revision,
-                None => return,
-            }
-        } else {
-            from_revision
-        };
-        loop {
-            // A few changes at a time: a watcher waiting for room must not keep alive many
-            // revisions that the history has let go.
-            match self.replica.next_changes(at, REPLAY_BATCH) {
-                Replay::Changes(changes) => {
-                    let more = changes.len() == REPLAY_BATCH;
-                    let mut changes = std::collections::VecDeque::from(changes);
-                    while let Some(change) = changes.pop_front() {
-                        let diff =
-                            watch::diff(&change.before, &change.after, &change.scope, &self.filter);
-                        if !diff.is_empty() {
-                            let removals = diff
-                                .removals
-                                .into_iter()
-                                .map(|(tenant_id, service)| pb::AssignmentKey {
-                                    tenant_id,
-                                    service,
-                                })
-                                .collect();
-                            let sent = self
-                                .send(
-                                    change.after.revision(),
-                                    false,
-                                    &diff.upserts,
-                                    removals,
-                                    &change.cause,
-                                )
-                                .await;
-                            if !sent {
-                                return;
-                            }
-                        }
-                        at = change.after.revision();
-                    }
-                    if more {
-                        // The history may hold more: take them before waiting.
-                        continue;
-                    }
-                }
-                // Too slow to keep up with the kept history: start over from a snapshot.
-                Replay::Gone | Replay::Ahead => match self.send_snapshot().await {
-                    Some(revision) => at = revision,
-                    None => return,
-                },
-            }
-            // Wake on every publication, not only a higher revision: a resynchronisation may
-            // land on this revision or below it, and changes_after then answers Gone or Ahead.
-            tokio::select! {
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                () = self.sender.closed() => return,
-            }
-        }
-    }
-
-    /// Sends the current snapshot; returns its revision, or `None` when the client left.
-    ///
-    /// The snapshot is built one message at a time as the queue makes room, so a watcher that
-    /// does not read holds its queue and one message, never the whole snapshot.
-    async fn send_snapshot(&self) -> Option<u64> {
-        let state = self.replica.current();
-        let revision = state.revision();
-        let mut pairs = watch::assignments(&state, &self.filter).peekable();
-        loop {
-            let upserts: Vec<pb::Assignment> = pairs
-                .by_ref()
-                .take(self.chunk)
-                .map(|assignment| convert::assignment_message(&assignment))
-                .collect();
-            let partial = pairs.peek().is_some();
-            let message = pb::AssignmentUpdate {
-                revision,
-                snapshot: true,
-                upserts,
-                removals: Vec::new(),
-                partial,
-                cause: String::new(),
-                history: self.replica.history_id().to_owned(),
-            };
-            if !self.queue_message(message).await {
-                return None;
-            }
-            if !partial {
-                return Some(revision);
-            }
-        }
-    }
-
-    /// Sends one revision's update, split into messages of at most `chunk` assignments, each
-    /// built only when the previous one is queued.
-    async fn send(
-        &self,
-        revision: u64,
-        snapshot: bool,
-        upserts: &[EffectiveAssignment],
-        removals: Vec<pb::AssignmentKey>,
-        cause: &str,
-    ) -> bool {
-        let upsert_chunks: Vec<&[EffectiveAssignment]> = upserts.chunks(self.chunk).collect();
-        let removal_chunks: Vec<&[pb::AssignmentKey]> = removals.chunks(self.chunk).collect();
-        let count = upsert_chunks.len() + removal_chunks.len();
-        let message = |upserts, removals, index: usize| pb::AssignmentUpdate {
-            revision,
-            snapshot,
-            upserts,
-            removals,
-            partial: index + 1 < count,
-            cause: cause.to_owned(),
-            history: self.replica.history_id().to_owned(),
-        };
-        if count == 0 {
-            // An empty update still tells the client where it stands.
-            return self.queue_message(message(Vec::new(), Vec::new(), 0)).await;
-        }
-        for (index, chunk) in upsert_chunks.iter().enumerate() {
-            let upserts = chunk.iter().map(convert::assignment_message).collect();
-            if !self
-                .queue_message(message(upserts, Vec::new(), index))
-                .await
-            {
-                return false;
-            }
-        }
-        for (index, chunk) in removal_chunks.iter().enumerate() {
-            let index = upsert_chunks.len() + index;
-            if !self
-                .queue_message(message(Vec::new(), chunk.to_vec(), index))
-                .await
-            {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Queues one message once the watcher's byte budget has room for it (a message larger
-    /// than the whole budget waits for an empty queue); returns false when the client left.
-    async fn queue_message(&self, message: pb::AssignmentUpdate) -> bool {
-        let bytes = memory_bytes(&message).clamp(1, self.max_queued_bytes);
-        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        let permit = tokio::select! {
-            permit = Arc::clone(&self.queue).acquire_many_owned(bytes) => match permit {
-                Ok(permit) => permit,
-                Err(_) => return false,
-            },
-            () = self.sender.closed() => return false,
-        };
-        self.sender.send((message, permit)).await.is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use greyrouter_store::{MemoryStore, Store, suite};
 
+    use control::Actor;
+    use control::replica::{Replay, Replica};
+    use control::watch::{REPLAY_BATCH, WatchLimits, Watcher};
+    use routing_core::watch::AssignmentFilter;
+    use tokio::sync::Semaphore;
+
     use super::*;
-    use crate::audit::Actor;
 
     /// Returns a followed replica over an embedded store holding service `api` with one
     /// instance of `v1`, and `tenants` tenants; and the revision before the tenants.
@@ -633,30 +403,33 @@ mod tests {
         Actor::system("test", "")
     }
 
-    /// Starts a watcher of everything from `from_revision`; returns its queue.
+    /// Starts a watcher of everything from `from_revision`; returns its queue and the
+    /// semaphore of its byte budget.
     fn watch_all(
         replica: &Arc<Replica>,
         from_revision: u64,
         chunk: usize,
-        queue: &Arc<Semaphore>,
         max_queued_bytes: usize,
-    ) -> mpsc::Receiver<Queued> {
-        let (sender, receiver) = mpsc::channel(10_000);
+    ) -> (mpsc::Receiver<Queued<pb::AssignmentUpdate>>, Arc<Semaphore>) {
         let (closing_sender, closing) = tokio::sync::watch::channel(false);
-        let watcher = Watcher {
-            replica: Arc::clone(replica),
-            filter: AssignmentFilter::default(),
-            chunk,
-            sender,
-            queue: Arc::clone(queue),
+        let limits = WatchLimits {
             max_queued_bytes,
-            closing,
+            max_assignments_per_message: chunk,
+            buffer: 10_000,
         };
+        let (watcher, receiver) = Watcher::new(
+            Arc::clone(replica),
+            AssignmentFilter::default(),
+            &limits,
+            closing,
+            ProtoFrames,
+        );
+        let budget = watcher.budget();
         tokio::spawn(async move {
             watcher.run(from_revision).await;
             drop(closing_sender);
         });
-        receiver
+        (receiver, budget)
     }
 
     /// Waits, with a deadline, until `check` holds.
@@ -677,8 +450,7 @@ mod tests {
         // A snapshot of 300 assignments in messages of 5 takes about 270 KB in memory, eight
         // times the budget; one message takes about 4.5 KB.
         let budget = 32 * 1024;
-        let queue = Arc::new(Semaphore::new(budget));
-        let mut receiver = watch_all(&replica, 0, 5, &queue, budget);
+        let (mut receiver, queue) = watch_all(&replica, 0, 5, budget);
         // The watcher stops once the next message no longer fits.
         until("the queue to fill", || {
             queue.available_permits() < budget / 4
@@ -751,8 +523,7 @@ mod tests {
     async fn a_resume_replays_more_changes_than_one_batch_without_waiting_for_another() {
         let changes = REPLAY_BATCH * 3 + 1;
         let (replica, from) = replica_with(changes, (4096, 64 << 20)).await;
-        let queue = Arc::new(Semaphore::new(1 << 20));
-        let mut receiver = watch_all(&replica, from, 100, &queue, 1 << 20);
+        let (mut receiver, _queue) = watch_all(&replica, from, 100, 1 << 20);
         // No change is made meanwhile: every missed one arrives all the same.
         for i in 0..changes {
             let (update, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())

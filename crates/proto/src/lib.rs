@@ -1,9 +1,12 @@
 //! The `greyrouter.v1` gRPC contract: message types, client and server stubs generated from
 //! `proto/greyrouter/v1/*.proto`, and the encoded file descriptor set for server reflection.
 //!
-//! Nothing else lives here: conversions to the domain types sit in the server crate.
+//! With the `domain` feature, [`domain`] converts between the messages and routing-core's types,
+//! in one place for every crate that speaks the contract.
 
 pub mod codec;
+#[cfg(feature = "domain")]
+pub mod domain;
 
 /// Messages and services of package `greyrouter.v1`.
 #[allow(

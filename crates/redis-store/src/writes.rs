@@ -143,11 +143,14 @@ pub(crate) fn writes(
             key: keys.rollouts(service),
             field: rollout_id.clone(),
         }),
-        Mutation::UpsertExperiment { experiment } => out.push(hset(
-            keys.experiments(&experiment.service),
-            &experiment.id,
-            json(experiment),
-        )),
+        // A creation writes what an upsert writes: the new experiment, whole.
+        Mutation::UpsertExperiment { experiment } | Mutation::CreateExperiment { experiment } => {
+            out.push(hset(
+                keys.experiments(&experiment.service),
+                &experiment.id,
+                json(experiment),
+            ))
+        }
         Mutation::RemoveExperiment {
             service,
             experiment_id,
@@ -262,4 +265,50 @@ fn instance_version(state: &RoutingState, service: &str, instance_id: &str) -> O
         .pools()
         .find(|(_, pool)| pool.member(instance_id).is_some())
         .map(|(version, _)| version.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use routing_core::{Cohort, Experiment, Service, Strategy, Variant};
+
+    use super::*;
+
+    #[test]
+    fn creating_an_experiment_writes_what_upserting_it_writes() {
+        let keys = Keys::new("p");
+        let (before, _) = RoutingState::default()
+            .apply(&Mutation::UpsertService {
+                service: Service {
+                    name: "api".into(),
+                    default_version: "v1".into(),
+                    strategy: Strategy::RoundRobin,
+                    versions: ["v1".to_owned(), "v2".to_owned()].into(),
+                },
+                force: true,
+            })
+            .expect("a service");
+        let experiment = Experiment {
+            id: "e1".into(),
+            service: "api".into(),
+            salt: "api/e1".into(),
+            variants: vec![Variant {
+                name: "a".into(),
+                version: "v2".into(),
+                weight: 1,
+            }],
+            cohort: Cohort::default(),
+            sticky: Default::default(),
+        };
+        let upsert = Mutation::UpsertExperiment {
+            experiment: experiment.clone(),
+        };
+        let create = Mutation::CreateExperiment {
+            experiment: experiment.clone(),
+        };
+        let (upserted, _) = before.apply(&upsert).expect("upserted");
+        let (created, _) = before.apply(&create).expect("created");
+        let expected = vec![hset(keys.experiments("api"), "e1", json(&experiment))];
+        assert_eq!(writes(&keys, &before, &upserted, &upsert), expected);
+        assert_eq!(writes(&keys, &before, &created, &create), expected);
+    }
 }

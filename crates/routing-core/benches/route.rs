@@ -249,7 +249,7 @@ fn pool(n: usize) -> Pool {
     let pool = Pool::new(instances, None);
     for (k, member) in pool.members().iter().enumerate() {
         for _ in 0..k % 5 {
-            member.load.start();
+            member.load.start(0);
         }
     }
     pool

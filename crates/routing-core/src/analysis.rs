@@ -297,5 +297,39 @@ fn hundredths(ratio: f64) -> String {
     }
 }
 
+impl StepAction {
+    /// One line saying what the decision does.
+    pub fn describe(&self) -> String {
+        match self {
+            StepAction::Wait => "waiting for the step's interval".to_owned(),
+            StepAction::Advance { basis_points } => {
+                format!(
+                    "canary healthy: advance to {}",
+                    basis_points_percent(*basis_points)
+                )
+            }
+            StepAction::Complete => "canary healthy at the last step: promote".to_owned(),
+            StepAction::Hold { reason } => format!("inconclusive, holding: {reason}"),
+            StepAction::FailCheck {
+                failed_checks,
+                reasons,
+            } => format!("check {failed_checks} failed: {}", reasons.join("; ")),
+            StepAction::Abort { reasons } => {
+                format!("aborted, rolling back: {}", reasons.join("; "))
+            }
+        }
+    }
+}
+
+/// Formats basis points as a percentage ("12.5%").
+pub fn basis_points_percent(basis_points: u32) -> String {
+    let whole = basis_points / 100;
+    match basis_points % 100 {
+        0 => format!("{whole}%"),
+        fraction if fraction % 10 == 0 => format!("{whole}.{}%", fraction / 10),
+        fraction => format!("{whole}.{fraction:02}%"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

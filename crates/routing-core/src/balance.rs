@@ -15,8 +15,9 @@
 //! hash ring. The pool is immutable apart from those lazy caches,
 //! the cursors and the in-flight counters, so it is shared freely between routing-state revisions.
 //!
-//! Randomness and load come in as inputs (`entropy`, [`InstanceLoad`]): picking does no I/O and
-//! reads no clock.
+//! Randomness, time and load come in as inputs (`entropy`, `now_ms`, [`InstanceLoad`]): picking
+//! does no I/O and reads no clock. Ejections end, and `least_connections`' in-flight counts decay
+//! ([`IN_FLIGHT_TIMEOUT_MS`]), by the `now_ms` callers pass.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -31,12 +32,66 @@ pub const RING_POINTS_PER_INSTANCE: u32 = 128;
 /// weight sums are scaled down to fit.
 pub const MAX_SCHEDULE_WORK: u64 = 1 << 24;
 
+/// How long a started request that no report ends keeps counting as in flight, at least: such
+/// a request is forgotten 30 to 60 seconds after it started (see [`InstanceLoad`]).
+///
+/// Calls that take longer than this (streams, long polls) should not be balanced by
+/// `least_connections`: their count is dropped while they still run.
+pub const IN_FLIGHT_TIMEOUT_MS: u64 = 30_000;
+
+/// Bits of each generation's count in the in-flight word (at most 1,048,575 each).
+const GENERATION_BITS: u32 = 20;
+/// The largest count of a generation; starts beyond it are not counted.
+const GENERATION_MAX: u64 = (1 << GENERATION_BITS) - 1;
+/// Bits of the epoch in the in-flight word (the rest): epochs compare wrapping.
+const EPOCH_BITS: u32 = 64 - 2 * GENERATION_BITS;
+/// The low [`EPOCH_BITS`] bits; also the difference of an epoch one ahead of another.
+const EPOCH_MASK: u32 = (1 << EPOCH_BITS) - 1;
+
 /// Live load and health of one instance, kept across routing-state revisions.
 ///
 /// Outcome reports feed it: they end in-flight requests, eject an instance that keeps failing
 /// (until a time), and lower its live health score.
+///
+/// # In-flight requests
+///
+/// Only `least_connections` reads the count, so only its decisions
+/// [`start`](Self::start) one; the report of the request [`finish`](Self::finish)es it. Time
+/// is an input (`now_ms`, milliseconds): a start counts for [`IN_FLIGHT_TIMEOUT_MS`] at least
+/// and twice that at most, so a caller that never reports cannot make an instance look busy
+/// forever.
+///
+/// The count lives in two generations, each an epoch of [`IN_FLIGHT_TIMEOUT_MS`] (epoch
+/// `now_ms / IN_FLIGHT_TIMEOUT_MS`): a start counts in the current epoch's generation,
+/// [`in_flight`](Self::in_flight) sums the current and the previous epochs', and when the epoch
+/// moves on the current generation becomes the previous one and the previous one is forgotten.
+/// Both generations and their epoch are packed in one atomic word (24 bits of epoch, 20 bits of
+/// count each, saturating), so reading costs one load, every change is one compare-and-swap
+/// over both generations, and nothing locks.
+///
+/// A finish cannot tell which start it ends, so it ends the *oldest* counted one: the previous
+/// epoch's when it counts any, else the current one's. Ending the newest instead would let a
+/// steady load's count fall to about zero at every change of epoch (the previous generation,
+/// then forgotten, would keep the starts of the requests still running). As a result, when
+/// every start is finished once, within [`IN_FLIGHT_TIMEOUT_MS`], and the callers' clocks
+/// agree, the count is exact.
+///
+/// What finishes guarantee, and what they cannot:
+/// - the count never goes below zero, and a finish that finds nothing counted changes
+///   nothing: it leaves no debt that would cancel a later start;
+/// - a finish that matches no counted start (a request another process decided and counted,
+///   or one whose start was already forgotten) still ends a counted one when there is one: the
+///   count is then one below the requests really in flight, until a later finish finds nothing
+///   counted and changes nothing. Finishes only ever lower the count, so it is never higher
+///   than the starts of the last two epochs.
+///
+/// Clocks of different threads may disagree a little: a caller whose clock is one epoch behind
+/// the word's counts in (and reads) the word's generations as they are, never moving them
+/// back. A clock further off starts afresh, as a clock two epochs later would.
 #[derive(Debug)]
 pub struct InstanceLoad {
+    /// `epoch << 40 | previous epoch's count << 20 | current epoch's count`. The epoch wraps
+    /// every 2^24 epochs (16 years): only a word left counting for exactly that long is misread.
     in_flight: AtomicU64,
     ejected_until_ms: AtomicU64,
     live_score: AtomicU8,
@@ -49,6 +104,56 @@ impl Default for InstanceLoad {
             ejected_until_ms: AtomicU64::new(0),
             live_score: AtomicU8::new(100),
         }
+    }
+}
+
+/// The in-flight epoch of a time (its low [`EPOCH_BITS`] bits).
+fn epoch(now_ms: u64) -> u32 {
+    (now_ms / IN_FLIGHT_TIMEOUT_MS) as u32 & EPOCH_MASK
+}
+
+/// The in-flight generations as of one epoch.
+#[derive(Debug, Clone, Copy)]
+struct Generations {
+    epoch: u32,
+    previous: u64,
+    current: u64,
+}
+
+impl Generations {
+    /// The generations of `word` as a caller at epoch `now` sees them: as they are when the
+    /// word's epoch is `now`'s or one ahead, moved on by one epoch (the current one becomes the
+    /// previous one) when it is one behind, forgotten otherwise. A word that counts nothing
+    /// (a new one holds epoch 0) is `now`'s.
+    fn at(word: u64, now: u32) -> Generations {
+        let epoch = (word >> (2 * GENERATION_BITS)) as u32;
+        let previous = (word >> GENERATION_BITS) & GENERATION_MAX;
+        let current = word & GENERATION_MAX;
+        let forgotten = Generations {
+            epoch: now,
+            previous: 0,
+            current: 0,
+        };
+        match now.wrapping_sub(epoch) & EPOCH_MASK {
+            _ if previous == 0 && current == 0 => forgotten,
+            0 | EPOCH_MASK => Generations {
+                epoch,
+                previous,
+                current,
+            },
+            1 => Generations {
+                epoch: now,
+                previous: current,
+                current: 0,
+            },
+            _ => forgotten,
+        }
+    }
+
+    fn word(self) -> u64 {
+        (u64::from(self.epoch) << (2 * GENERATION_BITS))
+            | (self.previous << GENERATION_BITS)
+            | self.current
     }
 }
 
@@ -78,21 +183,59 @@ impl InstanceLoad {
         self.live_score.store(score.min(100), Ordering::Relaxed);
     }
 
-    /// Returns the number of requests routed to the instance and not yet finished.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+    /// Returns the number of requests started on the instance and not yet finished at `now_ms`:
+    /// the counts of the current and the previous epochs (see [In-flight
+    /// requests](InstanceLoad#in-flight-requests)).
+    pub fn in_flight(&self, now_ms: u64) -> u64 {
+        self.in_flight_in(epoch(now_ms))
     }
 
-    /// Counts a request routed to the instance.
-    pub fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// [`in_flight`](Self::in_flight) at the epoch `now`: what [`Generations::at`] sums to,
+    /// computed straight from the word (a `least_connections` pick reads two members', with
+    /// one division for both).
+    fn in_flight_in(&self, now: u32) -> u64 {
+        let word = self.in_flight.load(Ordering::Relaxed);
+        // 0: the word is one epoch ahead, 1: now's, 2: one behind; more: forgotten.
+        let age = now
+            .wrapping_sub((word >> (2 * GENERATION_BITS)) as u32)
+            .wrapping_add(1)
+            & EPOCH_MASK;
+        let previous = (word >> GENERATION_BITS) & GENERATION_MAX;
+        let current = word & GENERATION_MAX;
+        (if age <= 1 { previous } else { 0 }) + (if age <= 2 { current } else { 0 })
     }
 
-    /// Counts a request that finished (never below zero).
-    pub fn finish(&self) {
+    /// Counts a request started on the instance at `now_ms` (by a `least_connections`
+    /// decision); it counts until [`finish`](Self::finish)ed, or for
+    /// [`IN_FLIGHT_TIMEOUT_MS`] to twice that.
+    pub fn start(&self, now_ms: u64) {
+        let now = epoch(now_ms);
         let _ = self
             .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let mut generations = Generations::at(word, now);
+                generations.current = (generations.current + 1).min(GENERATION_MAX);
+                Some(generations.word())
+            });
+    }
+
+    /// Ends one counted request at `now_ms`: the oldest counted one (the previous epoch's when
+    /// it counts any). Never below zero: with nothing counted, nothing changes.
+    pub fn finish(&self, now_ms: u64) {
+        let now = epoch(now_ms);
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let mut generations = Generations::at(word, now);
+                if generations.previous > 0 {
+                    generations.previous -= 1;
+                } else if generations.current > 0 {
+                    generations.current -= 1;
+                } else {
+                    return None;
+                }
+                Some(generations.word())
+            });
     }
 }
 
@@ -116,7 +259,8 @@ pub struct PickRequest<'a> {
     pub hash_key: &'a str,
     /// A random value, used by `random`, `least_connections` and `health_aware`.
     pub entropy: u64,
-    /// The time, for ejections (milliseconds since the Unix epoch).
+    /// The time, for ejections and `least_connections`' in-flight counts (milliseconds since
+    /// the Unix epoch).
     pub now_ms: u64,
 }
 
@@ -418,7 +562,7 @@ impl Candidates {
                 let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % schedule.len() as u64;
                 u64::from(schedule[turn as usize])
             }
-            Strategy::LeastConnections => self.power_of_two_choices(members, request.entropy),
+            Strategy::LeastConnections => self.power_of_two_choices(members, request),
             Strategy::HealthAware => self.health_weighted(members, request.entropy),
             Strategy::ConsistentHash => {
                 let ring = self.ring.get_or_init(|| self.ring(members));
@@ -430,8 +574,11 @@ impl Candidates {
         Some(position as usize).filter(|&p| p < self.members.len())
     }
 
-    /// Power of two choices: the less loaded (in flight per weight) of two distinct members.
-    fn power_of_two_choices(&self, members: &[Member], entropy: u64) -> u64 {
+    /// Power of two choices: the less loaded (in flight at the request's `now_ms`, per weight)
+    /// of two distinct members.
+    fn power_of_two_choices(&self, members: &[Member], request: &PickRequest<'_>) -> u64 {
+        let entropy = request.entropy;
+        let now = epoch(request.now_ms);
         let n = self.members.len() as u64;
         let first = reduce(entropy, n);
         let mut second = reduce(fmix64(entropy ^ 0x9e37_79b9_7f4a_7c15), n - 1);
@@ -440,7 +587,10 @@ impl Candidates {
         }
         let load = |position: u64| {
             let member = &members[self.members[position as usize] as usize];
-            (member.load.in_flight(), u64::from(member.instance.weight))
+            (
+                member.load.in_flight_in(now),
+                u64::from(member.instance.weight),
+            )
         };
         let ((load_a, weight_a), (load_b, weight_b)) = (load(first), load(second));
         // load_a / weight_a <= load_b / weight_b, without division.

@@ -7,10 +7,17 @@
 //! [`InstanceHealth::eject`]. Each ejection of the same instance lasts twice as long as the one
 //! before, up to `max_ejection_ms`. `src/analysis/README.md` describes the algorithm.
 //!
+//! An [`EjectionBook`] does all of it for every instance a router or an SDK hears about: it keeps
+//! their [`InstanceHealth`] and applies what it decides to the instances' live load
+//! ([`InstanceLoad`](crate::balance::InstanceLoad): ejection, live score).
+//!
 //! Time is an input (`now_ms`, milliseconds): nothing here reads a clock.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::balance::{Member, Pool};
 use crate::outcome::{Stats, Window, WindowConfig};
 
 /// Slots of the error-rate window (each covers a tenth of `window_ms`).
@@ -238,6 +245,110 @@ impl InstanceHealth {
             self.window_ms = policy.window_ms;
             self.window = window_for(policy.window_ms);
         }
+    }
+}
+
+/// An ejection an outcome caused, for the caller to log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// The end of the ejection (milliseconds since the Unix epoch).
+    pub until_ms: u64,
+    /// How many times the instance was ejected, this one included.
+    pub times: u32,
+}
+
+/// The outlier-ejection bookkeeping of every instance one process hears outcomes of: the
+/// [`InstanceHealth`] of each, by (service, instance id).
+///
+/// Plain data: a process shares one behind its own lock. The instances' live load (ejection,
+/// live score) is what the pickers read; [`record`](Self::record) keeps it in step.
+#[derive(Debug, Clone, Default)]
+pub struct EjectionBook {
+    /// Service -> instance id -> health: looked up by `&str`, so a known instance costs no
+    /// allocation.
+    services: HashMap<String, HashMap<String, InstanceHealth>>,
+}
+
+impl EjectionBook {
+    /// Returns a book that knows no instance.
+    pub fn new() -> Self {
+        EjectionBook::default()
+    }
+
+    /// Counts the outcome of one request `member` (of `pool`) served at `now_ms`, and applies
+    /// the policy to the member's live load. Returns the ejection it caused, if any.
+    ///
+    /// The steps: [`InstanceHealth::record`] the outcome (the instance's service and id name
+    /// it); when that says eject and [`may_eject`] lets the pool spare one more instance (the
+    /// members ejected at `now_ms` count against `max_ejected_percent`),
+    /// [`InstanceHealth::eject`] it and set [`eject_until`] on its load; in every case set its
+    /// [`live score`](crate::balance::InstanceLoad::set_live_score) to the
+    /// [`health score`](InstanceHealth::health_score) at `now_ms`.
+    ///
+    /// In-flight counts are not touched: who counted the request finishes it.
+    ///
+    /// [`eject_until`]: crate::balance::InstanceLoad::eject_until
+    pub fn record(
+        &mut self,
+        policy: &EjectionPolicy,
+        pool: &Pool,
+        member: &Member,
+        success: bool,
+        latency_ms: u32,
+        now_ms: u64,
+    ) -> Option<Ejection> {
+        let health = self.health_mut(policy, &member.instance.service, &member.instance.id);
+        let mut ejection = None;
+        if health.record(policy, now_ms, success, latency_ms) {
+            let members = pool.members();
+            let ejected = members.iter().filter(|m| m.load.is_ejected(now_ms)).count();
+            if may_eject(ejected, members.len(), policy) {
+                let until_ms = health.eject(policy, now_ms);
+                member.load.eject_until(until_ms);
+                ejection = Some(Ejection {
+                    until_ms,
+                    times: health.times_ejected(),
+                });
+            }
+        }
+        member.load.set_live_score(health.health_score(now_ms));
+        ejection
+    }
+
+    /// Returns what the book knows of an instance.
+    pub fn health(&self, service: &str, instance_id: &str) -> Option<&InstanceHealth> {
+        self.services.get(service)?.get(instance_id)
+    }
+
+    /// Returns the number of instances the book knows.
+    pub fn len(&self) -> usize {
+        self.services.values().map(HashMap::len).sum()
+    }
+
+    /// Whether the book knows no instance.
+    pub fn is_empty(&self) -> bool {
+        self.services.values().all(HashMap::is_empty)
+    }
+
+    fn health_mut(
+        &mut self,
+        policy: &EjectionPolicy,
+        service: &str,
+        instance_id: &str,
+    ) -> &mut InstanceHealth {
+        if !self.services.contains_key(service) {
+            self.services.insert(service.to_owned(), HashMap::new());
+        }
+        let instances = self
+            .services
+            .get_mut(service)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        if !instances.contains_key(instance_id) {
+            instances.insert(instance_id.to_owned(), InstanceHealth::new(policy));
+        }
+        instances
+            .get_mut(instance_id)
+            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stable hashing and bucketing.
+//! Stable hashing and bucketing, and per-thread [`entropy`] for picks.
 //!
 //! The hash is FNV-1a (64 bit) over the parts, each followed by a `0xff` separator byte (which
 //! never occurs in UTF-8), finished with MurmurHash3's `fmix64` so that similar inputs spread over
@@ -36,6 +36,25 @@ pub fn fmix64(mut k: u64) -> u64 {
 /// Maps a 64-bit value uniformly onto `0..n` (Lemire's multiply-shift), `n > 0`.
 pub fn reduce(value: u64, n: u64) -> u64 {
     ((u128::from(value) * u128::from(n)) >> 64) as u64
+}
+
+/// Returns a fresh random value for a pick's `entropy`: splitmix64 over a per-thread state,
+/// seeded from std's [`RandomState`](std::hash::RandomState) the first time a thread asks.
+///
+/// For the callers that decide (routers, SDKs): routing itself still takes its randomness as an
+/// input. A few nanoseconds, no lock, no system call after a thread's first; not for secrets.
+pub fn entropy() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64));
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        fmix64(next)
+    })
 }
 
 /// Returns the bucket (`0..BUCKETS`) of a tenant for a salted purpose.
@@ -108,6 +127,20 @@ mod tests {
         for count in deciles {
             assert!((9_500..=10_500).contains(&count), "{deciles:?}");
         }
+    }
+
+    #[test]
+    fn entropy_differs_between_calls_and_threads() {
+        let here: Vec<u64> = (0..64).map(|_| entropy()).collect();
+        let distinct: std::collections::BTreeSet<_> = here.iter().collect();
+        assert_eq!(distinct.len(), here.len());
+        let there = std::thread::spawn(|| (0..64).map(|_| entropy()).collect::<Vec<u64>>())
+            .join()
+            .expect("the thread ends");
+        assert!(here.iter().all(|value| !there.contains(value)));
+        // Spread over the whole range: both halves, both parities.
+        assert!(here.iter().any(|v| v >> 63 == 1) && here.iter().any(|v| v >> 63 == 0));
+        assert!(here.iter().any(|v| v & 1 == 1) && here.iter().any(|v| v & 1 == 0));
     }
 
     proptest! {

@@ -1,7 +1,8 @@
 //! The greyrouter domain and every routing decision, as plain data and pure functions.
 //!
 //! No I/O, no async, no clock: time and randomness are inputs, so every rule is tested without
-//! servers or sleeps. Every other crate depends on this one, never the reverse.
+//! servers or sleeps. (One helper makes randomness for callers: [`hash::entropy`], a per-thread
+//! generator; no rule calls it.) Every other crate depends on this one, never the reverse.
 //!
 //! Layout:
 //! - [`model`]: tenants, services, versions, instances, rollouts, experiments, overrides;
@@ -33,8 +34,8 @@ pub mod validate;
 pub mod watch;
 
 pub use analysis::{AnalysisPolicy, Measurement, StepAction, Verdict, judge, next_step};
-pub use balance::{InstanceLoad, Member, Members, PickRequest, Pool};
-pub use ejection::{EjectionPolicy, InstanceHealth, may_eject};
+pub use balance::{IN_FLIGHT_TIMEOUT_MS, InstanceLoad, Member, Members, PickRequest, Pool};
+pub use ejection::{Ejection, EjectionBook, EjectionPolicy, InstanceHealth, may_eject};
 pub use error::{Entity, RoutingError};
 pub use model::{
     Cohort, Experiment, Instance, Override, Resolution, Revision, Rollout, Service, Source,

@@ -1,7 +1,7 @@
 //! Syntax of names, free text and addresses, and the fixed limits every replica applies
 //! identically.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::RoutingError;
@@ -47,6 +47,14 @@ pub fn name(field: &str, value: &str) -> Result<(), RoutingError> {
         return Err(RoutingError::invalid(field, "must not be empty"));
     }
     optional_name(field, value)
+}
+
+/// Checks a list of names (each as [`name`]), returning them as a set.
+pub fn names(field: &str, values: Vec<String>) -> Result<BTreeSet<String>, RoutingError> {
+    values
+        .into_iter()
+        .map(|value| name(field, &value).map(|()| value))
+        .collect()
 }
 
 /// Checks an optional name: empty, or as [`name`].

@@ -267,7 +267,7 @@ fn the_tenants_region_is_preferred_and_a_request_may_name_another() {
 fn unknown_strategies_fall_back_to_round_robin() {
     assert_eq!(strategy(99), Strategy::RoundRobin);
     for known in Strategy::ALL {
-        assert_eq!(strategy(strategy_to_proto(known).into()), known);
+        assert_eq!(strategy(pb::Strategy::from(known).into()), known);
     }
 }
 
@@ -295,11 +295,25 @@ fn only_least_connections_counts_requests_in_flight() {
     let cache = builder.current();
     let plain = route(cache, "acme", "billing").expect("held");
     assert!(!plain.started());
-    assert_eq!(plain.load().map(|l| l.in_flight()), Some(0));
+    assert_eq!(plain.load().map(|l| l.in_flight(1_000)), Some(0));
     let request = RouteRequest::new("acme", "billing").strategy(Strategy::LeastConnections);
     let counted = cache.route(&request, 3, 1_000, &[]).expect("held");
     assert!(counted.started());
-    assert_eq!(counted.load().map(|l| l.in_flight()), Some(1));
+    assert_eq!(counted.load().map(|l| l.in_flight(1_000)), Some(1));
+}
+
+#[test]
+fn a_least_connections_decision_never_reported_stops_counting() {
+    use routing_core::balance::IN_FLIGHT_TIMEOUT_MS;
+    let builder = snapshot_of_two_tenants();
+    let request = RouteRequest::new("acme", "billing").strategy(Strategy::LeastConnections);
+    let counted = builder
+        .current()
+        .route(&request, 3, 1_000, &[])
+        .expect("held");
+    let load = counted.load().expect("a local decision");
+    assert_eq!(load.in_flight(1_000 + IN_FLIGHT_TIMEOUT_MS - 1), 1);
+    assert_eq!(load.in_flight(1_000 + 2 * IN_FLIGHT_TIMEOUT_MS), 0);
 }
 
 #[test]

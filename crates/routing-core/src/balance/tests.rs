@@ -171,26 +171,26 @@ fn least_connections_prefers_the_idle_instance() {
         None,
     );
     for _ in 0..10 {
-        pool.members()[0].load.start();
+        pool.members()[0].load.start(0);
     }
     let picked = counts(&pool, Strategy::LeastConnections, 100);
     assert_eq!(picked.get("b"), Some(&100));
     // Finishing never goes below zero.
     let idle = &pool.members()[1].load;
-    idle.finish();
-    assert_eq!(idle.in_flight(), 0);
+    idle.finish(0);
+    assert_eq!(idle.in_flight(0), 0);
 }
 
 #[test]
 fn load_survives_a_rebuild() {
     let first = Pool::new([instance("a", 1, "", true)], None);
-    first.members()[0].load.start();
+    first.members()[0].load.start(0);
     let second = Pool::new(
         [instance("a", 2, "", true), instance("b", 1, "", true)],
         Some(&first),
     );
-    assert_eq!(second.member("a").map(|m| m.load.in_flight()), Some(1));
-    assert_eq!(second.member("b").map(|m| m.load.in_flight()), Some(0));
+    assert_eq!(second.member("a").map(|m| m.load.in_flight(0)), Some(1));
+    assert_eq!(second.member("b").map(|m| m.load.in_flight(0)), Some(0));
 }
 
 #[test]
@@ -621,8 +621,8 @@ fn scored(id: &str, weight: u32, score: u8) -> Arc<Instance> {
 /// Sets a member's in-flight count.
 fn in_flight(pool: &Pool, id: &str, count: u64) {
     let load = &pool.member(id).expect("a member").load;
-    while load.in_flight() < count {
-        load.start();
+    while load.in_flight(0) < count {
+        load.start(0);
     }
 }
 
@@ -723,4 +723,263 @@ fn health_aware_follows_a_live_score_change_on_the_same_pool() {
     pool.member("a").expect("a").load.set_live_score(0);
     let gone = counts(&pool, Strategy::HealthAware, 1_000);
     assert_eq!(gone.get("b"), Some(&1_000), "{gone:?}");
+}
+
+// In-flight counts: only starts count, finishes end the oldest counted start, and a start that
+// no report ends is forgotten after IN_FLIGHT_TIMEOUT_MS to twice that. Time is an input.
+
+const T: u64 = IN_FLIGHT_TIMEOUT_MS;
+
+#[test]
+fn a_start_no_report_ends_stops_counting_after_the_timeout() {
+    let load = InstanceLoad::default();
+    // In the middle of an epoch, at an arbitrary (realistic) time.
+    let started = 1_700_000_000_000 / T * T + T / 2;
+    load.start(started);
+    assert_eq!(load.in_flight(started), 1);
+    // Counted for the timeout at least...
+    assert_eq!(load.in_flight(started + T - 1), 1);
+    // ... until the end of the next epoch (here 1.5 timeouts)...
+    let forgotten = (started / T + 2) * T;
+    assert_eq!(load.in_flight(forgotten - 1), 1);
+    // ... and never after twice the timeout.
+    assert_eq!(load.in_flight(forgotten), 0);
+    assert_eq!(load.in_flight(started + 2 * T), 0);
+    assert_eq!(load.in_flight(started + 100 * T), 0);
+    // A start then reuses the slot afresh: the forgotten one does not come back.
+    load.start(started + 2 * T);
+    assert_eq!(load.in_flight(started + 2 * T), 1);
+    // Its late finish ends the new start (a finish cannot tell them apart).
+    load.finish(started + 2 * T);
+    assert_eq!(load.in_flight(started + 2 * T), 0);
+}
+
+#[test]
+fn least_connections_stops_avoiding_an_instance_whose_requests_were_never_reported() {
+    let pool = Pool::new(
+        [instance("a", 1, "", true), instance("b", 1, "", true)],
+        None,
+    );
+    let now = 1_000 * T;
+    for _ in 0..10 {
+        pool.members()[0].load.start(now);
+    }
+    let pick_at = |now_ms: u64| {
+        let mut rng = SplitMix(11);
+        let mut picked: HashMap<String, usize> = HashMap::new();
+        for _ in 0..200 {
+            let request = PickRequest {
+                strategy: Strategy::LeastConnections,
+                region: "",
+                hash_key: "",
+                entropy: rng.next(),
+                now_ms,
+            };
+            if let Some(member) = pool.pick(&request) {
+                *picked.entry(member.instance.id.clone()).or_default() += 1;
+            }
+        }
+        picked
+    };
+    // While the ten unreported requests count, every pick avoids `a`.
+    assert_eq!(pick_at(now + T).get("b"), Some(&200));
+    // Once they are forgotten both are idle, and ties go to the first sampled: either.
+    let later = pick_at(now + 2 * T);
+    let a = later.get("a").copied().unwrap_or(0);
+    assert!((60..=140).contains(&a), "{later:?}");
+}
+
+#[test]
+fn finishes_never_take_the_count_below_zero_nor_leave_a_debt() {
+    let load = InstanceLoad::default();
+    let now = 5 * T + 7;
+    // Finishes with nothing counted (reports of requests another process decided) change
+    // nothing...
+    for _ in 0..3 {
+        load.finish(now);
+    }
+    assert_eq!(load.in_flight(now), 0);
+    // ... and leave no debt: the next start counts in full.
+    load.start(now);
+    load.start(now + 1);
+    assert_eq!(load.in_flight(now + 1), 2);
+    // What saturation cannot do: a finish that matches no counted start, arriving while
+    // starts are counted, ends one of them (a finish does not say which request it ends).
+    load.finish(now + 2);
+    assert_eq!(load.in_flight(now + 2), 1);
+    // The request it took the place of then finishes too, and the last one: the count stops
+    // at zero, early by one finish, and does not go below.
+    load.finish(now + 3);
+    assert_eq!(load.in_flight(now + 3), 0);
+    load.finish(now + 4);
+    assert_eq!(load.in_flight(now + 4), 0);
+    load.start(now + 5);
+    assert_eq!(load.in_flight(now + 5), 1);
+}
+
+#[test]
+fn a_finish_ends_the_oldest_counted_start_so_a_steady_load_stays_counted_across_epochs() {
+    // Ten requests in flight at all times, each lasting 7 s, over ten epochs. Were finishes to
+    // end the newest start, the count would fall to about zero at the first change of epoch
+    // (the previous epoch's slot, dropped then, would still hold the starts of the requests
+    // running).
+    let load = InstanceLoad::default();
+    let step = 700;
+    let mut running = std::collections::VecDeque::new();
+    let mut now = 3 * T;
+    while now < 13 * T {
+        if running.len() == 10 {
+            running.pop_front();
+            load.finish(now);
+        }
+        load.start(now);
+        running.push_back(now);
+        assert_eq!(load.in_flight(now), running.len() as u64, "at {now}");
+        now += step;
+    }
+}
+
+#[test]
+fn a_clock_one_epoch_ahead_or_behind_does_not_lose_starts() {
+    let load = InstanceLoad::default();
+    let e = 40 * T;
+    // A thread whose clock is one epoch ahead: its start counts for the others too.
+    load.start(e + T);
+    assert_eq!(load.in_flight(e), 1);
+    assert_eq!(load.in_flight(e + T), 1);
+    // A thread one epoch behind adds to the current count as it is, rather than move it back.
+    load.start(e + 2 * T);
+    load.start(e + T);
+    assert_eq!(load.in_flight(e + 2 * T), 3);
+    // The first start is the previous epoch's: forgotten first.
+    assert_eq!(load.in_flight(e + 3 * T), 2);
+    // And a finish from the late clock ends the oldest, as any other.
+    load.finish(e + T);
+    assert_eq!(load.in_flight(e + 2 * T), 2);
+    assert_eq!(load.in_flight(e + 3 * T), 2);
+}
+
+#[test]
+fn a_generation_saturates_without_touching_the_other_or_the_epoch() {
+    let load = InstanceLoad::default();
+    let now = 77 * T;
+    for _ in 0..GENERATION_MAX + 5 {
+        load.start(now);
+    }
+    assert_eq!(load.in_flight(now), GENERATION_MAX);
+    // The next epoch: the full generation is the previous one, and the current one counts.
+    load.start(now + T);
+    assert_eq!(load.in_flight(now + T), GENERATION_MAX + 1);
+    assert_eq!(load.in_flight(now + 2 * T), 1);
+    assert_eq!(load.in_flight(now + 3 * T), 0);
+}
+
+#[test]
+fn a_fresh_load_counts_from_any_time() {
+    // A new load's word holds epoch 0: whatever the time, the first start counts from then.
+    for epoch in [
+        0,
+        1,
+        2,
+        (1 << EPOCH_BITS) / 2,
+        (1 << EPOCH_BITS) - 1,
+        1 << EPOCH_BITS,
+    ] {
+        let load = InstanceLoad::default();
+        let now = epoch * T + 1;
+        load.start(now);
+        assert_eq!(load.in_flight(now), 1, "epoch {epoch}");
+        assert_eq!(load.in_flight(now + 2 * T), 0, "epoch {epoch}");
+    }
+}
+
+#[test]
+fn epochs_compare_across_the_wrap_of_their_bits() {
+    let load = InstanceLoad::default();
+    let last = ((1 << EPOCH_BITS) - 1) * T;
+    load.start(last);
+    load.start(last + T / 2);
+    // The next epoch's number wraps to 0: still the previous epoch's starts...
+    assert_eq!(load.in_flight(last + T), 2);
+    load.finish(last + T);
+    assert_eq!(load.in_flight(last + T + 1), 1);
+    // ... and forgotten the epoch after.
+    assert_eq!(load.in_flight(last + 2 * T), 0);
+}
+
+/// A request for the in-flight properties: starts `offset` ms after the previous request's
+/// start and lasts `latency` ms.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    offset: u64,
+    latency: u64,
+}
+
+fn calls(latency: std::ops::Range<u64>) -> impl proptest::strategy::Strategy<Value = Vec<Call>> {
+    proptest::collection::vec(
+        (0u64..3 * T / 4, latency).prop_map(|(offset, latency)| Call { offset, latency }),
+        0..80,
+    )
+}
+
+/// The starts and finishes of `calls` from `begin`, in time order (starts first at the same
+/// time): `(time, is_start)`.
+fn events(begin: u64, calls: &[Call], finished: bool) -> Vec<(u64, bool)> {
+    let mut events = Vec::new();
+    let mut at = begin;
+    for call in calls {
+        at += call.offset;
+        events.push((at, true));
+        if finished {
+            events.push((at + call.latency, false));
+        }
+    }
+    events.sort_by_key(|&(time, start)| (time, !start));
+    events
+}
+
+proptest! {
+    #[test]
+    fn requests_finished_within_the_timeout_are_counted_exactly(
+        begin in 0u64..1_000_000 * T,
+        calls in calls(0..T),
+    ) {
+        let load = InstanceLoad::default();
+        let mut running = 0u64;
+        for (now, start) in events(begin, &calls, true) {
+            if start {
+                load.start(now);
+                running += 1;
+            } else {
+                load.finish(now);
+                running -= 1;
+            }
+            prop_assert_eq!(load.in_flight(now), running, "at {}", now);
+        }
+    }
+
+    #[test]
+    fn the_count_never_exceeds_the_starts_of_the_last_two_epochs(
+        begin in 0u64..1_000_000 * T,
+        calls in calls(0..4 * T),
+        finished in any::<bool>(),
+        stray in proptest::collection::vec(0u64..8 * T, 0..20),
+    ) {
+        let load = InstanceLoad::default();
+        let mut events = events(begin, &calls, finished);
+        // Finishes of requests nobody here started.
+        events.extend(stray.iter().map(|&at| (begin + at, false)));
+        events.sort_by_key(|&(time, start)| (time, !start));
+        let mut starts: Vec<u64> = Vec::new();
+        for (now, start) in events {
+            if start {
+                load.start(now);
+                starts.push(now);
+            } else {
+                load.finish(now);
+            }
+            let recent = starts.iter().filter(|&&at| at / T + 1 >= now / T).count() as u64;
+            prop_assert!(load.in_flight(now) <= recent, "at {}", now);
+        }
+    }
 }

@@ -333,3 +333,160 @@ proptest! {
         }
     }
 }
+
+// The book: every instance's health, applied to the pool's live load.
+
+fn member_of(service: &str, id: &str) -> std::sync::Arc<crate::Instance> {
+    std::sync::Arc::new(crate::Instance {
+        id: id.into(),
+        address: format!("{id}.internal:8080"),
+        service: service.into(),
+        version: "v1".into(),
+        weight: 1,
+        region: String::new(),
+        zone: String::new(),
+        metadata: Default::default(),
+        healthy: true,
+        health_score: 100,
+    })
+}
+
+/// A pool of `ids` of service `api`.
+fn pool(ids: &[&str]) -> Pool {
+    Pool::new(ids.iter().map(|id| member_of("api", id)), None)
+}
+
+fn member<'p>(pool: &'p Pool, id: &str) -> &'p Member {
+    pool.member(id).expect("a member")
+}
+
+/// Records `n` outcomes of `id`, returning the last one's ejection.
+fn record_n(
+    book: &mut EjectionBook,
+    pool: &Pool,
+    id: &str,
+    n: usize,
+    success: bool,
+    now_ms: u64,
+) -> Option<Ejection> {
+    let mut last = None;
+    for _ in 0..n {
+        last = book.record(&policy(), pool, member(pool, id), success, 5, now_ms);
+    }
+    last
+}
+
+#[test]
+fn the_book_ejects_an_instance_that_keeps_failing_and_applies_it_to_its_load() {
+    let pool = pool(&["a", "b"]);
+    let mut book = EjectionBook::new();
+    assert!(book.is_empty());
+    // Four failures in a row: not yet (the default ejects on the fifth).
+    assert_eq!(record_n(&mut book, &pool, "a", 4, false, 1_000), None);
+    let a = &member(&pool, "a").load;
+    assert!(!a.is_ejected(1_000));
+    assert_eq!(a.live_score(), 0, "four failures of four");
+    let ejection = record_n(&mut book, &pool, "a", 1, false, 1_000);
+    assert_eq!(
+        ejection,
+        Some(Ejection {
+            until_ms: 31_000,
+            times: 1
+        })
+    );
+    assert!(a.is_ejected(30_999));
+    assert_eq!(a.ejected_until_ms(), 31_000);
+    assert_eq!(a.live_score(), 0);
+    let health = book.health("api", "a").expect("known");
+    assert_eq!(health.times_ejected(), 1);
+    assert!(health.is_ejected(1_000));
+    assert_eq!(book.len(), 1);
+    // Outcomes reported while ejected are ignored: no second ejection.
+    assert_eq!(record_n(&mut book, &pool, "a", 10, false, 2_000), None);
+    assert_eq!(a.ejected_until_ms(), 31_000);
+    // Back, with a clean slate: a success scores 100, five more failures eject for twice as
+    // long.
+    assert_eq!(record_n(&mut book, &pool, "a", 1, true, 31_000), None);
+    assert_eq!(a.live_score(), 100);
+    assert_eq!(
+        record_n(&mut book, &pool, "a", 5, false, 32_000),
+        Some(Ejection {
+            until_ms: 92_000,
+            times: 2
+        })
+    );
+    // The other instance was never touched.
+    assert!(!member(&pool, "b").load.is_ejected(32_000));
+    assert_eq!(member(&pool, "b").load.live_score(), 100);
+}
+
+#[test]
+fn the_book_never_ejects_more_than_the_policys_share_of_the_pool() {
+    // 50% of two: one may go, the second stays however it fails.
+    let pool = pool(&["a", "b"]);
+    let mut book = EjectionBook::new();
+    assert!(record_n(&mut book, &pool, "a", 5, false, 1_000).is_some());
+    assert_eq!(record_n(&mut book, &pool, "b", 20, false, 1_000), None);
+    let b = &member(&pool, "b").load;
+    assert!(!b.is_ejected(1_000));
+    // Its live score still says how it fares.
+    assert_eq!(b.live_score(), 0);
+    // Once `a` is back (its ejection ended), `b`'s next failure ejects it: it kept wanting to.
+    let ejection = record_n(&mut book, &pool, "b", 1, false, 31_000);
+    assert_eq!(
+        ejection,
+        Some(Ejection {
+            until_ms: 61_000,
+            times: 1
+        })
+    );
+    // A pool of one never ejects at 50%.
+    let alone = self::pool(&["solo"]);
+    assert_eq!(record_n(&mut book, &alone, "solo", 50, false, 1_000), None);
+}
+
+#[test]
+fn the_book_keeps_instances_of_different_services_apart() {
+    let api = pool(&["x", "y"]);
+    let billing = Pool::new([member_of("billing", "x"), member_of("billing", "y")], None);
+    let mut book = EjectionBook::new();
+    assert_eq!(record_n(&mut book, &api, "x", 4, false, 1_000), None);
+    // The same id in another service starts from nothing: four failures there do not add up
+    // to five.
+    assert_eq!(record_n(&mut book, &billing, "x", 4, false, 1_000), None);
+    assert_eq!(book.len(), 2);
+    assert_eq!(
+        book.health("api", "x")
+            .map(InstanceHealth::consecutive_failures),
+        Some(4)
+    );
+    assert_eq!(
+        book.health("billing", "x")
+            .map(InstanceHealth::consecutive_failures),
+        Some(4)
+    );
+    assert!(book.health("api", "y").is_none());
+    assert!(record_n(&mut book, &api, "x", 1, false, 1_000).is_some());
+    assert!(!member(&billing, "x").load.is_ejected(1_000));
+}
+
+#[test]
+fn the_book_sets_the_live_score_from_the_window() {
+    let pool = pool(&["a", "b"]);
+    let mut book = EjectionBook::new();
+    for i in 0..4 {
+        book.record(&policy(), &pool, member(&pool, "a"), i != 0, 5, 1_000);
+    }
+    // Three successes of four.
+    assert_eq!(member(&pool, "a").load.live_score(), 75);
+}
+
+#[test]
+fn the_book_leaves_in_flight_counts_alone() {
+    let pool = pool(&["a", "b"]);
+    let a = &member(&pool, "a").load;
+    a.start(1_000);
+    let mut book = EjectionBook::new();
+    record_n(&mut book, &pool, "a", 5, false, 1_000);
+    assert_eq!(a.in_flight(1_000), 1);
+}

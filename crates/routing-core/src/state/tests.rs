@@ -788,6 +788,208 @@ fn rollout_and_experiment_validation() {
     assert_eq!(resolved(&state, "acme", "api"), pair("v3", "rollout:r1"));
 }
 
+#[test]
+fn creating_an_experiment_refuses_an_id_in_use_and_keeps_its_sticky_tenants() {
+    let state = world();
+    let create =
+        |id: &str, service: &str, variants: &[(&str, &str, u32)]| Mutation::CreateExperiment {
+            experiment: experiment(id, service, variants),
+        };
+    let halves = [("a", "v1", 50), ("b", "v2", 50)];
+    // A new id: created exactly as an upsert would create it, in the same scope.
+    let first = create("e1", "api", &halves);
+    let upsert = Mutation::UpsertExperiment {
+        experiment: experiment("e1", "api", &halves),
+    };
+    assert_eq!(first.scope(), upsert.scope());
+    let (created, outcome) = step(&state, &first);
+    let (upserted, upserted_outcome) = step(&state, &upsert);
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(outcome, upserted_outcome);
+    assert_eq!(created.dump(), upserted.dump());
+    // New weights without a rebalance: the tenants in the experiment keep their variants.
+    let (sticky, _) = step(
+        &created,
+        &Mutation::UpdateExperiment {
+            service: "api".into(),
+            experiment_id: "e1".into(),
+            variants: vec![
+                crate::Variant {
+                    name: "a".into(),
+                    version: "v1".into(),
+                    weight: 10,
+                },
+                crate::Variant {
+                    name: "b".into(),
+                    version: "v2".into(),
+                    weight: 90,
+                },
+            ],
+            rebalance: false,
+        },
+    );
+    let existing = sticky.service("api").expect("api").experiments().to_vec();
+    assert!(
+        !existing[0].sticky.is_empty(),
+        "tenants kept their variants"
+    );
+    let resolutions: Vec<_> = fixtures::TENANT_IDS
+        .iter()
+        .map(|id| sticky.resolve(id, "api"))
+        .collect();
+
+    // A second creation of the id (a router that checked before the first) is refused ...
+    let again = create("e1", "api", &[("c", "v3", 1)]);
+    assert_eq!(
+        refused(&sticky, &again),
+        RoutingError::FailedPrecondition("experiment 'e1' of service 'api' already exists".into())
+    );
+    // ... and leaves the experiment, its sticky tenants and every resolution as they were.
+    assert_eq!(
+        sticky.service("api").expect("api").experiments(),
+        existing.as_slice()
+    );
+    let after: Vec<_> = fixtures::TENANT_IDS
+        .iter()
+        .map(|id| sticky.resolve(id, "api"))
+        .collect();
+    assert_eq!(after, resolutions);
+    // (An upsert of the same id replaces it, sticky tenants and all.)
+    let (replaced, _) = step(
+        &sticky,
+        &Mutation::UpsertExperiment {
+            experiment: experiment("e1", "api", &[("c", "v3", 1)]),
+        },
+    );
+    assert!(
+        replaced.service("api").expect("api").experiments()[0]
+            .sticky
+            .is_empty()
+    );
+
+    // Another id is created beside it; the same id in another service is another experiment.
+    let (both, outcome) = step(&sticky, &create("e2", "api", &[("x", "v3", 1)]));
+    assert_eq!(outcome, Outcome::Done);
+    let experiments = both.service("api").expect("api").experiments();
+    assert_eq!(experiments.len(), 2);
+    assert_eq!(experiments[0], existing[0]);
+    assert_eq!(experiments[1], experiment("e2", "api", &[("x", "v3", 1)]));
+    step(&sticky, &create("e1", "billing", &[("a", "v1", 1)]));
+
+    // Its checks are the upsert's.
+    assert_eq!(
+        refused(&state, &create("e1", "ghost", &halves)),
+        RoutingError::not_found(Entity::Service, "ghost")
+    );
+    assert_eq!(
+        refused(&state, &create("e1", "api", &[("a", "v9", 1)])),
+        RoutingError::not_found(Entity::Version, "api/v9")
+    );
+    assert!(matches!(
+        refused(&state, &create("e 1", "api", &halves)),
+        RoutingError::InvalidArgument { ref field, .. } if field == "experiment.id"
+    ));
+}
+
+#[test]
+fn create_experiment_is_stored_beside_the_other_mutations() {
+    let record = experiment("e1", "api", &[("a", "v1", 1)]);
+    let fields = serde_json::to_value(&record).expect("an experiment serializes");
+    let upsert = Mutation::UpsertExperiment {
+        experiment: record.clone(),
+    };
+    let create = Mutation::CreateExperiment { experiment: record };
+    // The existing variants keep their form; the new one has its own tag.
+    assert_eq!(
+        serde_json::to_value(&upsert).expect("serializes"),
+        serde_json::json!({ "op": "upsert_experiment", "experiment": fields })
+    );
+    assert_eq!(
+        serde_json::to_value(&create).expect("serializes"),
+        serde_json::json!({ "op": "create_experiment", "experiment": fields })
+    );
+    assert_eq!(
+        serde_json::to_value(Mutation::ClearTenantVersion {
+            tenant_id: "acme".into(),
+            service: "api".into(),
+        })
+        .expect("serializes"),
+        serde_json::json!({ "op": "clear_tenant_version", "tenant_id": "acme", "service": "api" })
+    );
+    for mutation in [upsert, create] {
+        let text = serde_json::to_string(&mutation).expect("serializes");
+        let back: Mutation = serde_json::from_str(&text).expect("deserializes");
+        assert_eq!(back, mutation);
+    }
+}
+
+#[test]
+fn start_rollout_errors_name_the_fields_of_the_api() {
+    use crate::model::{RolloutPhase, RolloutPlan};
+    let state = world();
+    let plan = RolloutPlan {
+        from_version: String::new(),
+        steps: vec![1_000, 5_000],
+        interval_ms: 60_000,
+        analysis: crate::AnalysisPolicy::default(),
+        phase: RolloutPhase::Running,
+        step: 0,
+        step_started_ms: 0,
+        failed_checks: 0,
+        decisions: Vec::new(),
+    };
+    let start = |rollout: crate::Rollout| Mutation::StartRollout {
+        rollout,
+        force: false,
+    };
+    let planned = |id: &str, to_version: &str, change: &dyn Fn(&mut RolloutPlan)| {
+        let mut plan = plan.clone();
+        change(&mut plan);
+        start(crate::Rollout {
+            plan: Some(plan),
+            ..rollout(id, "api", to_version, 0)
+        })
+    };
+    let as_is = |_: &mut RolloutPlan| {};
+    // The API (StartRolloutRequest) takes `interval_seconds`; the plan holds milliseconds.
+    assert_eq!(
+        refused(&state, &planned("r1", "v2", &|p| p.interval_ms = 0)),
+        RoutingError::invalid("interval_seconds", "must be positive")
+    );
+    let cases: Vec<(Mutation, &str)> = vec![
+        (
+            planned("r1", "v2", &|p| p.interval_ms = 0),
+            "interval_seconds",
+        ),
+        (planned("r1", "v2", &|p| p.steps.clear()), "steps"),
+        (
+            planned("r1", "v2", &|p| p.steps = vec![5_000, 1_000]),
+            "steps",
+        ),
+        (planned("r1", "v2", &|p| p.steps = vec![0, 1_000]), "steps"),
+        (planned("r1", "v2", &|p| p.steps = vec![10_001]), "steps"),
+        (
+            planned("r1", "v2", &|p| p.analysis.min_requests = 0),
+            "analysis",
+        ),
+        (planned("r 1", "v2", &as_is), "id"),
+        (planned("r1", "v 2", &as_is), "to_version"),
+        // Already the default version.
+        (planned("r1", "v1", &as_is), "to_version"),
+        // Not a field of the API: a caller that builds the mutation must give a plan.
+        (start(rollout("r1", "api", "v2", 0)), "rollout.plan"),
+    ];
+    for (mutation, expected) in cases {
+        match refused(&state, &mutation) {
+            RoutingError::InvalidArgument { field, .. } => {
+                assert_eq!(field, expected, "{mutation:?}");
+            }
+            other => panic!("{mutation:?}: expected invalid {expected}, got {other:?}"),
+        }
+    }
+    step(&state, &planned("r1", "v2", &as_is));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mutations
 
@@ -941,8 +1143,8 @@ fn reregistering_an_instance_keeps_its_in_flight_load() {
             .pool("v1")
             .expect("v1 pool");
         let load = &pool.member("api-1").expect("api-1").load;
-        load.start();
-        load.start();
+        load.start(0);
+        load.start(0);
         let (state, _) = step(
             &state,
             &register(Instance {
@@ -957,7 +1159,7 @@ fn reregistering_an_instance_keeps_its_in_flight_load() {
             .expect("v1 pool");
         let member = pool.member("api-1").expect("api-1");
         assert_eq!(member.instance.health_score, 50);
-        assert_eq!(member.load.in_flight(), 2, "with {others:?}");
+        assert_eq!(member.load.in_flight(0), 2, "with {others:?}");
     }
 }
 
@@ -1713,6 +1915,25 @@ fn route_prefers_the_tenants_region_unless_the_query_names_one() {
             "api-1", "api-1-us", "api-1", "api-1-us", "api-1", "api-1-us"
         ]
     );
+}
+
+#[test]
+fn route_names_the_strategy_that_picked_and_counts_nothing_in_flight() {
+    let state = world();
+    let service = state.service("api").expect("api").service.strategy;
+    let decision = state.route(&query("acme", "api")).expect("route");
+    assert_eq!(decision.strategy, service);
+    for strategy in crate::Strategy::ALL {
+        let decision = state
+            .route(&RouteQuery {
+                strategy: Some(strategy),
+                ..query("acme", "api")
+            })
+            .expect("route");
+        assert_eq!(decision.strategy, strategy);
+        // Counting is the caller's, and only for least_connections.
+        assert_eq!(decision.member.load.in_flight(0), 0, "{strategy}");
+    }
 }
 
 #[test]

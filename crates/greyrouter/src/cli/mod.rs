@@ -1,0 +1,571 @@
+//! The command line: `greyrouter serve` runs the server; every other command is an admin
+//! client of a running server (`--server`), printing tables or, with `--output json`, JSON.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use greyrouter_proto::v1 as pb;
+use greyrouter_proto::v1::admin_client::AdminClient;
+use greyrouter_proto::v1::router_client::RouterClient;
+use routing_core::Strategy;
+use serde_json::{Value, json};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+use crate::config::{Config, ENV_VARS, EXIT_CONFIG, Overrides};
+use crate::server::App;
+use control::audit::{ACTOR_HEADER, REASON_HEADER};
+use greyrouter_proto::domain as convert;
+
+mod events;
+mod printer;
+mod rollback;
+mod rollouts;
+mod schema;
+mod services;
+mod store;
+mod tenants;
+
+use events::{EventsArgs, events_command};
+use printer::Printer;
+use rollback::{RollbackArgs, rollback_command};
+use rollouts::{ExperimentCommand, RolloutCommand, experiment_command, rollout_command};
+use schema::{SchemaCommand, schema_command};
+use services::{InstanceCommand, ServiceCommand, instance, service};
+use store::{StoreCommand, store_command};
+use tenants::{TenantCommand, tenant};
+
+/// greyrouter: routes every tenant's requests to the right service version and instance.
+#[derive(Debug, Parser)]
+#[command(name = "greyrouter", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Server to talk to (admin commands).
+    #[arg(
+        long,
+        global = true,
+        env = "GREYROUTER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Who you are, for the audit trail ($USER when absent).
+    #[arg(long, global = true, env = "GREYROUTER_ACTOR", default_value = "")]
+    actor: String,
+    /// Why you make this change, for the audit trail.
+    #[arg(long = "why", global = true, default_value = "")]
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server.
+    Serve(ServeArgs),
+    /// Routes one request and prints the chosen instance.
+    Route(RouteArgs),
+    /// Tenants and their versions.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Services and their default versions.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Instances of service versions.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Moves tenants off a broken version at once (an emergency override).
+    Rollback(RollbackArgs),
+    /// Emergency overrides.
+    #[command(subcommand)]
+    Override(OverrideCommand),
+    /// Streams changes of effective assignments.
+    Watch(WatchArgs),
+    /// Prints the audit trail: who changed what, when and why.
+    Events(EventsArgs),
+    /// Gradual rollouts driven by canary analysis.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// A/B experiments.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+    /// Per-tenant database schema migrations.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// The store behind the routers.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Store: `memory` [default], `redis://host:port/db`, `redis-sentinel://...` or
+    /// `redis-cluster://...`.
+    #[arg(long)]
+    store: Option<String>,
+    /// TOML or JSON file of tenants, services, instances and pins to load into an empty store.
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// Log filter such as `info` or `greyrouter=debug`.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Runtime worker threads; 0: one per core [default: 0].
+    #[arg(long)]
+    worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    service: String,
+    /// Preferred region (the tenant's when absent).
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Key for consistent_hash (the tenant id when absent).
+    #[arg(long, default_value = "")]
+    hash_key: String,
+    /// Strategy for this request (the service's when absent).
+    #[arg(long)]
+    strategy: Option<Strategy>,
+    /// Request metadata, KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_parser = key_value)]
+    metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+enum OverrideCommand {
+    /// Lists overrides.
+    List { service: Option<String> },
+    /// Removes an override.
+    Clear { service: String, id: String },
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Tenants to watch (repeatable); all when absent.
+    #[arg(long = "tenant")]
+    tenants: Vec<String>,
+    /// Services to watch (repeatable); all when absent.
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// Resume after this revision instead of starting from a snapshot.
+    #[arg(long, default_value_t = 0)]
+    from_revision: u64,
+    /// The history the revision belongs to (updates name it); a router of another history
+    /// sends a snapshot.
+    #[arg(long, default_value = "")]
+    history: String,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{text}'"))
+}
+
+/// Runs a parsed command line; returns the process exit status.
+///
+/// `serve` reads its configuration before it starts the runtime, which is sized by
+/// `server.worker_threads`; the admin commands run on a default runtime.
+pub fn run(cli: Cli) -> ExitCode {
+    let job = match cli.command {
+        Command::Serve(args) => match serve_config(args) {
+            Ok(config) => Job::Serve(Box::new(config)),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        },
+        command => Job::Client(command),
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Job::Serve(config) = &job
+        && let Some(threads) = config.server.worker_threads()
+    {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match job {
+        Job::Serve(config) => runtime.block_on(serve(*config)),
+        Job::Client(command) => match runtime.block_on(client(command, &cli.client)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// What a command line runs once parsed.
+enum Job {
+    /// `serve`, with its configuration read and validated.
+    Serve(Box<Config>),
+    /// An admin command: a client of a running server.
+    Client(Command),
+}
+
+/// Layers the configuration of `serve`: file, environment, flags.
+fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| ENV_VARS.iter().any(|var| var.name == k))
+        .collect();
+    let flags = Overrides {
+        grpc_addr: args.grpc_addr,
+        store: args.store,
+        seed: args.seed,
+        log_level: args.log_level,
+        worker_threads: args.worker_threads,
+    };
+    Config::load(args.config.as_deref(), &env, flags)
+}
+
+async fn serve(config: Config) -> ExitCode {
+    init_tracing(&config);
+    let addr = config.grpc_addr;
+    let app = match App::start(config).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!("cannot start: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%addr, "cannot listen: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signals are caught from before the address is announced: a SIGINT sent as soon as the
+    // server says it listens shuts it down cleanly, never by the signal's default action.
+    let shutdown = shutdown_signal();
+    if let Ok(local) = listener.local_addr() {
+        // One line on stdout, so scripts that start on port 0 learn the address.
+        println!("greyrouter listening on {local}");
+    }
+    match app.serve(listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.format == "json" {
+        builder.with_writer(std::io::stderr).json().init();
+    } else {
+        // Text lines escape whatever callers sent (no colours: escape codes are escaped too).
+        builder
+            .with_ansi(false)
+            .with_writer(crate::log::SafeLines::new(std::io::stderr))
+            .init();
+    }
+}
+
+/// Catches SIGINT and SIGTERM from now on; the future completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        [
+            ("SIGINT", signal(SignalKind::interrupt())),
+            ("SIGTERM", signal(SignalKind::terminate())),
+        ]
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let [interrupt, terminate] = signals.map(|(name, registered)| async move {
+                match registered {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+            tokio::select! {
+                () = interrupt => {},
+                () = terminate => {},
+            }
+        }
+        #[cfg(not(unix))]
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutting down");
+    }
+}
+
+/// Adds who is calling (and why) to every admin call, for the audit trail.
+#[derive(Debug, Clone)]
+struct Identify {
+    actor: MetadataValue<Ascii>,
+    reason: Option<MetadataValue<Ascii>>,
+}
+
+impl Identify {
+    fn new(args: &ClientArgs) -> anyhow::Result<Identify> {
+        let actor = if args.actor.is_empty() {
+            std::env::var("USER").unwrap_or_else(|_| "cli".to_owned())
+        } else {
+            args.actor.clone()
+        };
+        let ascii = |text: &str, what: &str| {
+            MetadataValue::try_from(text)
+                .map_err(|_| anyhow::anyhow!("{what} must be printable ASCII"))
+        };
+        Ok(Identify {
+            actor: ascii(&actor, "--actor")?,
+            reason: if args.reason.is_empty() {
+                None
+            } else {
+                Some(ascii(&args.reason, "--reason")?)
+            },
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Identify {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert(ACTOR_HEADER, self.actor.clone());
+        if let Some(reason) = &self.reason
+            && !metadata.contains_key(REASON_HEADER)
+        {
+            metadata.insert(REASON_HEADER, reason.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Admin = AdminClient<InterceptedService<Channel, Identify>>;
+
+async fn channel(server: &str) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .map_err(|e| anyhow::anyhow!("invalid --server '{server}': {e}"))?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))
+}
+
+/// Formats a failed call as `CODE: message`.
+fn call_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
+    let channel = channel(&args.server).await?;
+    let mut admin = AdminClient::with_interceptor(channel.clone(), Identify::new(args)?);
+    let out = Printer(args.output);
+    match command {
+        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Route(route) => {
+            let mut router = RouterClient::new(channel);
+            let strategy = route
+                .strategy
+                .map_or(pb::Strategy::Unspecified, pb::Strategy::from);
+            let response = router
+                .route(pb::RouteRequest {
+                    tenant_id: route.tenant,
+                    service: route.service,
+                    metadata: route.metadata.into_iter().collect::<HashMap<_, _>>(),
+                    hash_key: route.hash_key,
+                    region: route.region,
+                    strategy: strategy.into(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.table(
+                &["INSTANCE", "ADDRESS", "VERSION", "SOURCE", "REVISION"],
+                vec![vec![
+                    response.instance_id.clone(),
+                    response.address.clone(),
+                    response.version.clone(),
+                    response.source.clone(),
+                    response.revision.to_string(),
+                ]],
+                json!({
+                    "instance_id": response.instance_id,
+                    "address": response.address,
+                    "version": response.version,
+                    "source": response.source,
+                    "revision": response.revision,
+                }),
+            );
+        }
+        Command::Tenant(command) => tenant(command, &mut admin, out).await?,
+        Command::Service(command) => service(command, &mut admin, out).await?,
+        Command::Instance(command) => instance(command, &mut admin, out).await?,
+        Command::Rollback(rollback) => {
+            rollback_command(rollback, &args.reason, &mut admin, out).await?;
+        }
+        Command::Events(events) => events_command(events, &mut admin, out).await?,
+        Command::Rollout(command) => rollout_command(command, &mut admin, out).await?,
+        Command::Experiment(command) => experiment_command(command, &mut admin, out).await?,
+        Command::Schema(command) => schema_command(command, &mut admin, out).await?,
+        Command::Store(command) => store_command(command, &mut admin, out).await?,
+        Command::Override(OverrideCommand::List { service }) => {
+            let response = admin
+                .list_overrides(pb::ListOverridesRequest {
+                    service: service.unwrap_or_default(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let rows = response
+                .overrides
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.id.clone(),
+                        o.service.clone(),
+                        o.from_version.clone(),
+                        o.to_version.clone(),
+                        if o.tenant_ids.is_empty() {
+                            "all".to_owned()
+                        } else {
+                            o.tenant_ids.join(",")
+                        },
+                    ]
+                })
+                .collect();
+            let values: Vec<Value> = response
+                .overrides
+                .iter()
+                .map(|o| {
+                    json!({"id": o.id, "service": o.service, "from_version": o.from_version,
+                           "to_version": o.to_version, "tenant_ids": o.tenant_ids,
+                           "created_revision": o.created_revision})
+                })
+                .collect();
+            out.table(
+                &["ID", "SERVICE", "FROM", "TO", "TENANTS"],
+                rows,
+                Value::Array(values),
+            );
+        }
+        Command::Override(OverrideCommand::Clear { service, id }) => {
+            let response = admin
+                .clear_override(pb::ClearOverrideRequest {
+                    service,
+                    override_id: id.clone(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.revision(&format!("cleared override {id}"), response.revision);
+        }
+        Command::Watch(watch) => {
+            let mut router = RouterClient::new(channel);
+            let mut stream = router
+                .watch_assignments(pb::WatchAssignmentsRequest {
+                    tenant_ids: watch.tenants,
+                    services: watch.services,
+                    from_revision: watch.from_revision,
+                    history: watch.history,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            while let Some(update) = stream.message().await.map_err(call_error)? {
+                out.update(&update);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Formats milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn format_time(at_ms: u64) -> String {
+    let seconds = at_ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+fn labels(labels: &HashMap<String, String>) -> String {
+    convert::sorted(labels)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000_000), "2026-11-18 11:06:40");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}

@@ -1,0 +1,994 @@
+//! Server configuration: a typed struct layered defaults → file → environment → flags.
+//!
+//! The environment is passed in as a map, never read here, so tests build any layering they need.
+//! [`Config::problems`] reports every bad value at once; the binary then exits with status 64
+//! before binding any port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit status for a configuration error (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Everything `greyrouter serve` needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub grpc_addr: SocketAddr,
+    /// Where routing state is kept: `memory` (the default), or a Redis URL
+    /// (`redis://`, `redis-sentinel://`, `redis-cluster://`).
+    pub store: String,
+    /// A TOML or JSON file of tenants, services, instances and pins loaded at start.
+    pub seed: Option<PathBuf>,
+    /// With the embedded store: a file every change is appended to as a JSON line (the audit
+    /// trail beyond the in-memory log). With Redis the change stream is the trail.
+    pub audit_file: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Assignment watchers.
+    pub watch: WatchConfig,
+    /// The Redis store, when `store` is a Redis URL.
+    pub redis: RedisSettings,
+    /// How often the store is checked for health, in milliseconds.
+    pub health_interval_ms: u64,
+    /// On shutdown, how long open calls may take to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Outcome windows, outlier ejection and the rollout driver.
+    pub outcomes: OutcomeSettings,
+    /// Per-tenant schema migrations.
+    pub schema: SchemaSettings,
+    /// The runtime and HTTP/2 settings of the gRPC server.
+    pub server: ServerSettings,
+}
+
+/// The tokio runtime and the HTTP/2 connections of `greyrouter serve`.
+///
+/// The window defaults are hyper's server defaults (what tonic uses when none is set), so that
+/// leaving them out and writing them down behave the same.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Runtime worker threads; 0: one per core.
+    pub worker_threads: usize,
+    /// HTTP/2 `SETTINGS_INITIAL_WINDOW_SIZE`: bytes a client may send on one call before the
+    /// server acknowledges them.
+    pub http2_initial_stream_window_bytes: u32,
+    /// HTTP/2 connection-level flow-control window, in bytes.
+    pub http2_initial_connection_window_bytes: u32,
+    /// Sizes the windows from the measured bandwidth-delay product instead (BDP pings); the two
+    /// window settings are then ignored.
+    pub http2_adaptive_window: bool,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: most calls open at once on one connection
+    /// (a client opening more waits for one to finish); 0: no limit.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: largest block of request headers (metadata),
+    /// in bytes; larger requests are refused before any handler runs.
+    pub http2_max_header_list_bytes: u32,
+    /// Interval of HTTP/2 keep-alive pings on idle connections, in milliseconds; 0: no pings.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a keep-alive ping may go unanswered before the connection is closed, in
+    /// milliseconds.
+    pub http2_keepalive_timeout_ms: u64,
+}
+
+/// Most runtime worker threads `server.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Calls one connection may have open at once, unless `[server] max_concurrent_streams` says
+/// otherwise: enough for a gateway multiplexing a busy service, far below what would let one
+/// client hold thousands of watch streams.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1_000;
+
+/// Largest block of request headers by default (grpc-go and Envoy use 16 KiB too).
+pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Smallest HTTP/2 flow-control window (RFC 9113 §6.9.2, the initial value).
+pub const MIN_HTTP2_WINDOW: u32 = 65_535;
+
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1: 2^31 - 1).
+pub const MAX_HTTP2_WINDOW: u32 = (1 << 31) - 1;
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            worker_threads: 0,
+            http2_initial_stream_window_bytes: 1024 * 1024,
+            http2_initial_connection_window_bytes: 1024 * 1024,
+            http2_adaptive_window: false,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            http2_max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
+            http2_keepalive_interval_ms: 0,
+            http2_keepalive_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Returns one line per bad value.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.worker_threads > MAX_WORKER_THREADS {
+            problems.push(format!(
+                "server.worker_threads: {} is more than {MAX_WORKER_THREADS} (0: one per core)",
+                self.worker_threads
+            ));
+        }
+        for (key, bytes) in [
+            (
+                "http2_initial_stream_window_bytes",
+                self.http2_initial_stream_window_bytes,
+            ),
+            (
+                "http2_initial_connection_window_bytes",
+                self.http2_initial_connection_window_bytes,
+            ),
+        ] {
+            if !(MIN_HTTP2_WINDOW..=MAX_HTTP2_WINDOW).contains(&bytes) {
+                problems.push(format!(
+                    "server.{key}: {bytes} is outside the HTTP/2 window range \
+                     {MIN_HTTP2_WINDOW} to {MAX_HTTP2_WINDOW} bytes"
+                ));
+            }
+        }
+        if !(1024..=1 << 24).contains(&self.http2_max_header_list_bytes) {
+            problems.push(format!(
+                "server.http2_max_header_list_bytes: {} is outside 1 KiB to 16 MiB",
+                self.http2_max_header_list_bytes
+            ));
+        }
+        if self.http2_keepalive_interval_ms > 0 && self.http2_keepalive_timeout_ms == 0 {
+            problems.push(
+                "server.http2_keepalive_timeout_ms: must be positive when keep-alive pings are on"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
+
+    /// Returns the worker threads to start, or `None` for one per core.
+    pub fn worker_threads(&self) -> Option<usize> {
+        (self.worker_threads > 0).then_some(self.worker_threads)
+    }
+}
+
+/// Settings of per-tenant schema migrations.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaSettings {
+    /// The migration catalog: `<dir>/<service>/NNNN_name.up.sql` and `versions.toml`.
+    pub migrations: PathBuf,
+    /// A tenant's database, `{tenant}` replaced by its id, e.g.
+    /// `postgres://app@db:5432/app` (a schema per tenant) or `postgres://app@db/tenant_{tenant}`.
+    /// Empty: schema migrations are off.
+    pub database_url: String,
+    /// The tenant's schema in that database (a tenant label `schema` overrides it).
+    pub schema: String,
+    /// Tenants migrated at once by one upgrade.
+    pub max_concurrent_upgrades: usize,
+    /// Longest a single migration may run, in milliseconds.
+    pub migration_timeout_ms: u64,
+    /// How long to wait for another migrator working on the same tenant, in milliseconds.
+    pub lock_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for SchemaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("SchemaSettings")
+            .field("migrations", &self.migrations)
+            .field(
+                "database_url",
+                &if self.database_url.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SchemaSettings {
+    fn default() -> Self {
+        SchemaSettings {
+            migrations: PathBuf::from("migrations"),
+            database_url: String::new(),
+            schema: "tenant_{tenant}".to_owned(),
+            max_concurrent_upgrades: 5,
+            migration_timeout_ms: 60_000,
+            lock_timeout_ms: 10_000,
+        }
+    }
+}
+
+pub use control::node::OutcomeSettings;
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Prefix (hash tag) of every key.
+    pub prefix: String,
+    /// How long a Redis command may take before the change fails as `UNAVAILABLE`.
+    pub command_timeout_ms: u64,
+    /// How long connecting may take.
+    pub connect_timeout_ms: u64,
+    /// First reconnection delay; it doubles up to the maximum.
+    pub reconnect_min_delay_ms: u64,
+    /// Longest reconnection delay.
+    pub reconnect_max_delay_ms: u64,
+    /// Changes kept in the change stream.
+    pub stream_max_len: u64,
+    /// Replicas that must acknowledge a change (Redis `WAIT`) before it is answered as
+    /// committed; 0: answered once the master applied it.
+    pub min_replicas_acked: u32,
+    /// How long to wait for those acknowledgements before answering `UNAVAILABLE`, in
+    /// milliseconds.
+    pub replica_ack_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        let defaults = redis_store::RedisConfig::new("");
+        RedisSettings {
+            prefix: defaults.prefix,
+            command_timeout_ms: millis(defaults.command_timeout),
+            connect_timeout_ms: millis(defaults.connect_timeout),
+            reconnect_min_delay_ms: millis(defaults.reconnect_min_delay),
+            reconnect_max_delay_ms: millis(defaults.reconnect_max_delay),
+            stream_max_len: defaults.stream_max_len,
+            min_replicas_acked: defaults.min_replicas_acked,
+            replica_ack_timeout_ms: millis(defaults.replica_ack_timeout),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Config {
+    /// The settings of the node.
+    pub fn node_settings(&self) -> control::NodeSettings {
+        control::NodeSettings {
+            history: self.watch.history,
+            history_bytes: self.watch.history_bytes,
+            watch: control::watch::WatchLimits {
+                max_queued_bytes: self.watch.max_queued_bytes,
+                max_assignments_per_message: self.watch.max_assignments_per_message,
+                buffer: self.watch.buffer,
+            },
+            max_metadata_entries: self.limits.max_metadata_entries,
+            max_metadata_bytes: self.limits.max_metadata_bytes,
+            max_watch_filter: self.limits.max_watch_filter,
+            outcomes: self.outcomes.clone(),
+        }
+    }
+
+    /// The settings of the gRPC listener.
+    pub fn grpc_settings(&self) -> grpc_server::GrpcSettings {
+        let server = &self.server;
+        grpc_server::GrpcSettings {
+            initial_stream_window_bytes: server.http2_initial_stream_window_bytes,
+            initial_connection_window_bytes: server.http2_initial_connection_window_bytes,
+            adaptive_window: server.http2_adaptive_window,
+            max_concurrent_streams: server.max_concurrent_streams,
+            max_header_list_bytes: server.http2_max_header_list_bytes,
+            keepalive_interval: (server.http2_keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(server.http2_keepalive_interval_ms)),
+            keepalive_timeout: Duration::from_millis(server.http2_keepalive_timeout_ms),
+            max_request_bytes: self.limits.max_request_bytes,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            health_interval: Duration::from_millis(self.health_interval_ms),
+        }
+    }
+
+    /// Whether the store is Redis.
+    pub fn uses_redis(&self) -> bool {
+        self.store.starts_with("redis")
+    }
+
+    /// Returns the Redis store settings for the configured URL.
+    pub fn redis_config(&self) -> redis_store::RedisConfig {
+        let mut config = redis_store::RedisConfig::new(self.store.clone());
+        config.prefix = self.redis.prefix.clone();
+        config.command_timeout = Duration::from_millis(self.redis.command_timeout_ms);
+        config.connect_timeout = Duration::from_millis(self.redis.connect_timeout_ms);
+        config.reconnect_min_delay = Duration::from_millis(self.redis.reconnect_min_delay_ms);
+        config.reconnect_max_delay = Duration::from_millis(self.redis.reconnect_max_delay_ms);
+        config.stream_max_len = self.redis.stream_max_len;
+        config.min_replicas_acked = self.redis.min_replicas_acked;
+        config.replica_ack_timeout = Duration::from_millis(self.redis.replica_ack_timeout_ms);
+        config
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `greyrouter=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// Limits on what a request may carry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest encoded request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Most metadata entries on a `Route` request.
+    pub max_metadata_entries: usize,
+    /// Most metadata bytes (keys and values) on a `Route` request.
+    pub max_metadata_bytes: usize,
+    /// Most tenants or services named by one watch.
+    pub max_watch_filter: usize,
+}
+
+/// Settings of `WatchAssignments`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Changes kept for watchers to resume from.
+    pub history: usize,
+    /// Memory the kept changes may hold on their own (old revisions' replaced entries), in
+    /// bytes; the oldest changes are dropped beyond it.
+    pub history_bytes: usize,
+    /// Memory the messages queued for one watcher may take, in bytes (about three times their
+    /// encoded size); a watcher that does not read waits for room, then catches up from the
+    /// history or a fresh snapshot.
+    pub max_queued_bytes: usize,
+    /// Most assignments in one streamed message; larger updates are split.
+    pub max_assignments_per_message: usize,
+    /// Messages buffered per watcher before it counts as slow.
+    pub buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            store: "memory".to_owned(),
+            seed: None,
+            audit_file: None,
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            watch: WatchConfig::default(),
+            redis: RedisSettings::default(),
+            health_interval_ms: 1000,
+            shutdown_grace_ms: 10_000,
+            outcomes: OutcomeSettings::default(),
+            schema: SchemaSettings::default(),
+            server: ServerSettings::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1024 * 1024,
+            max_metadata_entries: 64,
+            max_metadata_bytes: 8 * 1024,
+            max_watch_filter: 10_000,
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            history: 4096,
+            history_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 256 * 1024,
+            max_assignments_per_message: 100,
+            buffer: 16,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--grpc-addr`.
+    pub grpc_addr: Option<SocketAddr>,
+    /// `--store`.
+    pub store: Option<String>,
+    /// `--seed`.
+    pub seed: Option<PathBuf>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+    /// `--worker-threads`.
+    pub worker_threads: Option<usize>,
+}
+
+/// How an environment variable sets its key.
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+/// One environment variable: its name, the key it sets, and how.
+#[derive(Clone, Copy)]
+pub struct EnvVar {
+    /// The variable, `GREYROUTER_...`.
+    pub name: &'static str,
+    /// The configuration key it sets (`section.key`).
+    pub key: &'static str,
+    set: Setter,
+}
+
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.name, self.key)
+    }
+}
+
+fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// The one table of environment variables read by [`Config::load`]: what each sets and how.
+pub const ENV_VARS: &[EnvVar] = &[
+    EnvVar {
+        name: "GREYROUTER_GRPC_ADDR",
+        key: "grpc_addr",
+        set: |c, v| {
+            c.grpc_addr = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_STORE",
+        key: "store",
+        set: |c, v| {
+            c.store = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_SEED",
+        key: "seed",
+        set: |c, v| {
+            c.seed = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_LOG_LEVEL",
+        key: "log.level",
+        set: |c, v| {
+            c.log.level = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_LOG_FORMAT",
+        key: "log.format",
+        set: |c, v| {
+            c.log.format = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_MAX_REQUEST_BYTES",
+        key: "limits.max_request_bytes",
+        set: |c, v| {
+            c.limits.max_request_bytes = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_WATCH_HISTORY",
+        key: "watch.history",
+        set: |c, v| {
+            c.watch.history = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_WATCH_HISTORY_BYTES",
+        key: "watch.history_bytes",
+        set: |c, v| {
+            c.watch.history_bytes = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_REDIS_PREFIX",
+        key: "redis.prefix",
+        set: |c, v| {
+            c.redis.prefix = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_REDIS_COMMAND_TIMEOUT_MS",
+        key: "redis.command_timeout_ms",
+        set: |c, v| {
+            c.redis.command_timeout_ms = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_REDIS_MIN_REPLICAS_ACKED",
+        key: "redis.min_replicas_acked",
+        set: |c, v| {
+            c.redis.min_replicas_acked = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS",
+        key: "redis.replica_ack_timeout_ms",
+        set: |c, v| {
+            c.redis.replica_ack_timeout_ms = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_SCHEMA_DATABASE_URL",
+        key: "schema.database_url",
+        set: |c, v| {
+            c.schema.database_url = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_SCHEMA_MIGRATIONS",
+        key: "schema.migrations",
+        set: |c, v| {
+            c.schema.migrations = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_WORKER_THREADS",
+        key: "server.worker_threads",
+        set: |c, v| {
+            c.server.worker_threads = parse(v)?;
+            Ok(())
+        },
+    },
+];
+
+/// A configuration that cannot be used; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Layers defaults, the file (if any), the environment and the flags, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut config = match file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => toml::from_str(&text).unwrap_or_else(|err| {
+                    problems.push(format!("{}: {err}", path.display()));
+                    Config::default()
+                }),
+                Err(err) => {
+                    problems.push(format!("{}: {err}", path.display()));
+                    Config::default()
+                }
+            },
+            None => Config::default(),
+        };
+        for var in ENV_VARS {
+            if let Some(value) = env.get(var.name)
+                && let Err(problem) = (var.set)(&mut config, value)
+            {
+                problems.push(format!("{}={value:?}: {problem}", var.name));
+            }
+        }
+        if let Some(addr) = flags.grpc_addr {
+            config.grpc_addr = addr;
+        }
+        if let Some(store) = flags.store {
+            config.store = store;
+        }
+        if let Some(seed) = flags.seed {
+            config.seed = Some(seed);
+        }
+        if let Some(level) = flags.log_level {
+            config.log.level = level;
+        }
+        if let Some(threads) = flags.worker_threads {
+            config.server.worker_threads = threads;
+        }
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Checks every value; returns one line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.uses_redis() {
+            problems.extend(self.redis_config().problems());
+        } else if self.store != "memory" && self.store != "memory://" {
+            problems.push(format!(
+                "store: unsupported store '{}' (use memory, redis://, redis-sentinel:// or redis-cluster://)",
+                self.store
+            ));
+        }
+        let window = routing_core::outcome::WindowConfig {
+            span_ms: self.outcomes.window_seconds.saturating_mul(1000),
+            slots: self.outcomes.window_slots,
+        };
+        if let Err(problem) = window.validate() {
+            problems.push(format!("outcomes.window: {problem}"));
+        }
+        if let Err(problem) = self.outcomes.ejection.validate() {
+            problems.push(format!("outcomes.ejection: {problem}"));
+        }
+        if self.outcomes.rollout_tick_ms == 0
+            || self.outcomes.rollout_lease_ms <= self.outcomes.rollout_tick_ms
+        {
+            problems.push(
+                "outcomes: rollout_tick_ms must be positive and below rollout_lease_ms".to_owned(),
+            );
+        }
+        if !self.schema.database_url.is_empty() {
+            if !self.schema.migrations.is_dir() {
+                problems.push(format!(
+                    "schema.migrations: {} is not a directory",
+                    self.schema.migrations.display()
+                ));
+            }
+            if !self.schema.database_url.starts_with("postgres://")
+                && !self.schema.database_url.starts_with("postgresql://")
+            {
+                problems.push("schema.database_url: must be a postgres:// URL".to_owned());
+            }
+            if self.schema.max_concurrent_upgrades == 0 || self.schema.migration_timeout_ms == 0 {
+                problems.push(
+                    "schema: max_concurrent_upgrades and migration_timeout_ms must be positive"
+                        .to_owned(),
+                );
+            }
+        }
+        if self.health_interval_ms == 0 {
+            problems.push("health_interval_ms: must be positive".to_owned());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            problems.push(format!(
+                "log.format: '{}' is not text or json",
+                self.log.format
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!("log.level: {err}"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.limits.max_request_bytes) {
+            problems.push("limits.max_request_bytes: must be 1 KiB to 64 MiB".to_owned());
+        }
+        if self.limits.max_metadata_entries == 0 || self.limits.max_metadata_bytes == 0 {
+            problems.push("limits: metadata limits must be positive".to_owned());
+        }
+        if self.limits.max_watch_filter == 0 {
+            problems.push("limits.max_watch_filter: must be positive".to_owned());
+        }
+        if self.watch.history == 0 {
+            problems.push("watch.history: must be positive".to_owned());
+        }
+        if !(64 * 1024..=1 << 40).contains(&self.watch.history_bytes) {
+            problems.push("watch.history_bytes: must be 64 KiB to 1 TiB".to_owned());
+        }
+        if !(4 * 1024..=1 << 30).contains(&self.watch.max_queued_bytes) {
+            problems.push("watch.max_queued_bytes: must be 4 KiB to 1 GiB".to_owned());
+        }
+        if self.watch.max_assignments_per_message == 0 || self.watch.buffer == 0 {
+            problems
+                .push("watch: max_assignments_per_message and buffer must be positive".to_owned());
+        }
+        if let Some(seed) = &self.seed
+            && !seed.is_file()
+        {
+            problems.push(format!("seed: {} is not a readable file", seed.display()));
+        }
+        problems.extend(self.server.problems());
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Variables of the test harness, not of the server.
+    const NOT_CONFIG: &[&str] = &["GREYROUTER_SKIP_MISSING"];
+
+    #[test]
+    fn every_variable_the_docs_name_is_read() {
+        let docs = [
+            ("README.md", include_str!("../../../README.md")),
+            (
+                "deploy/greyrouter.toml",
+                include_str!("../../../deploy/greyrouter.toml"),
+            ),
+        ];
+        let mut named = 0;
+        for (file, text) in docs {
+            for (at, _) in text.match_indices("GREYROUTER_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name == "GREYROUTER_" || NOT_CONFIG.contains(&name.as_str()) {
+                    continue;
+                }
+                named += 1;
+                let var = ENV_VARS
+                    .iter()
+                    .find(|var| var.name == name)
+                    .unwrap_or_else(|| panic!("{file} names {name}, which is never read"));
+                // Read, and it sets what it says: a bad value is reported under its name.
+                let env = BTreeMap::from([(name.clone(), "\u{0}not a value".to_owned())]);
+                let config = Config::load(None, &env, Overrides::default());
+                let text_key = matches!(
+                    var.key,
+                    "store"
+                        | "seed"
+                        | "log.level"
+                        | "log.format"
+                        | "redis.prefix"
+                        | "schema.database_url"
+                        | "schema.migrations"
+                );
+                if !text_key {
+                    let err = config.expect_err(&name);
+                    assert!(
+                        err.problems.iter().any(|p| p.starts_with(&name)),
+                        "{name}: {:?}",
+                        err.problems
+                    );
+                }
+            }
+        }
+        assert!(named >= ENV_VARS.len(), "the docs name {named} variables");
+    }
+
+    #[test]
+    fn every_variable_in_the_table_sets_its_key() {
+        // Each variable, set alone, changes the configuration from the default.
+        for var in ENV_VARS {
+            let value = match var.key {
+                "grpc_addr" => "127.0.0.1:1",
+                "log.format" => "json",
+                "store" => "redis://127.0.0.1:1",
+                "redis.prefix"
+                | "log.level"
+                | "schema.database_url"
+                | "schema.migrations"
+                | "seed" => "elsewhere",
+                _ => "3",
+            };
+            let env = BTreeMap::from([(var.name.to_owned(), value.to_owned())]);
+            let mut config = Config::default();
+            (var.set)(&mut config, &env[var.name]).expect(var.name);
+            assert_ne!(config, Config::default(), "{} changes nothing", var.name);
+        }
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("greyrouter.toml");
+        std::fs::write(
+            &file,
+            "grpc_addr = \"127.0.0.1:6000\"\n[log]\nlevel = \"debug\"\n[watch]\nhistory = 10\n",
+        )
+        .expect("write");
+        let env = BTreeMap::from([
+            (
+                "GREYROUTER_GRPC_ADDR".to_owned(),
+                "127.0.0.1:7000".to_owned(),
+            ),
+            ("GREYROUTER_WATCH_HISTORY".to_owned(), "20".to_owned()),
+        ]);
+        let flags = Overrides {
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8000))),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &env, flags).expect("valid");
+        assert_eq!(config.grpc_addr.port(), 8000);
+        assert_eq!(config.watch.history, 20);
+        assert_eq!(config.log.level, "debug");
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[log]\nformat = \"xml\"\n[watch]\nhistory = 0\n").expect("write");
+        let env = BTreeMap::from([
+            ("GREYROUTER_GRPC_ADDR".to_owned(), "nowhere".to_owned()),
+            ("GREYROUTER_STORE".to_owned(), "etcd://x".to_owned()),
+        ]);
+        let err = Config::load(Some(&file), &env, Overrides::default()).expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "GREYROUTER_GRPC_ADDR",
+            "store:",
+            "log.format",
+            "watch.history",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn deployed_example_is_the_default() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/greyrouter.toml");
+        let config = Config::load(Some(&file), &BTreeMap::new(), Overrides::default())
+            .expect("deploy/greyrouter.toml is valid");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn server_settings_layer_like_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("greyrouter.toml");
+        std::fs::write(
+            &file,
+            "[server]\nworker_threads = 4\nhttp2_adaptive_window = true\n\
+             max_concurrent_streams = 256\nhttp2_initial_stream_window_bytes = 2097152\n",
+        )
+        .expect("write");
+        let config =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect("valid");
+        assert_eq!(config.server.worker_threads(), Some(4));
+        assert!(config.server.http2_adaptive_window);
+        assert_eq!(config.server.max_concurrent_streams, 256);
+        assert_eq!(
+            config.server.http2_initial_stream_window_bytes,
+            2 * 1024 * 1024
+        );
+        assert_eq!(
+            config.server.http2_initial_connection_window_bytes,
+            ServerSettings::default().http2_initial_connection_window_bytes,
+            "keys left out keep their default"
+        );
+
+        let env = BTreeMap::from([("GREYROUTER_WORKER_THREADS".to_owned(), "2".to_owned())]);
+        let config = Config::load(Some(&file), &env, Overrides::default()).expect("valid");
+        assert_eq!(config.server.worker_threads(), Some(2));
+        let flags = Overrides {
+            worker_threads: Some(1),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &env, flags).expect("valid");
+        assert_eq!(config.server.worker_threads(), Some(1));
+        let flags = Overrides {
+            worker_threads: Some(0),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &env, flags).expect("valid");
+        assert_eq!(config.server.worker_threads(), None, "0: one per core");
+    }
+
+    #[test]
+    fn server_settings_out_of_range_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "[server]\nworker_threads = 1025\nhttp2_initial_stream_window_bytes = 65534\n\
+             http2_initial_connection_window_bytes = 2147483648\n\
+             http2_keepalive_interval_ms = 1000\nhttp2_keepalive_timeout_ms = 0\n",
+        )
+        .expect("write");
+        let err =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect_err("invalid");
+        assert_eq!(
+            err.problems,
+            [
+                "server.worker_threads: 1025 is more than 1024 (0: one per core)",
+                "server.http2_initial_stream_window_bytes: 65534 is outside the HTTP/2 window \
+                 range 65535 to 2147483647 bytes",
+                "server.http2_initial_connection_window_bytes: 2147483648 is outside the HTTP/2 \
+                 window range 65535 to 2147483647 bytes",
+                "server.http2_keepalive_timeout_ms: must be positive when keep-alive pings are on",
+            ]
+        );
+
+        // The edges are accepted.
+        let edges = ServerSettings {
+            worker_threads: MAX_WORKER_THREADS,
+            http2_initial_stream_window_bytes: MIN_HTTP2_WINDOW,
+            http2_initial_connection_window_bytes: MAX_HTTP2_WINDOW,
+            ..ServerSettings::default()
+        };
+        assert_eq!(edges.problems(), Vec::<String>::new());
+
+        let env = BTreeMap::from([("GREYROUTER_WORKER_THREADS".to_owned(), "many".to_owned())]);
+        let err = Config::load(None, &env, Overrides::default()).expect_err("not a number");
+        assert!(
+            err.to_string()
+                .contains("GREYROUTER_WORKER_THREADS=\"many\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn replica_acknowledgements_layer_and_are_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("acked.toml");
+        std::fs::write(
+            &file,
+            "store = \"redis://127.0.0.1:6379/0\"\n[redis]\nmin_replicas_acked = 1\n",
+        )
+        .expect("write");
+        let config =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect("valid");
+        let redis = config.redis_config();
+        assert_eq!(redis.min_replicas_acked, 1);
+        assert_eq!(redis.replica_ack_timeout, Duration::from_secs(1));
+
+        let env = BTreeMap::from([
+            (
+                "GREYROUTER_REDIS_MIN_REPLICAS_ACKED".to_owned(),
+                "2".to_owned(),
+            ),
+            (
+                "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS".to_owned(),
+                "250".to_owned(),
+            ),
+        ]);
+        let redis = Config::load(Some(&file), &env, Overrides::default())
+            .expect("valid")
+            .redis_config();
+        assert_eq!(redis.min_replicas_acked, 2);
+        assert_eq!(redis.replica_ack_timeout, Duration::from_millis(250));
+
+        let env = BTreeMap::from([(
+            "GREYROUTER_REDIS_REPLICA_ACK_TIMEOUT_MS".to_owned(),
+            "0".to_owned(),
+        )]);
+        let err = Config::load(Some(&file), &env, Overrides::default()).expect_err("invalid");
+        assert!(
+            err.to_string().contains("redis.replica_ack_timeout_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("typo.toml");
+        std::fs::write(&file, "grpc_adr = \"127.0.0.1:1\"\n").expect("write");
+        let err =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect_err("typo");
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+}
