@@ -59,7 +59,7 @@ const VERSION: &str = "v1";
 const SEED_CHUNK: usize = 1_000;
 
 /// Binds `addr`, prints `listening on ADDR` on stdout, and serves `router` until the process ends.
-pub async fn serve<R: Router>(addr: &str, router: R) -> Result<(), String> {
+pub async fn serve<R: RouteOnly>(addr: &str, router: R) -> Result<(), String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -68,7 +68,7 @@ pub async fn serve<R: Router>(addr: &str, router: R) -> Result<(), String> {
         .map_err(|e| format!("no local address: {e}"))?;
     println!("listening on {local}");
     tonic::transport::Server::builder()
-        .add_service(RouterServer::new(router))
+        .add_service(RouterServer::new(OnlyRoute(router)))
         .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await
         .map_err(|e| format!("server failed: {e}"))
@@ -82,34 +82,27 @@ fn unimplemented<T>(method: &str) -> Result<T, Status> {
     )))
 }
 
-/// Answers every Route with the same response.
-#[derive(Debug, Clone)]
-pub struct FloorRouter {
-    response: pb::RouteResponse,
-}
-
-impl Default for FloorRouter {
-    /// A response of the size greyrouter answers for the seeded key space.
-    fn default() -> Self {
-        FloorRouter {
-            response: pb::RouteResponse {
-                instance_id: "service-7-v1-2".to_owned(),
-                address: "10.0.7.2:8080".to_owned(),
-                version: VERSION.to_owned(),
-                source: "default".to_owned(),
-                revision: 10_100,
-            },
-        }
-    }
-}
-
+/// A router that answers `Route` only; every other call is `UNIMPLEMENTED`.
 #[tonic::async_trait]
-impl Router for FloorRouter {
+pub trait RouteOnly: Send + Sync + 'static {
+    /// Answers one `Route` call.
     async fn route(
         &self,
-        _: Request<pb::RouteRequest>,
+        request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status>;
+}
+
+/// Serves a [`RouteOnly`] router as a `greyrouter.v1.Router`.
+#[derive(Debug, Clone)]
+pub struct OnlyRoute<R>(pub R);
+
+#[tonic::async_trait]
+impl<R: RouteOnly> Router for OnlyRoute<R> {
+    async fn route(
+        &self,
+        request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
-        Ok(Response::new(self.response.clone()))
+        self.0.route(request).await
     }
 
     async fn route_batch(
@@ -140,6 +133,37 @@ impl Router for FloorRouter {
         _: Request<pb::ReportOutcomesRequest>,
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
         unimplemented("ReportOutcomes")
+    }
+}
+
+/// Answers every Route with the same response.
+#[derive(Debug, Clone)]
+pub struct FloorRouter {
+    response: pb::RouteResponse,
+}
+
+impl Default for FloorRouter {
+    /// A response of the size greyrouter answers for the seeded key space.
+    fn default() -> Self {
+        FloorRouter {
+            response: pb::RouteResponse {
+                instance_id: "service-7-v1-2".to_owned(),
+                address: "10.0.7.2:8080".to_owned(),
+                version: VERSION.to_owned(),
+                source: "default".to_owned(),
+                revision: 10_100,
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RouteOnly for FloorRouter {
+    async fn route(
+        &self,
+        _: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
+        Ok(Response::new(self.response.clone()))
     }
 }
 
@@ -223,7 +247,7 @@ pub async fn seed_design_data(
 }
 
 #[tonic::async_trait]
-impl Router for SeedDesignRouter {
+impl RouteOnly for SeedDesignRouter {
     async fn route(
         &self,
         request: Request<pb::RouteRequest>,
@@ -255,36 +279,6 @@ impl Router for SeedDesignRouter {
             }
             Err(err) => Err(Status::unavailable(err.to_string())),
         }
-    }
-
-    async fn route_batch(
-        &self,
-        _: Request<pb::RouteBatchRequest>,
-    ) -> Result<Response<pb::RouteBatchResponse>, Status> {
-        unimplemented("RouteBatch")
-    }
-
-    type WatchAssignmentsStream = WatchStream;
-
-    async fn watch_assignments(
-        &self,
-        _: Request<pb::WatchAssignmentsRequest>,
-    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
-        unimplemented("WatchAssignments")
-    }
-
-    async fn report_outcome(
-        &self,
-        _: Request<tonic::Streaming<pb::Outcome>>,
-    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
-        unimplemented("ReportOutcome")
-    }
-
-    async fn report_outcomes(
-        &self,
-        _: Request<pb::ReportOutcomesRequest>,
-    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
-        unimplemented("ReportOutcomes")
     }
 }
 

@@ -147,10 +147,7 @@ fn decisions(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("sdk_local", pairs), |b| {
             let mut index = 0;
             b.iter(|| {
-                index += stride;
-                if index >= pairs {
-                    index -= pairs;
-                }
+                index = next_pair(index, stride, pairs);
                 let (tenant, service) = &names[index];
                 let now_ms = clock.load(Ordering::Relaxed);
                 let decision =
@@ -161,10 +158,7 @@ fn decisions(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("routing_core", pairs), |b| {
             let mut index = 0;
             b.iter(|| {
-                index += stride;
-                if index >= pairs {
-                    index -= pairs;
-                }
+                index = next_pair(index, stride, pairs);
                 let (tenant, service) = &names[index];
                 let decision = state.route(&RouteQuery {
                     tenant_id: tenant,
@@ -184,3 +178,10 @@ fn decisions(c: &mut Criterion) {
 
 criterion_group!(benches, decisions);
 criterion_main!(benches);
+
+/// The pair `stride` after `index`, wrapping around `pairs`: far enough apart that
+/// consecutive decisions do not share cache lines.
+fn next_pair(index: usize, stride: usize, pairs: usize) -> usize {
+    let next = index + stride;
+    if next >= pairs { next - pairs } else { next }
+}

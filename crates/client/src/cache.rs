@@ -224,18 +224,12 @@ impl Decision {
 
     /// A decision a router made.
     pub(crate) fn from_server(request: &RouteRequest<'_>, response: pb::RouteResponse) -> Decision {
-        let instance = Instance {
-            id: response.instance_id,
-            address: response.address,
-            service: request.service.to_owned(),
-            version: response.version.clone(),
-            weight: 1,
-            region: String::new(),
-            zone: String::new(),
-            metadata: Default::default(),
-            healthy: true,
-            health_score: 100,
-        };
+        let instance = Instance::new(
+            response.instance_id,
+            response.address,
+            request.service,
+            response.version.clone(),
+        );
         let assignment = Assignment {
             service: request.service.to_owned(),
             version: response.version,

@@ -322,19 +322,6 @@ pub struct Event {
     pub after: String,
 }
 
-impl Event {
-    /// About the bytes this event takes on the wire.
-    fn bytes(&self) -> usize {
-        32 + self.actor.len()
-            + self.reason.len()
-            + self.kind.len()
-            + self.tenant_id.len()
-            + self.service.len()
-            + self.before.len()
-            + self.after.len()
-    }
-}
-
 /// A page of the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPage {
@@ -1111,10 +1098,8 @@ impl Node {
             cohort,
             sticky: Default::default(),
         };
-        let commit = self
-            .commit(Mutation::CreateExperiment { experiment }, actor)
-            .await?;
-        self.experiment_at(&service, &id, commit.revision)
+        let mutation = Mutation::CreateExperiment { experiment };
+        self.commit_experiment(&service, &id, mutation, actor).await
     }
 
     /// Changes an experiment's variants.
@@ -1126,18 +1111,25 @@ impl Node {
         rebalance: bool,
         actor: &Actor,
     ) -> Result<ExperimentView, Error> {
-        let commit = self
-            .commit(
-                Mutation::UpdateExperiment {
-                    service: service.clone(),
-                    experiment_id: id.clone(),
-                    variants,
-                    rebalance,
-                },
-                actor,
-            )
-            .await?;
-        self.experiment_at(&service, &id, commit.revision)
+        let mutation = Mutation::UpdateExperiment {
+            service: service.clone(),
+            experiment_id: id.clone(),
+            variants,
+            rebalance,
+        };
+        self.commit_experiment(&service, &id, mutation, actor).await
+    }
+
+    /// Commits a change of experiment `id` of `service`; answers it as it is after.
+    async fn commit_experiment(
+        &self,
+        service: &str,
+        id: &str,
+        mutation: Mutation,
+        actor: &Actor,
+    ) -> Result<ExperimentView, Error> {
+        let commit = self.commit(mutation, actor).await?;
+        self.experiment_at(service, id, commit.revision)
     }
 
     /// An experiment.
@@ -1226,6 +1218,7 @@ impl Node {
             scanned += changes.len();
             for change in changes {
                 let (tenant_id, service) = audit::subject(&change.mutation);
+                let kind = audit::kind(&change.mutation);
                 let tenant_matches = query.tenant_id.is_empty()
                     || tenant_id == query.tenant_id
                     || (tenant_id.is_empty() && !service.is_empty());
@@ -1233,18 +1226,20 @@ impl Node {
                 if !(tenant_matches && service_matches) {
                     continue;
                 }
+                // About the bytes the event takes on the wire.
+                reply_bytes +=
+                    32 + change.meta.text_bytes() + kind.len() + tenant_id.len() + service.len();
                 let event = Event {
                     revision: change.revision,
                     at_ms: change.meta.at_ms,
                     actor: change.meta.actor,
                     reason: change.meta.reason,
-                    kind: audit::kind(&change.mutation).to_owned(),
+                    kind: kind.to_owned(),
                     tenant_id,
                     service,
                     before: change.meta.before,
                     after: change.meta.after,
                 };
-                reply_bytes += event.bytes();
                 events.push(event);
                 // A full page, or a reply as large as one reply may be: the rest is the next page.
                 if events.len() == limit || reply_bytes >= MAX_EVENT_PAGE_BYTES {

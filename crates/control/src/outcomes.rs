@@ -180,18 +180,7 @@ mod tests {
             force: false,
         };
         let instance = Mutation::RegisterInstance {
-            instance: Instance {
-                id: "api-1".into(),
-                address: "10.0.0.1:8080".into(),
-                service: "api".into(),
-                version: "v1".into(),
-                weight: 1,
-                region: String::new(),
-                zone: String::new(),
-                metadata: Default::default(),
-                healthy: true,
-                health_score: 100,
-            },
+            instance: Instance::new("api-1", "10.0.0.1:8080", "api", "v1"),
         };
         [service, instance]
             .iter()
@@ -205,10 +194,17 @@ mod tests {
 
     fn report(tenant_id: &str) -> OutcomeReport {
         OutcomeReport {
-            instance_id: "api-1".into(),
             tenant_id: tenant_id.into(),
+            ..served_by("api-1", true)
+        }
+    }
+
+    /// A report of a request `instance_id` of service `api` served in 5 ms.
+    fn served_by(instance_id: &str, success: bool) -> OutcomeReport {
+        OutcomeReport {
+            instance_id: instance_id.into(),
             service: "api".into(),
-            success: true,
+            success,
             latency_ms: 5,
             ..OutcomeReport::default()
         }
@@ -319,58 +315,35 @@ mod tests {
             in_flight(&node, now)
         );
         // A least_connections decision counts its request until reported.
-        let decision = node
-            .route(
+        let least_connections = |entropy, at| {
+            node.route(
                 &state,
-                &request(Some(Strategy::LeastConnections), 7, now),
+                &request(Some(Strategy::LeastConnections), entropy, at),
                 &metadata,
             )
-            .expect("routed");
+            .expect("routed")
+        };
+        let decision = least_connections(7, now);
         assert_eq!(decision.strategy, Strategy::LeastConnections);
         let picked = decision.member.instance.id.clone();
         let counts = in_flight(&node, now);
         assert_eq!(total(&counts), 1);
         assert!(counts.contains(&(picked.clone(), 1)), "{counts:?}");
         // So the next one goes to the other instance.
-        let next = node
-            .route(
-                &state,
-                &request(Some(Strategy::LeastConnections), 8, now),
-                &metadata,
-            )
-            .expect("routed");
+        let next = least_connections(8, now);
         assert_ne!(next.member.instance.id, picked);
         assert_eq!(total(&in_flight(&node, now)), 2);
         // Reports end them.
         for id in [&picked, &next.member.instance.id] {
-            let report = OutcomeReport {
-                instance_id: id.clone(),
-                service: "api".into(),
-                success: true,
-                latency_ms: 5,
-                ..OutcomeReport::default()
-            };
-            node.report_outcome(&state, &report, now + 10)
+            node.report_outcome(&state, &served_by(id, true), now + 10)
                 .expect("recorded");
         }
         assert_eq!(total(&in_flight(&node, now + 10)), 0);
         // A report of a request the router did not count (an SDK's local decision, say) finds
         // nothing to end, and leaves no debt behind.
-        let stray = OutcomeReport {
-            instance_id: picked.clone(),
-            service: "api".into(),
-            success: true,
-            latency_ms: 5,
-            ..OutcomeReport::default()
-        };
-        node.report_outcome(&state, &stray, now + 20)
+        node.report_outcome(&state, &served_by(&picked, true), now + 20)
             .expect("recorded");
-        node.route(
-            &state,
-            &request(Some(Strategy::LeastConnections), 9, now + 30),
-            &metadata,
-        )
-        .expect("routed");
+        least_connections(9, now + 30);
         assert_eq!(total(&in_flight(&node, now + 30)), 1);
         // A request never reported stops counting after the timeout.
         let later = now + 2 * routing_core::balance::IN_FLIGHT_TIMEOUT_MS;
@@ -382,13 +355,7 @@ mod tests {
         let node = node().await;
         let state = node.state();
         let now = 1_700_000_000_000;
-        let failure = OutcomeReport {
-            instance_id: "a1".into(),
-            service: "api".into(),
-            success: false,
-            latency_ms: 5,
-            ..OutcomeReport::default()
-        };
+        let failure = served_by("a1", false);
         let policy = &node.settings().outcomes.ejection;
         for _ in 0..policy.consecutive_failures {
             node.report_outcome(&state, &failure, now)

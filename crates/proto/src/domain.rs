@@ -444,14 +444,7 @@ mod tests {
 
     #[test]
     fn every_strategy_goes_to_the_wire_and_back() {
-        for each in [
-            Strategy::RoundRobin,
-            Strategy::Random,
-            Strategy::WeightedRoundRobin,
-            Strategy::LeastConnections,
-            Strategy::HealthAware,
-            Strategy::ConsistentHash,
-        ] {
+        for each in Strategy::ALL {
             let wire: i32 = pb::Strategy::from(each).into();
             assert_eq!(strategy("strategy", wire), Ok(Some(each)));
         }

@@ -209,32 +209,36 @@ impl InstanceLoad {
     /// decision); it counts until [`finish`](Self::finish)ed, or for
     /// [`IN_FLIGHT_TIMEOUT_MS`] to twice that.
     pub fn start(&self, now_ms: u64) {
-        let now = epoch(now_ms);
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
-                let mut generations = Generations::at(word, now);
-                generations.current = (generations.current + 1).min(GENERATION_MAX);
-                Some(generations.word())
-            });
+        self.update_in_flight(now_ms, |generations| {
+            generations.current = (generations.current + 1).min(GENERATION_MAX);
+            true
+        });
     }
 
     /// Ends one counted request at `now_ms`: the oldest counted one (the previous epoch's when
     /// it counts any). Never below zero: with nothing counted, nothing changes.
     pub fn finish(&self, now_ms: u64) {
+        self.update_in_flight(now_ms, |generations| {
+            if generations.previous > 0 {
+                generations.previous -= 1;
+            } else if generations.current > 0 {
+                generations.current -= 1;
+            } else {
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Changes the generations as of `now_ms` in one compare-and-swap; `change` returns false to
+    /// leave them as they are.
+    fn update_in_flight(&self, now_ms: u64, change: impl Fn(&mut Generations) -> bool) {
         let now = epoch(now_ms);
         let _ = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
                 let mut generations = Generations::at(word, now);
-                if generations.previous > 0 {
-                    generations.previous -= 1;
-                } else if generations.current > 0 {
-                    generations.current -= 1;
-                } else {
-                    return None;
-                }
-                Some(generations.word())
+                change(&mut generations).then(|| generations.word())
             });
     }
 }

@@ -163,6 +163,30 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// An instance with the documented defaults: weight 1, healthy, health score 100, no
+    /// region, zone or metadata.
+    pub fn new(
+        id: impl Into<String>,
+        address: impl Into<String>,
+        service: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Instance {
+        Instance {
+            id: id.into(),
+            address: address.into(),
+            service: service.into(),
+            version: version.into(),
+            weight: 1,
+            region: String::new(),
+            zone: String::new(),
+            metadata: BTreeMap::new(),
+            healthy: true,
+            health_score: 100,
+        }
+    }
+}
+
+impl Instance {
     /// Whether the instance may take new traffic: healthy and not drained.
     pub fn is_eligible(&self) -> bool {
         self.healthy && self.weight > 0

@@ -78,6 +78,13 @@ pub struct ChangeMeta {
     pub after: String,
 }
 
+impl ChangeMeta {
+    /// Bytes of its text: actor, reason, and the records before and after.
+    pub fn text_bytes(&self) -> usize {
+        self.actor.len() + self.reason.len() + self.before.len() + self.after.len()
+    }
+}
+
 /// What a commit reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {

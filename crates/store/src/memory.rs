@@ -132,13 +132,9 @@ impl MemoryStore {
 /// and ids, and a fixed overhead.
 fn change_bytes(change: &Change) -> usize {
     let mutation = serde_json::to_vec(&change.mutation).map_or(0, |json| json.len());
-    let meta = &change.meta;
     std::mem::size_of::<Change>()
         + mutation
-        + meta.actor.len()
-        + meta.reason.len()
-        + meta.before.len()
-        + meta.after.len()
+        + change.meta.text_bytes()
         + change.history.len()
         + change.id.len()
         + change.parent.len()

@@ -337,18 +337,12 @@ proptest! {
 // The book: every instance's health, applied to the pool's live load.
 
 fn member_of(service: &str, id: &str) -> std::sync::Arc<crate::Instance> {
-    std::sync::Arc::new(crate::Instance {
-        id: id.into(),
-        address: format!("{id}.internal:8080"),
-        service: service.into(),
-        version: "v1".into(),
-        weight: 1,
-        region: String::new(),
-        zone: String::new(),
-        metadata: Default::default(),
-        healthy: true,
-        health_score: 100,
-    })
+    std::sync::Arc::new(crate::Instance::new(
+        id,
+        format!("{id}.internal:8080"),
+        service,
+        "v1",
+    ))
 }
 
 /// A pool of `ids` of service `api`.
