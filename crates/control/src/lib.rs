@@ -11,9 +11,11 @@
 //! Layout:
 //! - [`node`]: [`Node`], its settings, routing decisions and the admin operations;
 //! - [`error`]: [`Error`] and [`ErrorKind`], the one table of gRPC codes and HTTP statuses;
-//! - [`replica`], [`audit`], [`outcomes`], [`rollouts`], [`schema`], [`watch`].
+//! - [`replica`], [`audit`], [`outcomes`], [`rollouts`], [`schema`], [`watch`];
+//! - [`discovery`]: what each discovery source (crate `nacos-sync`) last did.
 
 pub mod audit;
+pub mod discovery;
 pub mod error;
 pub mod node;
 pub mod outcomes;

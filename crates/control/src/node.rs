@@ -25,6 +25,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::audit::{self, Actor};
+use crate::discovery::{DiscoveryBoard, SourceStatus};
 use crate::error::{Error, ErrorKind};
 use crate::outcomes::{OutcomeReport, Outcomes};
 use crate::replica::{Adoption, Replay, Replica};
@@ -129,6 +130,7 @@ pub struct Node {
     schemas: Option<Arc<Schemas>>,
     settings: NodeSettings,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    discovery: DiscoveryBoard,
 }
 
 impl std::fmt::Debug for Node {
@@ -411,7 +413,23 @@ impl Node {
             schemas: schemas.map(Arc::new),
             settings,
             tasks: Mutex::new(vec![follower]),
+            discovery: DiscoveryBoard::default(),
         }))
+    }
+
+    /// Spawns a background task of the node (a discovery syncer, say): aborted by [`Node::stop`].
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        lock(&self.tasks).push(tokio::spawn(task));
+    }
+
+    /// Records what a discovery source last did.
+    pub fn report_discovery(&self, status: SourceStatus) {
+        self.discovery.report(status);
+    }
+
+    /// What every discovery source last did on this router.
+    pub fn discovery_status(&self) -> Vec<SourceStatus> {
+        self.discovery.statuses()
     }
 
     /// Starts the rollout driver in the name of `holder` (a replica id for the lease).
@@ -479,7 +497,10 @@ impl Node {
         })
     }
 
-    async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, Error> {
+    /// Commits one change as `actor`, with its audit record; answered once this replica
+    /// applied it. Every named operation below goes through here; services inside the process
+    /// (discovery) that derive their own mutations use it directly.
+    pub async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, Error> {
         let kind = audit::kind(&mutation);
         let result = self.replica.commit(mutation, actor).await;
         match &result {

@@ -46,6 +46,22 @@ pub struct Config {
     pub schema: SchemaSettings,
     /// The runtime and HTTP/2 settings of the gRPC server.
     pub server: ServerSettings,
+    /// Service discovery: the sources instances come from.
+    pub discovery: nacos_sync::DiscoverySettings,
+    /// The values of the environment variables `[discovery]` names for credentials; read from
+    /// the environment only, never from the file, never printed.
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+/// Credentials read from the environment, by variable name; `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// The tokio runtime and the HTTP/2 connections of `greyrouter serve`.
@@ -370,6 +386,8 @@ impl Default for Config {
             outcomes: OutcomeSettings::default(),
             schema: SchemaSettings::default(),
             server: ServerSettings::default(),
+            discovery: nacos_sync::DiscoverySettings::default(),
+            secrets: Secrets::default(),
         }
     }
 }
@@ -607,6 +625,27 @@ impl Config {
                 problems.push(format!("{}={value:?}: {problem}", var.name));
             }
         }
+        for source in &config.discovery.sources {
+            let nacos = &source.nacos;
+            for name in [
+                &nacos.username_env,
+                &nacos.password_env,
+                &nacos.access_token_env,
+            ] {
+                if name.is_empty() {
+                    continue;
+                }
+                match env.get(name) {
+                    Some(value) => {
+                        config.secrets.0.insert(name.clone(), value.clone());
+                    }
+                    None => problems.push(format!(
+                        "discovery.sources[{}]: environment variable {name} is not set",
+                        source.name
+                    )),
+                }
+            }
+        }
         if let Some(addr) = flags.grpc_addr {
             config.grpc_addr = addr;
         }
@@ -717,6 +756,7 @@ impl Config {
             problems.push(format!("seed: {} is not a readable file", seed.display()));
         }
         problems.extend(self.server.problems());
+        problems.extend(self.discovery.problems());
         problems
     }
 }

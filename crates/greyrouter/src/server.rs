@@ -79,7 +79,21 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        self.node.drive_rollouts(self.replica_id());
+        let holder = self.replica_id();
+        self.node.drive_rollouts(holder.clone());
+        let sources = self
+            .config
+            .discovery
+            .build(&self.config.secrets.0, &holder)
+            .map_err(anyhow::Error::msg)?;
+        for (registry, plan) in sources {
+            tracing::info!(source = %plan.source, registry = %registry.describe(), services = ?plan.services, "discovery source");
+            self.node.spawn(nacos_sync::syncer::run(
+                Arc::clone(&self.node),
+                registry,
+                plan,
+            ));
+        }
         let result = grpc_server::serve(
             Arc::clone(&self.node),
             self.config.grpc_settings(),

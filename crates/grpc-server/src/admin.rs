@@ -679,6 +679,31 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn get_discovery_status(
+        &self,
+        _request: Request<pb::GetDiscoveryStatusRequest>,
+    ) -> Result<Response<pb::GetDiscoveryStatusResponse>, Status> {
+        let sources = self
+            .node
+            .discovery_status()
+            .into_iter()
+            .map(|s| pb::DiscoverySource {
+                source: s.source,
+                registry: s.registry,
+                leading: s.leading,
+                up: s.up,
+                last_sync_ms: s.last_sync_ms,
+                last_success_ms: s.last_success_ms,
+                error: s.error,
+                instances: s.instances,
+                changes: s.changes,
+                held: s.held,
+                skipped: s.skipped,
+            })
+            .collect();
+        Ok(Response::new(pb::GetDiscoveryStatusResponse { sources }))
+    }
+
     async fn adopt_store_history(
         &self,
         request: Request<pb::AdoptStoreHistoryRequest>,

@@ -808,6 +808,141 @@ fn psql(database: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// One Nacos-compatible server (`rnacos`) on free ports with a temporary data directory.
+///
+/// The binary is `$GREYROUTER_RNACOS`, else `rnacos` in the tool cache `scripts/test` installs
+/// it into (`$XDG_CACHE_HOME/greyrouter/tools/bin`, or `~/.cache/...`), else on `PATH`. Missing,
+/// the test fails saying how to install it: never a silent skip.
+pub struct NacosServer {
+    http_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Where `scripts/test` installs rnacos.
+fn rnacos_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("GREYROUTER_RNACOS") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
+    if let Some(cached) = cache.map(|c| c.join("greyrouter/tools/bin/rnacos"))
+        && cached.is_file()
+    {
+        return cached;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("rnacos"))
+            .find(|path| path.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "rnacos is not installed: run scripts/test (it installs it with \
+             `cargo install rnacos --locked --root ~/.cache/greyrouter/tools`), or set GREYROUTER_RNACOS"
+        )
+    })
+}
+
+/// Sends one HTTP/1.0 request to 127.0.0.1:`port` and returns the status code and body.
+pub fn http_request(port: u16, method: &str, path_and_query: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+impl NacosServer {
+    /// Starts a server and waits until its naming API answers.
+    pub fn start() -> NacosServer {
+        let binary = rnacos_binary();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let http_port = free_port(false);
+        let grpc_port = free_port(false);
+        let child = Command::new(binary)
+            .env("RNACOS_HTTP_PORT", http_port.to_string())
+            .env("RNACOS_GRPC_PORT", grpc_port.to_string())
+            .env("RNACOS_HTTP_CONSOLE_PORT", "0")
+            .env("RNACOS_HTTP_WORKERS", "1")
+            .env("RNACOS_DATA_DIR", dir.path().join("data"))
+            .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("RUST_LOG", "warn")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rnacos");
+        let mut server = NacosServer {
+            http_port,
+            dir,
+            child: Some(child),
+        };
+        let ready = "/nacos/v1/ns/service/list?pageNo=1&pageSize=1";
+        eventually(
+            &format!("rnacos on port {http_port}"),
+            READY_DEADLINE,
+            || {
+                if let Some(child) = server.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("rnacos exited at start ({status}); port {http_port} may be taken");
+                }
+                http_request(http_port, "GET", ready).filter(|(status, _)| *status == 200)
+            },
+        );
+        server
+    }
+
+    /// `http://127.0.0.1:<port>/nacos`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/nacos", self.http_port)
+    }
+
+    /// The HTTP port.
+    pub fn port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// Sends a request to the server's HTTP API; panics unless it answers 200.
+    pub fn call(&self, method: &str, path_and_query: &str) -> String {
+        match http_request(self.http_port, method, path_and_query) {
+            Some((200, body)) => body,
+            other => panic!("rnacos {method} {path_and_query}: {other:?}"),
+        }
+    }
+
+    /// Stops the server (SIGKILL); its data directory stays until the value is dropped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for NacosServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

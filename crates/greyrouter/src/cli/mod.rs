@@ -15,11 +15,12 @@ use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use crate::config::{Config, ENV_VARS, EXIT_CONFIG, Overrides};
+use crate::config::{Config, EXIT_CONFIG, Overrides};
 use crate::server::App;
 use control::audit::{ACTOR_HEADER, REASON_HEADER};
 use greyrouter_proto::domain as convert;
 
+mod discovery;
 mod events;
 mod printer;
 mod rollback;
@@ -29,6 +30,7 @@ mod services;
 mod store;
 mod tenants;
 
+use discovery::{DiscoveryCommand, discovery_command};
 use events::{EventsArgs, events_command};
 use printer::Printer;
 use rollback::{RollbackArgs, rollback_command};
@@ -111,6 +113,9 @@ enum Command {
     /// The store behind the routers.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Service discovery: where instances come from.
+    #[command(subcommand)]
+    Discovery(DiscoveryCommand),
 }
 
 #[derive(Debug, Args)]
@@ -238,9 +243,9 @@ enum Job {
 
 /// Layers the configuration of `serve`: file, environment, flags.
 fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| ENV_VARS.iter().any(|var| var.name == k))
-        .collect();
+    // Config::load reads the GREYROUTER_* variables of its table, and the variables
+    // `[discovery]` names for credentials.
+    let env: BTreeMap<String, String> = std::env::vars().collect();
     let flags = Overrides {
         grpc_addr: args.grpc_addr,
         store: args.store,
@@ -450,6 +455,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
         Command::Experiment(command) => experiment_command(command, &mut admin, out).await?,
         Command::Schema(command) => schema_command(command, &mut admin, out).await?,
         Command::Store(command) => store_command(command, &mut admin, out).await?,
+        Command::Discovery(command) => discovery_command(command, &mut admin, out).await?,
         Command::Override(OverrideCommand::List { service }) => {
             let response = admin
                 .list_overrides(pb::ListOverridesRequest {

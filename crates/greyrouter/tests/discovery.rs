@@ -1,0 +1,321 @@
+//! Service discovery end to end: instances registered in a real Nacos (rnacos) or written to a
+//! fleet file reach `Route`; the registry going away keeps routing on the last known instances;
+//! the protection threshold holds mass removals; in a fleet on Redis one router syncs.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use greyrouter::config::Config;
+use greyrouter_proto::v1 as pb;
+use greyrouter_test_support::{NacosServer, RedisServer};
+use nacos_sync::SourceSettings;
+use nacos_sync::nacos::NacosSettings;
+use support::{TestServer, eventually};
+
+/// A router syncing `source` every 100 ms.
+fn config_with(source: SourceSettings) -> Config {
+    let mut config = Config::default();
+    config.discovery.interval_ms = 100;
+    config.discovery.lease_ms = 1_000;
+    config.discovery.sources = vec![source];
+    config
+}
+
+fn nacos_source(server: &NacosServer) -> SourceSettings {
+    SourceSettings {
+        name: "nacos".into(),
+        kind: "nacos".into(),
+        services: vec!["api".into()],
+        nacos: NacosSettings {
+            url: server.url(),
+            ..NacosSettings::default()
+        },
+        path: None,
+    }
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Registers (or changes) `ip:8080` of Nacos service `api`, version `version`, as a service does.
+fn nacos_register(server: &NacosServer, ip: &str, version: &str, weight: f64) {
+    let metadata = encode(&format!("{{\"version\":\"{version}\"}}"));
+    server.call(
+        "POST",
+        &format!(
+            "/nacos/v1/ns/instance?serviceName=api&ip={ip}&port=8080&ephemeral=false&weight={weight}&metadata={metadata}"
+        ),
+    );
+}
+
+fn nacos_deregister(server: &NacosServer, ip: &str) {
+    server.call(
+        "DELETE",
+        &format!("/nacos/v1/ns/instance?serviceName=api&ip={ip}&port=8080&ephemeral=false"),
+    );
+}
+
+/// The ids and weights of service `api`'s instances.
+async fn instances(server: &mut TestServer) -> BTreeMap<String, u32> {
+    server
+        .admin
+        .list_instances(pb::ListInstancesRequest {
+            service: "api".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("list instances")
+        .into_inner()
+        .instances
+        .into_iter()
+        .map(|i| (i.id, i.weight.unwrap_or(1)))
+        .collect()
+}
+
+async fn status(server: &mut TestServer) -> pb::DiscoverySource {
+    server
+        .admin
+        .get_discovery_status(pb::GetDiscoveryStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .sources
+        .into_iter()
+        .next()
+        .expect("one source")
+}
+
+/// Service `api` (no instance of its own) and tenant `t0`.
+async fn service_and_tenant(server: &mut TestServer) {
+    server.service("api", "v1", pb::Strategy::RoundRobin).await;
+    server.tenant("t0", "eu").await;
+}
+
+async fn nacos() -> NacosServer {
+    tokio::task::spawn_blocking(NacosServer::start)
+        .await
+        .expect("rnacos")
+}
+
+#[tokio::test]
+async fn an_instance_registered_in_nacos_is_routed_to_and_leaves_when_deregistered() {
+    let nacos = nacos().await;
+    let mut server = TestServer::with_config(config_with(nacos_source(&nacos))).await;
+    service_and_tenant(&mut server).await;
+
+    nacos_register(&nacos, "10.7.0.1", "v1", 1.0);
+    let id = "10.7.0.1:8080@DEFAULT";
+    let route = eventually("the Nacos instance routed to", async || {
+        server.route("t0", "api").await.ok()
+    })
+    .await;
+    assert_eq!(
+        (route.instance_id.as_str(), route.address.as_str()),
+        (id, "10.7.0.1:8080")
+    );
+
+    // A weight change in Nacos applies (Nacos 2.0 is greyrouter's 200).
+    nacos_register(&nacos, "10.7.0.1", "v1", 2.0);
+    eventually("the new weight", async || {
+        (instances(&mut server).await.get(id) == Some(&200)).then_some(())
+    })
+    .await;
+
+    // The change is audited as the source.
+    let events = server
+        .admin
+        .list_events(pb::ListEventsRequest {
+            service: "api".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.actor == "discovery:nacos" && e.kind == "register_instance"),
+        "{events:?}"
+    );
+
+    // Deregistered: no longer picked (its only instance gone, the route fails).
+    nacos_deregister(&nacos, "10.7.0.1");
+    eventually("the instance gone", async || {
+        instances(&mut server).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(server.route("t0", "api").await.is_err());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn routing_goes_on_when_nacos_goes_away_and_the_status_says_so() {
+    let mut nacos = nacos().await;
+    let mut server = TestServer::with_config(config_with(nacos_source(&nacos))).await;
+    service_and_tenant(&mut server).await;
+    for ip in ["10.8.0.1", "10.8.0.2"] {
+        nacos_register(&nacos, ip, "v1", 1.0);
+    }
+    eventually("both instances", async || {
+        (instances(&mut server).await.len() == 2).then_some(())
+    })
+    .await;
+    nacos.kill();
+    eventually("the source reported down", async || {
+        let status = status(&mut server).await;
+        (!status.up && !status.error.is_empty()).then_some(())
+    })
+    .await;
+    // Zero failed routes on the last known instances.
+    for _ in 0..200 {
+        server
+            .route("t0", "api")
+            .await
+            .expect("routed while Nacos is down");
+    }
+    assert_eq!(instances(&mut server).await.len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn removing_most_instances_at_once_is_held_and_removing_one_proceeds() {
+    let nacos = nacos().await;
+    let mut server = TestServer::with_config(config_with(nacos_source(&nacos))).await;
+    service_and_tenant(&mut server).await;
+    let ips: Vec<String> = (1..=5).map(|i| format!("10.9.0.{i}")).collect();
+    for ip in &ips {
+        nacos_register(&nacos, ip, "v1", 1.0);
+    }
+    eventually("five instances", async || {
+        (instances(&mut server).await.len() == 5).then_some(())
+    })
+    .await;
+    // 80% gone at once: held, reported, routing unchanged.
+    for ip in &ips[1..] {
+        nacos_deregister(&nacos, ip);
+    }
+    let held = eventually("the removal held", async || {
+        let status = status(&mut server).await;
+        (!status.held.is_empty()).then_some(status.held)
+    })
+    .await;
+    assert!(held[0].contains("4 of 5"), "{held:?}");
+    assert_eq!(instances(&mut server).await.len(), 5);
+    // Back to four of five listed: the one removal proceeds.
+    for ip in &ips[1..4] {
+        nacos_register(&nacos, ip, "v1", 1.0);
+    }
+    eventually("one instance removed", async || {
+        let ids = instances(&mut server).await;
+        (ids.len() == 4 && !ids.contains_key("10.9.0.5:8080@DEFAULT")).then_some(())
+    })
+    .await;
+    assert!(status(&mut server).await.held.is_empty());
+    server.stop().await;
+}
+
+fn write_fleet(path: &Path, ids: &[&str]) {
+    let mut text = String::new();
+    for id in ids {
+        text.push_str(&format!(
+            "[[instances]]\nservice = \"api\"\nid = \"{id}\"\naddress = \"{id}.internal:8080\"\nversion = \"v1\"\n"
+        ));
+    }
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+#[tokio::test]
+async fn a_fleet_file_is_followed_and_hand_registered_instances_stay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fleet.toml");
+    write_fleet(&path, &["f1", "f2"]);
+    let mut server = TestServer::with_config(config_with(SourceSettings {
+        name: "file".into(),
+        kind: "file".into(),
+        services: vec!["api".into()],
+        nacos: NacosSettings::default(),
+        path: Some(path.clone()),
+    }))
+    .await;
+    service_and_tenant(&mut server).await;
+    server.instance("api", "v1", "by-hand", "eu").await;
+    eventually("the file's instances", async || {
+        let ids = instances(&mut server).await;
+        (ids.len() == 3).then_some(())
+    })
+    .await;
+    write_fleet(&path, &["f1"]);
+    eventually("f2 removed", async || {
+        let ids = instances(&mut server).await;
+        (!ids.contains_key("f2")).then_some(ids)
+    })
+    .await;
+    let ids = instances(&mut server).await;
+    assert!(
+        ids.contains_key("by-hand") && ids.contains_key("f1"),
+        "{ids:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn in_a_fleet_one_router_syncs_and_another_takes_over_when_it_stops() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fleet.toml");
+    write_fleet(&path, &["f1"]);
+    let router = |name: &str| {
+        let mut config = config_with(SourceSettings {
+            name: "file".into(),
+            kind: "file".into(),
+            services: vec!["api".into()],
+            nacos: NacosSettings::default(),
+            path: Some(path.clone()),
+        });
+        config.store = redis.url();
+        config.redis.prefix = "discovery-fleet".into();
+        config.outcomes.replica_id = name.to_owned();
+        config
+    };
+    let mut first = TestServer::with_config(router("first")).await;
+    let mut second = TestServer::with_config(router("second")).await;
+    service_and_tenant(&mut first).await;
+    eventually("one leader", async || {
+        let (a, b) = (status(&mut first).await, status(&mut second).await);
+        (a.leading != b.leading).then_some(())
+    })
+    .await;
+    // Stop whichever leads; the other takes over within the lease and syncs.
+    let (mut leader, mut follower) = if status(&mut first).await.leading {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    eventually("f1 synced", async || {
+        instances(&mut leader)
+            .await
+            .contains_key("f1")
+            .then_some(())
+    })
+    .await;
+    leader.stop().await;
+    write_fleet(&path, &["f1", "f2"]);
+    eventually("the follower leads and syncs f2", async || {
+        let leading = status(&mut follower).await.leading;
+        (leading && instances(&mut follower).await.contains_key("f2")).then_some(())
+    })
+    .await;
+    follower.stop().await;
+}

@@ -1,0 +1,175 @@
+//! Every registry adapter passes the shared behaviour suite against its real backing system: a
+//! file on disk, and a Nacos-compatible server (rnacos) started on free ports.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use greyrouter_test_support::NacosServer;
+use nacos_sync::file::FileRegistry;
+use nacos_sync::nacos::{Credentials, NacosRegistry, NacosSettings};
+use nacos_sync::suite::{self, Fixture, Put};
+use nacos_sync::{FieldMapping, Registry};
+
+/// A fleet file the suite writes.
+struct FileFixture {
+    path: PathBuf,
+    registry: FileRegistry,
+    instances: BTreeMap<String, Put>,
+    _dir: tempfile::TempDir,
+}
+
+impl FileFixture {
+    fn new() -> FileFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, "").expect("write");
+        FileFixture {
+            registry: FileRegistry::new(&path, FieldMapping::default()),
+            path,
+            instances: BTreeMap::new(),
+            _dir: dir,
+        }
+    }
+
+    fn write(&self) {
+        let mut text = String::new();
+        for put in self.instances.values() {
+            text.push_str(&format!(
+                "[[instances]]\nservice = {:?}\nid = {:?}\naddress = \"{}:{}\"\n\
+                 weight = {}\nregion = {:?}\n",
+                put.service,
+                put.id(),
+                put.ip,
+                put.port,
+                (put.weight * 100.0).round() as u32,
+                put.region,
+            ));
+            if let Some(version) = &put.version {
+                text.push_str(&format!("metadata = {{ version = {version:?} }}\n"));
+            }
+        }
+        // Written beside and renamed, as a deploy tool would: never read half-written.
+        let next = self.path.with_extension("next");
+        std::fs::write(&next, text).expect("write");
+        std::fs::rename(&next, &self.path).expect("rename");
+    }
+}
+
+#[async_trait::async_trait]
+impl Fixture for FileFixture {
+    fn registry(&self) -> &dyn Registry {
+        &self.registry
+    }
+
+    async fn put(&mut self, put: &Put) {
+        self.instances
+            .insert(format!("{}/{}", put.service, put.id()), put.clone());
+        self.write();
+    }
+
+    async fn remove(&mut self, put: &Put) {
+        self.instances
+            .remove(&format!("{}/{}", put.service, put.id()));
+        self.write();
+    }
+}
+
+/// A Nacos server changed through Nacos's own v1 Open API, as services register themselves.
+struct NacosFixture {
+    server: NacosServer,
+    registry: NacosRegistry,
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl NacosFixture {
+    fn new(server: NacosServer) -> NacosFixture {
+        let settings = NacosSettings {
+            url: server.url(),
+            ..NacosSettings::default()
+        };
+        let registry =
+            NacosRegistry::new(settings, Credentials::default(), FieldMapping::default())
+                .expect("registry");
+        NacosFixture { server, registry }
+    }
+
+    fn identity(put: &Put) -> String {
+        format!(
+            "serviceName={}&ip={}&port={}&ephemeral=false",
+            encode(&put.service),
+            put.ip,
+            put.port
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl Fixture for NacosFixture {
+    fn registry(&self) -> &dyn Registry {
+        &self.registry
+    }
+
+    async fn put(&mut self, put: &Put) {
+        let mut metadata = BTreeMap::from([("region".to_owned(), put.region.clone())]);
+        if let Some(version) = &put.version {
+            metadata.insert("version".to_owned(), version.clone());
+        }
+        let metadata = serde_json::to_string(&metadata).expect("json");
+        let query = format!(
+            "/nacos/v1/ns/instance?{}&weight={}&metadata={}",
+            Self::identity(put),
+            put.weight,
+            encode(&metadata)
+        );
+        self.server.call("POST", &query);
+    }
+
+    async fn remove(&mut self, put: &Put) {
+        self.server.call(
+            "DELETE",
+            &format!("/nacos/v1/ns/instance?{}", Self::identity(put)),
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_file_registry_passes_the_suite() {
+    suite::run(&mut FileFixture::new(), "file").await;
+}
+
+#[tokio::test]
+async fn the_nacos_registry_passes_the_suite() {
+    let server = tokio::task::spawn_blocking(NacosServer::start)
+        .await
+        .expect("rnacos");
+    suite::run(&mut NacosFixture::new(server), "nacos").await;
+}
+
+#[tokio::test]
+async fn a_stopped_nacos_is_reported_unavailable_not_empty() {
+    let server = tokio::task::spawn_blocking(NacosServer::start)
+        .await
+        .expect("rnacos");
+    let mut fixture = NacosFixture::new(server);
+    fixture.server.kill();
+    let err = fixture
+        .registry
+        .fetch(&["api".to_owned()])
+        .await
+        .expect_err("no answer from a stopped server");
+    assert!(
+        matches!(err, nacos_sync::RegistryError::Unavailable(_)),
+        "{err}"
+    );
+}
