@@ -625,6 +625,17 @@ impl Config {
                 problems.push(format!("{}={value:?}: {problem}", var.name));
             }
         }
+        let token_env = &config.discovery.tenants.token_env;
+        if !token_env.is_empty() {
+            match env.get(token_env) {
+                Some(value) => {
+                    config.secrets.0.insert(token_env.clone(), value.clone());
+                }
+                None => problems.push(format!(
+                    "discovery.tenants: environment variable {token_env} is not set"
+                )),
+            }
+        }
         for source in &config.discovery.sources {
             let nacos = &source.nacos;
             for name in [

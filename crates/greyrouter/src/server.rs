@@ -86,11 +86,11 @@ impl App {
             .discovery
             .build(&self.config.secrets.0, &holder)
             .map_err(anyhow::Error::msg)?;
-        for (registry, plan) in sources {
-            tracing::info!(source = %plan.source, registry = %registry.describe(), services = ?plan.services, "discovery source");
-            self.node.spawn(nacos_sync::syncer::run(
+        for (sync, plan) in sources {
+            tracing::info!(source = %plan.source, registry = %sync.describe(), services = ?plan.services, "discovery source");
+            self.node.spawn(nacos_sync::syncer::run_sync(
                 Arc::clone(&self.node),
-                registry,
+                sync,
                 plan,
             ));
         }

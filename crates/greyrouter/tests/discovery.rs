@@ -1,5 +1,5 @@
 //! Service discovery end to end: instances registered in a real Nacos (rnacos) or written to a
-//! fleet file reach `Route`; the registry going away keeps routing on the last known instances;
+//! fleet file reach `Route`, and leave it when they go (an etcd lease expiring); the registry going away keeps routing on the last known instances;
 //! the protection threshold holds mass removals; in a fleet on Redis one router syncs.
 
 mod support;
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use greyrouter::config::Config;
 use greyrouter_proto::v1 as pb;
-use greyrouter_test_support::{NacosServer, RedisServer};
+use greyrouter_test_support::{EtcdServer, NacosServer, RedisServer};
 use nacos_sync::SourceSettings;
 use nacos_sync::nacos::NacosSettings;
 use support::{TestServer, eventually};
@@ -25,14 +25,11 @@ fn config_with(source: SourceSettings) -> Config {
 
 fn nacos_source(server: &NacosServer) -> SourceSettings {
     SourceSettings {
-        name: "nacos".into(),
-        kind: "nacos".into(),
-        services: vec!["api".into()],
         nacos: NacosSettings {
             url: server.url(),
             ..NacosSettings::default()
         },
-        path: None,
+        ..SourceSettings::new("nacos", "nacos", &["api"])
     }
 }
 
@@ -224,6 +221,13 @@ async fn removing_most_instances_at_once_is_held_and_removing_one_proceeds() {
     server.stop().await;
 }
 
+fn file_source(path: &Path) -> SourceSettings {
+    SourceSettings {
+        path: Some(path.to_owned()),
+        ..SourceSettings::new("file", "file", &["api"])
+    }
+}
+
 fn write_fleet(path: &Path, ids: &[&str]) {
     let mut text = String::new();
     for id in ids {
@@ -241,14 +245,7 @@ async fn a_fleet_file_is_followed_and_hand_registered_instances_stay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fleet.toml");
     write_fleet(&path, &["f1", "f2"]);
-    let mut server = TestServer::with_config(config_with(SourceSettings {
-        name: "file".into(),
-        kind: "file".into(),
-        services: vec!["api".into()],
-        nacos: NacosSettings::default(),
-        path: Some(path.clone()),
-    }))
-    .await;
+    let mut server = TestServer::with_config(config_with(file_source(&path))).await;
     service_and_tenant(&mut server).await;
     server.instance("api", "v1", "by-hand", "eu").await;
     eventually("the file's instances", async || {
@@ -277,13 +274,7 @@ async fn in_a_fleet_one_router_syncs_and_another_takes_over_when_it_stops() {
     let path = dir.path().join("fleet.toml");
     write_fleet(&path, &["f1"]);
     let router = |name: &str| {
-        let mut config = config_with(SourceSettings {
-            name: "file".into(),
-            kind: "file".into(),
-            services: vec!["api".into()],
-            nacos: NacosSettings::default(),
-            path: Some(path.clone()),
-        });
+        let mut config = config_with(file_source(&path));
         config.store = redis.url();
         config.redis.prefix = "discovery-fleet".into();
         config.outcomes.replica_id = name.to_owned();
@@ -318,4 +309,180 @@ async fn in_a_fleet_one_router_syncs_and_another_takes_over_when_it_stops() {
     })
     .await;
     follower.stop().await;
+}
+
+/// Writes `/services/api/<id>` in etcd, version v1, under `lease` when given (its id).
+fn etcd_put(etcd: &EtcdServer, id: &str, lease: Option<&str>) {
+    use base64::Engine;
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let value = format!("{{\"address\":\"{id}.internal:8080\",\"version\":\"v1\"}}");
+    let mut body = serde_json::json!({
+        "key": encode(&format!("/services/api/{id}")),
+        "value": encode(&value),
+    });
+    if let Some(lease) = lease {
+        body["lease"] = serde_json::json!(lease);
+    }
+    etcd.call("/v3/kv/put", &body.to_string());
+}
+
+#[tokio::test]
+async fn an_etcd_instance_whose_lease_expires_leaves_routing() {
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .expect("etcd");
+    let source = SourceSettings {
+        etcd: nacos_sync::etcd::EtcdSettings {
+            endpoints: vec![etcd.url()],
+            ..Default::default()
+        },
+        ..SourceSettings::new("etcd", "etcd", &["api"])
+    };
+    let mut server = TestServer::with_config(config_with(source)).await;
+    service_and_tenant(&mut server).await;
+    // One instance kept by its service (no lease here), one under a 2 s lease nobody renews.
+    etcd_put(&etcd, "kept", None);
+    let grant: serde_json::Value =
+        serde_json::from_str(&etcd.call("/v3/lease/grant", r#"{"TTL": 2}"#)).expect("grant");
+    let lease = grant["ID"].as_str().expect("lease id").to_owned();
+    etcd_put(&etcd, "leased", Some(&lease));
+    eventually("both etcd instances", async || {
+        (instances(&mut server).await.len() == 2).then_some(())
+    })
+    .await;
+    let route = server.route("t0", "api").await.expect("routed");
+    assert!(["kept", "leased"].contains(&route.instance_id.as_str()));
+    eventually("the leased instance gone with its lease", async || {
+        let ids = instances(&mut server).await;
+        (ids.len() == 1 && ids.contains_key("kept")).then_some(())
+    })
+    .await;
+    server.stop().await;
+}
+
+/// A tenant-management service: pages of the tenants it holds, as `{"items": [...]}`.
+struct TenantService {
+    port: u16,
+    tenants: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl TenantService {
+    fn start(tenants: Vec<serde_json::Value>) -> TenantService {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let tenants = std::sync::Arc::new(std::sync::Mutex::new(tenants));
+        let served = std::sync::Arc::clone(&tenants);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut line = String::new();
+                if BufReader::new(&stream).read_line(&mut line).is_err() {
+                    continue;
+                }
+                // GET /api/tenants?page=N&size=S HTTP/1.1
+                let query = line.split_whitespace().nth(1).unwrap_or_default();
+                let param = |name: &str| -> usize {
+                    query
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                let (page, size) = (param("page").max(1), param("size").max(1));
+                let all = served.lock().expect("tenants").clone();
+                let items: Vec<_> = all.into_iter().skip((page - 1) * size).take(size).collect();
+                let body = serde_json::json!({ "items": items }).to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TenantService { port, tenants }
+    }
+
+    fn set(&self, tenants: Vec<serde_json::Value>) {
+        *self.tenants.lock().expect("tenants") = tenants;
+    }
+}
+
+fn tenant_json(i: usize, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": format!("tenant-{i:05}"), "name": name, "region": "eu", "tier": "pro",
+        "labels": {"plan": "standard"}, "active": true,
+    })
+}
+
+#[tokio::test]
+async fn tenants_come_from_the_tenant_service_in_pages() {
+    let count = 10_000;
+    let listed: Vec<_> = (0..count).map(|i| tenant_json(i, "Tenant")).collect();
+    let service = TenantService::start(listed.clone());
+    let mut config = Config::default();
+    config.discovery.lease_ms = 2_000;
+    config.discovery.tenants.url = format!("http://127.0.0.1:{}/api/tenants", service.port);
+    config.discovery.tenants.interval_ms = 200;
+    config.discovery.tenants.page_size = 500;
+    let mut server = TestServer::with_config(config).await;
+    server.service("api", "v1", pb::Strategy::RoundRobin).await;
+    server.instance("api", "v1", "a1", "eu").await;
+    server.instance("api", "v2", "b1", "eu").await;
+    let tenant_count = async |server: &mut TestServer| {
+        let mut count = 0;
+        let mut token = String::new();
+        loop {
+            let page = server
+                .admin
+                .list_tenants(pb::ListTenantsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                })
+                .await
+                .expect("tenants")
+                .into_inner();
+            count += page.tenants.iter().filter(|t| t.active).count();
+            if page.next_page_token.is_empty() {
+                return count;
+            }
+            token = page.next_page_token;
+        }
+    };
+    eventually("10,000 tenants created", async || {
+        (tenant_count(&mut server).await == count).then_some(())
+    })
+    .await;
+    // A pin on a tenant that will disappear.
+    server.pin("tenant-00042", "api", "v2").await;
+    let mut next = listed.clone();
+    next[7] = tenant_json(7, "Renamed");
+    next.remove(42);
+    service.set(next);
+    let services = eventually("tenant-00042 inactive", async || {
+        let found = server
+            .admin
+            .get_tenant_services(pb::GetTenantServicesRequest {
+                tenant_id: "tenant-00042".into(),
+            })
+            .await
+            .expect("tenant")
+            .into_inner();
+        (!found.tenant.as_ref().is_some_and(|t| t.active)).then_some(found)
+    })
+    .await;
+    // Never deleted: the pin stays.
+    assert_eq!(services.services[0].pinned_version, "v2");
+    let renamed = server
+        .admin
+        .get_tenant_services(pb::GetTenantServicesRequest {
+            tenant_id: "tenant-00007".into(),
+        })
+        .await
+        .expect("tenant")
+        .into_inner()
+        .tenant
+        .expect("tenant");
+    assert_eq!(renamed.name, "Renamed");
+    server.stop().await;
 }

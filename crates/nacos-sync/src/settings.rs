@@ -9,7 +9,7 @@
 //!
 //! [[discovery.sources]]
 //! name = "nacos"
-//! kind = "nacos"              # or "file"
+//! kind = "nacos"              # or "etcd", "file"
 //! services = ["api"]          # greyrouter services this source keeps (create them first)
 //! nacos = { url = "http://127.0.0.1:8848/nacos", group = "DEFAULT_GROUP", username_env = "NACOS_USERNAME", password_env = "NACOS_PASSWORD" }
 //! ```
@@ -21,13 +21,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::etcd::{EtcdRegistry, EtcdSettings};
 use crate::file::FileRegistry;
 use crate::nacos::{Credentials, NacosRegistry, NacosSettings};
 use crate::registry::{FieldMapping, Registry};
-use crate::syncer::SyncPlan;
+use crate::syncer::{Instances, SyncJob, SyncPlan, Tenants};
+use crate::tenants::{TenantApi, TenantSettings};
 
-/// A source ready to sync: its registry and its plan.
-pub type Source = (Arc<dyn Registry>, SyncPlan);
+/// A source ready to sync: what it syncs and its plan.
+pub type Source = (Arc<dyn SyncJob>, SyncPlan);
 
 /// Every discovery source and how they sync.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -44,6 +46,8 @@ pub struct DiscoverySettings {
     pub mapping: FieldMapping,
     /// The sources.
     pub sources: Vec<SourceSettings>,
+    /// Tenants from the tenant service (`[discovery.tenants]`; off while its url is empty).
+    pub tenants: TenantSettings,
 }
 
 impl Default for DiscoverySettings {
@@ -54,6 +58,7 @@ impl Default for DiscoverySettings {
             protect_threshold: 0.5,
             mapping: FieldMapping::default(),
             sources: Vec::new(),
+            tenants: TenantSettings::default(),
         }
     }
 }
@@ -71,9 +76,26 @@ pub struct SourceSettings {
     /// With `kind = "nacos"`: the server.
     #[serde(default)]
     pub nacos: NacosSettings,
+    /// With `kind = "etcd"`: the cluster.
+    #[serde(default)]
+    pub etcd: EtcdSettings,
     /// With `kind = "file"`: the file.
     #[serde(default)]
     pub path: Option<PathBuf>,
+}
+
+impl SourceSettings {
+    /// A source of `kind` named `name` keeping `services`, with the kind's default settings.
+    pub fn new(name: &str, kind: &str, services: &[&str]) -> SourceSettings {
+        SourceSettings {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            nacos: NacosSettings::default(),
+            etcd: EtcdSettings::default(),
+            path: None,
+        }
+    }
 }
 
 impl DiscoverySettings {
@@ -91,6 +113,17 @@ impl DiscoverySettings {
         }
         if !(self.protect_threshold > 0.0 && self.protect_threshold <= 1.0) {
             problems.push("discovery.protect_threshold: must be above 0 and at most 1".to_owned());
+        }
+        let tenants = &self.tenants;
+        if !tenants.url.is_empty() {
+            if !tenants.url.starts_with("http://") {
+                problems.push("discovery.tenants.url: must start with http://".to_owned());
+            }
+            if tenants.interval_ms == 0 || tenants.page_size == 0 {
+                problems.push(
+                    "discovery.tenants: interval_ms and page_size must be positive".to_owned(),
+                );
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for source in &self.sources {
@@ -117,12 +150,28 @@ impl DiscoverySettings {
                         problems.push(format!("{at}.nacos.url: must start with http://"));
                     }
                 }
+                "etcd" => {
+                    if source.etcd.endpoints.is_empty()
+                        || !source
+                            .etcd
+                            .endpoints
+                            .iter()
+                            .all(|e| e.starts_with("http://"))
+                    {
+                        problems.push(format!(
+                            "{at}.etcd.endpoints: name at least one, each starting with http://"
+                        ));
+                    }
+                    if !source.etcd.prefix.ends_with('/') {
+                        problems.push(format!("{at}.etcd.prefix: must end with /"));
+                    }
+                }
                 "file" => {
                     if source.path.is_none() {
                         problems.push(format!("{at}.path: a file source needs a path"));
                     }
                 }
-                other => problems.push(format!("{at}.kind: '{other}' (use nacos or file)")),
+                other => problems.push(format!("{at}.kind: '{other}' (use nacos, etcd or file)")),
             }
         }
         problems
@@ -154,6 +203,17 @@ impl DiscoverySettings {
                             .map_err(|e| format!("discovery source {}: {e}", source.name))?,
                     )
                 }
+                "etcd" => {
+                    let etcd = &source.etcd;
+                    let login = match (var(&etcd.username_env), var(&etcd.password_env)) {
+                        (Some(user), Some(password)) => Some((user, password)),
+                        _ => None,
+                    };
+                    Arc::new(
+                        EtcdRegistry::new(etcd.clone(), login, self.mapping.clone())
+                            .map_err(|e| format!("discovery source {}: {e}", source.name))?,
+                    )
+                }
                 "file" => {
                     let path = source
                         .path
@@ -169,12 +229,28 @@ impl DiscoverySettings {
                 }
             };
             built.push((
-                registry,
+                Arc::new(Instances(registry)) as Arc<dyn SyncJob>,
                 SyncPlan {
                     source: source.name.clone(),
                     services: source.services.clone(),
                     interval: Duration::from_millis(self.interval_ms),
                     lease: Duration::from_millis(self.lease_ms),
+                    protect_threshold: self.protect_threshold,
+                    holder: holder.to_owned(),
+                },
+            ));
+        }
+        let tenants = &self.tenants;
+        if !tenants.url.is_empty() {
+            let api = TenantApi::new(tenants.clone(), var(&tenants.token_env))
+                .map_err(|e| format!("tenant sync: {e}"))?;
+            built.push((
+                Arc::new(Tenants(api)) as Arc<dyn SyncJob>,
+                SyncPlan {
+                    source: "tenants".to_owned(),
+                    services: Vec::new(),
+                    interval: Duration::from_millis(tenants.interval_ms),
+                    lease: Duration::from_millis(self.lease_ms.max(tenants.interval_ms * 3)),
                     protect_threshold: self.protect_threshold,
                     holder: holder.to_owned(),
                 },

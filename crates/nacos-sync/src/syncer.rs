@@ -34,13 +34,42 @@ pub struct SyncPlan {
     pub holder: String,
 }
 
+/// One kind of sync: instances from a registry, or tenants from the tenant service.
+#[async_trait::async_trait]
+pub trait SyncJob: Send + Sync + 'static {
+    /// Where it reads from (no credentials).
+    fn describe(&self) -> String;
+
+    /// Reads once and commits what changed as `actor`; updates `status`.
+    async fn sync(&self, node: &Node, plan: &SyncPlan, actor: &Actor, status: &mut SourceStatus);
+}
+
+/// Instances from a registry.
+pub struct Instances(pub Arc<dyn Registry>);
+
+#[async_trait::async_trait]
+impl SyncJob for Instances {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    async fn sync(&self, node: &Node, plan: &SyncPlan, actor: &Actor, status: &mut SourceStatus) {
+        sync_once(node, self.0.as_ref(), plan, actor, status).await;
+    }
+}
+
 /// Syncs `registry` into `node` until the task is dropped.
 pub async fn run(node: Arc<Node>, registry: Arc<dyn Registry>, plan: SyncPlan) {
+    run_sync(node, Arc::new(Instances(registry)), plan).await;
+}
+
+/// Runs `sync` every interval while this router holds the source's lease, until dropped.
+pub async fn run_sync(node: Arc<Node>, sync: Arc<dyn SyncJob>, plan: SyncPlan) {
     let lease = format!("discovery:{}", plan.source);
     let actor = Actor::system(&lease, "sync");
     let mut status = SourceStatus {
         source: plan.source.clone(),
-        registry: registry.describe(),
+        registry: sync.describe(),
         ..SourceStatus::default()
     };
     let mut ticker = tokio::time::interval(plan.interval);
@@ -59,7 +88,7 @@ pub async fn run(node: Arc<Node>, registry: Arc<dyn Registry>, plan: SyncPlan) {
         }
         status.leading = leading;
         if leading {
-            sync_once(&node, registry.as_ref(), &plan, &actor, &mut status).await;
+            sync.sync(&node, &plan, &actor, &mut status).await;
         }
         node.report_discovery(status.clone());
     }
@@ -117,6 +146,54 @@ pub async fn sync_once(
             Err(err) => {
                 // The next sync computes again from the state it finds.
                 tracing::warn!(source = %plan.source, %err, "discovery change refused");
+            }
+        }
+    }
+}
+
+/// Tenants from the tenant service.
+pub struct Tenants(pub crate::tenants::TenantApi);
+
+#[async_trait::async_trait]
+impl SyncJob for Tenants {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    async fn sync(&self, node: &Node, plan: &SyncPlan, actor: &Actor, status: &mut SourceStatus) {
+        status.last_sync_ms = now_ms();
+        let (listed, problems) = match self.0.fetch().await {
+            Ok(read) => read,
+            Err(err) => {
+                if status.up || status.last_success_ms == 0 {
+                    tracing::warn!(source = %plan.source, %err, "tenant service unavailable: tenants stay as they are");
+                }
+                status.up = false;
+                status.error = err.to_string();
+                return;
+            }
+        };
+        status.up = true;
+        status.error.clear();
+        status.last_success_ms = status.last_sync_ms;
+        status.instances = listed.len() as u64;
+        let result = crate::tenants::reconcile_tenants(
+            &node.state(),
+            &listed,
+            &plan.source,
+            plan.protect_threshold,
+        );
+        if result.held != status.held {
+            for held in &result.held {
+                tracing::warn!(source = %plan.source, "{held}");
+            }
+        }
+        status.held = result.held;
+        status.skipped = problems;
+        for mutation in result.mutations {
+            match node.commit(mutation, actor).await {
+                Ok(_) => status.changes += 1,
+                Err(err) => tracing::warn!(source = %plan.source, %err, "tenant change refused"),
             }
         }
     }

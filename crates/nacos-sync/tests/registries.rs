@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use greyrouter_test_support::NacosServer;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use greyrouter_test_support::{EtcdServer, NacosServer};
+use nacos_sync::etcd::{EtcdRegistry, EtcdSettings};
 use nacos_sync::file::FileRegistry;
 use nacos_sync::nacos::{Credentials, NacosRegistry, NacosSettings};
 use nacos_sync::suite::{self, Fixture, Put};
@@ -141,6 +144,64 @@ impl Fixture for NacosFixture {
             &format!("/nacos/v1/ns/instance?{}", Self::identity(put)),
         );
     }
+}
+
+/// An etcd cluster written through its JSON gateway, as a service registering itself would.
+struct EtcdFixture {
+    server: EtcdServer,
+    registry: EtcdRegistry,
+}
+
+impl EtcdFixture {
+    fn new(server: EtcdServer) -> EtcdFixture {
+        let settings = EtcdSettings {
+            endpoints: vec![server.url()],
+            ..EtcdSettings::default()
+        };
+        let registry =
+            EtcdRegistry::new(settings, None, FieldMapping::default()).expect("registry");
+        EtcdFixture { server, registry }
+    }
+
+    fn key(put: &Put) -> String {
+        STANDARD.encode(format!("/services/{}/{}", put.service, put.id()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Fixture for EtcdFixture {
+    fn registry(&self) -> &dyn Registry {
+        &self.registry
+    }
+
+    async fn put(&mut self, put: &Put) {
+        let mut value = serde_json::json!({
+            "address": format!("{}:{}", put.ip, put.port),
+            "weight": (put.weight * 100.0).round() as u32,
+            "region": put.region,
+        });
+        if let Some(version) = &put.version {
+            value["version"] = serde_json::json!(version);
+        }
+        let body = serde_json::json!({
+            "key": Self::key(put),
+            "value": STANDARD.encode(value.to_string()),
+        });
+        self.server.call("/v3/kv/put", &body.to_string());
+    }
+
+    async fn remove(&mut self, put: &Put) {
+        let body = serde_json::json!({ "key": Self::key(put) });
+        self.server.call("/v3/kv/deleterange", &body.to_string());
+    }
+}
+
+#[tokio::test]
+async fn the_etcd_registry_passes_the_suite() {
+    let server = tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .expect("etcd");
+    suite::run(&mut EtcdFixture::new(server), "etcd").await;
 }
 
 #[tokio::test]

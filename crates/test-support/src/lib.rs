@@ -847,11 +847,22 @@ fn rnacos_binary() -> PathBuf {
 
 /// Sends one HTTP/1.0 request to 127.0.0.1:`port` and returns the status code and body.
 pub fn http_request(port: u16, method: &str, path_and_query: &str) -> Option<(u16, String)> {
+    http_request_with(port, method, path_and_query, "")
+}
+
+/// Sends one HTTP/1.0 request with a JSON `body` (none when empty) to 127.0.0.1:`port`.
+pub fn http_request_with(
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut reply = String::new();
@@ -862,6 +873,101 @@ pub fn http_request(port: u16, method: &str, path_and_query: &str) -> Option<(u1
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// One `etcd` (Debian's `etcd-server`) on free ports with a temporary data directory.
+pub struct EtcdServer {
+    client_port: u16,
+    _dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts a single-member cluster and waits until it answers.
+    pub fn start() -> EtcdServer {
+        let etcd = std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("etcd"))
+                    .find(|path| path.is_file())
+            })
+            .unwrap_or_else(|| {
+                panic!("etcd is not installed: install Debian's etcd-server package (scripts/test does)")
+            });
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let client_port = free_port(false);
+        let peer_port = free_port(false);
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new(etcd)
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--log-level", "error"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        let mut server = EtcdServer {
+            client_port,
+            _dir: dir,
+            child: Some(child),
+        };
+        eventually(
+            &format!("etcd on port {client_port}"),
+            READY_DEADLINE,
+            || {
+                if let Some(child) = server.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("etcd exited at start ({status}); port {client_port} may be taken");
+                }
+                http_request(client_port, "GET", "/health")
+                    .filter(|(status, body)| *status == 200 && body.contains("true"))
+            },
+        );
+        server
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Posts `body` to the JSON gateway (`/v3/...`); panics unless it answers 200.
+    pub fn call(&self, path: &str, body: &str) -> String {
+        match http_request_with(self.client_port, "POST", path, body) {
+            Some((200, reply)) => reply,
+            other => panic!("etcd POST {path}: {other:?}"),
+        }
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 impl NacosServer {
