@@ -657,6 +657,7 @@ async fn instances(
             admin
                 .register_instance(pb::RegisterInstanceRequest {
                     instance: Some(instance),
+                    ttl_seconds: 0,
                 })
                 .await
                 .map(drop)

@@ -278,6 +278,7 @@ async fn call(
             let what = format!("register instance '{}'", instance.id);
             let request = pb::RegisterInstanceRequest {
                 instance: Some(instance),
+                ttl_seconds: 0,
             };
             let response = admin
                 .register_instance(request)

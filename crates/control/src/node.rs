@@ -41,6 +41,78 @@ pub const MAX_PAGE: usize = 1000;
 pub const MAX_EVENT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most changes one event listing reads.
 const MAX_EVENTS_SCANNED: usize = 20_000;
+/// The metadata key holding an instance's TTL in milliseconds.
+pub const TTL_KEY: &str = "greyrouter.ttl_ms";
+/// Shortest TTL.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(86_400);
+/// Most instances in one heartbeat.
+pub const MAX_HEARTBEATS: usize = 1000;
+/// The holder of heartbeat leases.
+const ALIVE: &str = "alive";
+
+/// The store lease a heartbeat renews.
+fn heartbeat_lease(service: &str, id: &str) -> String {
+    format!("heartbeat:{service}/{id}")
+}
+
+/// An instance's TTL, when it was registered with one.
+fn ttl_of(instance: &Instance) -> Option<Duration> {
+    instance
+        .metadata
+        .get(TTL_KEY)
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+}
+
+/// What the expiry task needs.
+struct ExpiryScope {
+    replica: Arc<Replica>,
+}
+
+impl ExpiryScope {
+    /// Removes every instance with a TTL whose heartbeat lease lapsed.
+    async fn expire(&self) {
+        let state = self.replica.current();
+        let actor = Actor::system("instance-ttl", "no heartbeat within the instance's TTL");
+        for service in state.services() {
+            for (_, pool) in service.pools() {
+                for member in pool.members().iter() {
+                    let instance = &member.instance;
+                    if ttl_of(instance).is_none() {
+                        continue;
+                    }
+                    // Taking the lease for a moment succeeds only when no heartbeat holds it.
+                    let lapsed = self
+                        .replica
+                        .store()
+                        .lease(
+                            &heartbeat_lease(&instance.service, &instance.id),
+                            "expiry",
+                            Duration::from_millis(1),
+                        )
+                        .await
+                        .unwrap_or(false);
+                    if !lapsed {
+                        continue;
+                    }
+                    let mutation = Mutation::DeregisterInstance {
+                        service: instance.service.clone(),
+                        instance_id: instance.id.clone(),
+                    };
+                    match self.replica.commit(mutation, &actor).await {
+                        Ok(commit) => {
+                            tracing::info!(service = %instance.service, instance = %instance.id, revision = commit.revision, "instance expired: no heartbeat within its TTL")
+                        }
+                        Err(err) => tracing::debug!(%err, "instance expiry refused"),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Most decisions in one batch.
 pub const MAX_BATCH: usize = 1000;
 
@@ -60,6 +132,8 @@ pub struct OutcomeSettings {
     pub rollout_lease_ms: u64,
     /// This replica's name for the lease (a random one when empty).
     pub replica_id: String,
+    /// How often instances with a TTL are checked for a lapsed heartbeat, in milliseconds.
+    pub heartbeat_tick_ms: u64,
 }
 
 impl Default for OutcomeSettings {
@@ -71,6 +145,7 @@ impl Default for OutcomeSettings {
             rollout_tick_ms: 1000,
             rollout_lease_ms: 10_000,
             replica_id: String::new(),
+            heartbeat_tick_ms: 1_000,
         }
     }
 }
@@ -705,14 +780,115 @@ impl Node {
         }
     }
 
-    /// Registers (or replaces) an instance.
+    /// Registers (or replaces) an instance; with a `ttl`, it is removed unless heartbeats
+    /// renew it within the TTL.
     pub async fn register_instance(
         &self,
-        instance: Instance,
+        mut instance: Instance,
+        ttl: Option<Duration>,
         actor: &Actor,
     ) -> Result<Commit, Error> {
+        match ttl {
+            Some(ttl) => {
+                if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+                    return Err(Error::invalid(
+                        "ttl_seconds",
+                        format!(
+                            "must be {} to {} seconds",
+                            MIN_TTL.as_secs(),
+                            MAX_TTL.as_secs()
+                        ),
+                    ));
+                }
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                instance.metadata.insert(TTL_KEY.to_owned(), ms.to_string());
+                // The heartbeat lease first: the expiry task never sees the instance without it.
+                self.store()
+                    .lease(
+                        &heartbeat_lease(&instance.service, &instance.id),
+                        ALIVE,
+                        ttl,
+                    )
+                    .await?;
+            }
+            None => {
+                instance.metadata.remove(TTL_KEY);
+            }
+        }
         self.commit(Mutation::RegisterInstance { instance }, actor)
             .await
+    }
+
+    /// Renews the TTL of instances of `service`; returns how many were renewed and the ids it
+    /// does not know (expired, never registered, or registered without a TTL).
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        instance_ids: &[String],
+    ) -> Result<(u64, Vec<String>), Error> {
+        validate::name("service", service)?;
+        if instance_ids.len() > MAX_HEARTBEATS {
+            return Err(Error::invalid(
+                "instance_ids",
+                format!("at most {MAX_HEARTBEATS} per call"),
+            ));
+        }
+        for id in instance_ids {
+            validate::name("instance_ids", id)?;
+        }
+        let state = self.replica.current();
+        let entry = state
+            .service(service)
+            .ok_or_else(|| not_found(Entity::Service, service))?;
+        let (mut renewed, mut unknown) = (0, Vec::new());
+        for id in instance_ids {
+            let ttl = entry
+                .pools()
+                .find_map(|(_, pool)| pool.member(id))
+                .and_then(|member| ttl_of(&member.instance));
+            match ttl {
+                Some(ttl) => {
+                    if self
+                        .store()
+                        .lease(&heartbeat_lease(service, id), ALIVE, ttl)
+                        .await?
+                    {
+                        renewed += 1;
+                    } else {
+                        unknown.push(id.clone());
+                    }
+                }
+                None => unknown.push(id.clone()),
+            }
+        }
+        Ok((renewed, unknown))
+    }
+
+    /// Starts the task that removes instances whose TTL lapsed without a heartbeat (in a fleet,
+    /// the holder of the `instance-expiry` lease does it), in the name of `holder`.
+    pub fn expire_instances(&self, holder: String) {
+        let node = ExpiryScope {
+            replica: Arc::clone(&self.replica),
+        };
+        let tick = Duration::from_millis(self.settings.outcomes.heartbeat_tick_ms.max(1));
+        let lease = Duration::from_millis(self.settings.outcomes.rollout_lease_ms);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let leading = node
+                    .replica
+                    .store()
+                    .lease("instance-expiry", &holder, lease)
+                    .await
+                    .unwrap_or(false);
+                if leading {
+                    node.expire().await;
+                }
+            }
+        });
+        lock(&self.tasks).push(task);
     }
 
     /// Removes an instance.

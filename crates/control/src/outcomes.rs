@@ -252,7 +252,7 @@ mod tests {
             let Mutation::RegisterInstance { instance } = suite::instance(id, "v1") else {
                 unreachable!("suite::instance registers an instance")
             };
-            node.register_instance(instance, &actor)
+            node.register_instance(instance, None, &actor)
                 .await
                 .expect("instance");
         }

@@ -81,6 +81,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let holder = self.replica_id();
         self.node.drive_rollouts(holder.clone());
+        self.node.expire_instances(holder.clone());
         let sources = self
             .config
             .discovery

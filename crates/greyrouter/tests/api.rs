@@ -577,6 +577,7 @@ async fn bad_input_gets_a_clear_status() {
                 address: "no-port".into(),
                 ..instance("api", "v1", "x1", "eu")
             }),
+            ttl_seconds: 0,
         })
         .await
         .expect_err("bad address");
@@ -605,6 +606,7 @@ async fn versions_without_healthy_instances_are_refused_unless_forced() {
                 healthy: Some(false),
                 ..instance("api", "v3", "c1", "eu")
             }),
+            ttl_seconds: 0,
         })
         .await
         .expect("register unhealthy");

@@ -170,17 +170,33 @@ impl Admin for AdminService {
         request: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::RegisterInstanceResponse>, Status> {
         let actor = actor(request.metadata())?;
-        let instance = domain::required("instance", request.into_inner().instance)
+        let request = request.into_inner();
+        let instance = domain::required("instance", request.instance)
             .and_then(Instance::try_from)
             .map_err(invalid)?;
+        let ttl = (request.ttl_seconds > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(request.ttl_seconds)));
         let commit = self
             .node
-            .register_instance(instance, &actor)
+            .register_instance(instance, ttl, &actor)
             .await
             .map_err(failed)?;
         Ok(Response::new(pb::RegisterInstanceResponse {
             revision: commit.revision,
         }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let (renewed, unknown) = self
+            .node
+            .heartbeat(&request.service, &request.instance_ids)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(pb::HeartbeatResponse { renewed, unknown }))
     }
 
     async fn deregister_instance(

@@ -56,6 +56,10 @@ pub(super) enum InstanceCommand {
         /// Metadata, KEY=VALUE (repeatable).
         #[arg(long = "meta", value_parser = key_value)]
         metadata: Vec<(String, String)>,
+        /// Removed unless heartbeats (Admin/Heartbeat) renew it within this many seconds;
+        /// 0: stays until deregistered.
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u32,
     },
     /// Removes an instance.
     Deregister { service: String, instance: String },
@@ -174,6 +178,7 @@ pub(super) async fn instance(
             health_score,
             unhealthy,
             metadata,
+            ttl_seconds,
         } => {
             let response = admin
                 .register_instance(pb::RegisterInstanceRequest {
@@ -189,6 +194,7 @@ pub(super) async fn instance(
                         healthy: Some(!unhealthy),
                         health_score: Some(health_score),
                     }),
+                    ttl_seconds,
                 })
                 .await
                 .map_err(call_error)?

@@ -106,6 +106,7 @@ impl Api {
         self.admin
             .register_instance(pb::RegisterInstanceRequest {
                 instance: Some(instance(service, version, id, region)),
+                ttl_seconds: 0,
             })
             .await
             .expect("register instance")
