@@ -47,6 +47,8 @@ pub enum Command {
     Propagation(PropagationArgs),
     /// Measures a server's resident memory (`--pid`) under hostile input.
     Memory(MemoryArgs),
+    /// Measures how long a change in Nacos or etcd takes to reach a router's routing state.
+    Discovery(DiscoveryArgs),
     /// Serves a no-op `Router/Route` with a fixed answer: the cost of gRPC itself.
     FloorServer(FloorServerArgs),
     /// Serves `Router/Route` with the original design's Redis Lua script, on data it seeds.
@@ -299,6 +301,29 @@ impl PropagationArgs {
     }
 }
 
+/// Flags of `discovery`.
+#[derive(Debug, Clone, Args)]
+pub struct DiscoveryArgs {
+    /// The router that syncs the registry.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Which registry the changes are made in.
+    #[arg(long, value_enum)]
+    pub registry: crate::discovery::RegistryKind,
+    /// The registry's URL (`http://127.0.0.1:8848/nacos`, `http://127.0.0.1:2379`).
+    #[arg(long)]
+    pub registry_url: String,
+    /// The greyrouter service the router syncs from that registry.
+    #[arg(long, default_value = "api")]
+    pub service: String,
+    /// Number of changes, one after another.
+    #[arg(long, default_value_t = 200)]
+    pub changes: usize,
+    /// Longest wait for one change.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+}
+
 /// Which scenarios `memory` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScenarioArg {
@@ -403,7 +428,9 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Run(args) => args.threads,
         Command::FloorServer(args) => Some(args.threads),
         Command::SeedDesignServer(args) => Some(args.threads),
-        Command::Seed(_) | Command::Propagation(_) | Command::Memory(_) => None,
+        Command::Seed(_) | Command::Propagation(_) | Command::Memory(_) | Command::Discovery(_) => {
+            None
+        }
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -452,6 +479,7 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Seed(args) => execute_seed(&args).await,
             Command::Propagation(args) => execute_propagation(&args).await,
             Command::Memory(args) => execute_memory(&args).await,
+            Command::Discovery(args) => execute_discovery(&args).await,
         }
     });
     match outcome {
@@ -464,7 +492,8 @@ pub fn execute(cli: Cli) -> ExitCode {
                 | Error::Seed { .. }
                 | Error::Call { .. }
                 | Error::Sdk(_)
-                | Error::Process { .. } => EXIT_UNAVAILABLE,
+                | Error::Process { .. }
+                | Error::Discovery(_) => EXIT_UNAVAILABLE,
                 Error::Worker(_) => 1,
             })
         }
@@ -482,6 +511,27 @@ async fn execute_seed(args: &SeedArgs) -> Result<ExitCode, Error> {
         println!("{report}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn execute_discovery(args: &DiscoveryArgs) -> Result<ExitCode, Error> {
+    let config = crate::discovery::DiscoveryConfig {
+        target: args.target.clone(),
+        kind: args.registry,
+        registry: args.registry_url.clone(),
+        service: args.service.clone(),
+        changes: args.changes,
+        timeout: args.timeout,
+    };
+    let report = crate::discovery::measure(&config).await?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| Error::Discovery(e.to_string()))?
+    );
+    Ok(if report.missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn execute_propagation(args: &PropagationArgs) -> Result<ExitCode, Error> {

@@ -69,6 +69,9 @@ pub enum Error {
         /// What could not be read.
         reason: String,
     },
+    /// A registry or router of the discovery measurement failed.
+    #[error("discovery: {0}")]
+    Discovery(String),
     /// A worker task panicked or was cancelled.
     #[error("a worker failed: {0}")]
     Worker(#[from] tokio::task::JoinError),

@@ -49,6 +49,7 @@
 
 pub mod cli;
 pub mod cpu;
+pub mod discovery;
 pub mod distribution;
 pub mod duration;
 pub mod error;

@@ -815,6 +815,7 @@ fn psql(database: &str, sql: &str) -> Result<String, String> {
 /// the test fails saying how to install it: never a silent skip.
 pub struct NacosServer {
     http_port: u16,
+    grpc_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -973,34 +974,44 @@ impl Drop for EtcdServer {
 impl NacosServer {
     /// Starts a server and waits until its naming API answers.
     pub fn start() -> NacosServer {
-        let binary = rnacos_binary();
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let http_port = free_port(false);
-        let grpc_port = free_port(false);
-        let child = Command::new(binary)
+        let mut server = NacosServer {
+            http_port: free_port(false),
+            grpc_port: free_port(false),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the server again after [`kill`](Self::kill), on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let (http_port, grpc_port) = (self.http_port, self.grpc_port);
+        let child = Command::new(rnacos_binary())
             .env("RNACOS_HTTP_PORT", http_port.to_string())
             .env("RNACOS_GRPC_PORT", grpc_port.to_string())
             .env("RNACOS_HTTP_CONSOLE_PORT", "0")
             .env("RNACOS_HTTP_WORKERS", "1")
-            .env("RNACOS_DATA_DIR", dir.path().join("data"))
+            .env("RNACOS_DATA_DIR", self.dir.path().join("data"))
             .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("RUST_LOG", "warn")
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn rnacos");
-        let mut server = NacosServer {
-            http_port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         let ready = "/nacos/v1/ns/service/list?pageNo=1&pageSize=1";
         eventually(
             &format!("rnacos on port {http_port}"),
             READY_DEADLINE,
             || {
-                if let Some(child) = server.child.as_mut()
+                if let Some(child) = self.child.as_mut()
                     && let Ok(Some(status)) = child.try_wait()
                 {
                     panic!("rnacos exited at start ({status}); port {http_port} may be taken");
@@ -1008,7 +1019,6 @@ impl NacosServer {
                 http_request(http_port, "GET", ready).filter(|(status, _)| *status == 200)
             },
         );
-        server
     }
 
     /// `http://127.0.0.1:<port>/nacos`.
