@@ -12,7 +12,7 @@ use greyrouter_proto::v1 as pb;
 use greyrouter_test_support::{EtcdServer, NacosServer, RedisServer};
 use nacos_sync::SourceSettings;
 use nacos_sync::nacos::NacosSettings;
-use support::{TestServer, eventually};
+use support::{Api, ServerProcess, TestServer, eventually};
 
 /// A router syncing `source` every 100 ms.
 fn config_with(source: SourceSettings) -> Config {
@@ -62,7 +62,7 @@ fn nacos_deregister(server: &NacosServer, ip: &str) {
 }
 
 /// The ids and weights of service `api`'s instances.
-async fn instances(server: &mut TestServer) -> BTreeMap<String, u32> {
+async fn instances(server: &mut Api) -> BTreeMap<String, u32> {
     server
         .admin
         .list_instances(pb::ListInstancesRequest {
@@ -78,7 +78,7 @@ async fn instances(server: &mut TestServer) -> BTreeMap<String, u32> {
         .collect()
 }
 
-async fn status(server: &mut TestServer) -> pb::DiscoverySource {
+async fn status(server: &mut Api) -> pb::DiscoverySource {
     server
         .admin
         .get_discovery_status(pb::GetDiscoveryStatusRequest {})
@@ -92,7 +92,7 @@ async fn status(server: &mut TestServer) -> pb::DiscoverySource {
 }
 
 /// Service `api` (no instance of its own) and tenant `t0`.
-async fn service_and_tenant(server: &mut TestServer) {
+async fn service_and_tenant(server: &mut Api) {
     server.service("api", "v1", pb::Strategy::RoundRobin).await;
     server.tenant("t0", "eu").await;
 }
@@ -277,47 +277,49 @@ async fn a_fleet_file_is_followed_and_hand_registered_instances_stay() {
 }
 
 #[tokio::test]
-async fn in_a_fleet_one_router_syncs_and_another_takes_over_when_it_stops() {
+async fn in_a_fleet_one_router_syncs_and_another_takes_over_when_it_is_killed() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fleet.toml");
     write_fleet(&path, &["f1"]);
-    let router = |name: &str| {
-        let mut config = config_with(file_source(&path));
-        config.store = redis.url();
-        config.redis.prefix = "discovery-fleet".into();
-        config.outcomes.replica_id = name.to_owned();
-        config
+    // Two router processes on one Redis, syncing the same fleet file.
+    let config = |name: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "store = \"{}\"\n\n[redis]\nprefix = \"discovery-fleet\"\n\n\
+             [outcomes]\nreplica_id = \"{name}\"\n\n\
+             [discovery]\ninterval_ms = 100\nlease_ms = 1000\n\n\
+             [[discovery.sources]]\nname = \"file\"\nkind = \"file\"\n\
+             services = [\"api\"]\npath = {:?}\n",
+            redis.url(),
+            path.display().to_string()
+        );
+        std::fs::write(&file, text).expect("config");
+        file.display().to_string()
     };
-    let mut first = TestServer::with_config(router("first")).await;
-    let mut second = TestServer::with_config(router("second")).await;
+    let (first_config, second_config) = (config("first"), config("second"));
+    let mut processes = [
+        ServerProcess::start(&["--config", &first_config]),
+        ServerProcess::start(&["--config", &second_config]),
+    ];
+    let mut first = Api::connect(&format!("http://{}", processes[0].addr)).await;
+    let mut second = Api::connect(&format!("http://{}", processes[1].addr)).await;
     service_and_tenant(&mut first).await;
-    eventually("one leader", async || {
+    eventually("one leader that synced f1", async || {
         let (a, b) = (status(&mut first).await, status(&mut second).await);
-        (a.leading != b.leading).then_some(())
+        (a.leading != b.leading && instances(&mut first).await.contains_key("f1")).then_some(())
     })
     .await;
-    // Stop whichever leads; the other takes over within the lease and syncs.
-    let (mut leader, mut follower) = if status(&mut first).await.leading {
-        (first, second)
-    } else {
-        (second, first)
-    };
-    eventually("f1 synced", async || {
-        instances(&mut leader)
-            .await
-            .contains_key("f1")
-            .then_some(())
-    })
-    .await;
-    leader.stop().await;
+    // SIGKILL the leader: its lease is never released; the other takes over when it lapses.
+    let first_leads = status(&mut first).await.leading;
+    let (killed, mut follower) = if first_leads { (0, second) } else { (1, first) };
+    processes[killed].kill();
     write_fleet(&path, &["f1", "f2"]);
-    eventually("the follower leads and syncs f2", async || {
+    eventually("the other router leads and syncs f2", async || {
         let leading = status(&mut follower).await.leading;
         (leading && instances(&mut follower).await.contains_key("f2")).then_some(())
     })
     .await;
-    follower.stop().await;
 }
 
 /// Writes `/services/api/<id>` in etcd, version v1, under `lease` when given (its id).

@@ -234,3 +234,63 @@ async fn a_stopped_nacos_is_reported_unavailable_not_empty() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn nacos_with_auth_is_read_after_a_login_and_refuses_bad_credentials() {
+    let server = tokio::task::spawn_blocking(|| NacosServer::start_with_auth("admin", "s3cret-pw"))
+        .await
+        .expect("rnacos");
+    let token = server.login();
+    server.call(
+        "POST",
+        &format!(
+            "/nacos/v1/ns/instance?serviceName=auth-api&ip=10.3.0.1&port=8080&ephemeral=false\
+             &metadata={}&accessToken={token}",
+            encode(r#"{"version":"v1"}"#)
+        ),
+    );
+    let settings = NacosSettings {
+        url: server.url(),
+        ..NacosSettings::default()
+    };
+    let registry = |credentials| {
+        NacosRegistry::new(settings.clone(), credentials, FieldMapping::default())
+            .expect("registry")
+    };
+    let services = ["auth-api".to_owned()];
+    let logged_in = registry(Credentials {
+        login: Some(("admin".into(), "s3cret-pw".into())),
+        access_token: None,
+    });
+    let view = logged_in.fetch(&services).await.expect("read after login");
+    assert_eq!(view.instances.len(), 1, "{view:?}");
+    let with_token = registry(Credentials {
+        login: None,
+        access_token: Some(token),
+    });
+    assert_eq!(
+        with_token
+            .fetch(&services)
+            .await
+            .expect("token")
+            .instances
+            .len(),
+        1
+    );
+    for credentials in [
+        Credentials::default(),
+        Credentials {
+            login: Some(("admin".into(), "wrong".into())),
+            access_token: None,
+        },
+    ] {
+        let err = registry(credentials.clone())
+            .fetch(&services)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, nacos_sync::RegistryError::Unauthorized(_)),
+            "{credentials:?}: {err}"
+        );
+    }
+}

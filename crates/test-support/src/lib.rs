@@ -818,6 +818,8 @@ pub struct NacosServer {
     grpc_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With auth on: the admin's username and password.
+    auth: Option<(String, String)>,
 }
 
 /// Where `scripts/test` installs rnacos.
@@ -974,14 +976,46 @@ impl Drop for EtcdServer {
 impl NacosServer {
     /// Starts a server and waits until its naming API answers.
     pub fn start() -> NacosServer {
+        NacosServer::launch(None)
+    }
+
+    /// Starts a server whose Open API needs a login, with an admin `username` and `password`.
+    pub fn start_with_auth(username: &str, password: &str) -> NacosServer {
+        NacosServer::launch(Some((username.to_owned(), password.to_owned())))
+    }
+
+    fn launch(auth: Option<(String, String)>) -> NacosServer {
         let mut server = NacosServer {
             http_port: free_port(false),
             grpc_port: free_port(false),
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
+            auth,
         };
         server.spawn();
         server
+    }
+
+    /// Logs in as the admin and returns an access token (with auth on).
+    pub fn login(&self) -> String {
+        let Some((user, password)) = &self.auth else {
+            panic!("this rnacos has auth off");
+        };
+        // The admin user is created a moment after the server answers: retry until it exists.
+        let path = format!("/nacos/v1/auth/login?username={user}&password={password}");
+        let body = eventually("the rnacos admin user", READY_DEADLINE, || {
+            http_request(self.http_port, "POST", &path)
+                .filter(|(status, _)| *status == 200)
+                .map(|(_, body)| body)
+        });
+        let start = body.find("\"accessToken\":\"").map(|at| at + 15);
+        start
+            .and_then(|at| {
+                body[at..]
+                    .find('"')
+                    .map(|end| body[at..at + end].to_owned())
+            })
+            .unwrap_or_else(|| panic!("no token in {body}"))
     }
 
     /// Starts the server again after [`kill`](Self::kill), on the same ports and data.
@@ -992,7 +1026,14 @@ impl NacosServer {
 
     fn spawn(&mut self) {
         let (http_port, grpc_port) = (self.http_port, self.grpc_port);
-        let child = Command::new(rnacos_binary())
+        let mut command = Command::new(rnacos_binary());
+        if let Some((user, password)) = &self.auth {
+            command
+                .env("RNACOS_ENABLE_OPEN_API_AUTH", "true")
+                .env("RNACOS_INIT_ADMIN_USERNAME", user)
+                .env("RNACOS_INIT_ADMIN_PASSWORD", password);
+        }
+        let child = command
             .env("RNACOS_HTTP_PORT", http_port.to_string())
             .env("RNACOS_GRPC_PORT", grpc_port.to_string())
             .env("RNACOS_HTTP_CONSOLE_PORT", "0")
@@ -1016,7 +1057,9 @@ impl NacosServer {
                 {
                     panic!("rnacos exited at start ({status}); port {http_port} may be taken");
                 }
-                http_request(http_port, "GET", ready).filter(|(status, _)| *status == 200)
+                // With auth on, the list answers 403 once the server is up.
+                http_request(http_port, "GET", ready)
+                    .filter(|(status, _)| *status == 200 || *status == 403)
             },
         );
     }
