@@ -1025,3 +1025,38 @@ fn every_command_the_readme_names_exists_and_has_help() {
         assert!(help.contains(&usage), "{command:?}:\n{help}");
     }
 }
+
+/// README "Service discovery": an instance registered with a TTL is kept by heartbeats from the
+/// CLI, an unknown id fails the command, and `discovery status` answers.
+#[test]
+fn heartbeats_and_discovery_status_from_the_cli() {
+    let seed = example_seed();
+    let server = Served::start(&["--seed", seed.to_str().expect("utf-8 path")]);
+    stdout(&server.cli(&[
+        "instance",
+        "register",
+        "--service",
+        "order-service",
+        "--version",
+        "v1.2",
+        "--id",
+        "order-ttl-1",
+        "--address",
+        "10.0.3.40:8080",
+        "--ttl-seconds",
+        "60",
+    ]));
+    let renewed = stdout(&server.cli(&["instance", "heartbeat", "order-service", "order-ttl-1"]));
+    assert!(renewed.contains("1 instance(s) renewed"), "{renewed}");
+    // An unknown id: the command fails and names it.
+    let refused = failure(&server.cli(&[
+        "instance",
+        "heartbeat",
+        "order-service",
+        "order-ttl-1",
+        "nobody",
+    ]));
+    assert!(refused.contains("nobody"), "{refused}");
+    let status = stdout(&server.cli(&["discovery", "status"]));
+    assert!(status.contains("SOURCE"), "{status}");
+}

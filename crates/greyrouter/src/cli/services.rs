@@ -63,6 +63,14 @@ pub(super) enum InstanceCommand {
     },
     /// Removes an instance.
     Deregister { service: String, instance: String },
+    /// Renews the TTL of instances registered with `--ttl-seconds` (run it more often than the
+    /// TTL, e.g. from the instance's own scheduler); fails when an id is unknown.
+    Heartbeat {
+        service: String,
+        /// Instance ids (at most 1,000).
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
     /// Lists a service's instances.
     List {
         service: String,
@@ -214,6 +222,26 @@ pub(super) async fn instance(
                 &format!("instance {instance} deregistered"),
                 response.revision,
             );
+        }
+        InstanceCommand::Heartbeat { service, instances } => {
+            let response = admin
+                .heartbeat(pb::HeartbeatRequest {
+                    service,
+                    instance_ids: instances,
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            out.message(
+                format!("{} instance(s) renewed", response.renewed),
+                json!({"renewed": response.renewed, "unknown": response.unknown}),
+            );
+            if !response.unknown.is_empty() {
+                anyhow::bail!(
+                    "unknown (expired, never registered, or without a TTL; register again): {}",
+                    response.unknown.join(", ")
+                );
+            }
         }
         InstanceCommand::List { service, version } => {
             let response = admin
