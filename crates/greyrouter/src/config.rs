@@ -20,9 +20,12 @@ pub const EXIT_CONFIG: i32 = 64;
 pub struct Config {
     /// Address the gRPC server listens on.
     pub grpc_addr: SocketAddr,
-    /// Where routing state is kept: `memory` (the default), or a Redis URL
-    /// (`redis://`, `redis-sentinel://`, `redis-cluster://`).
+    /// Where routing state is kept: `memory` (the default: gone with the process), `durable`
+    /// (the embedded store with its journal in `data_dir`: acknowledged changes survive
+    /// restarts), or a Redis URL (`redis://`, `redis-sentinel://`, `redis-cluster://`).
     pub store: String,
+    /// The data directory of the `durable` store (locked while in use).
+    pub data_dir: PathBuf,
     /// A TOML or JSON file of tenants, services, instances and pins loaded at start.
     pub seed: Option<PathBuf>,
     /// With the embedded store: a file every change is appended to as a JSON line (the audit
@@ -375,6 +378,7 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: "memory".to_owned(),
+            data_dir: PathBuf::from("greyrouter-data"),
             seed: None,
             audit_file: None,
             log: LogConfig::default(),
@@ -431,6 +435,8 @@ pub struct Overrides {
     pub grpc_addr: Option<SocketAddr>,
     /// `--store`.
     pub store: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
     /// `--seed`.
     pub seed: Option<PathBuf>,
     /// `--log-level`.
@@ -480,6 +486,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         key: "store",
         set: |c, v| {
             c.store = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_DATA_DIR",
+        key: "data_dir",
+        set: |c, v| {
+            c.data_dir = PathBuf::from(v);
             Ok(())
         },
     },
@@ -663,6 +677,9 @@ impl Config {
         if let Some(store) = flags.store {
             config.store = store;
         }
+        if let Some(dir) = flags.data_dir {
+            config.data_dir = dir;
+        }
         if let Some(seed) = flags.seed {
             config.seed = Some(seed);
         }
@@ -685,9 +702,9 @@ impl Config {
         let mut problems = Vec::new();
         if self.uses_redis() {
             problems.extend(self.redis_config().problems());
-        } else if self.store != "memory" && self.store != "memory://" {
+        } else if !["memory", "memory://", "durable"].contains(&self.store.as_str()) {
             problems.push(format!(
-                "store: unsupported store '{}' (use memory, redis://, redis-sentinel:// or redis-cluster://)",
+                "store: unsupported store '{}' (use memory, durable, redis://, redis-sentinel:// or redis-cluster://)",
                 self.store
             ));
         }
@@ -810,6 +827,7 @@ mod tests {
                     var.key,
                     "store"
                         | "seed"
+                        | "data_dir"
                         | "log.level"
                         | "log.format"
                         | "redis.prefix"

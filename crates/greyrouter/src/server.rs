@@ -116,7 +116,29 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             .context("cannot open the Redis store")?;
         return Ok(Arc::new(store));
     }
-    let store = MemoryStore::default();
+    let store = if config.store == "durable" {
+        let (store, truncated) =
+            MemoryStore::open_durable(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot open the durable store in {}",
+                    config.data_dir.display()
+                )
+            })?;
+        if truncated > 0 {
+            tracing::error!(
+                data_dir = %config.data_dir.display(),
+                bytes = truncated,
+                "the journal ended in a torn record (a crash while writing it); cut off: that change was never acknowledged"
+            );
+        }
+        tracing::info!(data_dir = %config.data_dir.display(), "durable embedded store: every change is on disk before it is acknowledged");
+        store
+    } else {
+        tracing::warn!(
+            "embedded store in memory: routing state is lost when the process stops (use --store durable to keep it)"
+        );
+        MemoryStore::default()
+    };
     Ok(Arc::new(match &config.audit_file {
         Some(path) => store.with_audit_file(path),
         None => store,

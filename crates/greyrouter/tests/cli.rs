@@ -1060,3 +1060,36 @@ fn heartbeats_and_discovery_status_from_the_cli() {
     let status = stdout(&server.cli(&["discovery", "status"]));
     assert!(status.contains("SOURCE"), "{status}");
 }
+
+/// `--store durable`: a change acknowledged before a SIGKILL is there after the restart, and a
+/// second server on the same data directory is refused.
+#[test]
+fn the_durable_store_keeps_acknowledged_changes_across_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let mut server = Served::start(&["--store", "durable", "--data-dir", data]);
+    stdout(&server.cli(&[
+        "tenant", "upsert", "kept", "--name", "Kept", "--region", "eu",
+    ]));
+    // A second process on the same directory: refused before it serves.
+    let second = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--store",
+            "durable",
+            "--data-dir",
+            data,
+        ])
+        .output()
+        .expect("run");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    server.process.kill();
+    server.process.restart();
+    let tenants = stdout(&server.cli(&["tenant", "list", "--output", "json"]));
+    assert!(tenants.contains("\"kept\""), "{tenants}");
+}

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use routing_core::{Mutation, Outcome, Revision, RoutingError, RoutingState};
 
+pub mod journal;
 mod memory;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;

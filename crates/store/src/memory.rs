@@ -7,6 +7,7 @@ use std::time::Duration;
 use routing_core::{Mutation, Revision, RoutingState};
 use tokio::sync::watch;
 
+use crate::journal::{Journal, JournalError};
 use crate::{Change, ChangeMeta, Commit, Snapshot, Store, StoreError};
 
 /// Changes kept by default for routers to follow.
@@ -23,6 +24,8 @@ pub struct MemoryStore {
     log_bytes: usize,
     audit_file: Option<std::path::PathBuf>,
     history: String,
+    /// With a data directory: every change is written here before it is acknowledged.
+    journal: Option<Mutex<Journal>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +55,60 @@ impl MemoryStore {
             log_bytes: DEFAULT_LOG_BYTES,
             audit_file: None,
             history: crate::new_history_id(),
+            journal: None,
+        }
+    }
+
+    /// Opens the durable embedded store in `dir`: the state is what the journal's changes
+    /// make, and every new change is synced to the journal before it is acknowledged. Returns
+    /// the store and the bytes of a torn last frame cut off (0 when the journal was whole).
+    pub fn open_durable(dir: &std::path::Path) -> Result<(Self, u64), JournalError> {
+        let (mut journal, recovered) = Journal::open(dir)?;
+        let history = match recovered.history {
+            Some(history) => history,
+            None => {
+                let history = crate::new_history_id();
+                journal.write_history(&history)?;
+                history
+            }
+        };
+        let mut store = MemoryStore::new(DEFAULT_LOG_CAPACITY);
+        store.history = history;
+        {
+            let mut inner = store.lock();
+            for change in recovered.changes {
+                let applied = inner.state.apply(&change.mutation);
+                match applied {
+                    Ok((state, _)) if state.revision() == change.revision => inner.state = state,
+                    // The journal only holds changes that applied: one that does not is damage.
+                    _ => {
+                        return Err(JournalError::Corrupt {
+                            path: dir.join(crate::journal::JOURNAL_FILE),
+                            offset: 0,
+                        });
+                    }
+                }
+                store.keep(&mut inner, change);
+            }
+            store.revision.send_replace(inner.state.revision());
+        }
+        store.journal = Some(Mutex::new(journal));
+        Ok((store, recovered.truncated_bytes))
+    }
+
+    /// Keeps `change` in the bounded log.
+    fn keep(&self, inner: &mut Inner, change: Change) {
+        let bytes = change_bytes(&change);
+        inner.log.push_back(change);
+        inner.log_sizes.push_back(bytes);
+        inner.logged_bytes += bytes;
+        while inner.log.len() > self.log_capacity
+            || (inner.logged_bytes > self.log_bytes && inner.log.len() > 1)
+        {
+            inner.log.pop_front();
+            if let Some(oldest) = inner.log_sizes.pop_front() {
+                inner.logged_bytes -= oldest;
+            }
         }
     }
 
@@ -166,20 +223,17 @@ impl Store for MemoryStore {
                 id: crate::new_history_id(),
                 parent: inner.log.back().map(|c| c.id.clone()).unwrap_or_default(),
             };
+            if let Some(journal) = &self.journal {
+                // On disk before anyone sees it: a change that cannot be written is refused.
+                journal
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .append(&change)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            }
             self.append_audit(&change)?;
             inner.state = state;
-            let bytes = change_bytes(&change);
-            inner.log.push_back(change);
-            inner.log_sizes.push_back(bytes);
-            inner.logged_bytes += bytes;
-            while inner.log.len() > self.log_capacity
-                || (inner.logged_bytes > self.log_bytes && inner.log.len() > 1)
-            {
-                inner.log.pop_front();
-                if let Some(oldest) = inner.log_sizes.pop_front() {
-                    inner.logged_bytes -= oldest;
-                }
-            }
+            self.keep(&mut inner, change);
             Commit { revision, outcome }
         };
         self.revision.send_replace(revision.revision);
@@ -246,6 +300,117 @@ mod tests {
     use super::*;
 
     crate::store_suite!(async { MemoryStore::default() });
+
+    /// The same behaviour with a journal on disk.
+    mod durable {
+        use super::*;
+
+        crate::store_suite!(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (store, _) = MemoryStore::open_durable(dir.path()).expect("open");
+            // The open files outlive the directory's name.
+            drop(dir);
+            store
+        });
+    }
+
+    fn meta() -> ChangeMeta {
+        ChangeMeta {
+            actor: "alice".into(),
+            reason: "test".into(),
+            at_ms: 7,
+            before: "null".into(),
+            after: "{}".into(),
+        }
+    }
+
+    async fn commit_tenants(store: &MemoryStore, ids: &[&str]) {
+        for id in ids {
+            store
+                .commit(&RoutingState::default(), crate::suite::tenant(id), meta())
+                .await
+                .expect("commit");
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_changes_and_the_history_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = MemoryStore::open_durable(dir.path()).expect("open");
+        commit_tenants(&store, &["t1", "t2", "t3"]).await;
+        let history = store.history().await.expect("history");
+        let before = store
+            .changes_after(0, 10, Duration::ZERO)
+            .await
+            .expect("log");
+        drop(store);
+        let (store, truncated) = MemoryStore::open_durable(dir.path()).expect("reopen");
+        assert_eq!(truncated, 0);
+        assert_eq!(store.history().await.expect("history"), history);
+        let state = store.load().await.expect("load");
+        assert_eq!(state.revision(), 3);
+        assert!(state.tenant("t2").is_some());
+        let after = store
+            .changes_after(0, 10, Duration::ZERO)
+            .await
+            .expect("log");
+        assert_eq!(after, before, "the same changes, ids and parents");
+        // And it goes on from there.
+        commit_tenants(&store, &["t4"]).await;
+        assert_eq!(store.load().await.expect("load").revision(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_frame_is_cut_off_and_reported() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = MemoryStore::open_durable(dir.path()).expect("open");
+        commit_tenants(&store, &["t1", "t2"]).await;
+        drop(store);
+        // A crash in the middle of writing the next frame: its header promises 100 bytes.
+        let journal = dir.path().join(crate::journal::JOURNAL_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .expect("journal");
+        file.write_all(&100u32.to_le_bytes()).expect("write");
+        file.write_all(&[0xab; 14]).expect("write");
+        drop(file);
+        let (store, truncated) = MemoryStore::open_durable(dir.path()).expect("reopen");
+        assert_eq!(truncated, 18);
+        assert_eq!(store.load().await.expect("load").revision(), 2);
+        commit_tenants(&store, &["t3"]).await;
+        drop(store);
+        let (store, truncated) = MemoryStore::open_durable(dir.path()).expect("reopen");
+        assert_eq!(
+            (truncated, store.load().await.expect("load").revision()),
+            (0, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn damage_in_the_middle_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = MemoryStore::open_durable(dir.path()).expect("open");
+        commit_tenants(&store, &["t1", "t2", "t3"]).await;
+        drop(store);
+        let journal = dir.path().join(crate::journal::JOURNAL_FILE);
+        let mut bytes = std::fs::read(&journal).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        std::fs::write(&journal, &bytes).expect("write");
+        let err = MemoryStore::open_durable(dir.path()).expect_err("damaged");
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+        assert_eq!(std::fs::read(&journal).expect("read"), bytes, "nothing cut");
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_store, _) = MemoryStore::open_durable(dir.path()).expect("open");
+        let err = MemoryStore::open_durable(dir.path()).expect_err("in use");
+        assert!(matches!(err, JournalError::Locked(_)), "{err}");
+    }
 
     #[tokio::test]
     async fn every_embedded_store_starts_its_own_history() {

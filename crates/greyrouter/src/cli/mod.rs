@@ -126,10 +126,13 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Store: `memory` [default], `redis://host:port/db`, `redis-sentinel://...` or
-    /// `redis-cluster://...`.
+    /// Store: `memory` [default], `durable` (journal in --data-dir), `redis://host:port/db`,
+    /// `redis-sentinel://...` or `redis-cluster://...`.
     #[arg(long)]
     store: Option<String>,
+    /// Data directory of the durable store [default: greyrouter-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// TOML or JSON file of tenants, services, instances and pins to load into an empty store.
     #[arg(long)]
     seed: Option<PathBuf>,
@@ -249,6 +252,7 @@ fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
     let flags = Overrides {
         grpc_addr: args.grpc_addr,
         store: args.store,
+        data_dir: args.data_dir,
         seed: args.seed,
         log_level: args.log_level,
         worker_threads: args.worker_threads,
