@@ -822,6 +822,39 @@ pub struct NacosServer {
     auth: Option<(String, String)>,
 }
 
+/// Whether process `pid` holds the listening TCP socket on `port` (from `/proc`): a server
+/// that answers on a port chosen a moment ago may be another test's.
+pub fn owns_listener(pid: u32, port: u16) -> bool {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local = fields.get(1)?;
+                    let listening = fields.get(3)? == &"0A";
+                    let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+                    (listening && local_port == port)
+                        .then(|| fields.get(9).map(|i| (*i).to_owned()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes
+                .iter()
+                .any(|inode| target == format!("socket:[{inode}]"))
+        })
+    })
+}
+
 /// Where `scripts/test` installs rnacos.
 fn rnacos_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("GREYROUTER_RNACOS") {
@@ -897,52 +930,74 @@ impl EtcdServer {
             .unwrap_or_else(|| {
                 panic!("etcd is not installed: install Debian's etcd-server package (scripts/test does)")
             });
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let client_port = free_port(false);
-        let peer_port = free_port(false);
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(etcd)
-            .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .args(["--log-level", "error"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        let mut server = EtcdServer {
-            client_port,
-            _dir: dir,
-            child: Some(child),
-        };
-        eventually(
-            &format!("etcd on port {client_port}"),
-            READY_DEADLINE,
-            || {
+        let mut failures = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let client_port = free_port(false);
+            let peer_port = loop {
+                let port = free_port(false);
+                if port != client_port {
+                    break port;
+                }
+            };
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let child = Command::new(&etcd)
+                .args(["--name", "test", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &format!("test={peer}")])
+                .args(["--log-level", "error"])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn etcd");
+            let pid = child.id();
+            let mut server = EtcdServer {
+                client_port,
+                _dir: dir,
+                child: Some(child),
+            };
+            let deadline = Instant::now() + READY_DEADLINE;
+            let ready = loop {
                 if let Some(child) = server.child.as_mut()
                     && let Ok(Some(status)) = child.try_wait()
                 {
-                    panic!("etcd exited at start ({status}); port {client_port} may be taken");
+                    break Err(format!(
+                        "etcd exited at start ({status}) on port {client_port}"
+                    ));
                 }
-                http_request(client_port, "GET", "/health")
-                    .filter(|(status, body)| *status == 200 && body.contains("true"))
-            },
-        );
-        server
+                let healthy = http_request(client_port, "GET", "/health")
+                    .is_some_and(|(status, body)| status == 200 && body.contains("true"));
+                if healthy && owns_listener(pid, client_port) {
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    break Err(format!(
+                        "etcd on port {client_port} did not answer as its own"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            match ready {
+                Ok(()) => return server,
+                // Another test's server took a port between the choice and the bind.
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("etcd found no ports of its own:\n{}", failures.join("\n"))
     }
 
     /// `http://127.0.0.1:<client port>`.
@@ -981,55 +1036,86 @@ impl NacosServer {
 
     /// Starts a server whose Open API needs a login, with an admin `username` and `password`.
     pub fn start_with_auth(username: &str, password: &str) -> NacosServer {
-        NacosServer::launch(Some((username.to_owned(), password.to_owned())))
+        // rnacos creates the admin user a moment after it answers, and now and then not at all:
+        // a server whose admin cannot log in within a while is replaced by a fresh one.
+        for _ in 0..3 {
+            let server = NacosServer::launch(Some((username.to_owned(), password.to_owned())));
+            if server.try_login(Duration::from_secs(10)).is_some() {
+                return server;
+            }
+        }
+        panic!("rnacos never created its admin user (three fresh servers)")
     }
 
     fn launch(auth: Option<(String, String)>) -> NacosServer {
         let mut server = NacosServer {
-            http_port: free_port(false),
-            grpc_port: free_port(false),
+            http_port: 0,
+            grpc_port: 0,
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
             auth,
         };
-        server.spawn();
-        server
+        let mut failures = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            server.http_port = free_port(false);
+            server.grpc_port = loop {
+                let port = free_port(false);
+                if port != server.http_port {
+                    break port;
+                }
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                // Another test's server took a port between the choice and the bind.
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("rnacos found no ports of its own:\n{}", failures.join("\n"))
     }
 
     /// Logs in as the admin and returns an access token (with auth on).
     pub fn login(&self) -> String {
-        let Some((user, password)) = &self.auth else {
-            panic!("this rnacos has auth off");
-        };
-        // The admin user is created a moment after the server answers: retry until it exists.
+        self.try_login(READY_DEADLINE)
+            .unwrap_or_else(|| panic!("the rnacos admin cannot log in"))
+    }
+
+    /// Logs in as the admin, retrying (the user is created a moment after the server answers)
+    /// until `within` has passed.
+    fn try_login(&self, within: Duration) -> Option<String> {
+        let (user, password) = self.auth.as_ref()?;
         let path = format!("/nacos/v1/auth/login?username={user}&password={password}");
-        let body = eventually("the rnacos admin user", READY_DEADLINE, || {
-            http_request(self.http_port, "POST", &path)
-                .filter(|(status, _)| *status == 200)
-                .map(|(_, body)| body)
-        });
-        let start = body.find("\"accessToken\":\"").map(|at| at + 15);
-        start
-            .and_then(|at| {
-                body[at..]
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some((200, body)) = http_request(self.http_port, "POST", &path) {
+                let start = body.find("\"accessToken\":\"").map(|at| at + 15)?;
+                return body[start..]
                     .find('"')
-                    .map(|end| body[at..at + end].to_owned())
-            })
-            .unwrap_or_else(|| panic!("no token in {body}"))
+                    .map(|end| body[start..start + end].to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Starts the server again after [`kill`](Self::kill), on the same ports and data.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(why) = self.spawn() {
+            panic!("rnacos did not restart: {why}");
+        }
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let (http_port, grpc_port) = (self.http_port, self.grpc_port);
         let mut command = Command::new(rnacos_binary());
         if let Some((user, password)) = &self.auth {
             command
                 .env("RNACOS_ENABLE_OPEN_API_AUTH", "true")
+                // Logins tried before the admin user exists count as failures; the default
+                // limit (5 an hour) would lock the user out of the test.
+                .env("RNACOS_CONSOLE_LOGIN_ONE_HOUR_LIMIT", "1000000")
                 .env("RNACOS_INIT_ADMIN_USERNAME", user)
                 .env("RNACOS_INIT_ADMIN_PASSWORD", password);
         }
@@ -1046,22 +1132,34 @@ impl NacosServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn rnacos");
+        let pid = child.id();
         self.child = Some(child);
         let ready = "/nacos/v1/ns/service/list?pageNo=1&pageSize=1";
-        eventually(
-            &format!("rnacos on port {http_port}"),
-            READY_DEADLINE,
-            || {
-                if let Some(child) = self.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    panic!("rnacos exited at start ({status}); port {http_port} may be taken");
-                }
-                // With auth on, the list answers 403 once the server is up.
-                http_request(http_port, "GET", ready)
-                    .filter(|(status, _)| *status == 200 || *status == 403)
-            },
-        );
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "rnacos exited at start ({status}) on port {http_port}"
+                ));
+            }
+            // Answered by this child (not another test's server on the same port): with auth
+            // on, the list answers 403.
+            let answered = http_request(http_port, "GET", ready)
+                .is_some_and(|(status, _)| status == 200 || status == 403);
+            if answered && owns_listener(pid, http_port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "rnacos on port {http_port} did not answer as its own"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `http://127.0.0.1:<port>/nacos`.
