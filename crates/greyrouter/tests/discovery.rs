@@ -33,32 +33,14 @@ fn nacos_source(server: &NacosServer) -> SourceSettings {
     }
 }
 
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Registers (or changes) `ip:8080` of Nacos service `api`, version `version`, as a service does.
 fn nacos_register(server: &NacosServer, ip: &str, version: &str, weight: f64) {
-    let metadata = encode(&format!("{{\"version\":\"{version}\"}}"));
-    server.call(
-        "POST",
-        &format!(
-            "/nacos/v1/ns/instance?serviceName=api&ip={ip}&port=8080&ephemeral=false&weight={weight}&metadata={metadata}"
-        ),
-    );
+    let metadata = format!("{{\"version\":\"{version}\"}}");
+    server.register("api", ip, 8080, weight, &metadata);
 }
 
 fn nacos_deregister(server: &NacosServer, ip: &str) {
-    server.call(
-        "DELETE",
-        &format!("/nacos/v1/ns/instance?serviceName=api&ip={ip}&port=8080&ephemeral=false"),
-    );
+    server.deregister("api", ip, 8080);
 }
 
 /// The ids and weights of service `api`'s instances.

@@ -83,18 +83,6 @@ struct NacosFixture {
     registry: NacosRegistry,
 }
 
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl NacosFixture {
     fn new(server: NacosServer) -> NacosFixture {
         let settings = NacosSettings {
@@ -105,15 +93,6 @@ impl NacosFixture {
             NacosRegistry::new(settings, Credentials::default(), FieldMapping::default())
                 .expect("registry");
         NacosFixture { server, registry }
-    }
-
-    fn identity(put: &Put) -> String {
-        format!(
-            "serviceName={}&ip={}&port={}&ephemeral=false",
-            encode(&put.service),
-            put.ip,
-            put.port
-        )
     }
 }
 
@@ -129,20 +108,12 @@ impl Fixture for NacosFixture {
             metadata.insert("version".to_owned(), version.clone());
         }
         let metadata = serde_json::to_string(&metadata).expect("json");
-        let query = format!(
-            "/nacos/v1/ns/instance?{}&weight={}&metadata={}",
-            Self::identity(put),
-            put.weight,
-            encode(&metadata)
-        );
-        self.server.call("POST", &query);
+        self.server
+            .register(&put.service, &put.ip, put.port, put.weight, &metadata);
     }
 
     async fn remove(&mut self, put: &Put) {
-        self.server.call(
-            "DELETE",
-            &format!("/nacos/v1/ns/instance?{}", Self::identity(put)),
-        );
+        self.server.deregister(&put.service, &put.ip, put.port);
     }
 }
 
@@ -246,7 +217,7 @@ async fn nacos_with_auth_is_read_after_a_login_and_refuses_bad_credentials() {
         &format!(
             "/nacos/v1/ns/instance?serviceName=auth-api&ip=10.3.0.1&port=8080&ephemeral=false\
              &metadata={}&accessToken={token}",
-            encode(r#"{"version":"v1"}"#)
+            greyrouter_test_support::percent_encode(r#"{"version":"v1"}"#)
         ),
     );
     let settings = NacosSettings {

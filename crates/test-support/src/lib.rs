@@ -27,17 +27,38 @@ use std::time::{Duration, Instant};
 pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
-pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(what: &str, deadline: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll_until(deadline, check).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `check` (for an external process, which has no event to await) until it returns
+/// `Some`, or returns `None` once `within` has passed.
+pub fn poll_until<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        if start.elapsed() >= within {
+            return None;
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+}
+
+/// Percent-encodes a query parameter value.
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The environment variable through which a caller lets the tests of missing external tools
@@ -970,27 +991,23 @@ impl EtcdServer {
                 _dir: dir,
                 child: Some(child),
             };
-            let deadline = Instant::now() + READY_DEADLINE;
-            let ready = loop {
+            let ready = poll_until(READY_DEADLINE, || {
                 if let Some(child) = server.child.as_mut()
                     && let Ok(Some(status)) = child.try_wait()
                 {
-                    break Err(format!(
+                    return Some(Err(format!(
                         "etcd exited at start ({status}) on port {client_port}"
-                    ));
+                    )));
                 }
                 let healthy = http_request(client_port, "GET", "/health")
                     .is_some_and(|(status, body)| status == 200 && body.contains("true"));
-                if healthy && owns_listener(pid, client_port) {
-                    break Ok(());
-                }
-                if Instant::now() > deadline {
-                    break Err(format!(
-                        "etcd on port {client_port} did not answer as its own"
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
+                (healthy && owns_listener(pid, client_port)).then_some(Ok(()))
+            })
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "etcd on port {client_port} did not answer as its own"
+                ))
+            });
             match ready {
                 Ok(()) => return server,
                 // Another test's server took a port between the choice and the bind.
@@ -1084,19 +1101,16 @@ impl NacosServer {
     fn try_login(&self, within: Duration) -> Option<String> {
         let (user, password) = self.auth.as_ref()?;
         let path = format!("/nacos/v1/auth/login?username={user}&password={password}");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((200, body)) = http_request(self.http_port, "POST", &path) {
-                let start = body.find("\"accessToken\":\"").map(|at| at + 15)?;
-                return body[start..]
-                    .find('"')
-                    .map(|end| body[start..start + end].to_owned());
+        let body = poll_until(within, || {
+            match http_request(self.http_port, "POST", &path) {
+                Some((200, body)) => Some(body),
+                _ => None,
             }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })?;
+        let start = body.find("\"accessToken\":\"").map(|at| at + 15)?;
+        body[start..]
+            .find('"')
+            .map(|end| body[start..start + end].to_owned())
     }
 
     /// Starts the server again after [`kill`](Self::kill), on the same ports and data.
@@ -1135,31 +1149,29 @@ impl NacosServer {
         let pid = child.id();
         self.child = Some(child);
         let ready = "/nacos/v1/ns/service/list?pageNo=1&pageSize=1";
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
+        let answer = poll_until(READY_DEADLINE, || {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                self.child = None;
-                return Err(format!(
+                return Some(Err(format!(
                     "rnacos exited at start ({status}) on port {http_port}"
-                ));
+                )));
             }
             // Answered by this child (not another test's server on the same port): with auth
             // on, the list answers 403.
             let answered = http_request(http_port, "GET", ready)
                 .is_some_and(|(status, _)| status == 200 || status == 403);
-            if answered && owns_listener(pid, http_port) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(format!(
-                    "rnacos on port {http_port} did not answer as its own"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            (answered && owns_listener(pid, http_port)).then_some(Ok(()))
+        });
+        let answer = answer.unwrap_or_else(|| {
+            Err(format!(
+                "rnacos on port {http_port} did not answer as its own"
+            ))
+        });
+        if answer.is_err() {
+            self.kill();
         }
+        answer
     }
 
     /// `http://127.0.0.1:<port>/nacos`.
@@ -1178,6 +1190,31 @@ impl NacosServer {
             Some((200, body)) => body,
             other => panic!("rnacos {method} {path_and_query}: {other:?}"),
         }
+    }
+
+    /// Registers (or changes) a persistent instance through Nacos's own v1 API, as a service
+    /// registering itself would; `metadata` is a JSON object.
+    pub fn register(&self, service: &str, ip: &str, port: u16, weight: f64, metadata: &str) {
+        self.call(
+            "POST",
+            &format!(
+                "/nacos/v1/ns/instance?serviceName={}&ip={ip}&port={port}&ephemeral=false\
+                 &weight={weight}&metadata={}",
+                percent_encode(service),
+                percent_encode(metadata)
+            ),
+        );
+    }
+
+    /// Removes a persistent instance through Nacos's own v1 API.
+    pub fn deregister(&self, service: &str, ip: &str, port: u16) {
+        self.call(
+            "DELETE",
+            &format!(
+                "/nacos/v1/ns/instance?serviceName={}&ip={ip}&port={port}&ephemeral=false",
+                percent_encode(service)
+            ),
+        );
     }
 
     /// Stops the server (SIGKILL); its data directory stays until the value is dropped.
