@@ -37,7 +37,7 @@ if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
   pin_client=(taskset -c 1)
 fi
 
-"${pin_server[@]}" "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn >"$work/serve.out" 2>"$work/serve.err" &
+"${pin_server[@]}" "$bin/greyrouter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --log-level warn >"$work/serve.out" 2>"$work/serve.err" &
 server_pid=$!
 addr=""
 for _ in $(seq 1 300); do

@@ -2,10 +2,12 @@
 # greyrouter against two references, one after another on this machine with the same client:
 #   floor           greyrouter-load floor-server: a no-op Router/Route (fixed answer), the cost
 #                   of gRPC itself;
-#   memory          greyrouter serve, embedded store;
+#   memory          greyrouter serve --store memory: the embedded store, in memory only;
 #   memory-batch    the same server, RouteBatch calls of BATCH_SIZE (100) requests each;
 #   memory-sdk      the same server followed by the SDK (greyrouter-client): one worker making
 #                   local decisions (`--rpc sdk`), no call per decision;
+#   durable         greyrouter serve: the default embedded store, kept on disk (its data
+#                   directory in a temporary directory);
 #   redis           greyrouter serve --store redis://... on a private redis-server;
 #   seed-design     greyrouter-load seed-design-server: the original design's per-request Lua
 #                   script (EVALSHA) on the same private redis-server.
@@ -126,13 +128,19 @@ start floor "$bin/greyrouter-load" floor-server --addr 127.0.0.1:0 --threads 1
 measure floor
 stop_server
 
-start memory "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn
+start memory "$bin/greyrouter" serve --store memory --grpc-addr 127.0.0.1:0 --log-level warn
 seed memory
 measure memory
 # The same server and data, RouteBatch calls.
 measure memory-batch --rpc route-batch --batch-size "$BATCH_SIZE"
 # The same server followed by the SDK: one worker deciding from its local copy.
 WORKERS=1 LINKS=1 measure memory-sdk --rpc sdk
+stop_server
+
+start durable "$bin/greyrouter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 \
+  --log-level warn
+seed durable
+measure durable
 stop_server
 
 start redis "$bin/greyrouter" serve --grpc-addr 127.0.0.1:0 --log-level warn \
@@ -150,11 +158,11 @@ stop_server
 python3 - "$work" "$BATCH_SIZE" <<'EOF'
 import json, sys
 work, batch = sys.argv[1], sys.argv[2]
-names = ["floor", "memory", "memory-batch", "memory-sdk", "redis", "seed-design"]
+names = ["floor", "memory", "memory-batch", "memory-sdk", "durable", "redis", "seed-design"]
 labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
           "memory-batch": f"greyrouter RouteBatch ({batch})",
           "memory-sdk": "greyrouter SDK (local, 1 worker)",
-          "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
+          "durable": "greyrouter durable (default)", "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
 r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
 print(f"{'setup':<34}{'calls/s':>9}{'decisions/s':>13}{'p50 µs':>8}{'p99 µs':>8}{'p99.9 µs':>10}"
       f"{'errors':>8}{'gen cores':>11}")
@@ -175,6 +183,7 @@ def ratio(a, b):
 print()
 print(f"greyrouter memory / floor:       {ratio('memory', 'floor')}")
 print(f"greyrouter memory / seed design: {ratio('memory', 'seed-design')}")
+print(f"greyrouter durable / memory:     {ratio('durable', 'memory')}")
 batch_rate, seed_rate = r["memory-batch"]["decisions_per_s"], r["seed-design"]["throughput_rps"]
 print(f"RouteBatch decisions/s / seed design req/s: "
       + (f"x{batch_rate / seed_rate:.1f}" if seed_rate else "n/a"))

@@ -73,7 +73,7 @@ services = ["from-etcd"]
 endpoints = ["http://127.0.0.1:$etcd_port"]
 TOML
 
-"$bin/greyrouter" serve --config "$work/greyrouter.toml" --grpc-addr 127.0.0.1:0 --log-level warn \
+"$bin/greyrouter" serve --config "$work/greyrouter.toml" --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --log-level warn \
   >"$work/greyrouter.out" 2>"$work/greyrouter.err" &
 pids+=($!)
 addr=""

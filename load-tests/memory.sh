@@ -51,7 +51,7 @@ trap 'exit 130' INT TERM
 start() {
   local name=$1
   : >"$work/$name.out"
-  "$server_bin" serve --grpc-addr 127.0.0.1:0 --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
+  "$server_bin" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
   server_pid=$!
   addr=""
   for _ in $(seq 1 300); do

@@ -104,7 +104,7 @@ for round in $(seq 1 "$ROUNDS"); do
     config="$work/$name.toml"
     { echo "[server]"; [ -z "$keys" ] || tr ';' '\n' <<<"$keys"; } >"$config"
 
-    "${pin_server[@]}" "$bin/greyrouter" serve --config "$config" --grpc-addr 127.0.0.1:0 \
+    "${pin_server[@]}" "$bin/greyrouter" serve --config "$config" --data-dir "$work/$name.data" --grpc-addr 127.0.0.1:0 \
       --log-level warn >"$work/$name.out" 2>"$work/$name.err" &
     server_pid=$!
     addr=""

@@ -20,9 +20,10 @@ pub const EXIT_CONFIG: i32 = 64;
 pub struct Config {
     /// Address the gRPC server listens on.
     pub grpc_addr: SocketAddr,
-    /// Where routing state is kept: `memory` (the default: gone with the process), `durable`
-    /// (the embedded store with its journal in `data_dir`: acknowledged changes survive
-    /// restarts), or a Redis URL (`redis://`, `redis-sentinel://`, `redis-cluster://`).
+    /// Where routing state is kept: `durable` (the default: the embedded store with its log of
+    /// changes and snapshots in `data_dir`; acknowledged changes survive restarts and crashes),
+    /// `memory` (gone with the process: tests and throwaway runs), or a Redis URL
+    /// (`redis://`, `redis-sentinel://`, `redis-cluster://`).
     pub store: String,
     /// The data directory of the `durable` store (locked while in use).
     pub data_dir: PathBuf,
@@ -377,7 +378,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            store: "memory".to_owned(),
+            store: "durable".to_owned(),
             data_dir: PathBuf::from("greyrouter-data"),
             seed: None,
             audit_file: None,

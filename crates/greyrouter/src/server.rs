@@ -117,25 +117,37 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     let store = if config.store == "durable" {
-        let (store, truncated) =
-            MemoryStore::open_durable(&config.data_dir).with_context(|| {
-                format!(
-                    "cannot open the durable store in {}",
-                    config.data_dir.display()
-                )
-            })?;
-        if truncated > 0 {
+        let dir = config.data_dir.clone();
+        let opened = tokio::task::spawn_blocking(move || MemoryStore::open_durable(&dir))
+            .await
+            .context("the store did not open")?;
+        let (store, opened) = opened.with_context(|| {
+            format!(
+                "cannot open the durable store in {}",
+                config.data_dir.display()
+            )
+        })?;
+        if opened.truncated_bytes > 0 {
             tracing::error!(
                 data_dir = %config.data_dir.display(),
-                bytes = truncated,
-                "the journal ended in a torn record (a crash while writing it); cut off: that change was never acknowledged"
+                bytes = opened.truncated_bytes,
+                "the log ended in a torn record (a crash while writing it); cut off: that change was never acknowledged"
             );
         }
-        tracing::info!(data_dir = %config.data_dir.display(), "durable embedded store: every change is on disk before it is acknowledged");
+        for warning in &opened.warnings {
+            tracing::error!(data_dir = %config.data_dir.display(), "{warning}");
+        }
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            revision = store.load().await.map(|s| s.revision()).unwrap_or_default(),
+            snapshot = opened.snapshot.unwrap_or_default(),
+            replayed = opened.replayed,
+            "durable embedded store: every change is on disk before it is acknowledged"
+        );
         store
     } else {
         tracing::warn!(
-            "embedded store in memory: routing state is lost when the process stops (use --store durable to keep it)"
+            "embedded store in memory: routing state is lost when the process stops (the default, --store durable, keeps it)"
         );
         MemoryStore::default()
     };

@@ -34,7 +34,8 @@ mod memory;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
 
-pub use memory::{DEFAULT_LOG_BYTES, DEFAULT_LOG_CAPACITY, MemoryStore};
+pub use journal::DurableOptions;
+pub use memory::{DEFAULT_LOG_BYTES, DEFAULT_LOG_CAPACITY, MemoryStore, Opened};
 
 /// One committed change: the mutation, the revision it produced, and who made it, when and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,6 +219,24 @@ pub trait Store: Send + Sync + 'static {
     async fn adopted_history(&self, retired_origin: &str) -> Result<Option<String>, StoreError> {
         let _ = retired_origin;
         Ok(None)
+    }
+
+    /// Returns the routing state at a past `revision` (time travel), as far as the store keeps
+    /// what is needed to rebuild it. A store that keeps no past states answers only for its
+    /// current revision.
+    async fn state_at(&self, revision: Revision) -> Result<RoutingState, StoreError> {
+        let state = self.load().await?;
+        if state.revision() == revision {
+            Ok(state)
+        } else {
+            Err(StoreError::Rejected(RoutingError::FailedPrecondition(
+                format!(
+                    "{} keeps no past states (it is at revision {}); the durable embedded store does",
+                    self.describe(),
+                    state.revision()
+                ),
+            )))
+        }
     }
 
     /// Returns how long one write may take at most before the store gives up on it (its

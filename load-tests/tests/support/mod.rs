@@ -17,11 +17,18 @@ pub struct Server {
     pub target: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts a server with `config` on an ephemeral port.
-    pub async fn start(config: Config) -> Server {
+    pub async fn start(mut config: Config) -> Server {
+        // The default store keeps its data in ./greyrouter-data: each server gets its own.
+        let data_dir = (config.store == "durable" && config.data_dir == Config::default().data_dir)
+            .then(|| tempfile::tempdir().expect("a data directory"));
+        if let Some(dir) = &data_dir {
+            config.data_dir = dir.path().to_owned();
+        }
         let app = App::start(config).await.expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -35,6 +42,7 @@ impl Server {
             target: format!("http://{addr}"),
             stop,
             task,
+            _data_dir: data_dir,
         }
     }
 

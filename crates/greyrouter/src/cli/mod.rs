@@ -126,8 +126,8 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Store: `memory` [default], `durable` (journal in --data-dir), `redis://host:port/db`,
-    /// `redis-sentinel://...` or `redis-cluster://...`.
+    /// Store: `durable` [default: the embedded store, kept in --data-dir], `memory` (gone with
+    /// the process), `redis://host:port/db`, `redis-sentinel://...` or `redis-cluster://...`.
     #[arg(long)]
     store: Option<String>,
     /// Data directory of the durable store [default: greyrouter-data].

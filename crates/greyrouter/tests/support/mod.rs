@@ -22,6 +22,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A server running in this process on 127.0.0.1:0; its clients and fixtures through `Deref`.
 pub struct TestServer {
     pub addr: SocketAddr,
+    _data_dir: Option<tempfile::TempDir>,
     api: Api,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -153,7 +154,13 @@ impl TestServer {
     }
 
     /// Starts a server with `config` (its address is ignored: the server binds port 0).
-    pub async fn with_config(config: Config) -> TestServer {
+    pub async fn with_config(mut config: Config) -> TestServer {
+        // The default store keeps its data in ./greyrouter-data: each server gets its own.
+        let data_dir = (config.store == "durable" && config.data_dir == Config::default().data_dir)
+            .then(|| tempfile::tempdir().expect("a data directory"));
+        if let Some(dir) = &data_dir {
+            config.data_dir = dir.path().to_owned();
+        }
         let app = App::start(config).await.expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -165,6 +172,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            _data_dir: data_dir,
             api: Api::connect(&format!("http://{addr}")).await,
             stop: Some(stop),
             task: Some(task),
@@ -249,6 +257,7 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     args: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 /// Why a process did not print its "listening on" line.
@@ -278,6 +287,8 @@ impl std::fmt::Display for StartError {
 pub struct Started {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The private data directory given to a server not given one (removed when dropped).
+    pub data_dir: Option<tempfile::TempDir>,
     /// Everything the process wrote to stderr so far, and from now on.
     pub stderr: Arc<Mutex<String>>,
 }
@@ -303,6 +314,7 @@ impl ServerProcess {
             addr: started.addr,
             args,
             stderr: started.stderr,
+            _data_dir: started.data_dir,
         }
     }
 
@@ -372,6 +384,7 @@ impl ServerProcess {
         let started = Self::spawn_retrying(self.addr, &self.args)?;
         self.child = started.child;
         self.stderr = started.stderr;
+        self._data_dir = started.data_dir;
         Ok(())
     }
 }
@@ -390,6 +403,16 @@ pub fn launch(
     deadline: Duration,
 ) -> Result<Started, StartError> {
     use std::io::{BufRead, Read};
+    // The default store keeps its data in ./greyrouter-data: each server not given a data
+    // directory gets a private one, as if on a machine of its own.
+    let given = command.get_args().any(|a| a == "--data-dir")
+        || command
+            .get_envs()
+            .any(|(name, _)| name == "GREYROUTER_DATA_DIR");
+    let data_dir = (!given).then(|| tempfile::tempdir().expect("a data directory"));
+    if let Some(dir) = &data_dir {
+        command.env("GREYROUTER_DATA_DIR", dir.path());
+    }
     let mut child = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -435,6 +458,7 @@ pub fn launch(
         return Ok(Started {
             child,
             addr,
+            data_dir,
             stderr,
         });
     }
