@@ -115,6 +115,7 @@ pub fn kind(mutation: &Mutation) -> &'static str {
         Mutation::ProgressRollout { .. } => "progress_rollout",
         Mutation::ControlRollout { .. } => "control_rollout",
         Mutation::UpdateExperiment { .. } => "update_experiment",
+        Mutation::ReplaceState { .. } => "replace_state",
     }
 }
 
@@ -196,6 +197,20 @@ fn record(state: &RoutingState, mutation: &Mutation) -> Value {
             experiment_id,
             ..
         } => experiment_record(state, service, experiment_id),
+        // The whole state: its size (the plan that made it is what the caller was shown).
+        Mutation::ReplaceState { .. } => {
+            let dump = state.dump();
+            json!({
+                "revision": state.revision(),
+                "tenants": dump.tenants.len(),
+                "services": dump.services.len(),
+                "instances": dump.instances.len(),
+                "pins": dump.pins.len(),
+                "overrides": dump.overrides.len(),
+                "rollouts": dump.rollouts.len(),
+                "experiments": dump.experiments.len(),
+            })
+        }
     }
 }
 

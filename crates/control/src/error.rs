@@ -229,6 +229,7 @@ fn routing_kind(err: &RoutingError) -> ErrorKind {
         | RoutingError::VersionNotServable { .. }
         | RoutingError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
         RoutingError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+        RoutingError::StateMoved { .. } => ErrorKind::Conflict,
         RoutingError::NoHealthyInstance { .. } => ErrorKind::Unavailable,
     }
 }

@@ -12,9 +12,11 @@
 //! - [`node`]: [`Node`], its settings, routing decisions and the admin operations;
 //! - [`error`]: [`Error`] and [`ErrorKind`], the one table of gRPC codes and HTTP statuses;
 //! - [`replica`], [`audit`], [`outcomes`], [`rollouts`], [`schema`], [`watch`];
-//! - [`discovery`]: what each discovery source (crate `nacos-sync`) last did.
+//! - [`discovery`]: what each discovery source (crate `nacos-sync`) last did;
+//! - [`declarative`]: backup, restore, past states, and plans to a desired state.
 
 pub mod audit;
+pub mod declarative;
 pub mod discovery;
 pub mod error;
 pub mod node;

@@ -908,6 +908,10 @@ impl Store for Guarded {
         self.inner.adopted_history(retired_origin).await
     }
 
+    async fn state_at(&self, revision: Revision) -> Result<RoutingState, StoreError> {
+        self.inner.state_at(revision).await
+    }
+
     fn write_timeout(&self) -> Option<Duration> {
         self.inner.write_timeout()
     }

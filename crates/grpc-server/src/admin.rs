@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use control::audit::{ACTOR_HEADER, REASON_HEADER};
+use control::declarative::MAX_STATE_BYTES;
 use control::node::{
     EmergencyRollback, EventQuery, ExperimentView, RolloutView, SetTenantVersion, StartRollout,
     UpgradeSchema,
@@ -13,11 +14,15 @@ use greyrouter_proto::domain;
 use greyrouter_proto::v1 as pb;
 use greyrouter_proto::v1::admin_server::Admin;
 use routing_core::model::RolloutEvent;
-use routing_core::{Instance, Service, Tenant, Variant};
+use routing_core::state::plan::Section;
+use routing_core::{Instance, Service, StateDump, Tenant, Variant};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::status::{self, status};
+
+/// Bytes of state JSON per `ExportState` message (well under any client's message limit).
+const STATE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Serves `greyrouter.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -718,6 +723,98 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::GetDiscoveryStatusResponse { sources }))
+    }
+
+    type ExportStateStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+    async fn export_state(
+        &self,
+        request: Request<pb::ExportStateRequest>,
+    ) -> Result<Response<Self::ExportStateStream>, Status> {
+        let request = request.into_inner();
+        let dump = self
+            .node
+            .export_state(request.at_revision)
+            .await
+            .map_err(failed)?;
+        let revision = dump.revision;
+        let json = serde_json::to_vec(&dump).map_err(|err| Status::internal(err.to_string()))?;
+        let chunks: Vec<Result<pb::StateChunk, Status>> = json
+            .chunks(STATE_CHUNK_BYTES)
+            .map(|data| {
+                Ok(pb::StateChunk {
+                    revision,
+                    data: data.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn apply_state(
+        &self,
+        request: Request<tonic::Streaming<pb::ApplyStateRequest>>,
+    ) -> Result<Response<pb::ApplyStateResponse>, Status> {
+        let actor = actor(request.metadata())?;
+        let mut messages = request.into_inner();
+        let mut first: Option<pb::ApplyStateRequest> = None;
+        let mut data = Vec::new();
+        while let Some(message) = messages.message().await? {
+            if data.len() + message.data.len() > MAX_STATE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "invalid data: the desired state is larger than {MAX_STATE_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&message.data);
+            if first.is_none() {
+                first = Some(pb::ApplyStateRequest {
+                    data: Vec::new(),
+                    ..message
+                });
+            }
+        }
+        let first = first.unwrap_or_default();
+        let desired: StateDump = serde_json::from_slice(&data)
+            .map_err(|err| Status::invalid_argument(format!("invalid data: {err}")))?;
+        let mut sections = Vec::new();
+        for name in &first.sections {
+            let section = Section::parse(name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid sections: unknown section '{}'",
+                    name.chars().take(64).collect::<String>()
+                ))
+            })?;
+            if !sections.contains(&section) {
+                sections.push(section);
+            }
+        }
+        let plan = self
+            .node
+            .apply_state(
+                &desired,
+                &sections,
+                first.dry_run,
+                first.expected_revision,
+                &actor,
+            )
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(pb::ApplyStateResponse {
+            base_revision: plan.base_revision,
+            steps: plan
+                .steps
+                .into_iter()
+                .map(|step| pb::PlanStep {
+                    action: step.action.as_str().to_owned(),
+                    section: step.section.as_str().to_owned(),
+                    key: step.key,
+                    detail: step.detail,
+                })
+                .collect(),
+            applied: plan.applied.is_some(),
+            revision: plan.applied.unwrap_or(plan.base_revision),
+        }))
     }
 
     async fn adopt_store_history(

@@ -175,6 +175,7 @@ pub(crate) fn writes(
             service_writes(keys, after, service, &mut out);
             rollout_writes(keys, after, service, rollout_id, &mut out);
         }
+        Mutation::ReplaceState { .. } => replace_writes(keys, before, after, &mut out),
         Mutation::UpdateExperiment {
             service,
             experiment_id,
@@ -193,6 +194,134 @@ pub(crate) fn writes(
         }
     }
     out
+}
+
+/// The writes of a whole new state: every record that differs is written, every record that
+/// went is removed.
+fn replace_writes(keys: &Keys, before: &RoutingState, after: &RoutingState, out: &mut Vec<Write>) {
+    use std::collections::BTreeMap;
+    let (old, new) = (before.dump(), after.dump());
+    // Tenants.
+    let old_tenants: BTreeMap<&str, &Tenant> =
+        old.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+    let new_tenants: BTreeMap<&str, &Tenant> =
+        new.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+    for (id, tenant) in &new_tenants {
+        if old_tenants.get(id) != Some(tenant) {
+            tenant_writes(keys, tenant, out);
+        }
+    }
+    for id in old_tenants
+        .keys()
+        .filter(|id| !new_tenants.contains_key(*id))
+    {
+        let key = keys.tenant_metadata(id);
+        for field in ["name", "region", "tier", "active", "labels"] {
+            out.push(Write::HDel {
+                key: key.clone(),
+                field: field.to_owned(),
+            });
+        }
+        for set in [keys.tenants(), keys.active_tenants()] {
+            out.push(Write::SRem {
+                key: set,
+                member: (*id).to_owned(),
+            });
+        }
+    }
+    // Pins.
+    let pins = |dump: &routing_core::StateDump| -> BTreeMap<(String, String), String> {
+        dump.pins
+            .iter()
+            .map(|p| ((p.tenant_id.clone(), p.service.clone()), p.version.clone()))
+            .collect()
+    };
+    let (old_pins, new_pins) = (pins(&old), pins(&new));
+    for ((tenant, service), version) in &new_pins {
+        if old_pins.get(&(tenant.clone(), service.clone())) != Some(version) {
+            out.push(hset(keys.tenant_services(tenant), service, version.clone()));
+        }
+    }
+    for (tenant, service) in old_pins.keys().filter(|k| !new_pins.contains_key(*k)) {
+        out.push(Write::HDel {
+            key: keys.tenant_services(tenant),
+            field: service.clone(),
+        });
+    }
+    // Services.
+    let old_services: BTreeMap<&str, _> =
+        old.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_services: BTreeMap<&str, _> =
+        new.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    for (name, service) in &new_services {
+        if old_services.get(name) != Some(service) {
+            service_writes(keys, after, name, out);
+        }
+    }
+    for name in old_services
+        .keys()
+        .filter(|n| !new_services.contains_key(*n))
+    {
+        let key = keys.service(name);
+        for field in ["default_version", "strategy", "versions"] {
+            out.push(Write::HDel {
+                key: key.clone(),
+                field: field.to_owned(),
+            });
+        }
+        out.push(Write::SRem {
+            key: keys.services(),
+            member: (*name).to_owned(),
+        });
+    }
+    // Instances, overrides, rollouts and experiments: one hash field each.
+    let mut fields = |before: BTreeMap<(String, String), String>,
+                      after: BTreeMap<(String, String), String>| {
+        for ((key, field), value) in &after {
+            if before.get(&(key.clone(), field.clone())) != Some(value) {
+                out.push(hset(key.clone(), field, value.clone()));
+            }
+        }
+        for (key, field) in before.keys().filter(|k| !after.contains_key(*k)) {
+            out.push(Write::HDel {
+                key: key.clone(),
+                field: field.clone(),
+            });
+        }
+    };
+    let instances = |dump: &routing_core::StateDump| {
+        dump.instances
+            .iter()
+            .map(|i| {
+                (
+                    (keys.instances(&i.service, &i.version), i.id.clone()),
+                    json(i),
+                )
+            })
+            .collect()
+    };
+    fields(instances(&old), instances(&new));
+    let overrides = |dump: &routing_core::StateDump| {
+        dump.overrides
+            .iter()
+            .map(|o| ((keys.overrides(&o.service), o.id.clone()), json(o)))
+            .collect()
+    };
+    fields(overrides(&old), overrides(&new));
+    let rollouts = |dump: &routing_core::StateDump| {
+        dump.rollouts
+            .iter()
+            .map(|r| ((keys.rollouts(&r.service), r.id.clone()), json(r)))
+            .collect()
+    };
+    fields(rollouts(&old), rollouts(&new));
+    let experiments = |dump: &routing_core::StateDump| {
+        dump.experiments
+            .iter()
+            .map(|e| ((keys.experiments(&e.service), e.id.clone()), json(e)))
+            .collect()
+    };
+    fields(experiments(&old), experiments(&new));
 }
 
 fn rollout_writes(

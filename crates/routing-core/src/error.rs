@@ -1,5 +1,7 @@
 //! The one error type of routing decisions and state changes.
 
+use crate::Revision;
+
 /// Why a routing decision or a change of routing state was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoutingError {
@@ -24,7 +26,8 @@ pub enum RoutingError {
     InactiveTenant(String),
     /// Assigning a version that has no healthy, undrained instance (without `force`).
     #[error(
-        "version '{version}' of service '{service}' has no healthy instance; use force to assign it anyway"
+        "version '{version}' of service '{service}' has no healthy instance; use crate::Revision;
+use force to assign it anyway"
     )]
     VersionNotServable {
         /// The service.
@@ -49,6 +52,16 @@ pub enum RoutingError {
     /// The change does not fit the current state (a rollout already running, a stale decision).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The state moved since the change was planned on it.
+    #[error(
+        "the routing state moved since the change was planned (planned on revision {expected}, now at {current}); plan again"
+    )]
+    StateMoved {
+        /// The revision the change was planned on.
+        expected: Revision,
+        /// The revision now.
+        current: Revision,
+    },
     /// No instance of the resolved version can take traffic.
     #[error("no healthy instance of service '{service}' version '{version}'")]
     NoHealthyInstance {

@@ -29,6 +29,7 @@ mod apply;
 mod dump;
 mod footprint;
 mod mutation;
+pub mod plan;
 mod queries;
 mod rollout;
 

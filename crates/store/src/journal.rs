@@ -29,7 +29,7 @@ use crate::{Change, ChangeMeta};
 /// The lock file in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
 /// Largest log frame accepted on replay (a longer declared length is damage).
-const MAX_FRAME: u32 = 64 * 1024 * 1024;
+const MAX_FRAME: u32 = 256 * 1024 * 1024;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GRSNAP1\n";
 
 /// How often the durable store writes a snapshot and how many it keeps.
@@ -70,7 +70,9 @@ pub enum JournalError {
         what: String,
     },
     /// The changes needed are no longer kept.
-    #[error("revision {requested} is no longer kept in {dir} (the oldest that can be rebuilt is {oldest})")]
+    #[error(
+        "revision {requested} is no longer kept in {dir} (the oldest that can be rebuilt is {oldest})"
+    )]
     NotKept {
         /// The data directory.
         dir: PathBuf,
@@ -225,7 +227,10 @@ pub struct Files {
 }
 
 fn revision_of(name: &str, prefix: &str, suffix: &str) -> Option<Revision> {
-    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
 }
 
 fn segment_name(first: Revision) -> String {
@@ -349,8 +354,8 @@ pub fn read_snapshot(path: &Path) -> Result<SnapshotRead, JournalError> {
     if crc32(payload) != u32::from_le_bytes(crc) {
         return Err(damaged("fails its checksum"));
     }
-    let file: SnapshotFile = serde_json::from_slice(payload)
-        .map_err(|err| damaged(&format!("unreadable: {err}")))?;
+    let file: SnapshotFile =
+        serde_json::from_slice(payload).map_err(|err| damaged(&format!("unreadable: {err}")))?;
     let state = RoutingState::from_dump(&file.state)
         .map_err(|err| damaged(&format!("holds a record the rules refuse: {err}")))?;
     Ok(SnapshotRead {
@@ -774,9 +779,9 @@ pub fn check(dir: &Path) -> Result<CheckReport, JournalError> {
             }
             Ok(read) => {
                 // Replay from the previous snapshot (or the start) up to this one.
-                let from = previous
-                    .clone()
-                    .or_else(|| (latest.changes.first()?.revision == 1).then(RoutingState::default));
+                let from = previous.clone().or_else(|| {
+                    (latest.changes.first()?.revision == 1).then(RoutingState::default)
+                });
                 let replayed = from.map(|mut state| {
                     for change in &latest.changes {
                         if change.revision <= state.revision() || change.revision > *revision {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use routing_core::{Mutation, RoutingError, Revision, RoutingState};
+use routing_core::{Mutation, Revision, RoutingError, RoutingState};
 use tokio::sync::{oneshot, watch};
 
 use crate::journal::{self, DurableOptions, JournalError, Writer};
@@ -161,7 +161,10 @@ impl MemoryStore {
         let lock = journal::lock(dir)?;
         let truncated_bytes = journal::cut_torn_tail(dir)?;
         let recovered = journal::recover(dir, None)?;
-        let history = recovered.history.clone().unwrap_or_else(crate::new_history_id);
+        let history = recovered
+            .history
+            .clone()
+            .unwrap_or_else(crate::new_history_id);
         let revision = recovered.state.revision();
         let writer = Writer::open(dir, &history, revision + 1)?;
         let opened = Opened {
@@ -410,13 +413,18 @@ impl JournalWriter {
                 std::mem::take(&mut inner.pending)
             };
             for pending in batch.into_iter().chain(later) {
-                let _ = pending.reply.send(Err(format!("cannot write the journal: {reason}")));
+                let _ = pending
+                    .reply
+                    .send(Err(format!("cannot write the journal: {reason}")));
             }
             return;
         }
         let revision = latest.revision();
         let count = batch.len() as u64;
-        let head = batch.last().map(|p| p.change.id.clone()).unwrap_or_default();
+        let head = batch
+            .last()
+            .map(|p| p.change.id.clone())
+            .unwrap_or_default();
         let mut replies = Vec::with_capacity(batch.len());
         {
             let mut inner = self.shared.lock();
@@ -617,11 +625,11 @@ impl Store for MemoryStore {
             .map_err(|err| StoreError::Unavailable(err.to_string()))?;
         match rebuilt {
             Ok(recovered) => Ok(recovered.state),
-            Err(JournalError::NotKept { oldest, .. }) => {
-                Err(StoreError::Rejected(RoutingError::FailedPrecondition(format!(
+            Err(JournalError::NotKept { oldest, .. }) => Err(StoreError::Rejected(
+                RoutingError::FailedPrecondition(format!(
                     "revision {revision} is no longer kept (the oldest that can be rebuilt is {oldest})"
-                ))))
-            }
+                )),
+            )),
             Err(err) => Err(StoreError::Unavailable(err.to_string())),
         }
     }
@@ -747,7 +755,11 @@ mod tests {
             revisions.extend(writer.await.expect("writer"));
         }
         revisions.sort_unstable();
-        assert_eq!(revisions, (1..=640).collect::<Vec<_>>(), "one revision each");
+        assert_eq!(
+            revisions,
+            (1..=640).collect::<Vec<_>>(),
+            "one revision each"
+        );
         let state = store.load().await.expect("load");
         drop(store);
         let recovered = journal::recover(dir.path(), None).expect("recover");
@@ -757,7 +769,8 @@ mod tests {
     #[tokio::test]
     async fn snapshots_shorten_the_replay_and_old_files_go() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
+        let (store, _) =
+            MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
         commit_with_snapshots(&store, 0, 14).await;
         let state = store.load().await.expect("load");
         drop(store);
@@ -770,18 +783,24 @@ mod tests {
         assert_eq!((opened.snapshot, opened.replayed), (Some(12), 2));
         assert_eq!(store.load().await.expect("load").dump(), state.dump());
         // Watchers still get the changes from before the snapshot.
-        let kept = store.changes_after(8, 100, Duration::ZERO).await.expect("kept");
+        let kept = store
+            .changes_after(8, 100, Duration::ZERO)
+            .await
+            .expect("kept");
         assert_eq!(kept.first().map(|c| c.revision), Some(9));
     }
 
     #[tokio::test]
     async fn a_missing_or_damaged_snapshot_falls_back_to_an_older_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
+        let (store, _) =
+            MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
         commit_with_snapshots(&store, 0, 13).await;
         let state = store.load().await.expect("load");
         drop(store);
-        let newest = journal::files(dir.path()).expect("files").snapshots[1].1.clone();
+        let newest = journal::files(dir.path()).expect("files").snapshots[1]
+            .1
+            .clone();
         let mut bytes = std::fs::read(&newest).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
@@ -810,7 +829,8 @@ mod tests {
     #[tokio::test]
     async fn past_states_are_rebuilt_from_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
+        let (store, _) =
+            MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
         let mut states = vec![store.load().await.expect("load")];
         for i in 0..10 {
             commit_with_snapshots(&store, i, i + 1).await;
@@ -818,7 +838,11 @@ mod tests {
         }
         for revision in [5, 7, 8, 9, 10] {
             let past = store.state_at(revision).await.expect("kept");
-            assert_eq!(past.dump(), states[revision as usize].dump(), "revision {revision}");
+            assert_eq!(
+                past.dump(),
+                states[revision as usize].dump(),
+                "revision {revision}"
+            );
         }
         // Before the oldest snapshot kept and the log after it: gone, and said so.
         let err = store.state_at(2).await.expect_err("no longer kept");
@@ -835,7 +859,8 @@ mod tests {
     #[tokio::test]
     async fn check_reports_what_the_directory_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
+        let (store, _) =
+            MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("open");
         commit_with_snapshots(&store, 0, 9).await;
         let report = journal::check(dir.path()).expect("check while open");
         // Snapshots 4 and 8, and the log after the older one.
@@ -851,7 +876,9 @@ mod tests {
         drop(store);
         // Damage in a segment with records after it (damage in the very last record cannot be
         // told from a torn write, and is cut off as one).
-        let segment = journal::files(dir.path()).expect("files").segments[0].1.clone();
+        let segment = journal::files(dir.path()).expect("files").segments[0]
+            .1
+            .clone();
         let mut bytes = std::fs::read(&segment).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
@@ -883,7 +910,10 @@ mod tests {
         drop(store);
         let (store, opened) = MemoryStore::open_durable(dir.path()).expect("reopen");
         assert_eq!(
-            (opened.truncated_bytes, store.load().await.expect("load").revision()),
+            (
+                opened.truncated_bytes,
+                store.load().await.expect("load").revision()
+            ),
             (0, 3)
         );
     }

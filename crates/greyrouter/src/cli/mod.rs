@@ -27,6 +27,7 @@ mod rollback;
 mod rollouts;
 mod schema;
 mod services;
+mod state;
 mod store;
 mod tenants;
 
@@ -37,6 +38,10 @@ use rollback::{RollbackArgs, rollback_command};
 use rollouts::{ExperimentCommand, RolloutCommand, experiment_command, rollout_command};
 use schema::{SchemaCommand, schema_command};
 use services::{InstanceCommand, ServiceCommand, instance, service};
+use state::{
+    ApplyArgs, BackupArgs, DiffArgs, Drift, RestoreArgs, StateArgs, apply_command, backup_command,
+    diff_command, restore_command, state_command,
+};
 use store::{StoreCommand, store_command};
 use tenants::{TenantCommand, tenant};
 
@@ -116,6 +121,16 @@ enum Command {
     /// Service discovery: where instances come from.
     #[command(subcommand)]
     Discovery(DiscoveryCommand),
+    /// Writes the whole routing state at one revision to a file (the seed file format).
+    Backup(BackupArgs),
+    /// Restores a backup into an empty store (or, with --force, over another state).
+    Restore(RestoreArgs),
+    /// Makes the live state match a file: plans, prints, and applies it as one change.
+    Apply(ApplyArgs),
+    /// Shows how the live state differs from a file (exit status 2 when it does).
+    Diff(DiffArgs),
+    /// The routing state now or at a past revision; with --tenant, that tenant's versions.
+    State(StateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +223,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         },
+        Command::Store(store::StoreCommand::Check { data_dir }) => {
+            return store::check_command(&data_dir, Printer(cli.client.output));
+        }
         command => Job::Client(command),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -228,6 +246,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Job::Serve(config) => runtime.block_on(serve(*config)),
         Job::Client(command) => match runtime.block_on(client(command, &cli.client)) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(err) if err.downcast_ref::<Drift>().is_some() => {
+                eprintln!("{err}");
+                ExitCode::from(2)
+            }
             Err(err) => {
                 eprintln!("error: {err:#}");
                 ExitCode::FAILURE
@@ -460,6 +482,11 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
         Command::Schema(command) => schema_command(command, &mut admin, out).await?,
         Command::Store(command) => store_command(command, &mut admin, out).await?,
         Command::Discovery(command) => discovery_command(command, &mut admin, out).await?,
+        Command::Backup(args) => backup_command(args, &mut admin, out).await?,
+        Command::Restore(args) => restore_command(args, &mut admin, out).await?,
+        Command::Apply(args) => apply_command(args, &mut admin, out).await?,
+        Command::Diff(args) => diff_command(args, &mut admin, out).await?,
+        Command::State(args) => state_command(args, &mut admin, out).await?,
         Command::Override(OverrideCommand::List { service }) => {
             let response = admin
                 .list_overrides(pb::ListOverridesRequest {

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use crate::error::Entity;
 use crate::model::RolloutDecision;
 use crate::state::rollout;
-use crate::state::{Mutation, Outcome, RoutingState, ServiceEntry, TenantEntry};
+use crate::state::{Mutation, Outcome, RoutingState, ServiceEntry, StateDump, TenantEntry};
 use crate::{
-    Experiment, Instance, Override, Rollout, RoutingError, Service, Tenant, Variant, validate,
+    Experiment, Instance, Override, Revision, Rollout, RoutingError, Service, Tenant, Variant,
+    validate,
 };
 
 impl RoutingState {
@@ -72,6 +73,10 @@ impl RoutingState {
             Mutation::UpsertRollout { rollout } => upsert_rollout(self, rollout),
             Mutation::UpsertExperiment { experiment } => upsert_experiment(self, experiment),
             Mutation::CreateExperiment { experiment } => create_experiment(self, experiment),
+            Mutation::ReplaceState {
+                state,
+                expected_revision,
+            } => replace_state(self, state, *expected_revision),
             Mutation::RemoveRollout {
                 service,
                 rollout_id,
@@ -644,4 +649,23 @@ pub(super) fn validate_instance(instance: &Instance) -> Result<(), RoutingError>
         ));
     }
     Ok(())
+}
+
+/// Replaces every record with those of `desired`, keeping the revision the change produces.
+fn replace_state(
+    state: &mut RoutingState,
+    desired: &StateDump,
+    expected_revision: Option<Revision>,
+) -> Result<Outcome, RoutingError> {
+    // The revision was already moved to the one this change produces.
+    let current = state.revision.saturating_sub(1);
+    if let Some(expected) = expected_revision
+        && expected != current
+    {
+        return Err(RoutingError::StateMoved { expected, current });
+    }
+    let revision = state.revision;
+    *state = RoutingState::from_dump(desired)?;
+    state.revision = revision;
+    Ok(Outcome::Done)
 }

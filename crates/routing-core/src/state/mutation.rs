@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::model::RolloutDecision;
-use crate::{Experiment, Instance, Rollout, Service, Tenant, Variant};
+use crate::state::StateDump;
+use crate::{Experiment, Instance, Revision, Rollout, Service, Tenant, Variant};
 
 /// A change of routing state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +166,15 @@ pub enum Mutation {
         /// The experiment.
         experiment: Experiment,
     },
+    /// Replaces the whole state with `state`'s records (a restore, or a declarative apply) as
+    /// one change; refused when the state is no longer at `expected_revision`.
+    ReplaceState {
+        /// Every record of the state after the change (its revision is ignored).
+        state: Box<StateDump>,
+        /// The revision the change was planned on.
+        #[serde(default)]
+        expected_revision: Option<Revision>,
+    },
 }
 
 /// What applying a mutation reports besides the new state.
@@ -246,6 +256,7 @@ impl Mutation {
                 tenant_id: tenant_id.clone(),
                 service: service.clone(),
             },
+            Mutation::ReplaceState { .. } => Scope::Everything,
         }
     }
 }
