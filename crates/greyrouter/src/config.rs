@@ -27,6 +27,12 @@ pub struct Config {
     pub store: String,
     /// The data directory of the `durable` store (locked while in use).
     pub data_dir: PathBuf,
+    /// The durable store writes a snapshot (and starts a new log segment) after this many
+    /// changes.
+    pub snapshot_every: u64,
+    /// Snapshots the durable store keeps, with the log after the oldest of them: how far back
+    /// watchers resume and `state --at-revision` reaches.
+    pub keep_snapshots: usize,
     /// A TOML or JSON file of tenants, services, instances and pins loaded at start.
     pub seed: Option<PathBuf>,
     /// With the embedded store: a file every change is appended to as a JSON line (the audit
@@ -380,6 +386,8 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: "durable".to_owned(),
             data_dir: PathBuf::from("greyrouter-data"),
+            snapshot_every: 20_000,
+            keep_snapshots: 3,
             seed: None,
             audit_file: None,
             log: LogConfig::default(),
@@ -495,6 +503,22 @@ pub const ENV_VARS: &[EnvVar] = &[
         key: "data_dir",
         set: |c, v| {
             c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_SNAPSHOT_EVERY",
+        key: "snapshot_every",
+        set: |c, v| {
+            c.snapshot_every = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_KEEP_SNAPSHOTS",
+        key: "keep_snapshots",
+        set: |c, v| {
+            c.keep_snapshots = parse(v)?;
             Ok(())
         },
     },
@@ -763,6 +787,12 @@ impl Config {
         if self.limits.max_metadata_entries == 0 || self.limits.max_metadata_bytes == 0 {
             problems.push("limits: metadata limits must be positive".to_owned());
         }
+        if self.snapshot_every == 0 {
+            problems.push("snapshot_every: must be positive".to_owned());
+        }
+        if self.keep_snapshots == 0 {
+            problems.push("keep_snapshots: must be positive".to_owned());
+        }
         if self.limits.max_watch_filter == 0 {
             problems.push("limits.max_watch_filter: must be positive".to_owned());
         }
@@ -861,6 +891,7 @@ mod tests {
                 | "schema.database_url"
                 | "schema.migrations"
                 | "seed" => "elsewhere",
+                "keep_snapshots" => "7",
                 _ => "3",
             };
             let env = BTreeMap::from([(var.name.to_owned(), value.to_owned())]);

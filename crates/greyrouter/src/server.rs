@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use control::Node;
 use control::schema::Schemas;
-use greyrouter_store::{MemoryStore, Store};
+use greyrouter_store::{DurableOptions, MemoryStore, Store};
 use redis_store::RedisStore;
 use routing_core::StateDump;
 use schema_manager::{Catalog, Migrator, MigratorOptions, Templates};
@@ -118,9 +118,14 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
     let store = if config.store == "durable" {
         let dir = config.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || MemoryStore::open_durable(&dir))
-            .await
-            .context("the store did not open")?;
+        let options = DurableOptions {
+            snapshot_every: config.snapshot_every,
+            keep_snapshots: config.keep_snapshots,
+        };
+        let opened =
+            tokio::task::spawn_blocking(move || MemoryStore::open_durable_with(&dir, options))
+                .await
+                .context("the store did not open")?;
         let (store, opened) = opened.with_context(|| {
             format!(
                 "cannot open the durable store in {}",
