@@ -49,6 +49,10 @@ pub enum Command {
     Memory(MemoryArgs),
     /// Measures how long a change in Nacos or etcd takes to reach a router's routing state.
     Discovery(DiscoveryArgs),
+    /// Measures acknowledged changes per second with concurrent writers (prints JSON).
+    Writes(WritesArgs),
+    /// Writes a durable store's data directory of TENANTS x SERVICES pins (one snapshot).
+    DurableFixture(FixtureArgs),
     /// Serves a no-op `Router/Route` with a fixed answer: the cost of gRPC itself.
     FloorServer(FloorServerArgs),
     /// Serves `Router/Route` with the original design's Redis Lua script, on data it seeds.
@@ -324,6 +328,40 @@ pub struct DiscoveryArgs {
     pub timeout: Duration,
 }
 
+/// Flags of `writes`.
+#[derive(Debug, Clone, Args)]
+pub struct WritesArgs {
+    /// Server to write to.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Concurrent writers, each one change at a time.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// How long to write.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Writes to etcd's v3 JSON gateway at this URL instead (`http://127.0.0.1:2379`).
+    #[arg(long)]
+    pub etcd: Option<String>,
+}
+
+/// Flags of `durable-fixture`.
+#[derive(Debug, Clone, Args)]
+pub struct FixtureArgs {
+    /// The data directory to create.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// Tenants, each pinned to v2 of every service.
+    #[arg(long, default_value_t = 100_000)]
+    pub tenants: usize,
+    /// Services.
+    #[arg(long, default_value_t = 20)]
+    pub services: usize,
+    /// Instances of each version of each service.
+    #[arg(long, default_value_t = 4)]
+    pub instances: usize,
+}
+
 /// Which scenarios `memory` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScenarioArg {
@@ -428,9 +466,12 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Run(args) => args.threads,
         Command::FloorServer(args) => Some(args.threads),
         Command::SeedDesignServer(args) => Some(args.threads),
-        Command::Seed(_) | Command::Propagation(_) | Command::Memory(_) | Command::Discovery(_) => {
-            None
-        }
+        Command::Seed(_)
+        | Command::Propagation(_)
+        | Command::Memory(_)
+        | Command::Discovery(_)
+        | Command::Writes(_)
+        | Command::DurableFixture(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -480,6 +521,26 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Propagation(args) => execute_propagation(&args).await,
             Command::Memory(args) => execute_memory(&args).await,
             Command::Discovery(args) => execute_discovery(&args).await,
+            Command::DurableFixture(args) => {
+                let revision =
+                    crate::fixture::write(&args.dir, args.tenants, args.services, args.instances)?;
+                println!("{}", serde_json::json!({ "revision": revision }));
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Writes(args) => {
+                let report = match &args.etcd {
+                    Some(url) => {
+                        crate::writes::measure_etcd(url, args.concurrency, args.duration).await?
+                    }
+                    None => {
+                        crate::writes::measure(&args.target, args.concurrency, args.duration)
+                            .await?
+                    }
+                };
+                // A report of plain numbers always serializes.
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match outcome {

@@ -53,6 +53,7 @@ pub mod discovery;
 pub mod distribution;
 pub mod duration;
 pub mod error;
+pub mod fixture;
 pub mod keyspace;
 pub mod memory;
 pub mod propagation;
@@ -62,6 +63,7 @@ pub mod seed;
 pub mod servers;
 pub mod summary;
 pub mod tally;
+pub mod writes;
 
 mod connection;
 

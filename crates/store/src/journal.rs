@@ -144,43 +144,78 @@ pub struct SnapshotRead {
     pub state: RoutingState,
 }
 
-/// CRC-32 (IEEE), bitwise: a few hundred bytes per change are not worth a table.
+/// CRC-32 (IEEE) lookup table, built at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// CRC-32 (IEEE), a byte at a time from a table.
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xffff_ffff_u32;
     for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
-        }
+        crc = (crc >> 8) ^ CRC_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize];
     }
     !crc
 }
 
-fn frame_of(entry: &Entry) -> Vec<u8> {
+/// A change as written: the same record as [`Entry::Change`], borrowed.
+#[derive(Serialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+enum EntryOut<'a> {
+    Change {
+        revision: Revision,
+        mutation: &'a Mutation,
+        actor: &'a str,
+        reason: &'a str,
+        at_ms: u64,
+        before: &'a str,
+        after: &'a str,
+        history: &'a str,
+        id: &'a str,
+        parent: &'a str,
+    },
+}
+
+fn frame_of<T: Serialize>(entry: &T) -> Vec<u8> {
+    let mut frame = vec![0u8; 8];
     // Serializing plain data into a Vec cannot fail.
-    let payload = serde_json::to_vec(entry).unwrap_or_default();
-    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut frame = Vec::with_capacity(payload.len() + 8);
-    frame.extend_from_slice(&length.to_le_bytes());
-    frame.extend_from_slice(&crc32(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    let _ = serde_json::to_writer(&mut frame, entry);
+    let length = u32::try_from(frame.len() - 8).unwrap_or(u32::MAX);
+    let crc = crc32(&frame[8..]);
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
     frame
 }
 
 /// Encodes a change as one log frame.
 pub fn change_frame(change: &Change) -> Vec<u8> {
-    frame_of(&Entry::Change {
+    frame_of(&EntryOut::Change {
         revision: change.revision,
-        mutation: Box::new(change.mutation.clone()),
-        actor: change.meta.actor.clone(),
-        reason: change.meta.reason.clone(),
+        mutation: &change.mutation,
+        actor: &change.meta.actor,
+        reason: &change.meta.reason,
         at_ms: change.meta.at_ms,
-        before: change.meta.before.clone(),
-        after: change.meta.after.clone(),
-        history: change.history.clone(),
-        id: change.id.clone(),
-        parent: change.parent.clone(),
+        before: &change.meta.before,
+        after: &change.meta.after,
+        history: &change.history,
+        id: &change.id,
+        parent: &change.parent,
     })
 }
 

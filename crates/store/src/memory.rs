@@ -74,6 +74,11 @@ impl Inner {
     /// Keeps `change` in the bounded log.
     fn keep(&mut self, change: Change) {
         let bytes = change_bytes(&change);
+        self.keep_sized(change, bytes);
+    }
+
+    /// Keeps `change`, whose size is estimated at `bytes`, in the bounded log.
+    fn keep_sized(&mut self, change: Change, bytes: usize) {
         self.log.push_back(change);
         self.log_sizes.push_back(bytes);
         self.logged_bytes += bytes;
@@ -433,7 +438,9 @@ impl JournalWriter {
                 inner.latest = None;
             }
             for pending in batch {
-                inner.keep(pending.change);
+                // Its log record is its size: no second encoding.
+                let bytes = std::mem::size_of::<Change>() + pending.frame.len();
+                inner.keep_sized(pending.change, bytes);
                 replies.push(pending.reply);
             }
         }
