@@ -73,6 +73,17 @@ pub struct AppliedChange {
     pub resync: bool,
 }
 
+/// What a change was and why: `kind by actor: reason`.
+fn cause(change: &Change) -> String {
+    let meta = &change.meta;
+    let mut cause = format!("{} by {}", audit::kind(&change.mutation), meta.actor);
+    if !meta.reason.is_empty() {
+        cause.push_str(": ");
+        cause.push_str(&meta.reason);
+    }
+    cause
+}
+
 /// The applied changes kept for watchers, oldest first, with the memory each holds alone.
 #[derive(Debug, Default)]
 struct History {
@@ -220,7 +231,7 @@ impl Replica {
             inner: Arc::clone(&store),
             divergence: Arc::clone(&divergence),
         });
-        Ok(Arc::new_cyclic(|me| Replica {
+        let replica = Arc::new_cyclic(|me| Replica {
             lineage: Mutex::new(Lineage {
                 history: history.unwrap_or(started),
                 head,
@@ -236,7 +247,9 @@ impl Replica {
             history_len: history_len.max(1),
             history_bytes,
             revision: watch::Sender::new(revision),
-        }))
+        });
+        replica.warm_history().await;
+        Ok(replica)
     }
 
     /// Returns the id of the store's history this replica's revisions belong to (see
@@ -473,27 +486,97 @@ impl Replica {
     fn publish(&self, change: AppliedChange) {
         let revision = change.after.revision();
         self.current.store(Arc::clone(&change.after));
+        self.remember(change);
+        self.revision.send_replace(revision);
+    }
+
+    /// Keeps `change` in the bounded history.
+    fn remember(&self, change: AppliedChange) {
+        let mut history = self
+            .history
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = std::mem::size_of::<AppliedChange>()
+            + change.cause.len()
+            + RoutingState::superseded_bytes(&change.before, &change.after, &change.scope);
+        history.changes.push_back(Arc::new(change));
+        history.bytes.push_back(bytes);
+        history.total_bytes += bytes;
+        while history.changes.len() > self.history_len
+            || (history.total_bytes > self.history_bytes && history.changes.len() > 1)
         {
-            let mut history = self
-                .history
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let bytes = std::mem::size_of::<AppliedChange>()
-                + change.cause.len()
-                + RoutingState::superseded_bytes(&change.before, &change.after, &change.scope);
-            history.changes.push_back(Arc::new(change));
-            history.bytes.push_back(bytes);
-            history.total_bytes += bytes;
-            while history.changes.len() > self.history_len
-                || (history.total_bytes > self.history_bytes && history.changes.len() > 1)
-            {
-                history.changes.pop_front();
-                if let Some(oldest) = history.bytes.pop_front() {
-                    history.total_bytes -= oldest;
-                }
+            history.changes.pop_front();
+            if let Some(oldest) = history.bytes.pop_front() {
+                history.total_bytes -= oldest;
             }
         }
-        self.revision.send_replace(revision);
+    }
+
+    /// Fills the history with the changes that led to the loaded state, as far as the store can
+    /// rebuild the state before them ([`Store::state_at`]): watchers resuming from a revision
+    /// before this process started get those changes, not a snapshot. A store that keeps no
+    /// past states leaves the history empty.
+    async fn warm_history(&self) {
+        let revision = self.current.load().revision();
+        if revision == 0 {
+            return;
+        }
+        let store = &self.backend;
+        let mut from = revision.saturating_sub(self.history_len as u64);
+        match store.changes_after(from, 1, Duration::ZERO).await {
+            Ok(_) => {}
+            Err(StoreError::Compacted { oldest, .. }) => from = from.max(oldest),
+            Err(_) => return,
+        }
+        if from >= revision {
+            return;
+        }
+        let Ok(base) = store.state_at(from).await else {
+            return;
+        };
+        let mut changes = Vec::new();
+        let mut at = from;
+        while at < revision {
+            match store.changes_after(at, 1_000, Duration::ZERO).await {
+                Ok(batch) if !batch.is_empty() => {
+                    at = batch.last().map_or(at, |c| c.revision);
+                    changes.extend(batch.into_iter().filter(|c| c.revision <= revision));
+                }
+                _ => return,
+            }
+        }
+        let mut before = Arc::new(base);
+        let mut applied = Vec::with_capacity(changes.len());
+        for change in &changes {
+            let Ok((after, _)) = before.apply(&change.mutation) else {
+                return;
+            };
+            if after.revision() != change.revision {
+                return;
+            }
+            let after = Arc::new(after);
+            applied.push(AppliedChange {
+                before,
+                after: Arc::clone(&after),
+                scope: change.mutation.scope(),
+                cause: cause(change),
+                resync: false,
+            });
+            before = after;
+        }
+        // Only a history that ends where the loaded state is.
+        if before.revision() != revision {
+            return;
+        }
+        let count = applied.len();
+        for change in applied {
+            self.remember(change);
+        }
+        tracing::debug!(
+            changes = count,
+            from,
+            "watch history rebuilt from the store's log"
+        );
     }
 
     /// Follows the store until the task is dropped: applies changes as they are committed.
@@ -653,18 +736,12 @@ impl Replica {
             Ok((after, _)) => after,
             Err(err) => return Applying::Resync(Resync::Gap, format!("cannot apply: {err}")),
         };
-        let meta = &change.meta;
-        let mut cause = format!("{} by {}", audit::kind(&change.mutation), meta.actor);
-        if !meta.reason.is_empty() {
-            cause.push_str(": ");
-            cause.push_str(&meta.reason);
-        }
         lineage.head.clone_from(&change.id);
         self.publish(AppliedChange {
             before,
             after: Arc::new(after),
             scope: change.mutation.scope(),
-            cause,
+            cause: cause(change),
             resync: false,
         });
         Applying::Applied

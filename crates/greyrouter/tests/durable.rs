@@ -268,3 +268,48 @@ async fn present_tenants(api: &mut Api) -> usize {
         .tenants
         .len()
 }
+
+/// The first update of a watch resuming from `from` in `history`.
+async fn first_update(api: &mut Api, from: u64, history: &str) -> pb::AssignmentUpdate {
+    let mut stream = api
+        .router
+        .watch_assignments(pb::WatchAssignmentsRequest {
+            tenant_ids: vec!["t1".into()],
+            services: vec![],
+            from_revision: from,
+            history: history.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("an update in time")
+        .expect("a message")
+        .expect("an update")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumes_across_a_restart_with_a_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&["--data-dir", data.to_str().expect("utf-8")]);
+    let mut api = Api::connect(&server.url()).await;
+    api.populate(2).await;
+    // What a watcher saw last before the restart: a revision and its history.
+    let seen = first_update(&mut api, 0, "").await;
+    assert!(seen.snapshot);
+    let pinned = api.pin("t1", "api", "v2").await;
+    server.kill();
+    server.restart();
+    let mut api = Api::connect(&server.url()).await;
+    let resumed = first_update(&mut api, seen.revision, &seen.history).await;
+    assert_eq!(
+        resumed.history, seen.history,
+        "the same history after the restart"
+    );
+    assert!(!resumed.snapshot, "a replay, not a snapshot: {resumed:?}");
+    assert_eq!(resumed.revision, pinned);
+    assert_eq!(resumed.upserts.len(), 1, "{resumed:?}");
+    assert_eq!(resumed.upserts[0].version, "v2");
+}

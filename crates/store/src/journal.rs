@@ -467,6 +467,8 @@ pub struct Recovered {
     pub history: Option<String>,
     /// The state at the last change.
     pub state: RoutingState,
+    /// The state the replay started from (the snapshot used, or the empty state).
+    pub base: RoutingState,
     /// The id of the last change (empty: none).
     pub head: String,
     /// Every change the log keeps, in order (including those before the snapshot used).
@@ -578,6 +580,7 @@ pub fn recover(dir: &Path, upto: Option<Revision>) -> Result<Recovered, JournalE
         None if target == 0 || first_kept == Some(1) => (RoutingState::default(), String::new()),
         None => return Err(not_kept(&files)),
     };
+    recovered.base = state.clone();
     for change in &recovered.changes {
         if change.revision <= state.revision() {
             continue;

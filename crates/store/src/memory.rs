@@ -60,6 +60,15 @@ struct Inner {
     pending: Vec<Pending>,
     latest: Option<RoutingState>,
     closing: bool,
+    /// A past state the kept log continues from (the snapshot a durable store opened on):
+    /// recent past states are rebuilt from it without reading the disk. Dropped once the log
+    /// no longer reaches it.
+    base: Option<RoutingState>,
+    /// The id of the change that produced `state` (empty: none).
+    published_head: String,
+    /// The id of the newest change, also while a batch is being written (it then is in neither
+    /// `pending` nor the log).
+    latest_head: String,
 }
 
 #[derive(Debug)]
@@ -90,15 +99,37 @@ impl Inner {
                 self.logged_bytes -= oldest;
             }
         }
+        if let (Some(base), Some(front)) = (&self.base, self.log.front())
+            && front.revision > base.revision() + 1
+        {
+            self.base = None;
+        }
     }
 
+    /// The changes to replay onto the base for `revision`, when the base and the log reach it.
+    fn from_base(&self, revision: Revision) -> Option<(RoutingState, Vec<Change>)> {
+        let base = self.base.as_ref()?;
+        if revision < base.revision() {
+            return None;
+        }
+        let changes: Vec<Change> = self
+            .log
+            .iter()
+            .filter(|c| c.revision > base.revision() && c.revision <= revision)
+            .cloned()
+            .collect();
+        let reaches = changes
+            .first()
+            .is_none_or(|c| c.revision == base.revision() + 1);
+        reaches.then(|| (base.clone(), changes))
+    }
+
+    /// The id of the newest change, written or waiting to be.
     fn head(&self) -> String {
-        self.pending
-            .last()
-            .map(|p| &p.change)
-            .or(self.log.back())
-            .map(|c| c.id.clone())
-            .unwrap_or_default()
+        match self.pending.last() {
+            Some(pending) => pending.change.id.clone(),
+            None => self.latest_head.clone(),
+        }
     }
 }
 
@@ -187,6 +218,9 @@ impl MemoryStore {
         {
             let mut inner = store.shared.lock();
             inner.state = recovered.state;
+            inner.base = Some(recovered.base);
+            inner.published_head.clone_from(&recovered.head);
+            inner.latest_head.clone_from(&recovered.head);
             for change in recovered.changes {
                 inner.keep(change);
             }
@@ -286,6 +320,8 @@ impl MemoryStore {
                 append_audit(path, &audit_line(&change))?;
             }
             inner.state = state;
+            inner.published_head.clone_from(&change.id);
+            inner.latest_head.clone_from(&change.id);
             inner.keep(change);
             Commit { revision, outcome }
         };
@@ -319,6 +355,7 @@ impl MemoryStore {
             let frame = journal::change_frame(&change);
             let audit = inner.audit_file.as_ref().map(|_| audit_line(&change));
             let (reply, written) = oneshot::channel();
+            inner.latest_head.clone_from(&change.id);
             inner.pending.push(Pending {
                 change,
                 frame,
@@ -415,6 +452,7 @@ impl JournalWriter {
             let later = {
                 let mut inner = self.shared.lock();
                 inner.latest = None;
+                inner.latest_head = inner.published_head.clone();
                 std::mem::take(&mut inner.pending)
             };
             for pending in batch.into_iter().chain(later) {
@@ -434,6 +472,7 @@ impl JournalWriter {
         {
             let mut inner = self.shared.lock();
             inner.state = latest.clone();
+            inner.published_head.clone_from(&head);
             if inner.pending.is_empty() {
                 inner.latest = None;
             }
@@ -604,7 +643,7 @@ impl Store for MemoryStore {
         Ok(Snapshot {
             state: inner.state.clone(),
             history: Some(self.history.clone()),
-            head: inner.log.back().map(|c| c.id.clone()).unwrap_or_default(),
+            head: inner.published_head.clone(),
         })
     }
 
@@ -626,6 +665,18 @@ impl Store for MemoryStore {
                 "the in-memory store keeps no past states (the durable store does)".into(),
             )));
         };
+        let recent = self.shared.lock().from_base(revision);
+        if let Some((mut state, changes)) = recent {
+            for change in &changes {
+                match state.apply(&change.mutation) {
+                    Ok((next, _)) => state = next,
+                    Err(err) => return Err(StoreError::Corrupt(err.to_string())),
+                }
+            }
+            if state.revision() == revision {
+                return Ok(state);
+            }
+        }
         let dir = durable.dir.clone();
         let rebuilt = tokio::task::spawn_blocking(move || journal::recover(&dir, Some(revision)))
             .await
@@ -843,6 +894,19 @@ mod tests {
             commit_with_snapshots(&store, i, i + 1).await;
             states.push(store.load().await.expect("load"));
         }
+        // From what this process keeps in memory (every change since it opened the directory).
+        for revision in [2, 5, 8, 10] {
+            let past = store.state_at(revision).await.expect("kept");
+            assert_eq!(
+                past.dump(),
+                states[revision as usize].dump(),
+                "revision {revision}"
+            );
+        }
+        // After a restart: from the snapshots and the log on disk.
+        drop(store);
+        let (store, _) =
+            MemoryStore::open_durable_with(dir.path(), small_snapshots()).expect("reopen");
         for revision in [5, 7, 8, 9, 10] {
             let past = store.state_at(revision).await.expect("kept");
             assert_eq!(
