@@ -72,6 +72,24 @@ struct ExpiryScope {
 }
 
 impl ExpiryScope {
+    /// Counts the start of this node as a heartbeat of every instance with a TTL: heartbeat
+    /// leases of the embedded store live in memory, so after a restart none is held, and the
+    /// instances (heartbeating all along) would otherwise all expire at the first tick.
+    async fn grace(&self) {
+        let state = self.replica.current();
+        for service in state.services() {
+            for (_, pool) in service.pools() {
+                for member in pool.members().iter() {
+                    let instance = &member.instance;
+                    if let Some(ttl) = ttl_of(instance) {
+                        let lease = heartbeat_lease(&instance.service, &instance.id);
+                        let _ = self.replica.store().lease(&lease, ALIVE, ttl).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes every instance with a TTL whose heartbeat lease lapsed.
     async fn expire(&self) {
         let state = self.replica.current();
@@ -873,6 +891,7 @@ impl Node {
         let tick = Duration::from_millis(self.settings.outcomes.heartbeat_tick_ms.max(1));
         let lease = Duration::from_millis(self.settings.outcomes.rollout_lease_ms);
         let task = tokio::spawn(async move {
+            node.grace().await;
             let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

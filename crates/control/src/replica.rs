@@ -513,16 +513,20 @@ impl Replica {
     }
 
     /// Fills the history with the changes that led to the loaded state, as far as the store can
-    /// rebuild the state before them ([`Store::state_at`]): watchers resuming from a revision
-    /// before this process started get those changes, not a snapshot. A store that keeps no
-    /// past states leaves the history empty.
+    /// rebuild the state before them from memory ([`Store::rebuildable_from`]): watchers
+    /// resuming from a revision before this process started get those changes, not a snapshot.
+    /// A store that keeps no past states leaves the history empty; nothing is read from disk,
+    /// so a start is not slowed by it.
     async fn warm_history(&self) {
         let revision = self.current.load().revision();
         if revision == 0 {
             return;
         }
         let store = &self.backend;
-        let mut from = revision.saturating_sub(self.history_len as u64);
+        let Some(start) = store.rebuildable_from() else {
+            return;
+        };
+        let mut from = revision.saturating_sub(self.history_len as u64).max(start);
         match store.changes_after(from, 1, Duration::ZERO).await {
             Ok(_) => {}
             Err(StoreError::Compacted { oldest, .. }) => from = from.max(oldest),
@@ -987,6 +991,10 @@ impl Store for Guarded {
 
     async fn state_at(&self, revision: Revision) -> Result<RoutingState, StoreError> {
         self.inner.state_at(revision).await
+    }
+
+    fn rebuildable_from(&self) -> Option<Revision> {
+        self.inner.rebuildable_from()
     }
 
     fn write_timeout(&self) -> Option<Duration> {

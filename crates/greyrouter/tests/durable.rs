@@ -313,3 +313,59 @@ async fn a_watcher_resumes_across_a_restart_with_a_replay() {
     assert_eq!(resumed.upserts.len(), 1, "{resumed:?}");
     assert_eq!(resumed.upserts[0].version, "v2");
 }
+
+async fn instance_ids(api: &mut Api) -> Vec<String> {
+    let mut ids: Vec<String> = api
+        .admin
+        .list_instances(pb::ListInstancesRequest {
+            service: "api".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("list instances")
+        .into_inner()
+        .instances
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Heartbeat leases live in memory: a restart counts as a heartbeat of every instance with a
+/// TTL, so instances that heartbeat all along do not all expire at the first tick after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_expire_instances_that_heartbeat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("greyrouter.toml");
+    std::fs::write(&config, "[outcomes]\nheartbeat_tick_ms = 20\n").expect("config");
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+    ]);
+    let mut api = Api::connect(&server.url()).await;
+    api.service("api", "v1", pb::Strategy::RoundRobin).await;
+    for (id, ttl_seconds) in [("short", 1), ("long", 3_600)] {
+        api.admin
+            .register_instance(pb::RegisterInstanceRequest {
+                instance: Some(support::instance("api", "v1", id, "eu")),
+                ttl_seconds,
+            })
+            .await
+            .expect("register");
+    }
+    server.kill();
+    server.restart();
+    let mut api = Api::connect(&server.url()).await;
+    // The short TTL lapses one TTL after the start (nothing heartbeats it)...
+    support::eventually("the short-lived instance expires", async || {
+        let ids = instance_ids(&mut api).await;
+        (!ids.contains(&"short".to_owned())).then_some(())
+    })
+    .await;
+    // ...while the long one, past many expiry ticks, is still there.
+    assert_eq!(instance_ids(&mut api).await, ["long"]);
+}

@@ -239,6 +239,12 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
+    /// Returns the oldest revision [`Store::state_at`] rebuilds from memory, without reading
+    /// the disk or the network (`None`: none before the current one).
+    fn rebuildable_from(&self) -> Option<Revision> {
+        None
+    }
+
     /// Returns how long one write may take at most before the store gives up on it (its
     /// command timeouts), when it has such a bound.
     fn write_timeout(&self) -> Option<Duration> {

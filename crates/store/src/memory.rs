@@ -107,7 +107,7 @@ impl Inner {
     }
 
     /// The changes to replay onto the base for `revision`, when the base and the log reach it.
-    fn from_base(&self, revision: Revision) -> Option<(RoutingState, Vec<Change>)> {
+    fn replay_from_base(&self, revision: Revision) -> Option<(RoutingState, Vec<Change>)> {
         let base = self.base.as_ref()?;
         if revision < base.revision() {
             return None;
@@ -647,6 +647,10 @@ impl Store for MemoryStore {
         })
     }
 
+    fn rebuildable_from(&self) -> Option<Revision> {
+        self.shared.lock().base.as_ref().map(RoutingState::revision)
+    }
+
     async fn state_at(&self, revision: Revision) -> Result<RoutingState, StoreError> {
         let current = self.shared.lock().state.clone();
         if revision == current.revision() {
@@ -665,7 +669,7 @@ impl Store for MemoryStore {
                 "the in-memory store keeps no past states (the durable store does)".into(),
             )));
         };
-        let recent = self.shared.lock().from_base(revision);
+        let recent = self.shared.lock().replay_from_base(revision);
         if let Some((mut state, changes)) = recent {
             for change in &changes {
                 match state.apply(&change.mutation) {
