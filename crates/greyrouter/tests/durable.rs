@@ -369,3 +369,40 @@ async fn a_restart_does_not_expire_instances_that_heartbeat() {
     // ...while the long one, past many expiry ticks, is still there.
     assert_eq!(instance_ids(&mut api).await, ["long"]);
 }
+
+/// README, Quickstart: the first command keeps its state in `./greyrouter-data`; killed and
+/// started again, it still has every change it acknowledged, and the seed is not applied again
+/// over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_server_keeps_its_state_across_a_restart() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let seed =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed.toml");
+    let start = || {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(cwd.path())
+            // The default data directory, not one the harness would give.
+            .env_remove("GREYROUTER_DATA_DIR")
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--seed"])
+            .arg(&seed);
+        support::launch(command, support::START_DEADLINE)
+            .unwrap_or_else(|err| panic!("greyrouter serve: {err}"))
+    };
+    let mut first = start();
+    let mut api = Api::connect(&format!("http://{}", first.addr)).await;
+    // acme-corp is pinned to v2.0 by the seed; move it back.
+    api.pin("acme-corp", "user-service", "v1.0").await;
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    assert!(cwd.path().join("greyrouter-data").is_dir());
+    let mut second = start();
+    let mut api = Api::connect(&format!("http://{}", second.addr)).await;
+    let routed = api.route("acme-corp", "user-service").await.expect("route");
+    assert_eq!(
+        routed.version, "v1.0",
+        "the change survived and the seed did not revert it"
+    );
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+}

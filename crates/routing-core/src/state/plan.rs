@@ -358,8 +358,15 @@ mod tests {
 
     #[test]
     fn sections_not_managed_are_kept_and_records_of_a_deleted_tenant_go_with_it() {
+        let service = crate::Service {
+            name: "s".into(),
+            default_version: "v1".into(),
+            strategy: crate::Strategy::RoundRobin,
+            versions: ["v1".to_owned()].into(),
+        };
         let current = StateDump {
             tenants: vec![tenant("a", "eu"), tenant("b", "eu")],
+            services: vec![service],
             pins: vec![Pin {
                 tenant_id: "b".into(),
                 service: "s".into(),
