@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ struct Durable {
     dir: PathBuf,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Set while a snapshot is being written.
-    snapshotting: Arc<AtomicBool>,
+    snapshotting: Arc<watch::Sender<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -227,7 +226,7 @@ impl MemoryStore {
         }
         store.shared.revision.send_replace(revision);
         let since_snapshot = revision - recovered.snapshot.unwrap_or(0);
-        let snapshotting = Arc::new(AtomicBool::new(false));
+        let snapshotting = Arc::new(watch::Sender::new(false));
         let journal = JournalWriter {
             shared: Arc::clone(&store.shared),
             writer,
@@ -277,7 +276,15 @@ impl MemoryStore {
     pub fn snapshot_running(&self) -> bool {
         self.durable
             .as_ref()
-            .is_some_and(|d| d.snapshotting.load(Ordering::Acquire))
+            .is_some_and(|d| *d.snapshotting.borrow())
+    }
+
+    /// Waits until no snapshot is being written (its file on disk and old files pruned).
+    pub async fn snapshot_finished(&self) {
+        if let Some(durable) = &self.durable {
+            let mut running = durable.snapshotting.subscribe();
+            let _ = running.wait_for(|running| !running).await;
+        }
     }
 
     /// The data directory of a durable store.
@@ -398,7 +405,7 @@ struct JournalWriter {
     options: DurableOptions,
     history: String,
     since_snapshot: u64,
-    snapshotting: Arc<AtomicBool>,
+    snapshotting: Arc<watch::Sender<bool>>,
     snapshot_thread: Option<std::thread::JoinHandle<()>>,
     /// Released last: after the snapshot thread is done with the directory.
     _lock: std::fs::File,
@@ -483,15 +490,17 @@ impl JournalWriter {
                 replies.push(pending.reply);
             }
         }
+        // A snapshot due is started before the changes are acknowledged, so that whoever saw
+        // the acknowledgement also sees it running.
+        self.since_snapshot += count;
+        if self.since_snapshot >= self.options.snapshot_every
+            && !self.snapshotting.send_replace(true)
+        {
+            self.snapshot(latest, head);
+        }
         self.shared.revision.send_replace(revision);
         for reply in replies {
             let _ = reply.send(Ok(()));
-        }
-        self.since_snapshot += count;
-        if self.since_snapshot >= self.options.snapshot_every
-            && !self.snapshotting.swap(true, Ordering::AcqRel)
-        {
-            self.snapshot(latest, head);
         }
     }
 
@@ -500,7 +509,7 @@ impl JournalWriter {
     fn snapshot(&mut self, state: RoutingState, head: String) {
         if self.writer.rotate(state.revision() + 1).is_err() {
             // Keep appending to the current segment; try again after the next changes.
-            self.snapshotting.store(false, Ordering::Release);
+            self.snapshotting.send_replace(false);
             return;
         }
         self.since_snapshot = 0;
@@ -514,7 +523,7 @@ impl JournalWriter {
                 if journal::write_snapshot(&dir, &history, &head, &state).is_ok() {
                     let _ = journal::prune(&dir, keep);
                 }
-                snapshotting.store(false, Ordering::Release);
+                snapshotting.send_replace(false);
             });
         match spawned {
             Ok(thread) => {
@@ -523,7 +532,9 @@ impl JournalWriter {
                     let _ = previous.join();
                 }
             }
-            Err(_) => self.snapshotting.store(false, Ordering::Release),
+            Err(_) => {
+                self.snapshotting.send_replace(false);
+            }
         }
     }
 }
@@ -750,15 +761,11 @@ mod tests {
     /// Commits tenants `t<from>..t<to>` one by one, letting each snapshot finish (written and
     /// old files pruned) before the next change, so that snapshots fall every 4 changes.
     async fn commit_with_snapshots(store: &MemoryStore, from: usize, to: usize) {
-        let mut interval = tokio::time::interval(Duration::from_millis(2));
         for i in from..to {
             commit_tenants(store, &[&format!("t{i}")]).await;
-            let mut waited = 0;
-            while store.snapshot_running() {
-                waited += 1;
-                assert!(waited < 10_000, "the snapshot does not finish");
-                interval.tick().await;
-            }
+            tokio::time::timeout(Duration::from_secs(20), store.snapshot_finished())
+                .await
+                .expect("the snapshot finishes");
         }
     }
 
