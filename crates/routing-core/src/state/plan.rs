@@ -153,13 +153,26 @@ pub fn desired_state(current: &StateDump, desired: &StateDump, sections: &[Secti
         merged.tenants.iter().map(|t| t.id.clone()).collect();
     let services: std::collections::BTreeSet<String> =
         merged.services.iter().map(|s| s.name.clone()).collect();
-    merged
-        .pins
-        .retain(|p| tenants.contains(&p.tenant_id) && services.contains(&p.service));
-    merged.instances.retain(|i| services.contains(&i.service));
-    merged.overrides.retain(|o| services.contains(&o.service));
-    merged.rollouts.retain(|r| services.contains(&r.service));
-    merged.experiments.retain(|e| services.contains(&e.service));
+    // Kept records of a tenant or service that goes, go with it. Records the desired state
+    // names are left as they are: one naming a tenant or service that does not exist is an
+    // error when the state is built, not something to drop quietly.
+    if !takes(Section::Pins) {
+        merged
+            .pins
+            .retain(|p| tenants.contains(&p.tenant_id) && services.contains(&p.service));
+    }
+    if !takes(Section::Instances) {
+        merged.instances.retain(|i| services.contains(&i.service));
+    }
+    if !takes(Section::Overrides) {
+        merged.overrides.retain(|o| services.contains(&o.service));
+    }
+    if !takes(Section::Rollouts) {
+        merged.rollouts.retain(|r| services.contains(&r.service));
+    }
+    if !takes(Section::Experiments) {
+        merged.experiments.retain(|e| services.contains(&e.service));
+    }
     merged
 }
 
@@ -388,5 +401,17 @@ mod tests {
         assert_eq!(keys, ["delete tenant b", "delete pin b/s"]);
         // Managing nothing changes nothing.
         assert_eq!(desired_state(&current, &desired, &[]), current);
+        // A desired pin of a tenant that is not there is kept, for the state to refuse.
+        let orphan = StateDump {
+            pins: vec![Pin {
+                tenant_id: "nobody".into(),
+                service: "s".into(),
+                version: "v1".into(),
+            }],
+            ..StateDump::default()
+        };
+        let merged = desired_state(&current, &orphan, &[Section::Pins]);
+        assert_eq!(merged.pins, orphan.pins);
+        assert!(crate::RoutingState::from_dump(&merged).is_err());
     }
 }
