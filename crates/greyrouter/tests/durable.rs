@@ -314,24 +314,6 @@ async fn a_watcher_resumes_across_a_restart_with_a_replay() {
     assert_eq!(resumed.upserts[0].version, "v2");
 }
 
-async fn instance_ids(api: &mut Api) -> Vec<String> {
-    let mut ids: Vec<String> = api
-        .admin
-        .list_instances(pb::ListInstancesRequest {
-            service: "api".into(),
-            version: String::new(),
-        })
-        .await
-        .expect("list instances")
-        .into_inner()
-        .instances
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// Heartbeat leases live in memory: a restart counts as a heartbeat of every instance with a
 /// TTL, so instances that heartbeat all along do not all expire at the first tick after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,12 +344,12 @@ async fn a_restart_does_not_expire_instances_that_heartbeat() {
     let mut api = Api::connect(&server.url()).await;
     // The short TTL lapses one TTL after the start (nothing heartbeats it)...
     support::eventually("the short-lived instance expires", async || {
-        let ids = instance_ids(&mut api).await;
+        let ids = api.instance_ids("api").await;
         (!ids.contains(&"short".to_owned())).then_some(())
     })
     .await;
     // ...while the long one, past many expiry ticks, is still there.
-    assert_eq!(instance_ids(&mut api).await, ["long"]);
+    assert_eq!(api.instance_ids("api").await, ["long"]);
 }
 
 /// README, Quickstart: the first command keeps its state in `./greyrouter-data`; killed and

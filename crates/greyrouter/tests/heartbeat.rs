@@ -37,21 +37,7 @@ async fn heartbeat(server: &mut TestServer, ids: &[&str]) -> pb::HeartbeatRespon
 }
 
 async fn ids(server: &mut TestServer) -> Vec<String> {
-    let mut ids: Vec<String> = server
-        .admin
-        .list_instances(pb::ListInstancesRequest {
-            service: "api".into(),
-            version: String::new(),
-        })
-        .await
-        .expect("instances")
-        .into_inner()
-        .instances
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    ids.sort();
-    ids
+    server.instance_ids("api").await
 }
 
 #[tokio::test]

@@ -309,20 +309,34 @@ impl MemoryStore {
         Ok(inner.log.iter().skip(skip).take(limit).cloned().collect())
     }
 
+    /// Applies `mutation` to `base`: the state it makes, what it reported, and its change
+    /// record, whose parent is `parent`.
+    fn next_change(
+        &self,
+        base: &RoutingState,
+        mutation: Mutation,
+        meta: ChangeMeta,
+        parent: String,
+    ) -> Result<(RoutingState, routing_core::Outcome, Change), StoreError> {
+        let (state, outcome) = base.apply(&mutation)?;
+        let change = Change {
+            revision: state.revision(),
+            mutation,
+            meta,
+            history: self.history.clone(),
+            id: crate::new_history_id(),
+            parent,
+        };
+        Ok((state, outcome, change))
+    }
+
     /// Commits in memory only: applied and visible at once.
     fn commit_in_memory(&self, mutation: Mutation, meta: ChangeMeta) -> Result<Commit, StoreError> {
         let commit = {
             let mut inner = self.shared.lock();
-            let (state, outcome) = inner.state.apply(&mutation)?;
-            let revision = state.revision();
-            let change = Change {
-                revision,
-                mutation,
-                meta,
-                history: self.history.clone(),
-                id: crate::new_history_id(),
-                parent: inner.head(),
-            };
+            let (state, outcome, change) =
+                self.next_change(&inner.state, mutation, meta, inner.head())?;
+            let revision = change.revision;
             if let Some(path) = &inner.audit_file {
                 append_audit(path, &audit_line(&change))?;
             }
@@ -349,16 +363,8 @@ impl MemoryStore {
                 return Err(StoreError::Unavailable("the store is closing".into()));
             }
             let base = inner.latest.as_ref().unwrap_or(&inner.state);
-            let (state, outcome) = base.apply(&mutation)?;
-            let revision = state.revision();
-            let change = Change {
-                revision,
-                mutation,
-                meta,
-                history: self.history.clone(),
-                id: crate::new_history_id(),
-                parent: inner.head(),
-            };
+            let (state, outcome, change) = self.next_change(base, mutation, meta, inner.head())?;
+            let revision = change.revision;
             let frame = journal::change_frame(&change);
             let audit = inner.audit_file.as_ref().map(|_| audit_line(&change));
             let (reply, written) = oneshot::channel();

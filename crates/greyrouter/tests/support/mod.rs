@@ -115,6 +115,25 @@ impl Api {
             .revision
     }
 
+    /// The ids of `service`'s instances, sorted.
+    pub async fn instance_ids(&mut self, service: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .admin
+            .list_instances(pb::ListInstancesRequest {
+                service: service.into(),
+                version: String::new(),
+            })
+            .await
+            .expect("list instances")
+            .into_inner()
+            .instances
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub async fn route(
         &mut self,
         tenant: &str,
