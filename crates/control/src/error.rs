@@ -145,6 +145,14 @@ pub enum Error {
     /// A version switch waits for a schema migration.
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// A rate or a cap is used up: retry after the given time.
+    #[error("{message}")]
+    Exhausted {
+        /// What is used up, and when to retry.
+        message: String,
+        /// How long to wait before retrying, in milliseconds.
+        retry_after_ms: u64,
+    },
     /// Any other refusal, with its kind.
     #[error("{message}")]
     Refused {
@@ -187,7 +195,16 @@ impl Error {
                 }
                 GateError::Schema(err) => schema_kind(err),
             },
+            Error::Exhausted { .. } => ErrorKind::ResourceExhausted,
             Error::Refused { kind, .. } => *kind,
+        }
+    }
+
+    /// How long to wait before retrying, when a rate or a cap is used up.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::Exhausted { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
         }
     }
 

@@ -13,8 +13,10 @@
 //! - [`error`]: [`Error`] and [`ErrorKind`], the one table of gRPC codes and HTTP statuses;
 //! - [`replica`], [`audit`], [`outcomes`], [`rollouts`], [`schema`], [`watch`];
 //! - [`discovery`]: what each discovery source (crate `nacos-sync`) last did;
-//! - [`declarative`]: backup, restore, past states, and plans to a desired state.
+//! - [`declarative`]: backup, restore, past states, and plans to a desired state;
+//! - [`access`]: roles, tenant scopes, the rule of every operation, rate limits and caps.
 
+pub mod access;
 pub mod audit;
 pub mod declarative;
 pub mod discovery;

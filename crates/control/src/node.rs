@@ -24,6 +24,7 @@ use schema_manager::{AppliedMigration, Plan, SchemaError};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
+use crate::access::{Admission, LimitSettings};
 use crate::audit::{self, Actor};
 use crate::discovery::{DiscoveryBoard, SourceStatus};
 use crate::error::{Error, ErrorKind};
@@ -195,6 +196,8 @@ pub struct NodeSettings {
     pub max_watch_filter: usize,
     /// Outcome windows, ejection and the rollout driver.
     pub outcomes: OutcomeSettings,
+    /// Rate limits and caps of calls.
+    pub limits: LimitSettings,
 }
 
 impl Default for NodeSettings {
@@ -211,6 +214,7 @@ impl Default for NodeSettings {
             max_metadata_bytes: 8 * 1024,
             max_watch_filter: 10_000,
             outcomes: OutcomeSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -224,6 +228,7 @@ pub struct Node {
     settings: NodeSettings,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     discovery: DiscoveryBoard,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Node {
@@ -500,7 +505,9 @@ impl Node {
             settings.outcomes.ejection.clone(),
             settings.outcomes.window(),
         ));
+        let admission = Arc::new(Admission::new(settings.limits.clone()));
         Ok(Arc::new(Node {
+            admission,
             replica,
             outcomes,
             schemas: schemas.map(Arc::new),
@@ -544,6 +551,11 @@ impl Node {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+    }
+
+    /// Rate limits and caps of calls to this node.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// The replica.

@@ -58,6 +58,10 @@ pub struct Config {
     pub server: ServerSettings,
     /// Service discovery: the sources instances come from.
     pub discovery: nacos_sync::DiscoverySettings,
+    /// TLS for the gRPC listener; absent: plaintext.
+    pub tls: Option<crate::security::TlsConfig>,
+    /// Who may call (tokens, API keys, client certificates); absent: auth off.
+    pub auth: Option<crate::security::AuthConfig>,
     /// The values of the environment variables `[discovery]` names for credentials; read from
     /// the environment only, never from the file, never printed.
     #[serde(skip)]
@@ -296,6 +300,7 @@ impl Config {
             max_metadata_bytes: self.limits.max_metadata_bytes,
             max_watch_filter: self.limits.max_watch_filter,
             outcomes: self.outcomes.clone(),
+            limits: self.limits.settings(),
         }
     }
 
@@ -359,6 +364,23 @@ pub struct Limits {
     pub max_metadata_bytes: usize,
     /// Most tenants or services named by one watch.
     pub max_watch_filter: usize,
+    /// Router calls (Route, RouteBatch, WatchAssignments, outcome reports) per second per
+    /// caller; 0: no limit. A caller is its verified identity, or its address with auth off.
+    pub router_calls_per_second_per_caller: f64,
+    /// Router calls per second per tenant (each decision of a batch counts); 0: no limit.
+    pub router_calls_per_second_per_tenant: f64,
+    /// Admin calls per second per caller; 0: no limit.
+    pub admin_calls_per_second_per_caller: f64,
+    /// Admin calls per second per tenant they name; 0: no limit.
+    pub admin_calls_per_second_per_tenant: f64,
+    /// Calls saved up for a burst, in seconds of each rate.
+    pub burst_seconds: f64,
+    /// Most calls in flight on the router; beyond, calls are refused at once; 0: no cap.
+    pub max_in_flight: usize,
+    /// Most open watch streams per caller; 0: no cap.
+    pub max_watches_per_caller: usize,
+    /// Most callers and tenants with a rate budget of their own (bounds the memory).
+    pub max_tracked_keys: usize,
 }
 
 /// Settings of `WatchAssignments`.
@@ -400,6 +422,8 @@ impl Default for Config {
             schema: SchemaSettings::default(),
             server: ServerSettings::default(),
             discovery: nacos_sync::DiscoverySettings::default(),
+            tls: None,
+            auth: None,
             secrets: Secrets::default(),
         }
     }
@@ -421,6 +445,33 @@ impl Default for Limits {
             max_metadata_entries: 64,
             max_metadata_bytes: 8 * 1024,
             max_watch_filter: 10_000,
+            router_calls_per_second_per_caller: 100_000.0,
+            router_calls_per_second_per_tenant: 20_000.0,
+            admin_calls_per_second_per_caller: 1_000.0,
+            admin_calls_per_second_per_tenant: 200.0,
+            burst_seconds: 1.0,
+            max_in_flight: 4_096,
+            max_watches_per_caller: 1_000,
+            max_tracked_keys: 100_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The node's rate limits and caps.
+    pub fn settings(&self) -> control::access::LimitSettings {
+        let rate = |per_second: f64| routing_core::limits::Rate {
+            per_second,
+            burst: (per_second * self.burst_seconds).max(1.0),
+        };
+        control::access::LimitSettings {
+            router_per_caller: rate(self.router_calls_per_second_per_caller),
+            router_per_tenant: rate(self.router_calls_per_second_per_tenant),
+            admin_per_caller: rate(self.admin_calls_per_second_per_caller),
+            admin_per_tenant: rate(self.admin_calls_per_second_per_tenant),
+            max_in_flight: self.max_in_flight,
+            max_watches_per_caller: self.max_watches_per_caller,
+            max_tracked_keys: self.max_tracked_keys,
         }
     }
 }
@@ -675,6 +726,19 @@ impl Config {
                 )),
             }
         }
+        if let Some(name) = config
+            .auth
+            .as_ref()
+            .map(|auth| auth.hs256_secret_env.clone())
+            .filter(|name| !name.is_empty())
+        {
+            match env.get(&name) {
+                Some(value) => {
+                    config.secrets.0.insert(name, value.clone());
+                }
+                None => problems.push(format!("auth: environment variable {name} is not set")),
+            }
+        }
         for source in &config.discovery.sources {
             let nacos = &source.nacos;
             for name in [
@@ -792,6 +856,27 @@ impl Config {
         }
         if self.keep_snapshots == 0 {
             problems.push("keep_snapshots: must be positive".to_owned());
+        }
+        let rates = [
+            self.limits.router_calls_per_second_per_caller,
+            self.limits.router_calls_per_second_per_tenant,
+            self.limits.admin_calls_per_second_per_caller,
+            self.limits.admin_calls_per_second_per_tenant,
+        ];
+        if rates.iter().any(|rate| !rate.is_finite() || *rate < 0.0) {
+            problems.push("limits: call rates must be 0 (no limit) or positive".to_owned());
+        }
+        if !(self.limits.burst_seconds.is_finite() && self.limits.burst_seconds > 0.0) {
+            problems.push("limits.burst_seconds: must be positive".to_owned());
+        }
+        if self.limits.max_tracked_keys == 0 {
+            problems.push("limits.max_tracked_keys: must be positive".to_owned());
+        }
+        if let Some(tls) = &self.tls {
+            problems.extend(tls.problems());
+        }
+        if let Some(auth) = &self.auth {
+            problems.extend(auth.problems());
         }
         if self.limits.max_watch_filter == 0 {
             problems.push("limits.max_watch_filter: must be positive".to_owned());

@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod security;
 pub mod server;

@@ -95,9 +95,16 @@ impl App {
                 plan,
             ));
         }
+        let security = crate::security::security(
+            self.config.tls.as_ref(),
+            self.config.auth.as_ref(),
+            &self.config.secrets,
+        )
+        .await?;
         let result = grpc_server::serve(
             Arc::clone(&self.node),
             self.config.grpc_settings(),
+            security,
             listener,
             shutdown,
         )

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use control::audit::{ACTOR_HEADER, REASON_HEADER};
+use control::access::Caller;
 use control::declarative::MAX_STATE_BYTES;
 use control::node::{
     EmergencyRollback, EventQuery, ExperimentView, RolloutView, SetTenantVersion, StartRollout,
@@ -16,9 +16,9 @@ use greyrouter_proto::v1::admin_server::Admin;
 use routing_core::model::RolloutEvent;
 use routing_core::state::plan::Section;
 use routing_core::{Instance, Service, StateDump, Tenant, Variant};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::access;
 use crate::status::{self, status};
 
 /// Bytes of state JSON per `ExportState` message (well under any client's message limit).
@@ -35,21 +35,6 @@ impl AdminService {
     pub fn new(node: Arc<Node>) -> Self {
         AdminService { node }
     }
-}
-
-/// Reads the actor and reason headers of a request.
-pub fn actor(metadata: &MetadataMap) -> Result<Actor, Status> {
-    let header = |name: &'static str| -> Result<Option<&str>, Status> {
-        metadata
-            .get(name)
-            .map(|value| {
-                value
-                    .to_str()
-                    .map_err(|_| status::invalid_argument(name, "must be printable ASCII"))
-            })
-            .transpose()
-    };
-    Actor::from_headers(header(ACTOR_HEADER)?, header(REASON_HEADER)?).map_err(|e| status(&e))
 }
 
 fn failed(err: control::Error) -> Status {
@@ -112,7 +97,13 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertTenantRequest>,
     ) -> Result<Response<pb::UpsertTenantResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let tenant_id = request
+            .get_ref()
+            .tenant
+            .as_ref()
+            .map(|t| t.id.clone())
+            .unwrap_or_default();
+        let actor = self.admit_actor(&request, "UpsertTenant", &[&tenant_id])?;
         let tenant = domain::required("tenant", request.into_inner().tenant).map_err(invalid)?;
         let commit = self
             .node
@@ -128,13 +119,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let caller = self.admit(&request, "ListTenants", &[])?;
         let request = request.into_inner();
         let page = self
             .node
             .list_tenants(&request.page_token, request.page_size)
             .map_err(failed)?;
         Ok(Response::new(pb::ListTenantsResponse {
-            tenants: page.tenants.iter().map(pb::Tenant::from).collect(),
+            tenants: page
+                .tenants
+                .iter()
+                .filter(|tenant| caller.sees(tenant))
+                .map(pb::Tenant::from)
+                .collect(),
             next_page_token: page.next_page_token,
             revision: page.revision,
         }))
@@ -144,7 +141,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertServiceRequest>,
     ) -> Result<Response<pb::UpsertServiceResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "UpsertService", &[])?;
         let request = request.into_inner();
         let service = domain::required("service", request.service)
             .and_then(Service::try_from)
@@ -161,8 +158,9 @@ impl Admin for AdminService {
 
     async fn list_services(
         &self,
-        _request: Request<pb::ListServicesRequest>,
+        request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.admit(&request, "ListServices", &[])?;
         let listed = self.node.list_services();
         Ok(Response::new(pb::ListServicesResponse {
             services: listed.items.iter().map(pb::Service::from).collect(),
@@ -174,7 +172,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::RegisterInstanceResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "RegisterInstance", &[])?;
         let request = request.into_inner();
         let instance = domain::required("instance", request.instance)
             .and_then(Instance::try_from)
@@ -195,6 +193,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.admit(&request, "Heartbeat", &[])?;
         let request = request.into_inner();
         let (renewed, unknown) = self
             .node
@@ -208,7 +207,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeregisterInstanceRequest>,
     ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "DeregisterInstance", &[])?;
         let request = request.into_inner();
         let commit = self
             .node
@@ -224,6 +223,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        self.admit(&request, "ListInstances", &[])?;
         let request = request.into_inner();
         let listed = self
             .node
@@ -243,7 +243,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetDefaultVersionRequest>,
     ) -> Result<Response<pb::SetDefaultVersionResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "SetDefaultVersion", &[])?;
         let request = request.into_inner();
         let commit = self
             .node
@@ -259,7 +259,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetTenantVersionRequest>,
     ) -> Result<Response<pb::SetTenantVersionResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let tenant_id = request.get_ref().tenant_id.clone();
+        let actor = self.admit_actor(&request, "SetTenantVersion", &[&tenant_id])?;
         let request = request.into_inner();
         let switch = self
             .node
@@ -286,7 +287,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearTenantVersionRequest>,
     ) -> Result<Response<pb::ClearTenantVersionResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let tenant_id = request.get_ref().tenant_id.clone();
+        let actor = self.admit_actor(&request, "ClearTenantVersion", &[&tenant_id])?;
         let request = request.into_inner();
         let (revision, cleared) = self
             .node
@@ -303,6 +305,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetTenantServicesRequest>,
     ) -> Result<Response<pb::GetTenantServicesResponse>, Status> {
+        let tenant_id = request.get_ref().tenant_id.clone();
+        self.admit(&request, "GetTenantServices", &[&tenant_id])?;
         let found = self
             .node
             .tenant_services(&request.into_inner().tenant_id)
@@ -327,7 +331,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EmergencyRollbackRequest>,
     ) -> Result<Response<pb::EmergencyRollbackResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let tenant_ids = request.get_ref().tenant_ids.clone();
+        let named: Vec<&str> = tenant_ids.iter().map(String::as_str).collect();
+        let actor = self.admit_actor(&request, "EmergencyRollback", &named)?;
         let request = request.into_inner();
         let result = self
             .node
@@ -356,6 +362,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListOverridesRequest>,
     ) -> Result<Response<pb::ListOverridesResponse>, Status> {
+        self.admit(&request, "ListOverrides", &[])?;
         let listed = self
             .node
             .list_overrides(&request.into_inner().service)
@@ -370,7 +377,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearOverrideRequest>,
     ) -> Result<Response<pb::ClearOverrideResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "ClearOverride", &[])?;
         let request = request.into_inner();
         let commit = self
             .node
@@ -386,7 +393,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "StartRollout", &[])?;
         let request = request.into_inner();
         let start = StartRollout {
             steps: domain::steps(&request.steps).map_err(invalid)?,
@@ -410,6 +417,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
+        self.admit(&request, "GetRollout", &[])?;
         let request = request.into_inner();
         let view = self
             .node
@@ -422,6 +430,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.admit(&request, "ListRollouts", &[])?;
         let listed = self
             .node
             .list_rollouts(&request.into_inner().service)
@@ -464,7 +473,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateExperimentRequest>,
     ) -> Result<Response<pb::ExperimentResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "CreateExperiment", &[])?;
         let request = request.into_inner();
         let cohort = domain::cohort(request.cohort).map_err(invalid)?;
         let view = self
@@ -485,7 +494,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpdateExperimentRequest>,
     ) -> Result<Response<pb::ExperimentResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "UpdateExperiment", &[])?;
         let request = request.into_inner();
         let view = self
             .node
@@ -505,6 +514,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetExperimentRequest>,
     ) -> Result<Response<pb::ExperimentResponse>, Status> {
+        self.admit(&request, "GetExperiment", &[])?;
         let request = request.into_inner();
         let view = self
             .node
@@ -517,7 +527,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StopExperimentRequest>,
     ) -> Result<Response<pb::StopExperimentResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "StopExperiment", &[])?;
         let request = request.into_inner();
         let commit = self
             .node
@@ -533,7 +543,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let caller = self.admit(&request, "ListEvents", &[])?;
         let request = request.into_inner();
+        // A scoped caller reads only events about its own tenants.
+        let state = self.node.snapshot();
+        if !request.tenant_id.is_empty() {
+            caller
+                .check_tenant(&state, &request.tenant_id)
+                .map_err(failed)?;
+        }
+        let visible = |tenant_id: &str| {
+            caller.scope.is_all()
+                || (!tenant_id.is_empty() && caller.scope.holds_id(&state, tenant_id))
+        };
         let page = self
             .node
             .events(&EventQuery {
@@ -548,6 +570,7 @@ impl Admin for AdminService {
             events: page
                 .events
                 .into_iter()
+                .filter(|event| visible(&event.tenant_id))
                 .map(|event| pb::Event {
                     revision: event.revision,
                     at_ms: event.at_ms,
@@ -568,6 +591,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpgradeSchemaRequest>,
     ) -> Result<Response<pb::UpgradeSchemaResponse>, Status> {
+        let tenant_ids = request.get_ref().tenant_ids.clone();
+        let named: Vec<&str> = tenant_ids.iter().map(String::as_str).collect();
+        self.admit(&request, "UpgradeSchema", &named)?;
         let request = request.into_inner();
         let cohort = if request.tenant_ids.is_empty() {
             domain::cohort(request.cohort).map_err(invalid)?
@@ -622,6 +648,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetSchemaUpgradeRequest>,
     ) -> Result<Response<pb::SchemaUpgrade>, Status> {
+        self.admit(&request, "GetSchemaUpgrade", &[])?;
         let upgrade = self
             .node
             .schema_upgrade(&request.into_inner().upgrade_id)
@@ -637,6 +664,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetSchemaUpgradeRequest>,
     ) -> Result<Response<Self::WatchSchemaUpgradeStream>, Status> {
+        self.admit(&request, "WatchSchemaUpgrade", &[])?;
         let upgrade = self
             .node
             .schema_upgrade(&request.into_inner().upgrade_id)
@@ -665,6 +693,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetTenantSchemaRequest>,
     ) -> Result<Response<pb::GetTenantSchemaResponse>, Status> {
+        let tenant_id = request.get_ref().tenant_id.clone();
+        self.admit(&request, "GetTenantSchema", &[&tenant_id])?;
         let request = request.into_inner();
         let services = self
             .node
@@ -702,8 +732,9 @@ impl Admin for AdminService {
 
     async fn get_discovery_status(
         &self,
-        _request: Request<pb::GetDiscoveryStatusRequest>,
+        request: Request<pb::GetDiscoveryStatusRequest>,
     ) -> Result<Response<pb::GetDiscoveryStatusResponse>, Status> {
+        self.admit(&request, "GetDiscoveryStatus", &[])?;
         let sources = self
             .node
             .discovery_status()
@@ -732,6 +763,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExportStateRequest>,
     ) -> Result<Response<Self::ExportStateStream>, Status> {
+        self.admit(&request, "ExportState", &[])?;
         let request = request.into_inner();
         let dump = self
             .node
@@ -756,7 +788,7 @@ impl Admin for AdminService {
         &self,
         request: Request<tonic::Streaming<pb::ApplyStateRequest>>,
     ) -> Result<Response<pb::ApplyStateResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "ApplyState", &[])?;
         let mut messages = request.into_inner();
         let mut first: Option<pb::ApplyStateRequest> = None;
         let mut data = Vec::new();
@@ -821,7 +853,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AdoptStoreHistoryRequest>,
     ) -> Result<Response<pb::AdoptStoreHistoryResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let actor = self.admit_actor(&request, "AdoptStoreHistory", &[])?;
         let request = request.into_inner();
         let adoption = self
             .node
@@ -837,12 +869,39 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
+    /// Checks a request against the method's rule for the tenants it names.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        tenants: &[&str],
+    ) -> Result<Arc<Caller>, Status> {
+        access::admit(&self.node, request, "Admin", method, tenants)
+    }
+
+    /// Checks a change and answers who makes it, for the audit trail.
+    fn admit_actor<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        tenants: &[&str],
+    ) -> Result<Actor, Status> {
+        let caller = self.admit(request, method, tenants)?;
+        access::actor(&caller, request)
+    }
+
     async fn control_rollout(
         &self,
         request: Request<pb::RolloutActionRequest>,
         event: RolloutEvent,
     ) -> Result<Response<pb::RolloutResponse>, Status> {
-        let actor = actor(request.metadata())?;
+        let method = match event {
+            RolloutEvent::Paused => "PauseRollout",
+            RolloutEvent::Resumed => "ResumeRollout",
+            RolloutEvent::Promoted => "PromoteRollout",
+            _ => "AbortRollout",
+        };
+        let actor = self.admit_actor(&request, method, &[])?;
         let request = request.into_inner();
         let view = self
             .node

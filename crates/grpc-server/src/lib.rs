@@ -8,8 +8,10 @@
 //! - [`router`]: `Route`, `RouteBatch`, outcome reports, `WatchAssignments`;
 //! - [`admin`]: every admin call;
 //! - [`status`]: node errors as gRPC statuses;
+//! - [`access`]: the rule of every method, the caller of a request, its tenant checks;
 //! - [`serve`]: the transport, health and reflection, until shutdown.
 
+pub mod access;
 pub mod admin;
 pub mod router;
 pub mod status;
@@ -70,6 +72,17 @@ impl Default for GrpcSettings {
     }
 }
 
+/// Who may call, and over what: the auth layer's checks and TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Checks credentials; `None`: auth off, every caller unrestricted.
+    pub auth: Option<Arc<auth::Authenticator>>,
+    /// TLS (and client certificates); `None`: plaintext.
+    pub tls: Option<auth::tls::ServerTls>,
+    /// How often the TLS files are checked for a change.
+    pub tls_reload_interval: Duration,
+}
+
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -86,6 +99,7 @@ pub enum ServeError {
 pub async fn serve(
     node: Arc<Node>,
     settings: GrpcSettings,
+    security: Security,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -128,20 +142,44 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, store = %node.store().describe(), revision = node.state().revision(), "serving gRPC");
-    let serve = transport(&settings)
+    tracing::info!(
+        ?addr,
+        store = %node.store().describe(),
+        revision = node.state().revision(),
+        tls = security.tls.is_some(),
+        auth = security.auth.is_some(),
+        "serving gRPC"
+    );
+    let layer = auth::AuthLayer::new(
+        security.auth.clone(),
+        Arc::clone(node.admission()),
+        access::classify,
+        access::refuse,
+    );
+    let routes = transport(&settings)
+        .layer(layer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
             RouterServer::new(router).max_decoding_message_size(settings.max_request_bytes),
         )
-        .add_service(AdminServer::new(admin).max_decoding_message_size(settings.max_request_bytes))
-        .serve_with_incoming_shutdown(
-            // Small replies must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        );
+        .add_service(AdminServer::new(admin).max_decoding_message_size(settings.max_request_bytes));
+    let mut reload = None;
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &security.tls {
+            Some(tls) => {
+                reload = Some(tokio::spawn(
+                    tls.clone().watch(security.tls_reload_interval),
+                ));
+                Box::pin(routes.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+            }
+            None => Box::pin(routes.serve_with_incoming_shutdown(
+                // Small replies must not wait for delayed ACKs (Nagle): set TCP_NODELAY.
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )),
+        };
     // Calls still open (streams a client never closes) get `shutdown_grace` to finish.
     let grace = settings.shutdown_grace;
     let forced = async {
@@ -156,6 +194,9 @@ pub async fn serve(
         }
     };
     health_task.abort();
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     result
 }
 

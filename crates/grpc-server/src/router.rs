@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use control::Node;
+use control::access::{CallClass, Caller, TenantScope, WatchSlot};
 use control::audit::now_ms;
 use control::node::MAX_BATCH;
 use control::outcomes::OutcomeReport;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::access;
 use crate::status;
 
 /// Serves `greyrouter.v1.Router` from the node's snapshot.
@@ -31,6 +33,32 @@ impl RouterService {
     /// turns true, so that a graceful shutdown does not wait for watchers.
     pub fn new(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
         RouterService { node, closing }
+    }
+
+    /// Checks an outcome report's caller (its role was checked by the auth layer).
+    fn reporter<T>(&self, request: &Request<T>, method: &str) -> Result<Arc<Caller>, Status> {
+        // Each report names its own tenant: checked one by one, not for the whole call.
+        access::admit(&self.node, request, "Router", method, &[])
+    }
+
+    /// Decides one request of a batch for `caller`: a tenant outside its scope, or over its
+    /// rate, is refused in the request's place.
+    fn decide_for(
+        &self,
+        caller: &Caller,
+        state: &RoutingState,
+        request: &pb::RouteRequest,
+        now_ms: u64,
+    ) -> Result<pb::RouteResponse, Status> {
+        caller
+            .check_tenant(state, &request.tenant_id)
+            .and_then(|()| {
+                self.node
+                    .admission()
+                    .admit_tenant(CallClass::Router, &request.tenant_id)
+            })
+            .map_err(|e| status::status(&e))?;
+        self.decide(state, request, now_ms)
     }
 
     /// Converts a request and decides it on `state`.
@@ -65,6 +93,24 @@ impl RouterService {
     }
 }
 
+/// Refuses a report a scoped caller may not send: it must name one of the caller's tenants.
+fn in_scope(
+    caller: &Caller,
+    state: &RoutingState,
+    message: &pb::Outcome,
+) -> Result<(), RoutingError> {
+    if caller.scope.is_all()
+        || (!message.tenant_id.is_empty() && caller.scope.holds_id(state, &message.tenant_id))
+    {
+        Ok(())
+    } else {
+        Err(RoutingError::invalid(
+            "tenant_id",
+            "a caller with a tenant scope reports only outcomes of its own tenants",
+        ))
+    }
+}
+
 /// Returns the domain report of an outcome message.
 fn report(message: &pb::Outcome) -> OutcomeReport {
     OutcomeReport {
@@ -87,6 +133,13 @@ impl Router for RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        access::admit(
+            &self.node,
+            &request,
+            "Router",
+            "Route",
+            &[&request.get_ref().tenant_id],
+        )?;
         let state = self.node.snapshot();
         self.decide(&state, &request.into_inner(), now_ms())
             .map(Response::new)
@@ -96,6 +149,9 @@ impl Router for RouterService {
         &self,
         request: Request<pb::RouteBatchRequest>,
     ) -> Result<Response<pb::RouteBatchResponse>, Status> {
+        // Each decision is checked on its own: a tenant outside the caller's scope, or over
+        // its rate, is answered in its place, never for the whole batch.
+        let caller = access::admit(&self.node, &request, "Router", "RouteBatch", &[])?;
         let requests = request.into_inner().requests;
         if requests.len() > MAX_BATCH {
             return Err(status::invalid_argument(
@@ -109,7 +165,7 @@ impl Router for RouterService {
         let results = requests
             .iter()
             .map(|request| pb::RouteResult {
-                result: Some(match self.decide(&state, request, now) {
+                result: Some(match self.decide_for(&caller, &state, request, now) {
                     Ok(route) => pb::route_result::Result::Route(route),
                     Err(status) => pb::route_result::Result::Error(pb::RouteError {
                         code: status.code() as i32,
@@ -128,13 +184,15 @@ impl Router for RouterService {
         &self,
         request: Request<tonic::Streaming<pb::Outcome>>,
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        let caller = self.reporter(&request, "ReportOutcome")?;
         let mut reports = request.into_inner();
         let mut tally = Tally::default();
         while let Some(message) = reports.message().await? {
-            tally.add(
+            let state = self.node.snapshot();
+            tally.add(in_scope(&caller, &state, &message).and_then(|()| {
                 self.node
-                    .report_outcome(&self.node.snapshot(), &report(&message), now_ms()),
-            );
+                    .report_outcome(&state, &report(&message), now_ms())
+            }));
         }
         Ok(Response::new(tally.into_response()))
     }
@@ -143,11 +201,15 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ReportOutcomesRequest>,
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        let caller = self.reporter(&request, "ReportOutcomes")?;
         let state = self.node.snapshot();
         let now = now_ms();
         let mut tally = Tally::default();
         for message in &request.get_ref().outcomes {
-            tally.add(self.node.report_outcome(&state, &report(message), now));
+            tally.add(
+                in_scope(&caller, &state, message)
+                    .and_then(|()| self.node.report_outcome(&state, &report(message), now)),
+            );
         }
         Ok(Response::new(tally.into_response()))
     }
@@ -158,11 +220,26 @@ impl Router for RouterService {
         &self,
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let caller = access::caller(&request)?;
+        let mut tenant_ids = request.get_ref().tenant_ids.clone();
+        // A caller scoped to listed tenants that names none watches those it may see.
+        if let (true, TenantScope::Only(scope)) = (tenant_ids.is_empty(), &caller.scope)
+            && scope.labels.is_empty()
+        {
+            tenant_ids = scope.tenants.iter().cloned().collect();
+        }
+        let named: Vec<&str> = tenant_ids.iter().map(String::as_str).collect();
+        access::admit(&self.node, &request, "Router", "WatchAssignments", &named)?;
+        let slot = self
+            .node
+            .admission()
+            .open_watch(&caller)
+            .map_err(|e| status::status(&e))?;
         let request = request.into_inner();
         let queue = self
             .node
             .watch(
-                request.tenant_ids,
+                tenant_ids,
                 request.services,
                 request.from_revision,
                 &request.history,
@@ -173,6 +250,7 @@ impl Router for RouterService {
         Ok(Response::new(Box::pin(UpdateStream::new(
             queue,
             self.closing.clone(),
+            slot,
         ))))
     }
 }
@@ -302,6 +380,8 @@ const SHUTTING_DOWN: &str = "server is shutting down; resume on another router";
 /// takes a cut-off sequence for a complete one. When the server starts shutting down, the
 /// status goes out at once, ahead of whatever is still queued.
 struct UpdateStream {
+    /// Counts the stream against the caller's cap until it ends.
+    _slot: WatchSlot,
     receiver: mpsc::Receiver<Queued<pb::AssignmentUpdate>>,
     closing: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// Whether the server is shutting down, read when the watcher's task has ended (it may have
@@ -314,8 +394,10 @@ impl UpdateStream {
     fn new(
         receiver: mpsc::Receiver<Queued<pb::AssignmentUpdate>>,
         mut closing: tokio::sync::watch::Receiver<bool>,
+        slot: WatchSlot,
     ) -> Self {
         UpdateStream {
+            _slot: slot,
             receiver,
             shutting_down: closing.clone(),
             closing: Box::pin(async move {

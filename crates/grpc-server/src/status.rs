@@ -1,7 +1,8 @@
 //! Node errors as gRPC statuses, through the one table ([`control::ErrorKind::grpc_code`]).
 //!
 //! An `INVALID_ARGUMENT` that names a field carries a `BadRequest` detail with it; a failed
-//! compare-and-set carries an `ErrorInfo` (`VERSION_MISMATCH`) with the current version.
+//! compare-and-set carries an `ErrorInfo` (`VERSION_MISMATCH`) with the current version; a used-up
+//! rate or cap (`RESOURCE_EXHAUSTED`) carries a `RetryInfo` with the time to wait.
 
 use control::Error;
 use routing_core::RoutingError;
@@ -26,6 +27,13 @@ pub fn status(err: &Error) -> Status {
                 "greyrouter",
                 [("current_version".to_owned(), current.to_owned())],
             ),
+        );
+    }
+    if let Some(wait) = err.retry_after_ms() {
+        return Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(wait))),
         );
     }
     Status::new(code, message)

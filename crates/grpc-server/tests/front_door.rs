@@ -39,6 +39,7 @@ async fn a_node_served_by_the_front_door_answers_admin_and_router_calls() {
     let server = tokio::spawn(grpc_server::serve(
         Arc::clone(&node),
         grpc_server::GrpcSettings::default(),
+        grpc_server::Security::default(),
         listener,
         async move {
             let _ = stopped.await;

@@ -11,6 +11,7 @@
 //! - [`state`]: the persistent [`RoutingState`], [`Mutation`]s and version resolution;
 //! - [`watch`]: effective assignments and their differences, for watchers;
 //! - [`validate`]: name syntax and fixed limits;
+//! - [`limits`]: token buckets for rate limits, in a table of bounded size;
 //! - [`outcome`]: request outcome statistics ([`Stats`]) over a sliding time [`Window`];
 //! - [`ejection`]: circuit breaking and outlier ejection of one instance ([`InstanceHealth`]);
 //! - [`analysis`]: canary analysis ([`judge`]) and rollout progression ([`next_step`]).
@@ -27,6 +28,7 @@ pub mod balance;
 pub mod ejection;
 mod error;
 pub mod hash;
+pub mod limits;
 pub mod model;
 pub mod outcome;
 pub mod state;
