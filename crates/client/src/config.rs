@@ -1,8 +1,11 @@
 //! The client's settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use routing_core::ejection::EjectionPolicy;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::ClientError;
 
@@ -39,6 +42,58 @@ pub struct ClientConfig {
     /// When this client stops sending requests to an instance it saw failing (outlier ejection
     /// of its own, on the outcomes it was told): see [`EjectionPolicy`].
     pub ejection: EjectionPolicy,
+    /// A bearer token (a JWT or an API key) sent with every call, for routers with auth on.
+    pub token: Option<String>,
+    /// TLS settings for `https://` endpoints (the system's roots are trusted too).
+    pub tls: TlsSettings,
+}
+
+/// How a client checks the routers' certificates and proves its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// A CA bundle (PEM) the routers' certificates chain to, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for routers that take them, with its key.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name the routers' certificates must carry, when it is not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl TlsSettings {
+    /// The tonic TLS configuration: the files read.
+    pub fn client_config(&self) -> Result<ClientTlsConfig, ClientError> {
+        let read = |path: &PathBuf, field: &'static str| {
+            std::fs::read(path).map_err(|err| ClientError::InvalidConfig {
+                field,
+                reason: format!("cannot read {}: {err}", path.display()),
+            })
+        };
+        let mut config = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &self.ca_file {
+            config = config.ca_certificate(Certificate::from_pem(read(ca, "tls.ca_file")?));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read(cert, "tls.cert_file")?,
+                    read(key, "tls.key_file")?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::InvalidConfig {
+                    field: "tls.cert_file",
+                    reason: "a client certificate needs both cert_file and key_file".to_owned(),
+                });
+            }
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(config)
+    }
 }
 
 impl ClientConfig {
@@ -66,7 +121,32 @@ impl ClientConfig {
                 max_ejection_ms: 60_000,
                 max_ejected_percent: 50,
             },
+            token: None,
+            tls: TlsSettings::default(),
         }
+    }
+
+    /// Sends `token` (a JWT or an API key) as the bearer credential of every call.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts `ca_file` (PEM) for the routers' certificates.
+    pub fn ca_file(mut self, ca_file: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(ca_file.into());
+        self
+    }
+
+    /// Presents a client certificate (PEM) and its key to the routers.
+    pub fn client_certificate(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls.cert_file = Some(cert_file.into());
+        self.tls.key_file = Some(key_file.into());
+        self
     }
 
     /// Adds another router address.
@@ -100,13 +180,12 @@ impl ClientConfig {
         }
         for endpoint in &self.endpoints {
             if tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err()
-                || !endpoint.starts_with("http://")
+                || !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
             {
                 return Err(ClientError::InvalidConfig {
                     field: "endpoints",
                     reason: format!(
-                        "'{endpoint}' is not an http://host:port address (routers serve \
-                         plaintext gRPC; put TLS in front of them)"
+                        "'{endpoint}' is not an http://host:port or https://host:port address"
                     ),
                 });
             }
@@ -121,6 +200,12 @@ impl ClientConfig {
                 "tenant_ids",
                 "tenant ids and service names must not be empty",
             );
+        }
+        if let Some(token) = &self.token
+            && (token.is_empty()
+                || tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).is_err())
+        {
+            return invalid("token", "must be printable ASCII, not empty");
         }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return invalid("request_timeout", "timeouts must be positive");

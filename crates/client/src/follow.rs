@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use greyrouter_proto::v1 as pb;
-use greyrouter_proto::v1::router_client::RouterClient;
 
 use crate::Shared;
 use crate::cache::CacheBuilder;
@@ -38,7 +37,7 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
             from_revision,
             history: builder.history().to_owned(),
         };
-        let mut client = RouterClient::new(shared.channels[index].clone());
+        let mut client = shared.router(shared.channels[index].clone());
         let opened = tokio::select! {
             opened = client.watch_assignments(request) => opened,
             _ = closing.changed() => return,

@@ -49,10 +49,13 @@ use greyrouter_proto::v1::router_client::RouterClient;
 use routing_core::ejection::EjectionBook;
 use routing_core::hash::entropy;
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use cache::{Decision, LocalCopy, Origin, RouteRequest};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, TlsSettings};
 pub use error::{CallError, ClientError};
 pub use reports::Report;
 pub use routing_core::Strategy;
@@ -74,6 +77,8 @@ pub struct Client {
 #[derive(Debug)]
 struct Shared {
     config: ClientConfig,
+    /// The bearer token sent with every call.
+    credentials: Credentials,
     /// One lazily connected channel per endpoint.
     channels: Vec<Channel>,
     cache: ArcSwap<Cache>,
@@ -179,6 +184,34 @@ impl Shared {
     }
 }
 
+/// A router client that sends the bearer token.
+type Router = RouterClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds the bearer token to every call.
+#[derive(Debug, Clone)]
+struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl Shared {
+    /// A router client over `channel`, with the credentials.
+    fn router(&self, channel: Channel) -> Router {
+        RouterClient::with_interceptor(channel, self.credentials.clone())
+    }
+}
+
 impl Client {
     /// Checks the settings and starts following the routers; returns at once (see
     /// [`ready`](Client::ready) to wait for the first snapshot). Decisions made before it
@@ -199,11 +232,28 @@ impl Client {
                 .http2_keep_alive_interval(config.keep_alive_interval)
                 .keep_alive_timeout(config.keep_alive_interval)
                 .keep_alive_while_idle(true);
+            let endpoint = if address.starts_with("https://") {
+                endpoint
+                    .tls_config(config.tls.client_config()?)
+                    .map_err(|err| ClientError::InvalidConfig {
+                        field: "tls",
+                        reason: err.to_string(),
+                    })?
+            } else {
+                endpoint
+            };
             channels.push(endpoint.connect_lazy());
         }
+        let credentials = Credentials(
+            config
+                .token
+                .as_ref()
+                .and_then(|token| MetadataValue::try_from(format!("Bearer {token}")).ok()),
+        );
         let (closing, closed) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
+            credentials,
             channels,
             cache: ArcSwap::from_pointee(Cache::default()),
             status_changed: watch::Sender::new(0),
@@ -318,7 +368,7 @@ impl Client {
 
     /// Asks a router, whatever the local copy holds.
     pub async fn route_remote(&self, request: &RouteRequest<'_>) -> Result<Decision, ClientError> {
-        let mut client = RouterClient::new(self.shared.channel());
+        let mut client = self.shared.router(self.shared.channel());
         let call = client.route(pb::RouteRequest {
             tenant_id: request.tenant_id.to_owned(),
             service: request.service.to_owned(),

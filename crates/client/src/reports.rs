@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use greyrouter_proto::v1 as pb;
-use greyrouter_proto::v1::router_client::RouterClient;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
@@ -109,7 +108,7 @@ pub(crate) async fn send_reports(shared: Arc<Shared>, mut queue: mpsc::Receiver<
 async fn send(shared: &Shared, outcomes: Vec<pb::Outcome>) {
     let count = outcomes.len() as u64;
     let index = shared.counters.endpoint.load(Ordering::Relaxed) % shared.channels.len();
-    let mut client = RouterClient::new(shared.channels[index].clone());
+    let mut client = shared.router(shared.channels[index].clone());
     shared.counters.report_calls.fetch_add(1, Ordering::Relaxed);
     let call = client.report_outcomes(pb::ReportOutcomesRequest { outcomes });
     match tokio::time::timeout(shared.config.request_timeout, call).await {

@@ -74,6 +74,28 @@ struct ClientArgs {
     /// Why you make this change, for the audit trail.
     #[arg(long = "why", global = true, default_value = "")]
     reason: String,
+    /// Bearer token (a JWT or an API key) for a server with auth on.
+    #[arg(long, global = true, env = "GREYROUTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA bundle (PEM) the server's certificate chains to, for an https:// server.
+    #[arg(long, global = true, env = "GREYROUTER_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a server that takes them; needs --key-file.
+    #[arg(
+        long,
+        global = true,
+        env = "GREYROUTER_CERT_FILE",
+        requires = "key_file"
+    )]
+    cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "GREYROUTER_KEY_FILE",
+        requires = "cert_file"
+    )]
+    key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -373,6 +395,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 struct Identify {
     actor: MetadataValue<Ascii>,
     reason: Option<MetadataValue<Ascii>>,
+    token: Option<MetadataValue<Ascii>>,
 }
 
 impl Identify {
@@ -393,6 +416,11 @@ impl Identify {
             } else {
                 Some(ascii(&args.reason, "--reason")?)
             },
+            token: args
+                .token
+                .as_ref()
+                .map(|token| ascii(&format!("Bearer {token}"), "--token"))
+                .transpose()?,
         })
     }
 }
@@ -404,6 +432,9 @@ impl tonic::service::Interceptor for Identify {
     ) -> Result<tonic::Request<()>, tonic::Status> {
         let metadata = request.metadata_mut();
         metadata.insert(ACTOR_HEADER, self.actor.clone());
+        if let Some(token) = &self.token {
+            metadata.insert("authorization", token.clone());
+        }
         if let Some(reason) = &self.reason
             && !metadata.contains_key(REASON_HEADER)
         {
@@ -415,9 +446,23 @@ impl tonic::service::Interceptor for Identify {
 
 type Admin = AdminClient<InterceptedService<Channel, Identify>>;
 
-async fn channel(server: &str) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
+    let server = &args.server;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.clone())
         .map_err(|e| anyhow::anyhow!("invalid --server '{server}': {e}"))?;
+    if server.starts_with("https://") {
+        let tls = greyrouter_client::TlsSettings {
+            ca_file: args.ca_file.clone(),
+            cert_file: args.cert_file.clone(),
+            key_file: args.key_file.clone(),
+            domain: None,
+        }
+        .client_config()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("TLS for {server}: {e}"))?;
+    }
     endpoint
         .connect()
         .await
@@ -430,13 +475,13 @@ fn call_error(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
-    let channel = channel(&args.server).await?;
+    let channel = channel(args).await?;
     let mut admin = AdminClient::with_interceptor(channel.clone(), Identify::new(args)?);
     let out = Printer(args.output);
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
         Command::Route(route) => {
-            let mut router = RouterClient::new(channel);
+            let mut router = RouterClient::with_interceptor(channel, Identify::new(args)?);
             let strategy = route
                 .strategy
                 .map_or(pb::Strategy::Unspecified, pb::Strategy::from);
@@ -539,7 +584,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
             out.revision(&format!("cleared override {id}"), response.revision);
         }
         Command::Watch(watch) => {
-            let mut router = RouterClient::new(channel);
+            let mut router = RouterClient::with_interceptor(channel, Identify::new(args)?);
             let mut stream = router
                 .watch_assignments(pb::WatchAssignmentsRequest {
                     tenant_ids: watch.tenants,
