@@ -22,6 +22,7 @@ Needs Python 3.11 and the packages of requirements.txt beside this file. Exits 1
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.resources
 import sys
 import tempfile
@@ -119,10 +120,71 @@ def read_revision(stream) -> tuple[int, bool, list, str]:
             return update.revision, update.snapshot, upserts, update.cause
 
 
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call (routers with auth on)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        return _Details(
+            details.method,
+            details.timeout,
+            list(details.metadata or ()) + [self.header],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A plaintext channel, or TLS for https:// (with --ca-file and a client certificate)."""
+    if args.server.startswith("https://"):
+        read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca_file),
+            private_key=read(args.key_file),
+            certificate_chain=read(args.cert_file),
+        )
+        channel = grpc.secure_channel(args.server.removeprefix("https://"), credentials)
+    else:
+        channel = grpc.insecure_channel(args.server.removeprefix("http://"))
+    if args.token:
+        channel = grpc.intercept_channel(channel, BearerToken(args.token))
+    return channel
+
+
 def run(args: argparse.Namespace) -> None:
     from greyrouter.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
-    channel = grpc.insecure_channel(args.server)
+    channel = open_channel(args)
     try:
         grpc.channel_ready_future(channel).result(timeout=DEADLINE_SECONDS)
     except grpc.FutureTimeoutError:
@@ -238,7 +300,7 @@ def main() -> None:
     parser.add_argument(
         "--server",
         default="127.0.0.1:50051",
-        help="host:port of a greyrouter (default: %(default)s)",
+        help="host:port of a greyrouter, or https://host:port for TLS (default: %(default)s)",
     )
     parser.add_argument("--tenant", default="globex", help="tenant id (default: globex)")
     parser.add_argument(
@@ -247,8 +309,11 @@ def main() -> None:
     parser.add_argument(
         "--version", help="version to pin the tenant to (default: another version of the service)"
     )
+    parser.add_argument("--token", help="bearer token (a JWT or an API key) when auth is on")
+    parser.add_argument("--ca-file", help="CA bundle (PEM) of the server's certificate (https://)")
+    parser.add_argument("--cert-file", help="client certificate (PEM), for mTLS")
+    parser.add_argument("--key-file", help="the client certificate's key (PEM)")
     args = parser.parse_args()
-    args.server = args.server.removeprefix("http://")
 
     with tempfile.TemporaryDirectory(prefix="greyrouter-stubs-") as out:
         generate_stubs(Path(out))

@@ -288,7 +288,9 @@ async fn an_unknown_kid_fetches_the_key_set_once_within_the_interval() {
     // Published after the last fetch, within jwks_min_refresh: not fetched, refused.
     let mut jwks: Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
-    jwks["keys"].as_array_mut().map(|keys| keys.push(new_jwk));
+    if let Some(keys) = jwks["keys"].as_array_mut() {
+        keys.push(new_jwk);
+    }
     std::fs::write(&path, jwks.to_string()).expect("write");
     assert!(f.verifier.verify(&token).await.is_err());
     // With no least interval, the unknown kid fetches the set, and the token passes.
