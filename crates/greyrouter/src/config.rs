@@ -909,8 +909,15 @@ impl Config {
 mod tests {
     use super::*;
 
-    /// Variables of the test harness, not of the server.
-    const NOT_CONFIG: &[&str] = &["GREYROUTER_SKIP_MISSING"];
+    /// Variables of the test harness and of the CLI client, not of the server.
+    const NOT_CONFIG: &[&str] = &[
+        "GREYROUTER_SKIP_MISSING",
+        "GREYROUTER_SERVER",
+        "GREYROUTER_TOKEN",
+        "GREYROUTER_CA_FILE",
+        "GREYROUTER_CERT_FILE",
+        "GREYROUTER_KEY_FILE",
+    ];
 
     #[test]
     fn every_variable_the_docs_name_is_read() {

@@ -109,7 +109,7 @@ impl Default for AuthConfig {
 pub struct ApiKeyConfig {
     /// The caller's name (the audit trail's actor).
     pub name: String,
-    /// The lowercase hex SHA-256 of the key (`greyrouter auth hash-key`).
+    /// The lowercase hex SHA-256 of the key (`printf %s KEY | sha256sum`).
     pub sha256: String,
     /// Roles held.
     pub roles: Vec<String>,
