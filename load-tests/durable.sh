@@ -19,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/greyrouter/target}"
+# The write path is measured, not the rate limits in front of it.
+export GREYROUTER_ADMIN_CALLS_PER_SECOND_PER_CALLER=0 GREYROUTER_ADMIN_CALLS_PER_SECOND_PER_TENANT=0
 DURATION="${DURATION:-10s}"
 TENANTS="${TENANTS:-100000}"
 SERVICES="${SERVICES:-20}"

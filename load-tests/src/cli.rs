@@ -184,6 +184,9 @@ pub struct RunArgs {
     /// Exit with status 1 when any request failed.
     #[arg(long)]
     pub fail_on_error: bool,
+    /// Bearer token (a JWT or an API key) sent with every call, for a router with auth on.
+    #[arg(long, env = "GREYROUTER_LOAD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl RunArgs {
@@ -211,6 +214,7 @@ impl RunArgs {
             },
             timeout: self.timeout,
             rng_seed: self.rng_seed,
+            token: self.token.clone(),
         }
     }
 

@@ -92,6 +92,8 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Seed of the workers' generators: equal seeds ask for the same keys in the same order.
     pub rng_seed: u64,
+    /// A bearer token sent with every call (a router with auth on).
+    pub token: Option<String>,
 }
 
 impl Default for RunConfig {
@@ -108,6 +110,7 @@ impl Default for RunConfig {
             distribution: Distribution::Uniform,
             timeout: Duration::from_secs(10),
             rng_seed: 1,
+            token: None,
         }
     }
 }
@@ -197,6 +200,15 @@ pub async fn run(config: &RunConfig) -> Result<Summary, Error> {
         service_sampler: Sampler::new(Distribution::Uniform, keyspace.services.len()),
         tenants: keyspace.tenants,
         services: keyspace.services,
+        token: config
+            .token
+            .as_ref()
+            .map(|token| format!("Bearer {token}").parse())
+            .transpose()
+            .map_err(|_| Error::InvalidConfig {
+                field: "--token",
+                reason: "must be printable ASCII".to_owned(),
+            })?,
         record_from,
         end: match config.stop {
             Stop::Requests(limit) => End::Requests {
@@ -250,6 +262,8 @@ struct Shared {
     service_sampler: Sampler,
     record_from: Instant,
     end: End,
+    /// `Bearer <token>`, when the router wants one.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 enum End {
@@ -394,7 +408,16 @@ async fn sdk_worker(
 
 /// Sends calls one after another until the run ends; returns what it recorded.
 async fn worker(shared: Arc<Shared>, channel: Channel, mut rng: SplitMix64) -> Tally {
-    let mut router = RouterClient::new(channel);
+    let token = shared.token.clone();
+    let mut router =
+        RouterClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            if let Some(token) = &token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.clone());
+            }
+            Ok(request)
+        });
     let mut tally = Tally::new();
     let decisions = shared.batch_size as u64;
     loop {
@@ -425,7 +448,12 @@ async fn worker(shared: Arc<Shared>, channel: Channel, mut rng: SplitMix64) -> T
                     }
                 }
             }
-            Err(status) => tally.record_error(&status, decisions),
+            Err(status) => {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    tally.record_refused(started.elapsed());
+                }
+                tally.record_error(&status, decisions);
+            }
         }
     }
     tally
@@ -531,6 +559,7 @@ mod tests {
                 limit: 2,
                 issued: AtomicU64::new(0),
             },
+            token: None,
         };
         let mut rng = SplitMix64::new(9);
         for _ in 0..100 {

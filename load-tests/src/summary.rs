@@ -132,6 +132,8 @@ pub struct Summary {
     pub decisions_per_s: f64,
     /// Latency of the successful calls, in microseconds.
     pub latency_us: Latency,
+    /// Latency of the calls refused with `RESOURCE_EXHAUSTED`, in microseconds.
+    pub refused_latency_us: Latency,
     /// CPU the generator used while recording; absent where it cannot be read.
     pub generator_cpu: Option<CpuUsage>,
     /// Failed checks (`--max-p99-ms`, `--fail-on-error`); empty when all pass.
@@ -190,6 +192,7 @@ impl Summary {
             decision_error_samples,
             decisions_per_s: per_second(decisions),
             latency_us,
+            refused_latency_us: Latency::from_histogram(&tally.refused_latency_us),
             generator_cpu,
             violations: Vec::new(),
         }

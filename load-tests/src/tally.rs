@@ -26,6 +26,8 @@ pub const CODES: usize = 17;
 pub struct Tally {
     /// Latencies of successful calls, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Latencies of calls refused with `RESOURCE_EXHAUSTED` (shed), in microseconds.
+    pub refused_latency_us: Histogram<u64>,
     /// Successful calls.
     pub ok: u64,
     /// Failed calls by status code (index `code as usize`; `OK` stays 0).
@@ -54,6 +56,7 @@ impl Tally {
     pub fn new() -> Tally {
         Tally {
             latency_us: new_histogram(),
+            refused_latency_us: new_histogram(),
             ok: 0,
             errors_by_code: [0; CODES],
             error_samples: Default::default(),
@@ -69,6 +72,11 @@ impl Tally {
     pub fn record_ok(&mut self, latency: Duration) {
         record(&mut self.latency_us, latency);
         self.ok += 1;
+    }
+
+    /// Records a call refused with `RESOURCE_EXHAUSTED` after `latency`: how fast shedding is.
+    pub fn record_refused(&mut self, latency: Duration) {
+        record(&mut self.refused_latency_us, latency);
     }
 
     /// Records a failed call that asked for `decisions` decisions: each counts as failed, with
@@ -136,6 +144,9 @@ impl Tally {
     pub fn merge(&mut self, other: Tally) {
         // Both histograms have the same bounds, so adding cannot fail; count it as a check.
         if let Err(err) = self.latency_us.add(&other.latency_us) {
+            unreachable!("histograms share their bounds: {err:?}");
+        }
+        if let Err(err) = self.refused_latency_us.add(&other.refused_latency_us) {
             unreachable!("histograms share their bounds: {err:?}");
         }
         self.ok += other.ok;

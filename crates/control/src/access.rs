@@ -450,8 +450,8 @@ impl Default for LimitSettings {
         LimitSettings {
             router_per_caller: rate(100_000.0),
             router_per_tenant: rate(20_000.0),
-            admin_per_caller: rate(1_000.0),
-            admin_per_tenant: rate(200.0),
+            admin_per_caller: rate(10_000.0),
+            admin_per_tenant: rate(1_000.0),
             max_in_flight: 4_096,
             max_watches_per_caller: 1_000,
             max_tracked_keys: 100_000,

@@ -447,8 +447,8 @@ impl Default for Limits {
             max_watch_filter: 10_000,
             router_calls_per_second_per_caller: 100_000.0,
             router_calls_per_second_per_tenant: 20_000.0,
-            admin_calls_per_second_per_caller: 1_000.0,
-            admin_calls_per_second_per_tenant: 200.0,
+            admin_calls_per_second_per_caller: 10_000.0,
+            admin_calls_per_second_per_tenant: 1_000.0,
             burst_seconds: 1.0,
             max_in_flight: 4_096,
             max_watches_per_caller: 1_000,
@@ -602,6 +602,46 @@ pub const ENV_VARS: &[EnvVar] = &[
         key: "limits.max_request_bytes",
         set: |c, v| {
             c.limits.max_request_bytes = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_ROUTER_CALLS_PER_SECOND_PER_CALLER",
+        key: "limits.router_calls_per_second_per_caller",
+        set: |c, v| {
+            c.limits.router_calls_per_second_per_caller = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_ROUTER_CALLS_PER_SECOND_PER_TENANT",
+        key: "limits.router_calls_per_second_per_tenant",
+        set: |c, v| {
+            c.limits.router_calls_per_second_per_tenant = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_ADMIN_CALLS_PER_SECOND_PER_CALLER",
+        key: "limits.admin_calls_per_second_per_caller",
+        set: |c, v| {
+            c.limits.admin_calls_per_second_per_caller = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_ADMIN_CALLS_PER_SECOND_PER_TENANT",
+        key: "limits.admin_calls_per_second_per_tenant",
+        set: |c, v| {
+            c.limits.admin_calls_per_second_per_tenant = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_MAX_IN_FLIGHT",
+        key: "limits.max_in_flight",
+        set: |c, v| {
+            c.limits.max_in_flight = parse(v)?;
             Ok(())
         },
     },

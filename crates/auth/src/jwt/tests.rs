@@ -331,3 +331,49 @@ fn settings_refuse_a_short_secret_and_no_keys() {
         Ok(vec![Algorithm::RS256, Algorithm::EdDSA])
     );
 }
+
+/// Serves `body` as the answer to every HTTP request on a local port; counts the requests.
+async fn jwks_server(body: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().expect("addr")
+    );
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test]
+async fn keys_are_fetched_from_a_jwks_url_and_an_unknown_kid_fetches_once() {
+    let (ec, ec_jwk) = ec_key("ec-url");
+    let (url, served) = jwks_server(json!({"keys": [ec_jwk]}).to_string()).await;
+    let mut settings = JwtSettings::new(ISSUER, AUDIENCE);
+    settings.jwks = Some(JwksSource::Url(url));
+    let verifier = JwtVerifier::new(settings).expect("verifier");
+    assert_eq!(verifier.refresh().await, Ok(1));
+    let token = sign(Algorithm::ES256, Some("ec-url"), &claims(), &ec);
+    assert!(verifier.verify(&token).await.is_ok());
+    let fetched = served.load(std::sync::atomic::Ordering::SeqCst);
+    // Unknown kids within jwks_min_refresh of the last fetch: refused, no fetch at all.
+    for _ in 0..5 {
+        let unknown = sign(Algorithm::ES256, Some("nobody"), &claims(), &ec);
+        assert!(verifier.verify(&unknown).await.is_err());
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), fetched);
+}
