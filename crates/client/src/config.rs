@@ -205,7 +205,7 @@ impl ClientConfig {
             && (token.is_empty()
                 || tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).is_err())
         {
-            return invalid("token", "must be printable ASCII, not empty");
+            return invalid("token", "must be printable text, not empty");
         }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return invalid("request_timeout", "timeouts must be positive");

@@ -457,10 +457,20 @@ async fn bad_settings_are_refused_with_the_setting_named() {
         ),
         "{err}"
     );
-    let err = Client::connect(ClientConfig::new("https://router:50051"))
+    let mut half = ClientConfig::new("https://router:50051");
+    half.tls.cert_file = Some("client.pem".into());
+    let err = Client::connect(half)
         .await
-        .expect_err("no TLS in this build");
-    assert!(err.to_string().contains("plaintext"), "{err}");
+        .expect_err("a certificate without its key");
+    assert!(err.to_string().contains("tls.cert_file"), "{err}");
+    let err = Client::connect(ClientConfig::new("https://router:50051").ca_file("/no/such/ca.pem"))
+        .await
+        .expect_err("an unreadable CA file");
+    assert!(err.to_string().contains("tls.ca_file"), "{err}");
+    let err = Client::connect(ClientConfig::new("http://127.0.0.1:1").token("line\nbreak"))
+        .await
+        .expect_err("a token that cannot be a header");
+    assert!(err.to_string().contains("token"), "{err}");
     let mut settings = ClientConfig::new("http://127.0.0.1:1");
     settings.report_batch_size = 0;
     let err = Client::connect(settings).await.expect_err("batch of 0");
