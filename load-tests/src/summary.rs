@@ -594,6 +594,7 @@ mod tests {
                 "generator_cpu",
                 "latency_us",
                 "ok",
+                "refused_latency_us",
                 "rpc",
                 "services",
                 "target",
