@@ -9,12 +9,13 @@
 //!   allows for clock skew.
 //! - An unknown `kid` triggers one fetch of the key set, at most every `jwks_min_refresh`;
 //!   the key set is fetched again every `jwks_refresh` in any case.
-//! - Verified tokens are cached (by their SHA-256) until they expire, at most
-//!   `cache_entries` of them, so routing with a token costs a hash, not a signature check.
+//! - Verified tokens are cached until they expire (at most 5 minutes, and the cache is emptied
+//!   when the key set changes), at most `cache_entries` of them (each at most
+//!   `max_token_bytes`), so routing with a token costs a hash lookup, not a signature check.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use control::access::{Caller, Roles, TenantScope};
@@ -23,7 +24,6 @@ use jsonwebtoken::{DecodingKey, Validation};
 
 pub use jsonwebtoken::Algorithm;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::Refusal;
 use crate::fetch;
@@ -205,6 +205,9 @@ fn key_set(document: &[u8], allowed: &[Algorithm]) -> Result<KeySet, String> {
     Ok(keys)
 }
 
+/// Verified tokens: the caller each names, and until when it is trusted without a check.
+type TokenCache = HashMap<Box<str>, (Arc<Caller>, Instant)>;
+
 /// Checks bearer JWTs.
 pub struct JwtVerifier {
     settings: JwtSettings,
@@ -212,7 +215,8 @@ pub struct JwtVerifier {
     keys: RwLock<Arc<KeySet>>,
     /// When the key set was last fetched; one fetch at a time.
     fetched: tokio::sync::Mutex<Option<Instant>>,
-    cache: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
+    /// Verified tokens, by the token itself: a hit costs a hash of the token, no signature.
+    cache: RwLock<TokenCache>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -245,7 +249,7 @@ impl JwtVerifier {
             secret,
             keys: RwLock::new(Arc::new(KeySet::default())),
             fetched: tokio::sync::Mutex::new(None),
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
         })
     }
 
@@ -282,7 +286,7 @@ impl JwtVerifier {
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
         // Tokens of keys that left the set must not stay accepted from the cache.
         self.cache
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         Ok(count)
@@ -298,12 +302,11 @@ impl JwtVerifier {
     }
 
     /// Verifies `token` and answers who it names.
-    pub async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Caller>, Refusal> {
         if token.len() > self.settings.max_token_bytes {
             return Err(Refusal::Invalid("token too large"));
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(caller) = self.cached(&digest) {
+        if let Some(caller) = self.cached(token) {
             return Ok(caller);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|err| {
@@ -357,9 +360,9 @@ impl JwtVerifier {
                 _ => Refusal::Invalid("invalid token"),
             }
         })?;
-        let caller = self.caller(&data.claims)?;
+        let caller = Arc::new(self.caller(&data.claims)?);
         let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        self.remember(digest, &caller, exp);
+        self.remember(token, &caller, exp);
         Ok(caller)
     }
 
@@ -394,15 +397,15 @@ impl JwtVerifier {
         })
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Caller> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    fn cached(&self, token: &str) -> Option<Arc<Caller>> {
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         cache
-            .get(digest)
+            .get(token)
             .filter(|(_, until)| Instant::now() < *until)
-            .map(|(caller, _)| caller.clone())
+            .map(|(caller, _)| Arc::clone(caller))
     }
 
-    fn remember(&self, digest: [u8; 32], caller: &Caller, exp: u64) {
+    fn remember(&self, token: &str, caller: &Arc<Caller>, exp: u64) {
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -415,7 +418,7 @@ impl JwtVerifier {
             return;
         }
         let until = Instant::now() + Duration::from_secs(left);
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= self.settings.cache_entries {
             let now = Instant::now();
             cache.retain(|_, (_, until)| *until > now);
@@ -423,13 +426,13 @@ impl JwtVerifier {
                 cache.clear();
             }
         }
-        cache.insert(digest, (caller.clone(), until));
+        cache.insert(token.into(), (Arc::clone(caller), until));
     }
 
     /// Tokens cached now.
     pub fn cached_tokens(&self) -> usize {
         self.cache
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }

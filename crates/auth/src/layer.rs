@@ -121,17 +121,27 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
+        let operation = (shared.classify)(request.uri().path());
+        if operation == Operation::Open {
+            return Box::pin(async move { inner.call(request).await });
+        }
+        // Counted from the moment the connection hands the call over, not from when its task
+        // first runs: calls queued behind a busy runtime count, so the cap sheds them at once.
+        let in_flight = match shared.admission.enter() {
+            Ok(in_flight) => in_flight,
+            Err(err) => {
+                let refusal = (shared.refuse)(&err);
+                return Box::pin(async move { Ok(refusal) });
+            }
+        };
         Box::pin(async move {
-            match (shared.classify)(request.uri().path()) {
-                Operation::Open => inner.call(request).await,
-                operation => match admit(&shared, operation, &mut request).await {
-                    Ok(in_flight) => {
-                        let response = inner.call(request).await;
-                        drop(in_flight);
-                        response
-                    }
-                    Err(err) => Ok((shared.refuse)(&err)),
-                },
+            match admit(&shared, operation, &mut request).await {
+                Ok(()) => {
+                    let response = inner.call(request).await;
+                    drop(in_flight);
+                    response
+                }
+                Err(err) => Ok((shared.refuse)(&err)),
             }
         })
     }
@@ -141,8 +151,7 @@ async fn admit<B, ReqBody>(
     shared: &Shared<B>,
     operation: Operation,
     request: &mut http::Request<ReqBody>,
-) -> Result<control::access::InFlight, Error> {
-    let in_flight = shared.admission.enter()?;
+) -> Result<(), Error> {
     let credentials = Credentials::of(request);
     let caller = identify(shared.auth.as_deref(), credentials).await?;
     let rule = match operation {
@@ -154,8 +163,8 @@ async fn admit<B, ReqBody>(
             ));
         }
         _ => {
-            request.extensions_mut().insert(Arc::new(caller));
-            return Ok(in_flight);
+            request.extensions_mut().insert(caller);
+            return Ok(());
         }
     };
     caller.check_role(rule)?;
@@ -165,8 +174,8 @@ async fn admit<B, ReqBody>(
         CallClass::Admin
     };
     shared.admission.admit_caller(class, &caller)?;
-    request.extensions_mut().insert(Arc::new(caller));
-    Ok(in_flight)
+    request.extensions_mut().insert(caller);
+    Ok(())
 }
 
 /// What a request offers as proof of who calls.
@@ -193,10 +202,13 @@ impl Credentials {
 }
 
 /// Finds who calls.
-async fn identify(auth: Option<&Authenticator>, credentials: Credentials) -> Result<Caller, Error> {
+async fn identify(
+    auth: Option<&Authenticator>,
+    credentials: Credentials,
+) -> Result<Arc<Caller>, Error> {
     let Some(auth) = auth else {
         // Unauthenticated callers are told apart by address, for rate limits.
-        return Ok(Caller::unrestricted(credentials.peer));
+        return Ok(Arc::new(Caller::unrestricted(credentials.peer)));
     };
     let unauthenticated =
         |refusal: Refusal| Error::new(ErrorKind::Unauthenticated, refusal.to_string());

@@ -21,6 +21,7 @@ pub mod layer;
 pub mod tls;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use control::access::{Caller, Roles, TenantScope};
 use sha2::{Digest, Sha256};
@@ -64,8 +65,8 @@ pub struct AuthSettings {
 #[derive(Debug)]
 pub struct Authenticator {
     jwt: Option<jwt::JwtVerifier>,
-    api_keys: HashMap<[u8; 32], Grant>,
-    certificates: HashMap<String, Grant>,
+    api_keys: HashMap<[u8; 32], Arc<Caller>>,
+    certificates: HashMap<String, Arc<Caller>>,
 }
 
 /// Longest bearer value read (a JWT or an API key), in bytes.
@@ -89,12 +90,17 @@ impl Authenticator {
         }
         let mut api_keys = HashMap::new();
         for (hash, grant) in settings.api_keys {
-            api_keys.insert(hex_digest(&hash)?, grant);
+            api_keys.insert(hex_digest(&hash)?, caller(&grant, "api-key"));
         }
+        let certificates = settings
+            .certificates
+            .into_iter()
+            .map(|(subject, grant)| (subject, caller(&grant, "certificate")))
+            .collect();
         Ok(Authenticator {
             jwt,
             api_keys,
-            certificates: settings.certificates,
+            certificates,
         })
     }
 
@@ -104,14 +110,14 @@ impl Authenticator {
     }
 
     /// Checks a bearer value: an API key, else a JWT.
-    pub async fn bearer(&self, token: &str) -> Result<Caller, Refusal> {
+    pub async fn bearer(&self, token: &str) -> Result<Arc<Caller>, Refusal> {
         if token.len() > MAX_BEARER_BYTES {
             return Err(Refusal::Invalid("token too large"));
         }
         if !self.api_keys.is_empty() {
             let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            if let Some(grant) = self.api_keys.get(&digest) {
-                return Ok(caller(grant, "api-key"));
+            if let Some(caller) = self.api_keys.get(&digest) {
+                return Ok(Arc::clone(caller));
             }
         }
         match &self.jwt {
@@ -121,12 +127,12 @@ impl Authenticator {
     }
 
     /// Checks a verified client certificate (DER): its subject must be configured.
-    pub fn certificate(&self, der: &[u8]) -> Result<Caller, Refusal> {
+    pub fn certificate(&self, der: &[u8]) -> Result<Arc<Caller>, Refusal> {
         let subject = tls::subject_common_name(der)
             .ok_or(Refusal::Invalid("client certificate without a common name"))?;
         self.certificates
             .get(&subject)
-            .map(|grant| caller(grant, "certificate"))
+            .map(Arc::clone)
             .ok_or(Refusal::Invalid("client certificate not allowed"))
     }
 
@@ -136,13 +142,13 @@ impl Authenticator {
     }
 }
 
-fn caller(grant: &Grant, method: &'static str) -> Caller {
-    Caller {
+fn caller(grant: &Grant, method: &'static str) -> Arc<Caller> {
+    Arc::new(Caller {
         subject: grant.name.clone(),
         method,
         roles: grant.roles,
         scope: grant.scope.clone(),
-    }
+    })
 }
 
 /// Returns the lowercase hex SHA-256 of `key`, as configured for an API key.
