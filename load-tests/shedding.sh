@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Load shedding and the cost of auth on Route, one setup after another on this machine with the
 # same client (the server on core 0, the generator on core 1 when taskset and 2 cores exist):
-#   capacity        greyrouter serve --store memory, no cap, CONCURRENCY workers: what the
-#                   server takes;
-#   2x-uncapped     the same server, 2 x CONCURRENCY workers, no cap: calls queue in the server;
-#   2x-capped       limits.max_in_flight = CONCURRENCY, 2 x CONCURRENCY workers: the excess is
+#   capacity        greyrouter serve --store memory, no limits, CONCURRENCY workers: what the
+#                   server answers (on two cores a Route call costs the generator's core about
+#                   what it costs the server's: this is also what one generator core can send);
+#   2x-budget       the same load against limits.router_calls_per_second_per_caller set to half
+#                   of that: twice the load the router is configured to take; the excess is
 #                   refused at once with RESOURCE_EXHAUSTED;
+#   2x-uncapped     2 x CONCURRENCY workers, no limits;
+#   2x-capped       2 x CONCURRENCY workers, limits.max_in_flight = CONCURRENCY;
 #   auth-off        greyrouter serve (the durable store), auth off, CONCURRENCY workers;
 #   auth-jwt        the same data served again with [auth] (HS256), a JWT on every call.
 # Prints one table (calls/s admitted and refused, p50/p99 of admitted calls, p99 of refusals,
 # the server's resident memory after the run and its peak) and the ratios; nothing else on
-# stdout.
+# stdout. Exits 1 when a call failed with another code than RESOURCE_EXHAUSTED.
 #
 # Usage (from the repository root): load-tests/shedding.sh
 # Settings (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4),
@@ -95,43 +98,16 @@ measure() {
   awk '/^VmRSS|^VmHWM/ {print $2}' "/proc/$server_pid/status" | paste -sd' ' >"$work/$name.mem"
 }
 
+# limits FILE RATE CAP: a [limits] section with the per-caller Router rate and the in-flight
+# cap under test, every other rate off.
+limits() {
+  printf '[limits]\nrouter_calls_per_second_per_caller = %s\nrouter_calls_per_second_per_tenant = 0\nmax_in_flight = %s\n' \
+    "$2" "$3" >"$1"
+}
+
 double=$((2 * CONCURRENCY))
-
-# The limits stay generous but for the cap under test: per-caller and per-tenant rates off.
-cat >"$work/uncapped.toml" <<EOF
-[limits]
-router_calls_per_second_per_caller = 0
-router_calls_per_second_per_tenant = 0
-max_in_flight = 0
-EOF
-cat >"$work/capped.toml" <<EOF
-[limits]
-router_calls_per_second_per_caller = 0
-router_calls_per_second_per_tenant = 0
-max_in_flight = $CONCURRENCY
-EOF
-secret="a-shared-secret-for-the-measurement-only-32b"
-cat >"$work/auth.toml" <<EOF
-[limits]
-router_calls_per_second_per_caller = 0
-router_calls_per_second_per_tenant = 0
-max_in_flight = 0
-
-[auth]
-issuer = "https://id.load.test/"
-audience = "greyrouter"
-hs256_secret_env = "LOAD_JWT_SECRET"
-EOF
-token=$(python3 - "$secret" <<'EOF'
-import base64, hashlib, hmac, json, sys, time
-b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-claims = b64(json.dumps({"sub": "load-generator", "iss": "https://id.load.test/",
-  "aud": "greyrouter", "exp": int(time.time()) + 3600, "roles": ["router"]}).encode())
-mac = hmac.new(sys.argv[1].encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
-print(f"{header}.{claims}.{b64(mac)}")
-EOF
-)
+limits "$work/uncapped.toml" 0 0
+limits "$work/capped.toml" 0 "$CONCURRENCY"
 
 start uncapped "$bin/greyrouter" serve --store memory --grpc-addr 127.0.0.1:0 --log-level warn \
   --config "$work/uncapped.toml"
@@ -140,14 +116,40 @@ measure capacity "$CONCURRENCY"
 measure 2x-uncapped "$double"
 stop_server
 
+# Half of the measured capacity as the per-caller budget: the same load is twice the budget.
+budget=$(python3 -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["throughput_rps"] / 2))' \
+  "$work/capacity.json")
+limits "$work/budget.toml" "$budget" 0
+start budget "$bin/greyrouter" serve --store memory --grpc-addr 127.0.0.1:0 --log-level warn \
+  --config "$work/budget.toml"
+seed
+measure 2x-budget "$CONCURRENCY"
+stop_server
+
 start capped "$bin/greyrouter" serve --store memory --grpc-addr 127.0.0.1:0 --log-level warn \
   --config "$work/capped.toml"
-seed
+# Within the cap: the seed's own calls must not be shed.
+seed --concurrency "$CONCURRENCY"
 measure 2x-capped "$double"
 stop_server
 
 # Auth off and on over the same durable data directory: seeded once with auth off (the seed
 # goes through Admin), then served again with [auth].
+secret="a-shared-secret-for-the-measurement-only-32b"
+cp "$work/uncapped.toml" "$work/auth.toml"
+printf '\n[auth]\nissuer = "https://id.load.test/"\naudience = "greyrouter"\nhs256_secret_env = "LOAD_JWT_SECRET"\n' \
+  >>"$work/auth.toml"
+token=$(python3 - "$secret" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"sub": "load-generator", "iss": "https://id.load.test/",
+  "aud": "greyrouter", "exp": int(time.time()) + 3600, "roles": ["router"]}).encode())
+mac = hmac.new(sys.argv[1].encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
+print(f"{header}.{claims}.{b64(mac)}")
+PY
+)
+
 start auth-off "$bin/greyrouter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 \
   --log-level error --config "$work/uncapped.toml"
 seed
@@ -159,16 +161,18 @@ LOAD_JWT_SECRET="$secret" start auth-jwt "$bin/greyrouter" serve --data-dir "$wo
 measure auth-jwt "$CONCURRENCY" --token "$token"
 stop_server
 
-python3 - "$work" "$CONCURRENCY" <<'EOF'
+python3 - "$work" "$CONCURRENCY" "$budget" <<'PY'
 import json, sys
-work, workers = sys.argv[1], int(sys.argv[2])
-names = ["capacity", "2x-uncapped", "2x-capped", "auth-off", "auth-jwt"]
-labels = {"capacity": f"capacity ({workers} workers)", "2x-uncapped": f"2x, no cap ({2*workers})",
-          "2x-capped": f"2x, max_in_flight {workers}", "auth-off": "auth off",
-          "auth-jwt": "auth on, JWT (HS256)"}
+work, workers, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+names = ["capacity", "2x-budget", "2x-uncapped", "2x-capped", "auth-off", "auth-jwt"]
+labels = {"capacity": f"capacity ({workers} workers)",
+          "2x-budget": f"2x the budget ({budget}/s)",
+          "2x-uncapped": f"{2 * workers} workers, no cap",
+          "2x-capped": f"{2 * workers} workers, cap {workers}",
+          "auth-off": "auth off", "auth-jwt": "auth on, JWT (HS256)"}
 r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
 mem = {n: open(f"{work}/{n}.mem").read().split() for n in names}
-print(f"{'setup':<28}{'admitted/s':>11}{'refused/s':>11}{'p50 µs':>8}{'p99 µs':>8}"
+print(f"{'setup':<30}{'admitted/s':>11}{'refused/s':>11}{'p50 µs':>8}{'p99 µs':>8}"
       f"{'refused p99 µs':>16}{'RSS MiB':>9}{'peak MiB':>10}{'other errors':>14}")
 failed = False
 for n in names:
@@ -177,18 +181,19 @@ for n in names:
     other = j["errors"] - refused
     seconds = j["elapsed_secs"] or 1
     rss, hwm = (int(x) / 1024 for x in mem[n]) if len(mem[n]) == 2 else (0, 0)
-    print(f"{labels[n]:<28}{j['ok'] / seconds:>11.0f}{refused / seconds:>11.0f}"
+    print(f"{labels[n]:<30}{j['ok'] / seconds:>11.0f}{refused / seconds:>11.0f}"
           f"{j['latency_us']['p50']:>8}{j['latency_us']['p99']:>8}"
           f"{j['refused_latency_us']['p99']:>16}{rss:>9.0f}{hwm:>10.0f}{other:>14}")
     if other:
         failed = True
         print(f"  {n}: {json.dumps(j['error_codes'])} {json.dumps(j['error_samples'])}")
 ok = lambda n: r[n]["ok"] / (r[n]["elapsed_secs"] or 1)
+p99 = lambda n: r[n]["latency_us"]["p99"] / 1000
 print()
-print(f"2x capped admitted / capacity: x{ok('2x-capped') / ok('capacity'):.2f}, "
-      f"admitted p99 {r['2x-capped']['latency_us']['p99'] / 1000:.2f} ms "
-      f"(uncapped at 2x: {r['2x-uncapped']['latency_us']['p99'] / 1000:.2f} ms)")
-print(f"auth on (JWT) / auth off:      throughput x{ok('auth-jwt') / ok('auth-off'):.2f}, "
+print(f"2x the budget: admitted {ok('2x-budget'):.0f}/s of {budget}/s, admitted p99 "
+      f"{p99('2x-budget'):.2f} ms (capacity {p99('capacity'):.2f} ms), refusals p99 "
+      f"{r['2x-budget']['refused_latency_us']['p99'] / 1000:.2f} ms")
+print(f"auth on (JWT) / auth off: throughput x{ok('auth-jwt') / ok('auth-off'):.2f}, "
       f"p99 x{r['auth-jwt']['latency_us']['p99'] / max(r['auth-off']['latency_us']['p99'], 1):.2f}")
 sys.exit(1 if failed else 0)
-EOF
+PY

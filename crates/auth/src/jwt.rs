@@ -397,7 +397,8 @@ impl JwtVerifier {
         })
     }
 
-    fn cached(&self, token: &str) -> Option<Arc<Caller>> {
+    /// The caller of a token verified before and still trusted.
+    pub(crate) fn cached(&self, token: &str) -> Option<Arc<Caller>> {
         let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         cache
             .get(token)

@@ -114,6 +114,10 @@ impl Authenticator {
         if token.len() > MAX_BEARER_BYTES {
             return Err(Refusal::Invalid("token too large"));
         }
+        // A token verified before costs one lookup; API keys next; a first check last.
+        if let Some(hit) = self.jwt.as_ref().and_then(|jwt| jwt.cached(token)) {
+            return Ok(hit);
+        }
         if !self.api_keys.is_empty() {
             let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             if let Some(caller) = self.api_keys.get(&digest) {

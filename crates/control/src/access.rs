@@ -564,7 +564,7 @@ impl Admission {
         };
         buckets
             .take(&caller.subject, self.now_ms())
-            .map_err(|wait| exhausted("the caller's call rate", wait))
+            .map_err(|wait| exhausted("the caller's call rate is used up", wait))
     }
 
     /// Takes a call about `tenant_id` from the tenant's budget.
@@ -575,7 +575,7 @@ impl Admission {
         };
         buckets
             .take(tenant_id, self.now_ms())
-            .map_err(|wait| exhausted("the tenant's call rate", wait))
+            .map_err(|wait| exhausted("the tenant's call rate is used up", wait))
     }
 
     /// Counts a call in flight until the returned guard drops; refused above the cap.
@@ -584,7 +584,7 @@ impl Admission {
         let guard = InFlight(Arc::clone(&self.in_flight));
         let cap = self.settings.max_in_flight;
         if cap > 0 && now > cap {
-            return Err(exhausted("calls in flight on this router", 50));
+            return Err(exhausted("too many calls in flight on this router", 50));
         }
         Ok(guard)
     }
@@ -600,7 +600,10 @@ impl Admission {
         let open = watches.entry(caller.subject.clone()).or_default();
         let cap = self.settings.max_watches_per_caller;
         if cap > 0 && *open >= cap {
-            return Err(exhausted("watch streams of the caller", 1000));
+            return Err(exhausted(
+                "too many watch streams open for this caller",
+                1000,
+            ));
         }
         *open += 1;
         Ok(WatchSlot {
@@ -612,7 +615,7 @@ impl Admission {
 
 fn exhausted(what: &str, retry_after_ms: u64) -> Error {
     Error::Exhausted {
-        message: format!("{what} is used up; retry after {retry_after_ms} ms"),
+        message: format!("{what}; retry after {retry_after_ms} ms"),
         retry_after_ms,
     }
 }
