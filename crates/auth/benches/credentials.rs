@@ -73,16 +73,26 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("credentials");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(3));
-    runtime.block_on(auth.bearer(&hs)).expect("first check");
+    runtime
+        .block_on(auth.bearer(&hs, "127.0.0.1"))
+        .expect("first check");
     // What block_on itself costs, to subtract from the others.
     group.bench_function("runtime_floor", |b| {
         b.iter(|| runtime.block_on(async { std::hint::black_box(1) }));
     });
     group.bench_function("jwt_cached", |b| {
-        b.iter(|| runtime.block_on(auth.bearer(&hs)).expect("cached"));
+        b.iter(|| {
+            runtime
+                .block_on(auth.bearer(&hs, "127.0.0.1"))
+                .expect("cached")
+        });
     });
     group.bench_function("api_key", |b| {
-        b.iter(|| runtime.block_on(auth.bearer("grk_bench_key")).expect("key"));
+        b.iter(|| {
+            runtime
+                .block_on(auth.bearer("grk_bench_key", "127.0.0.1"))
+                .expect("key")
+        });
     });
     // A first check: a verifier without a cache hit (each iteration is a new verifier's first).
     for (name, token) in [("jwt_first_hs256", &hs), ("jwt_first_es256", &es)] {

@@ -210,8 +210,13 @@ async fn identify(
         // Unauthenticated callers are told apart by address, for rate limits.
         return Ok(Arc::new(Caller::unrestricted(credentials.peer)));
     };
-    let unauthenticated =
-        |refusal: Refusal| Error::new(ErrorKind::Unauthenticated, refusal.to_string());
+    let unauthenticated = |refusal: Refusal| match refusal {
+        Refusal::TooManyChecks(retry_after_ms) => Error::Exhausted {
+            message: refusal.to_string(),
+            retry_after_ms,
+        },
+        _ => Error::new(ErrorKind::Unauthenticated, refusal.to_string()),
+    };
     if let Some(value) = &credentials.authorization {
         let token = value
             .to_str()
@@ -224,7 +229,10 @@ async fn identify(
             .map(str::trim)
             .ok_or(Refusal::Invalid("authorization must be `Bearer <token>`"))
             .map_err(unauthenticated)?;
-        return auth.bearer(token).await.map_err(unauthenticated);
+        return auth
+            .bearer(token, &credentials.peer)
+            .await
+            .map_err(unauthenticated);
     }
     if auth.takes_certificates()
         && let Some(leaf) = credentials

@@ -21,9 +21,11 @@ pub mod layer;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use control::access::{Caller, Roles, TenantScope};
+use routing_core::limits::{Buckets, Rate};
 use sha2::{Digest, Sha256};
 
 pub use layer::{AuthLayer, Operation};
@@ -37,6 +39,10 @@ pub enum Refusal {
     /// Credentials that do not prove anything.
     #[error("{0}")]
     Invalid(&'static str),
+    /// Too many tokens seen for the first time from one address: checking a signature costs
+    /// the router up to a third of a millisecond; retry after the given milliseconds.
+    #[error("too many new tokens from this address; retry after {0} ms")]
+    TooManyChecks(u64),
 }
 
 /// An identity configured by name: a static API key or a client certificate's subject.
@@ -59,15 +65,24 @@ pub struct AuthSettings {
     pub api_keys: HashMap<String, Grant>,
     /// Client certificates by subject common name.
     pub certificates: HashMap<String, Grant>,
+    /// Tokens checked for the first time (a signature check) per second per peer address,
+    /// twice that in a burst; 0: no limit.
+    pub first_checks_per_second_per_address: f64,
 }
 
 /// Checks credentials.
 #[derive(Debug)]
 pub struct Authenticator {
     jwt: Option<jwt::JwtVerifier>,
+    /// Budgets of first checks by peer address.
+    first_checks: Option<Mutex<Buckets<String>>>,
+    epoch: Instant,
     api_keys: HashMap<[u8; 32], Arc<Caller>>,
     certificates: HashMap<String, Arc<Caller>>,
 }
+
+/// Most peer addresses with a budget of first checks of their own.
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
 /// Longest bearer value read (a JWT or an API key), in bytes.
 pub const MAX_BEARER_BYTES: usize = 16 * 1024;
@@ -97,8 +112,18 @@ impl Authenticator {
             .into_iter()
             .map(|(subject, grant)| (subject, caller(&grant, "certificate")))
             .collect();
+        let rate = settings.first_checks_per_second_per_address;
+        let first_checks = (rate > 0.0).then(|| {
+            let rate = Rate {
+                per_second: rate,
+                burst: 2.0 * rate,
+            };
+            Mutex::new(Buckets::new(rate, MAX_TRACKED_ADDRESSES, 0))
+        });
         Ok(Authenticator {
             jwt,
+            first_checks,
+            epoch: Instant::now(),
             api_keys,
             certificates,
         })
@@ -110,7 +135,7 @@ impl Authenticator {
     }
 
     /// Checks a bearer value: an API key, else a JWT.
-    pub async fn bearer(&self, token: &str) -> Result<Arc<Caller>, Refusal> {
+    pub async fn bearer(&self, token: &str, peer: &str) -> Result<Arc<Caller>, Refusal> {
         if token.len() > MAX_BEARER_BYTES {
             return Err(Refusal::Invalid("token too large"));
         }
@@ -124,10 +149,18 @@ impl Authenticator {
                 return Ok(Arc::clone(caller));
             }
         }
-        match &self.jwt {
-            Some(verifier) => verifier.verify(token).await,
-            None => Err(Refusal::Invalid("invalid token")),
+        let Some(verifier) = &self.jwt else {
+            return Err(Refusal::Invalid("invalid token"));
+        };
+        if let Some(checks) = &self.first_checks {
+            let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            checks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(peer, now_ms)
+                .map_err(Refusal::TooManyChecks)?;
         }
+        verifier.verify(token).await
     }
 
     /// Checks a verified client certificate (DER): its subject must be configured.
@@ -183,6 +216,34 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn new_tokens_from_one_address_are_checked_at_a_bounded_rate() {
+        let mut jwt = jwt::JwtSettings::new("https://id.test/", "greyrouter");
+        jwt.algorithms = vec![jwt::Algorithm::HS256];
+        jwt.hs256_secret = Some(vec![7; 32]);
+        let auth = Authenticator::start(AuthSettings {
+            jwt: Some(jwt),
+            first_checks_per_second_per_address: 1.0,
+            ..AuthSettings::default()
+        })
+        .await
+        .expect("auth");
+        // A burst of two first checks, then the address waits; another address does not.
+        for n in 0..2 {
+            let refusal = auth.bearer(&format!("bad.token.{n}"), "10.0.0.1").await;
+            assert_eq!(refusal, Err(Refusal::Invalid("invalid token")));
+        }
+        let throttled = auth.bearer("bad.token.3", "10.0.0.1").await;
+        assert!(
+            matches!(throttled, Err(Refusal::TooManyChecks(wait)) if wait > 0),
+            "{throttled:?}"
+        );
+        assert_eq!(
+            auth.bearer("bad.token.3", "10.0.0.2").await,
+            Err(Refusal::Invalid("invalid token"))
+        );
+    }
+
+    #[tokio::test]
     async fn an_api_key_is_matched_by_its_hash_and_anything_else_refused() {
         let grant = Grant {
             name: "ci".into(),
@@ -194,14 +255,14 @@ mod tests {
             ..AuthSettings::default()
         };
         let auth = Authenticator::start(settings).await.expect("auth");
-        let caller = auth.bearer("grk_secret").await.expect("known key");
+        let caller = auth.bearer("grk_secret", "peer").await.expect("known key");
         assert_eq!(caller.subject, "ci");
         assert_eq!(caller.method, "api-key");
         assert_eq!(
-            auth.bearer("grk_other").await,
+            auth.bearer("grk_other", "peer").await,
             Err(Refusal::Invalid("invalid token"))
         );
-        assert!(auth.bearer(&"x".repeat(64 * 1024)).await.is_err());
+        assert!(auth.bearer(&"x".repeat(64 * 1024), "peer").await.is_err());
         assert!(hex_digest("zz").is_err());
         assert!(hex_digest(&"g".repeat(64)).is_err());
     }

@@ -74,6 +74,10 @@ pub struct AuthConfig {
     pub max_token_bytes: usize,
     /// Most verified tokens cached.
     pub token_cache_entries: usize,
+    /// Tokens checked for the first time per second per peer address (twice that in a burst);
+    /// beyond, `RESOURCE_EXHAUSTED`: a signature check costs up to a third of a millisecond,
+    /// so a flood of new tokens cannot take the router's CPU; 0: no limit.
+    pub first_checks_per_second_per_address: f64,
     /// Static API keys for service accounts.
     pub api_keys: Vec<ApiKeyConfig>,
     /// Client certificate subjects (common names) allowed in, with their roles.
@@ -97,6 +101,7 @@ impl Default for AuthConfig {
             tenants_claim: "tenants".into(),
             max_token_bytes: 8 * 1024,
             token_cache_entries: 10_000,
+            first_checks_per_second_per_address: 200.0,
             api_keys: Vec::new(),
             certificates: Vec::new(),
         }
@@ -174,6 +179,12 @@ impl AuthConfig {
             }
             if let Err(err) = auth::jwt::algorithms(self.algorithms.iter().map(String::as_str)) {
                 problems.push(format!("auth.algorithms: {err}"));
+            }
+            let rate = self.first_checks_per_second_per_address;
+            if !rate.is_finite() || rate < 0.0 {
+                problems.push(
+                    "auth.first_checks_per_second_per_address: 0 (no limit) or positive".to_owned(),
+                );
             }
             if self.jwks_refresh_seconds == 0 || self.max_token_bytes == 0 {
                 problems.push(
@@ -254,6 +265,7 @@ impl AuthConfig {
             jwt,
             api_keys,
             certificates,
+            first_checks_per_second_per_address: self.first_checks_per_second_per_address,
         })
     }
 }
