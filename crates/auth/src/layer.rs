@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use control::access::{Admission, CallClass, Caller, Rule};
+use control::access::{Admission, Caller, Rule};
 use control::{Error, ErrorKind};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
@@ -168,12 +168,7 @@ async fn admit<B, ReqBody>(
         }
     };
     caller.check_role(rule)?;
-    let class = if rule.service == "Router" {
-        CallClass::Router
-    } else {
-        CallClass::Admin
-    };
-    shared.admission.admit_caller(class, &caller)?;
+    shared.admission.admit_caller(rule.class(), &caller)?;
     request.extensions_mut().insert(caller);
     Ok(())
 }

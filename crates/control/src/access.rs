@@ -353,6 +353,17 @@ pub struct Rule {
     pub reach: Reach,
 }
 
+impl Rule {
+    /// Which budget the operation's calls take from.
+    pub fn class(&self) -> CallClass {
+        if self.service == "Router" {
+            CallClass::Router
+        } else {
+            CallClass::Admin
+        }
+    }
+}
+
 const fn r(service: &'static str, operation: &'static str, role: Role, reach: Reach) -> Rule {
     Rule {
         service,

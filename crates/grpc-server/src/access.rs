@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use auth::Operation;
-use control::access::{CallClass, Caller, RULES, Reach, Rule};
+use control::access::{Caller, RULES, Reach, Rule};
 use control::audit::{ACTOR_HEADER, REASON_HEADER};
 use control::{Actor, Error, ErrorKind, Node};
 use tonic::{Request, Status};
@@ -81,22 +81,13 @@ pub fn admit<T>(
         Reach::Filtered | Reach::Shared => Ok(()),
     };
     checked.map_err(|e| status(&e))?;
-    let class = class(rule);
+    let class = rule.class();
     for tenant in tenants {
         node.admission()
             .admit_tenant(class, tenant)
             .map_err(|e| status(&e))?;
     }
     Ok(caller)
-}
-
-/// Which budget a rule's calls take from.
-pub fn class(rule: &Rule) -> CallClass {
-    if rule.service == "Router" {
-        CallClass::Router
-    } else {
-        CallClass::Admin
-    }
 }
 
 /// The audit trail's actor of a request: the verified caller when auth is on, else the actor
