@@ -276,6 +276,17 @@ impl TlsConfig {
         let mut problems = Vec::new();
         if self.cert_file.as_os_str().is_empty() || self.key_file.as_os_str().is_empty() {
             problems.push("tls: cert_file and key_file are required".to_owned());
+        } else {
+            let files = [
+                ("tls.cert_file", Some(&self.cert_file)),
+                ("tls.key_file", Some(&self.key_file)),
+                ("tls.client_ca_file", self.client_ca_file.as_ref()),
+            ];
+            for (key, path) in files {
+                if let Some(path) = path.filter(|path| !path.is_file()) {
+                    problems.push(format!("{key}: {} is not a readable file", path.display()));
+                }
+            }
         }
         if !matches!(self.client_certificates.as_str(), "optional" | "required") {
             problems.push(format!(

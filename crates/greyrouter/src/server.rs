@@ -21,17 +21,27 @@ use crate::config::Config;
 pub struct App {
     config: Config,
     node: Arc<Node>,
+    /// TLS read and auth ready before the port is bound: a bad certificate or an unreadable
+    /// key set stops the start, not the first call.
+    security: grpc_server::Security,
 }
 
 impl App {
     /// Opens the configured store, starts the node and applies the seed file to an empty store.
     pub async fn start(config: Config) -> anyhow::Result<App> {
+        let security =
+            crate::security::security(config.tls.as_ref(), config.auth.as_ref(), &config.secrets)
+                .await?;
         let store = open_store(&config).await?;
         let schemas = open_schemas(&config)?;
         let node = Node::start(store, schemas, config.node_settings())
             .await
             .context("cannot load routing state from the store")?;
-        let app = App { config, node };
+        let app = App {
+            config,
+            node,
+            security,
+        };
         if let Some(seed) = app.config.seed.clone() {
             app.seed(&seed).await?;
         }
@@ -95,16 +105,10 @@ impl App {
                 plan,
             ));
         }
-        let security = crate::security::security(
-            self.config.tls.as_ref(),
-            self.config.auth.as_ref(),
-            &self.config.secrets,
-        )
-        .await?;
         let result = grpc_server::serve(
             Arc::clone(&self.node),
             self.config.grpc_settings(),
-            security,
+            self.security,
             listener,
             shutdown,
         )

@@ -262,3 +262,30 @@ fn the_python_example_and_grpcurl_connect_with_tls_and_a_token() {
         );
     }
 }
+
+#[test]
+fn a_tls_section_naming_missing_files_is_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("greyrouter.toml");
+    std::fs::write(
+        &config,
+        "[tls]\ncert_file = \"/no/such/server.pem\"\nkey_file = \"/no/such/key.pem\"\n",
+    )
+    .expect("config");
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--store",
+            "memory",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run greyrouter");
+    assert_eq!(output.status.code(), Some(64), "{}", text(&output));
+    assert!(text(&output).contains("tls.cert_file"), "{}", text(&output));
+    assert!(!text(&output).contains("listening on"), "{}", text(&output));
+}
