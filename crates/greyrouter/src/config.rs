@@ -20,6 +20,8 @@ pub const EXIT_CONFIG: i32 = 64;
 pub struct Config {
     /// Address the gRPC server listens on.
     pub grpc_addr: SocketAddr,
+    /// Address of the HTTP listener (`/healthz`, `/readyz`); absent: no HTTP listener.
+    pub http_addr: Option<SocketAddr>,
     /// Where routing state is kept: `durable` (the default: the embedded store with its log of
     /// changes and snapshots in `data_dir`; acknowledged changes survive restarts and crashes),
     /// `memory` (gone with the process: tests and throwaway runs), or a Redis URL
@@ -406,6 +408,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: None,
             store: "durable".to_owned(),
             data_dir: PathBuf::from("greyrouter-data"),
             snapshot_every: 20_000,
@@ -493,6 +496,8 @@ impl Default for WatchConfig {
 pub struct Overrides {
     /// `--grpc-addr`.
     pub grpc_addr: Option<SocketAddr>,
+    /// `--http-addr`.
+    pub http_addr: Option<SocketAddr>,
     /// `--store`.
     pub store: Option<String>,
     /// `--data-dir`.
@@ -538,6 +543,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         key: "grpc_addr",
         set: |c, v| {
             c.grpc_addr = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_HTTP_ADDR",
+        key: "http_addr",
+        set: |c, v| {
+            c.http_addr = Some(parse(v)?);
             Ok(())
         },
     },
@@ -803,6 +816,9 @@ impl Config {
         if let Some(addr) = flags.grpc_addr {
             config.grpc_addr = addr;
         }
+        if let Some(addr) = flags.http_addr {
+            config.http_addr = Some(addr);
+        }
         if let Some(store) = flags.store {
             config.store = store;
         }
@@ -1015,7 +1031,7 @@ mod tests {
         // Each variable, set alone, changes the configuration from the default.
         for var in ENV_VARS {
             let value = match var.key {
-                "grpc_addr" => "127.0.0.1:1",
+                "grpc_addr" | "http_addr" => "127.0.0.1:1",
                 "log.format" => "json",
                 "store" => "redis://127.0.0.1:1",
                 "redis.prefix"

@@ -89,6 +89,34 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.serve_with_http(listener, None, shutdown).await
+    }
+
+    /// Serves gRPC on `listener`, and HTTP (health) on `http` when given, until `shutdown`
+    /// completes.
+    pub async fn serve_with_http(
+        self,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.send_replace(true);
+        });
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            // A dropped sender means the process is going: stop too.
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let http_task = http.map(|http| {
+            tokio::spawn(http_api::serve(
+                Arc::clone(&self.node),
+                http,
+                until_stopped(stopped.clone()),
+            ))
+        });
+        let shutdown = until_stopped(stopped);
         let holder = self.replica_id();
         self.node.drive_rollouts(holder.clone());
         self.node.expire_instances(holder.clone());
@@ -113,6 +141,9 @@ impl App {
             shutdown,
         )
         .await;
+        if let Some(http_task) = http_task {
+            http_task.abort();
+        }
         self.node.stop();
         tracing::info!("stopped");
         Ok(result?)

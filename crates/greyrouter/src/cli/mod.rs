@@ -160,6 +160,9 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051].
     #[arg(long)]
     grpc_addr: Option<std::net::SocketAddr>,
+    /// Address of the HTTP listener: /healthz and /readyz [default: none].
+    #[arg(long)]
+    http_addr: Option<std::net::SocketAddr>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -295,6 +298,7 @@ fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let flags = Overrides {
         grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
         store: args.store,
         data_dir: args.data_dir,
         seed: args.seed,
@@ -307,6 +311,7 @@ fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
 async fn serve(config: Config) -> ExitCode {
     init_tracing(&config);
     let addr = config.grpc_addr;
+    let http_addr = config.http_addr;
     let app = match App::start(config).await {
         Ok(app) => app,
         Err(err) => {
@@ -321,6 +326,16 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let http = match http_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!(%addr, "cannot listen for HTTP: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     // Signals are caught from before the address is announced: a SIGINT sent as soon as the
     // server says it listens shuts it down cleanly, never by the signal's default action.
     let shutdown = shutdown_signal();
@@ -328,7 +343,10 @@ async fn serve(config: Config) -> ExitCode {
         // One line on stdout, so scripts that start on port 0 learn the address.
         println!("greyrouter listening on {local}");
     }
-    match app.serve(listener, shutdown).await {
+    if let Some(local) = http.as_ref().and_then(|http| http.local_addr().ok()) {
+        println!("greyrouter http listening on {local}");
+    }
+    match app.serve_with_http(listener, http, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

@@ -1,0 +1,80 @@
+//! The HTTP front door of a greyrouter node, on its own listener (`--http-addr`):
+//!
+//! - `GET /healthz`: the process is alive and answers (200);
+//! - `GET /readyz`: 200 when the node routes from a loaded snapshot and the store takes
+//!   writes; 503 when the store does not answer (routing goes on from the last snapshot, so the
+//!   body says which part is down: `routing` and `store` apart).
+//!
+//! Both answer a small JSON document. Like the gRPC front door, no rule lives here.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use control::Node;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// Longest wait for the store's answer in `/readyz`.
+const STORE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Returns the routes over `node`.
+pub fn routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(node)
+}
+
+/// Serves HTTP for `node` on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "serving HTTP (/healthz, /readyz)");
+    axum::serve(listener, routes(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+    let revision = node.state().revision();
+    let routing = json!({"serving": true, "revision": revision});
+    let store = match tokio::time::timeout(STORE_DEADLINE, node.store().ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            STORE_DEADLINE.as_millis()
+        )),
+    };
+    let describe = node.store().describe();
+    match store {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(
+                json!({"ready": true, "routing": routing, "store": {"up": true, "store": describe}}),
+            ),
+        ),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "ready": false,
+                "routing": routing,
+                "store": {"up": false, "store": describe, "error": error},
+                "down": ["store"],
+            })),
+        ),
+    }
+}
