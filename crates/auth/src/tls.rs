@@ -59,6 +59,8 @@ pub struct TlsFiles {
 pub struct ServerTls {
     files: Arc<TlsFiles>,
     config: Arc<RwLock<Arc<ServerConfig>>>,
+    /// Counts the configurations swapped in since the first.
+    reloaded: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -82,6 +84,7 @@ impl ServerTls {
         Ok(ServerTls {
             files: Arc::new(files),
             config: Arc::new(RwLock::new(Arc::new(config))),
+            reloaded: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -94,7 +97,14 @@ impl ServerTls {
     pub fn reload(&self) -> Result<(), String> {
         let config = build(&self.files)?;
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        self.reloaded.send_modify(|count| *count += 1);
         Ok(())
+    }
+
+    /// Changes with every configuration swapped in (its value counts them): what waits for a
+    /// rotation to be served awaits this.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 
     /// Polls the files every `interval` and reloads when one changed; runs until dropped.
