@@ -238,7 +238,7 @@ impl Error {
     }
 }
 
-fn routing_kind(err: &RoutingError) -> ErrorKind {
+pub(crate) fn routing_kind(err: &RoutingError) -> ErrorKind {
     match err {
         RoutingError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
         RoutingError::NotFound { .. } => ErrorKind::NotFound,

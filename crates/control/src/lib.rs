@@ -14,6 +14,7 @@
 //! - [`replica`], [`audit`], [`outcomes`], [`rollouts`], [`schema`], [`watch`];
 //! - [`discovery`]: what each discovery source (crate `nacos-sync`) last did;
 //! - [`declarative`]: backup, restore, past states, and plans to a desired state;
+//! - [`telemetry`]: what the node tells a metrics recorder;
 //! - [`access`]: roles, tenant scopes, the rule of every operation, rate limits and caps.
 
 pub mod access;
@@ -26,6 +27,7 @@ pub mod outcomes;
 pub mod replica;
 pub mod rollouts;
 pub mod schema;
+pub mod telemetry;
 pub mod watch;
 
 pub use audit::Actor;

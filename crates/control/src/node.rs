@@ -23,6 +23,7 @@ use routing_core::{
 use schema_manager::{AppliedMigration, Plan, SchemaError};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::access::{Admission, LimitSettings};
 use crate::audit::{self, Actor};
@@ -32,6 +33,7 @@ use crate::outcomes::{OutcomeReport, Outcomes};
 use crate::replica::{Adoption, Replay, Replica};
 use crate::rollouts;
 use crate::schema::{Schemas, Upgrade};
+use crate::telemetry::{self, MetricsSettings, RouteMetrics};
 use crate::watch::{Frames, Queued, WatchLimits, Watcher};
 
 /// Default and largest page of tenant and event listings.
@@ -198,6 +200,8 @@ pub struct NodeSettings {
     pub outcomes: OutcomeSettings,
     /// Rate limits and caps of calls.
     pub limits: LimitSettings,
+    /// Per-tenant metric series.
+    pub metrics: MetricsSettings,
 }
 
 impl Default for NodeSettings {
@@ -215,6 +219,7 @@ impl Default for NodeSettings {
             max_watch_filter: 10_000,
             outcomes: OutcomeSettings::default(),
             limits: LimitSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -229,6 +234,7 @@ pub struct Node {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     discovery: DiscoveryBoard,
     admission: Arc<Admission>,
+    route_metrics: RouteMetrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -508,6 +514,7 @@ impl Node {
         let admission = Arc::new(Admission::new(settings.limits.clone()));
         Ok(Arc::new(Node {
             admission,
+            route_metrics: RouteMetrics::new(&settings.metrics),
             replica,
             outcomes,
             schemas: schemas.map(Arc::new),
@@ -525,6 +532,14 @@ impl Node {
     /// Records what a discovery source last did.
     pub fn report_discovery(&self, status: SourceStatus) {
         self.discovery.report(status);
+    }
+
+    /// Schema upgrades running, and tenants failed in the upgrades kept (0, 0 without schema
+    /// migrations).
+    pub fn schema_counts(&self) -> (usize, usize) {
+        self.schemas
+            .as_ref()
+            .map_or((0, 0), |schemas| schemas.counts())
     }
 
     /// What every discovery source last did on this router.
@@ -607,17 +622,37 @@ impl Node {
     /// (discovery) that derive their own mutations use it directly.
     pub async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, Error> {
         let kind = audit::kind(&mutation);
-        let result = self.replica.commit(mutation, actor).await;
+        let span = tracing::info_span!(
+            "store.commit",
+            mutation = kind,
+            revision = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let result = self
+            .replica
+            .commit(mutation, actor)
+            .instrument(span.clone())
+            .await
+            .map_err(Error::from);
         match &result {
-            Ok(commit) => tracing::info!(
-                mutation = kind,
-                revision = commit.revision,
-                actor = %actor.name,
-                "committed"
-            ),
-            Err(err) => tracing::debug!(mutation = kind, %err, "refused"),
+            Ok(commit) => {
+                span.record("revision", commit.revision);
+                telemetry::change(kind, Ok(()));
+                tracing::info!(
+                    parent: &span,
+                    mutation = kind,
+                    revision = commit.revision,
+                    actor = %actor.name,
+                    "committed"
+                );
+            }
+            Err(err) => {
+                span.record("error", tracing::field::display(err));
+                telemetry::change(kind, Err(err.kind()));
+                tracing::debug!(parent: &span, mutation = kind, %err, "refused");
+            }
         }
-        Ok(result?)
+        result
     }
 
     /// Applies a seed to an empty store; returns the changes applied (0 when the store already
@@ -646,16 +681,30 @@ impl Node {
         query: &RouteQuery<'_>,
         metadata: &HashMap<String, String>,
     ) -> Result<RouteDecision<'s>, RoutingError> {
-        validate::name("tenant_id", query.tenant_id)?;
-        validate::name("service", query.service)?;
-        validate::optional_name("region", query.region)?;
-        validate::text("hash_key", query.hash_key)?;
-        self.check_metadata(metadata)?;
-        let decision = state.route(query)?;
+        let started = std::time::Instant::now();
+        let decision = self
+            .check_route(query, metadata)
+            .and_then(|()| state.route(query));
+        self.route_metrics
+            .routed(state, query, decision.as_ref(), started.elapsed());
+        let decision = decision?;
         if decision.strategy == Strategy::LeastConnections {
             decision.member.load.start(query.now_ms);
         }
         Ok(decision)
+    }
+
+    /// Checks a routing request's fields and metadata.
+    fn check_route(
+        &self,
+        query: &RouteQuery<'_>,
+        metadata: &HashMap<String, String>,
+    ) -> Result<(), RoutingError> {
+        validate::name("tenant_id", query.tenant_id)?;
+        validate::name("service", query.service)?;
+        validate::optional_name("region", query.region)?;
+        validate::text("hash_key", query.hash_key)?;
+        self.check_metadata(metadata)
     }
 
     /// Checks a request's metadata against the configured limits.
@@ -759,6 +808,7 @@ impl Node {
     // Tenants, services, instances.
 
     /// Creates or replaces a tenant.
+    #[tracing::instrument(name = "admin.upsert_tenant", skip_all, fields(tenant = %tenant.id))]
     pub async fn upsert_tenant(&self, tenant: Tenant, actor: &Actor) -> Result<Commit, Error> {
         self.commit(Mutation::UpsertTenant { tenant }, actor).await
     }
@@ -791,6 +841,7 @@ impl Node {
     }
 
     /// Creates or replaces a service.
+    #[tracing::instrument(name = "admin.upsert_service", skip_all, fields(service = %service.name))]
     pub async fn upsert_service(
         &self,
         service: Service,
@@ -812,6 +863,7 @@ impl Node {
 
     /// Registers (or replaces) an instance; with a `ttl`, it is removed unless heartbeats
     /// renew it within the TTL.
+    #[tracing::instrument(name = "admin.register_instance", skip_all, fields(service = %instance.service, version = %instance.version, instance = %instance.id))]
     pub async fn register_instance(
         &self,
         mut instance: Instance,
@@ -923,6 +975,7 @@ impl Node {
     }
 
     /// Removes an instance.
+    #[tracing::instrument(name = "admin.deregister_instance", skip_all, fields(service = %service, instance = %instance_id))]
     pub async fn deregister_instance(
         &self,
         service: String,
@@ -966,6 +1019,7 @@ impl Node {
     // Versions.
 
     /// Sets the version of tenants with no other source.
+    #[tracing::instrument(name = "admin.set_default_version", skip_all, fields(service = %service, version = %version))]
     pub async fn set_default_version(
         &self,
         service: String,
@@ -986,6 +1040,7 @@ impl Node {
 
     /// Pins a tenant to a version; with schema migrations on, only once its schema is ready
     /// (migrating first when asked).
+    #[tracing::instrument(name = "admin.set_tenant_version", skip_all, fields(tenant = %request.tenant_id, service = %request.service, version = %request.version, previous_version = tracing::field::Empty, revision = tracing::field::Empty))]
     pub async fn set_tenant_version(
         &self,
         request: SetTenantVersion,
@@ -1026,6 +1081,9 @@ impl Node {
             Outcome::Reassigned { previous_version } => previous_version,
             _ => String::new(),
         };
+        let span = tracing::Span::current();
+        span.record("revision", commit.revision);
+        span.record("previous_version", previous_version.as_str());
         Ok(VersionSwitch {
             revision: commit.revision,
             previous_version,
@@ -1033,6 +1091,7 @@ impl Node {
     }
 
     /// Removes a tenant's pin; returns the revision and whether there was one.
+    #[tracing::instrument(name = "admin.clear_tenant_version", skip_all, fields(tenant = %tenant_id, service = %service))]
     pub async fn clear_tenant_version(
         &self,
         tenant_id: String,
@@ -1080,6 +1139,7 @@ impl Node {
 
     /// Moves every tenant (or the named ones) of a version to another at once, with an
     /// override that outranks every other source.
+    #[tracing::instrument(name = "admin.emergency_rollback", skip_all, fields(service = %request.service, from_version = %request.from_version, to_version = %request.to_version, tenants = request.tenant_ids.len(), dry_run = request.dry_run))]
     pub async fn emergency_rollback(
         &self,
         request: EmergencyRollback,
@@ -1153,6 +1213,7 @@ impl Node {
     }
 
     /// Removes an override.
+    #[tracing::instrument(name = "admin.clear_override", skip_all, fields(service = %service, override_id = %override_id))]
     pub async fn clear_override(
         &self,
         service: String,
@@ -1173,6 +1234,7 @@ impl Node {
 
     /// Starts a managed rollout; with schema migrations on, the first step's tenants get the
     /// schema of the new version before they move.
+    #[tracing::instrument(name = "admin.start_rollout", skip_all, fields(service = %request.service, to_version = %request.to_version))]
     pub async fn start_rollout(
         &self,
         request: StartRollout,
@@ -1265,6 +1327,7 @@ impl Node {
     }
 
     /// Pauses, resumes, promotes or aborts a rollout, noting who and why.
+    #[tracing::instrument(name = "admin.control_rollout", skip_all, fields(service = %service, rollout = %id))]
     pub async fn control_rollout(
         &self,
         service: String,
@@ -1308,6 +1371,7 @@ impl Node {
     // Experiments.
 
     /// Creates an experiment; an id already in use is refused.
+    #[tracing::instrument(name = "admin.create_experiment", skip_all, fields(service = %service, experiment = %id))]
     pub async fn create_experiment(
         &self,
         service: String,
@@ -1331,6 +1395,7 @@ impl Node {
     }
 
     /// Changes an experiment's variants.
+    #[tracing::instrument(name = "admin.update_experiment", skip_all, fields(service = %service, experiment = %id))]
     pub async fn update_experiment(
         &self,
         service: String,
@@ -1400,6 +1465,7 @@ impl Node {
     }
 
     /// Ends an experiment.
+    #[tracing::instrument(name = "admin.stop_experiment", skip_all, fields(service = %service, experiment = %id))]
     pub async fn stop_experiment(
         &self,
         service: String,
@@ -1485,6 +1551,7 @@ impl Node {
     // Schema migrations.
 
     /// Starts upgrading tenants' schemas in the background, or plans it (dry run).
+    #[tracing::instrument(name = "admin.upgrade_schema", skip_all, fields(service = %request.service, target_version = %request.target_version, dry_run = request.dry_run))]
     pub async fn upgrade_schema(&self, request: UpgradeSchema) -> Result<UpgradeStarted, Error> {
         let schemas = self.schemas()?;
         validate::name("service", &request.service)?;

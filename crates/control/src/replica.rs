@@ -741,6 +741,9 @@ impl Replica {
             Err(err) => return Applying::Resync(Resync::Gap, format!("cannot apply: {err}")),
         };
         lineage.head.clone_from(&change.id);
+        let delay_ms = audit::now_ms().saturating_sub(change.meta.at_ms);
+        metrics::histogram!(crate::telemetry::names::REPLICATION_DELAY)
+            .record(delay_ms as f64 / 1000.0);
         self.publish(AppliedChange {
             before,
             after: Arc::new(after),
@@ -959,6 +962,10 @@ impl Store for Guarded {
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ping().await
+    }
+
+    async fn head_revision(&self) -> Result<Revision, StoreError> {
+        self.inner.head_revision().await
     }
 
     fn describe(&self) -> String {

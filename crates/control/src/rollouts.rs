@@ -17,6 +17,7 @@ use crate::audit::{Actor, now_ms};
 use crate::outcomes::Outcomes;
 use crate::replica::Replica;
 use crate::schema::Schemas;
+use tracing::Instrument;
 
 /// Name of the lease held by the replica that drives rollouts.
 pub const LEASE: &str = "rollout-driver";
@@ -123,9 +124,10 @@ pub async fn step_all(
                     }
                 }
             }
+            let action_taken = action;
             let reason = format!(
                 "{} (canary {}; baseline {})",
-                describe(&action),
+                describe(&action_taken),
                 figures(&canary),
                 figures(&baseline)
             );
@@ -133,7 +135,9 @@ pub async fn step_all(
                 at_ms: now_ms,
                 step: plan.step,
                 basis_points: rollout.basis_points,
-                event: RolloutEvent::Step { action },
+                event: RolloutEvent::Step {
+                    action: action_taken.clone(),
+                },
                 canary: Some(Measurement::from(&canary)),
                 baseline: Some(Measurement::from(&baseline)),
                 note: String::new(),
@@ -144,7 +148,23 @@ pub async fn step_all(
                 decision,
             };
             let actor = Actor::system(&format!("{LEASE}:{holder}"), reason);
-            match replica.commit(mutation, &actor).await {
+            let span = tracing::info_span!(
+                "rollout.step",
+                service = %name,
+                rollout = %rollout.id,
+                step = plan.step,
+                action = action_name(&action_taken),
+                revision = tracing::field::Empty,
+            );
+            crate::telemetry::rollout_decision(name, action_name(&action_taken));
+            let committed = replica
+                .commit(mutation, &actor)
+                .instrument(span.clone())
+                .await;
+            if let Ok(commit) = &committed {
+                span.record("revision", commit.revision);
+            }
+            match committed {
                 Ok(commit) => tracing::info!(
                     service = %name,
                     rollout = %rollout.id,
@@ -157,6 +177,18 @@ pub async fn step_all(
                 }
             }
         }
+    }
+}
+
+/// The name of a step decision, for spans and metrics.
+pub fn action_name(action: &StepAction) -> &'static str {
+    match action {
+        StepAction::Wait => "wait",
+        StepAction::Advance { .. } => "advance",
+        StepAction::Complete => "promote",
+        StepAction::Hold { .. } => "hold",
+        StepAction::FailCheck { .. } => "fail_check",
+        StepAction::Abort { .. } => "abort",
     }
 }
 

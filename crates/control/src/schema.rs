@@ -327,7 +327,15 @@ impl Schemas {
         lock(&self.upgrades).insert(id.clone(), Arc::clone(&upgrade));
         let migrator = self.migrator.clone();
         let service = service.to_owned();
-        tokio::spawn(async move {
+        // The upgrade outlives the call that started it; its span stays in the caller's trace.
+        let span = tracing::info_span!(
+            "schema.upgrade",
+            upgrade = %id,
+            service = %service,
+            target_schema = target,
+            tenants = upgrade.snapshot().total,
+        );
+        let task = async move {
             let reporter = Arc::clone(&upgrade);
             let progress: Arc<dyn Fn(StepProgress) + Send + Sync> =
                 Arc::new(move |step: StepProgress| reporter.step(&step));
@@ -342,11 +350,13 @@ impl Schemas {
                     };
                     match result {
                         Ok(schema) => {
+                            crate::telemetry::schema_tenant_upgraded(&service, true);
                             tenant.state = "done".to_owned();
                             tenant.current = schema.current;
                             tenant.step.clear();
                         }
                         Err(err) => {
+                            crate::telemetry::schema_tenant_upgraded(&service, false);
                             tenant.state = "failed".to_owned();
                             tenant.error = err.to_string();
                         }
@@ -357,12 +367,28 @@ impl Schemas {
                 state.state = "finished".to_owned();
             });
             tracing::info!(%service, target, "schema upgrade finished");
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
         id
     }
 
     /// Returns an upgrade.
     pub fn upgrade(&self, id: &str) -> Option<Arc<Upgrade>> {
         lock(&self.upgrades).get(id).cloned()
+    }
+
+    /// Returns the upgrades running, and the tenants failed in the upgrades kept.
+    pub fn counts(&self) -> (usize, usize) {
+        let upgrades = lock(&self.upgrades);
+        let mut running = 0;
+        let mut failed = 0;
+        for upgrade in upgrades.values() {
+            let state = lock(&upgrade.state);
+            if !state.finished() {
+                running += 1;
+            }
+            failed += state.failed as usize;
+        }
+        (running, failed)
     }
 }

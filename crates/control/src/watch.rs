@@ -13,6 +13,7 @@ use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::replica::{Replay, Replica};
+use crate::telemetry;
 
 /// Changes a watcher takes from the history at once.
 pub const REPLAY_BATCH: usize = 16;
@@ -109,6 +110,7 @@ impl<F: Frames> Watcher<F> {
     /// Follows changes from `from_revision` (0: a snapshot first) until closed or abandoned.
     pub async fn run(self, from_revision: u64) {
         let mut closing = self.closing.clone();
+        let _open = OpenStream::new();
         // Dropping the sender on return ends the queue.
         tokio::select! {
             () = self.follow(from_revision) => {}
@@ -157,10 +159,13 @@ impl<F: Frames> Watcher<F> {
                     }
                 }
                 // Too slow to keep up with the kept history: start over from a snapshot.
-                Replay::Gone | Replay::Ahead => match self.send_snapshot().await {
-                    Some(revision) => at = revision,
-                    None => return,
-                },
+                Replay::Gone | Replay::Ahead => {
+                    metrics::counter!(telemetry::names::WATCH_SNAPSHOTS).increment(1);
+                    match self.send_snapshot().await {
+                        Some(revision) => at = revision,
+                        None => return,
+                    }
+                }
             }
             // Wake on every publication, not only a higher revision: a resynchronisation may
             // land on this revision or below it, and changes_after then answers Gone or Ahead.
@@ -262,6 +267,26 @@ impl<F: Frames> Watcher<F> {
             },
             () = self.sender.closed() => return false,
         };
-        self.sender.send((message, permit)).await.is_ok()
+        let sent = self.sender.send((message, permit)).await.is_ok();
+        if sent {
+            metrics::counter!(telemetry::names::WATCH_MESSAGES).increment(1);
+        }
+        sent
+    }
+}
+
+/// Counts one open watch stream while alive.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!(telemetry::names::WATCH_STREAMS).increment(1.0);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::names::WATCH_STREAMS).decrement(1.0);
     }
 }

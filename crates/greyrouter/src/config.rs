@@ -42,6 +42,10 @@ pub struct Config {
     pub audit_file: Option<PathBuf>,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus metrics on the HTTP listener (`/metrics`).
+    pub metrics: MetricsConfig,
+    /// OpenTelemetry traces exported over OTLP.
+    pub tracing: TracingConfig,
     /// Request limits.
     pub limits: Limits,
     /// Assignment watchers.
@@ -303,6 +307,10 @@ impl Config {
             max_watch_filter: self.limits.max_watch_filter,
             outcomes: self.outcomes.clone(),
             limits: self.limits.settings(),
+            metrics: control::telemetry::MetricsSettings {
+                tenant_labels: self.metrics.tenant_labels,
+                max_tenant_labels: self.metrics.max_tenant_labels,
+            },
         }
     }
 
@@ -321,6 +329,7 @@ impl Config {
             max_request_bytes: self.limits.max_request_bytes,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             health_interval: Duration::from_millis(self.health_interval_ms),
+            route_spans: self.tracing.route_spans,
         }
     }
 
@@ -341,6 +350,58 @@ impl Config {
         config.min_replicas_acked = self.redis.min_replicas_acked;
         config.replica_ack_timeout = Duration::from_millis(self.redis.replica_ack_timeout_ms);
         config
+    }
+}
+
+/// Metrics settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record metrics and serve them on `GET /metrics` of the HTTP listener.
+    pub enabled: bool,
+    /// Also count routing decisions per tenant (`grey_router_tenant_requests_total`).
+    pub tenant_labels: bool,
+    /// Most tenants with a series of their own; the others share `tenant="_other"`.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            tenant_labels: false,
+            max_tenant_labels: 100,
+        }
+    }
+}
+
+/// Most tenants with a series of their own, whatever the configuration says.
+pub const MAX_TENANT_LABELS: usize = 10_000;
+
+/// Trace export settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC endpoint spans are exported to (`http://collector:4317`); empty: no export.
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` set it too.
+    pub otlp_endpoint: String,
+    /// The `service.name` of the exported spans (`OTEL_SERVICE_NAME`).
+    pub service_name: String,
+    /// Share of traces started here that are sampled, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`);
+    /// a call that carries a `traceparent` follows its caller's sampling decision.
+    pub sampling_ratio: f64,
+    /// Spans for `Route` and `RouteBatch` calls too (off: they cost on the hot path).
+    pub route_spans: bool,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: String::new(),
+            service_name: "greyrouter".to_owned(),
+            sampling_ratio: 1.0,
+            route_spans: false,
+        }
     }
 }
 
@@ -416,6 +477,8 @@ impl Default for Config {
             seed: None,
             audit_file: None,
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
             limits: Limits::default(),
             watch: WatchConfig::default(),
             redis: RedisSettings::default(),
@@ -551,6 +614,55 @@ pub const ENV_VARS: &[EnvVar] = &[
         key: "http_addr",
         set: |c, v| {
             c.http_addr = Some(parse(v)?);
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_METRICS",
+        key: "metrics.enabled",
+        set: |c, v| {
+            c.metrics.enabled = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "GREYROUTER_METRICS_TENANT_LABELS",
+        key: "metrics.tenant_labels",
+        set: |c, v| {
+            c.metrics.tenant_labels = parse(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        key: "tracing.otlp_endpoint",
+        set: |c, v| {
+            c.tracing.otlp_endpoint = v.to_owned();
+            Ok(())
+        },
+    },
+    // Read after the general endpoint: the traces endpoint wins when both are set.
+    EnvVar {
+        name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        key: "tracing.otlp_endpoint",
+        set: |c, v| {
+            c.tracing.otlp_endpoint = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "OTEL_SERVICE_NAME",
+        key: "tracing.service_name",
+        set: |c, v| {
+            c.tracing.service_name = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        key: "tracing.sampling_ratio",
+        set: |c, v| {
+            c.tracing.sampling_ratio = parse(v)?;
             Ok(())
         },
     },
@@ -897,6 +1009,29 @@ impl Config {
                 "log.format: '{}' is not text or json",
                 self.log.format
             ));
+        }
+        if self.metrics.max_tenant_labels > MAX_TENANT_LABELS {
+            problems.push(format!(
+                "metrics.max_tenant_labels: {} is more than {MAX_TENANT_LABELS}",
+                self.metrics.max_tenant_labels
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sampling_ratio) {
+            problems.push(format!(
+                "tracing.sampling_ratio: {} is outside 0 to 1",
+                self.tracing.sampling_ratio
+            ));
+        }
+        let endpoint = &self.tracing.otlp_endpoint;
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http {
+            problems.push(format!(
+                "tracing.otlp_endpoint: {:?} is not an http:// or https:// URL",
+                self.tracing.otlp_endpoint
+            ));
+        }
+        if self.tracing.service_name.is_empty() {
+            problems.push("tracing.service_name: must not be empty".to_owned());
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {err}"));

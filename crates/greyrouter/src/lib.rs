@@ -10,3 +10,4 @@ pub mod config;
 pub mod log;
 pub mod security;
 pub mod server;
+pub mod telemetry;

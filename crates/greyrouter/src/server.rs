@@ -24,6 +24,8 @@ pub struct App {
     /// TLS read and auth ready before the port is bound: a bad certificate or an unreadable
     /// key set stops the start, not the first call.
     security: grpc_server::Security,
+    /// The Prometheus renderer behind `/metrics`, when metrics are on.
+    metrics: Option<http_api::Exporter>,
 }
 
 impl App {
@@ -41,11 +43,18 @@ impl App {
             config,
             node,
             security,
+            metrics: None,
         };
         if let Some(seed) = app.config.seed.clone() {
             app.seed(&seed).await?;
         }
         Ok(app)
+    }
+
+    /// Serves `/metrics` from `exporter` on the HTTP listener.
+    pub fn with_metrics(mut self, exporter: Option<http_api::Exporter>) -> Self {
+        self.metrics = exporter;
+        self
     }
 
     /// Returns the node.
@@ -112,6 +121,7 @@ impl App {
         let http_task = http.map(|http| {
             tokio::spawn(http_api::serve(
                 Arc::clone(&self.node),
+                self.metrics.clone(),
                 http,
                 until_stopped(stopped.clone()),
             ))

@@ -9,12 +9,14 @@
 //! - [`admin`]: every admin call;
 //! - [`status`]: node errors as gRPC statuses;
 //! - [`access`]: the rule of every method, the caller of a request, its tenant checks;
+//! - [`tracing_context`]: a span per call, in the caller's trace;
 //! - [`serve`]: the transport, health and reflection, until shutdown.
 
 pub mod access;
 pub mod admin;
 pub mod router;
 pub mod status;
+pub mod tracing_context;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct GrpcSettings {
     pub shutdown_grace: Duration,
     /// How often the store is checked for the health of the Admin service.
     pub health_interval: Duration,
+    /// Spans for `Route` and `RouteBatch` calls too.
+    pub route_spans: bool,
 }
 
 impl Default for GrpcSettings {
@@ -68,6 +72,7 @@ impl Default for GrpcSettings {
             max_request_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             health_interval: Duration::from_secs(1),
+            route_spans: false,
         }
     }
 }
@@ -156,7 +161,9 @@ pub async fn serve(
         access::classify,
         access::refuse,
     );
+    let route_spans = settings.route_spans;
     let routes = transport(&settings)
+        .trace_fn(move |request| tracing_context::request_span(request, route_spans))
         .layer(layer)
         .add_service(health_service)
         .add_service(reflection)

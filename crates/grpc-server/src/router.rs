@@ -133,6 +133,7 @@ impl Router for RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        let started = std::time::Instant::now();
         access::admit(
             &self.node,
             &request,
@@ -141,8 +142,11 @@ impl Router for RouterService {
             &[&request.get_ref().tenant_id],
         )?;
         let state = self.node.snapshot();
-        self.decide(&state, &request.into_inner(), now_ms())
-            .map(Response::new)
+        let response = self
+            .decide(&state, &request.into_inner(), now_ms())
+            .map(Response::new);
+        control::telemetry::route_handled(started.elapsed());
+        response
     }
 
     async fn route_batch(

@@ -5,7 +5,9 @@
 //!   writes; 503 when the store does not answer (routing goes on from the last snapshot, so the
 //!   body says which part is down: `routing` and `store` apart).
 //!
-//! Both answer a small JSON document. Like the gRPC front door, no rule lives here.
+//! - `GET /metrics`: the Prometheus text format (when metrics are on; 404 otherwise).
+//!
+//! Health answers a small JSON document. Like the gRPC front door, no rule lives here.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,26 +22,43 @@ use control::Node;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+pub mod metrics;
+
+pub use metrics::Exporter;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Shared {
+    node: Arc<Node>,
+    exporter: Option<Exporter>,
+}
+
 /// Longest wait for the store's answer in `/readyz`.
 const STORE_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Returns the routes over `node`.
-pub fn routes(node: Arc<Node>) -> Router {
+/// Returns the routes over `node`; `/metrics` renders `exporter`'s series when given.
+pub fn routes(node: Arc<Node>, exporter: Option<Exporter>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(node)
+        .route("/metrics", get(metrics_text))
+        .with_state(Shared { node, exporter })
 }
 
 /// Serves HTTP for `node` on `listener` until `shutdown` completes.
 pub async fn serve(
     node: Arc<Node>,
+    exporter: Option<Exporter>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, "serving HTTP (/healthz, /readyz)");
-    axum::serve(listener, routes(node))
+    tracing::info!(
+        ?addr,
+        metrics = exporter.is_some(),
+        "serving HTTP (/healthz, /readyz, /metrics)"
+    );
+    axum::serve(listener, routes(node, exporter))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -48,7 +67,25 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+/// The Prometheus text format, after the node's readings.
+async fn metrics_text(State(shared): State<Shared>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(exporter) = shared.exporter else {
+        return (StatusCode::NOT_FOUND, "metrics are off on this router\n").into_response();
+    };
+    shared.node.collect_metrics().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        exporter.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): State<Shared>) -> (StatusCode, Json<serde_json::Value>) {
+    let node = shared.node;
     let revision = node.state().revision();
     let routing = json!({"serving": true, "revision": revision});
     let store = match tokio::time::timeout(STORE_DEADLINE, node.store().ping()).await {

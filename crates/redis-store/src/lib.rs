@@ -814,6 +814,10 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn head_revision(&self) -> Result<Revision, StoreError> {
+        self.revision().await
+    }
+
     fn describe(&self) -> String {
         redact(&self.config.url)
     }

@@ -46,6 +46,10 @@ impl Store for Isolated {
         self.store.ping().await
     }
 
+    async fn head_revision(&self) -> Result<Revision, StoreError> {
+        self.store.head_revision().await
+    }
+
     fn describe(&self) -> String {
         self.store.describe()
     }

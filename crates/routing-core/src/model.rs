@@ -277,6 +277,14 @@ pub enum RolloutPhase {
 }
 
 impl RolloutPhase {
+    /// Every phase.
+    pub const ALL: [RolloutPhase; 4] = [
+        RolloutPhase::Running,
+        RolloutPhase::Paused,
+        RolloutPhase::Promoted,
+        RolloutPhase::Aborted,
+    ];
+
     /// Returns the name shown by the API.
     pub fn as_str(self) -> &'static str {
         match self {

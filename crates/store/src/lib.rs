@@ -159,6 +159,12 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Returns the revision of the store's last change (how far a replica may be behind).
+    /// Stores that keep it apart answer without reading the state.
+    async fn head_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.snapshot().await?.state.revision())
+    }
+
     /// Names the store for logs and health ("memory", "redis://host:port/0").
     fn describe(&self) -> String;
 

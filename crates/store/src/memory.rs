@@ -644,6 +644,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn head_revision(&self) -> Result<Revision, StoreError> {
+        Ok(*self.shared.revision.borrow())
+    }
+
     fn describe(&self) -> String {
         match &self.durable {
             Some(durable) => format!("durable:{}", durable.dir.display()),

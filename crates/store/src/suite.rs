@@ -136,9 +136,11 @@ async fn populate(store: &dyn Store, tenants: usize) {
 /// Every change produces the next revision; the store starts at 0.
 pub async fn revisions_count_every_change(store: &dyn Store) {
     assert_eq!(store.load().await.expect("load").revision(), 0);
+    assert_eq!(store.head_revision().await.expect("head"), 0);
     for expected in 1..=3 {
         let commit = commit(store, tenant(&format!("t{expected}"))).await;
         assert_eq!(commit.revision, expected);
+        assert_eq!(store.head_revision().await.expect("head"), expected);
     }
     assert_eq!(store.load().await.expect("load").revision(), 3);
     store.ping().await.expect("ping");

@@ -309,11 +309,11 @@ fn serve_config(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    init_tracing(&config);
+    let telemetry = crate::telemetry::init(&config);
     let addr = config.grpc_addr;
     let http_addr = config.http_addr;
     let app = match App::start(config).await {
-        Ok(app) => app,
+        Ok(app) => app.with_metrics(telemetry.exporter.clone()),
         Err(err) => {
             tracing::error!("cannot start: {err:#}");
             return ExitCode::FAILURE;
@@ -352,21 +352,6 @@ async fn serve(config: Config) -> ExitCode {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log.format == "json" {
-        builder.with_writer(std::io::stderr).json().init();
-    } else {
-        // Text lines escape whatever callers sent (no colours: escape codes are escaped too).
-        builder
-            .with_ansi(false)
-            .with_writer(crate::log::SafeLines::new(std::io::stderr))
-            .init();
     }
 }
 

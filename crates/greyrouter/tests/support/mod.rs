@@ -275,6 +275,7 @@ pub struct ServerProcess {
     child: std::process::Child,
     pub addr: SocketAddr,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     stderr: Arc<Mutex<String>>,
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -324,14 +325,29 @@ impl ServerProcess {
         ServerProcess::start_on(addr, args)
     }
 
+    /// Starts `greyrouter serve` on an ephemeral port with `args` and the variables `env`
+    /// (kept for restarts).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let env = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        ServerProcess::start_with("127.0.0.1:0".parse().expect("an address"), args, env)
+    }
+
     fn start_on(addr: SocketAddr, args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with(addr, args, Vec::new())
+    }
+
+    fn start_with(addr: SocketAddr, args: &[&str], env: Vec<(String, String)>) -> ServerProcess {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let started = Self::spawn_retrying(addr, &args)
+        let started = Self::spawn_retrying(addr, &args, &env)
             .unwrap_or_else(|err| panic!("greyrouter serve on {addr}: {err}"));
         ServerProcess {
             child: started.child,
             addr: started.addr,
             args,
+            env,
             stderr: started.stderr,
             _data_dir: started.data_dir,
         }
@@ -339,10 +355,14 @@ impl ServerProcess {
 
     /// Spawns `greyrouter serve` on `addr`, trying again a few times while the address is in
     /// use.
-    fn spawn_retrying(addr: SocketAddr, args: &[String]) -> Result<Started, StartError> {
+    fn spawn_retrying(
+        addr: SocketAddr,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Started, StartError> {
         let mut attempt = 1;
         loop {
-            match Self::spawn(&addr.to_string(), args) {
+            match Self::spawn(&addr.to_string(), args, env) {
                 Err(StartError::AddressInUse(_)) if attempt < BIND_ATTEMPTS => {
                     attempt += 1;
                     std::thread::sleep(RETRY_PAUSE);
@@ -352,9 +372,10 @@ impl ServerProcess {
         }
     }
 
-    fn spawn(addr: &str, args: &[String]) -> Result<Started, StartError> {
+    fn spawn(addr: &str, args: &[String], env: &[(String, String)]) -> Result<Started, StartError> {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"));
         command.args(["serve", "--grpc-addr", addr]).args(args);
+        command.envs(env.iter().map(|(name, value)| (name, value)));
         launch(command, START_DEADLINE)
     }
 
@@ -400,7 +421,7 @@ impl ServerProcess {
     /// for the address when another process holds it.
     pub fn try_restart(&mut self) -> Result<(), StartError> {
         self.kill();
-        let started = Self::spawn_retrying(self.addr, &self.args)?;
+        let started = Self::spawn_retrying(self.addr, &self.args, &self.env)?;
         self.child = started.child;
         self.stderr = started.stderr;
         self._data_dir = started.data_dir;
@@ -500,4 +521,20 @@ pub fn launch(
     Err(StartError::Failed(format!(
         "the server {what}; stderr:\n{text}"
     )))
+}
+
+/// `GET path` over HTTP/1.0 on 127.0.0.1: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
