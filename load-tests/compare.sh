@@ -6,6 +6,9 @@
 #   memory-batch    the same server, RouteBatch calls of BATCH_SIZE (100) requests each;
 #   memory-sdk      the same server followed by the SDK (greyrouter-client): one worker making
 #                   local decisions (`--rpc sdk`), no call per decision;
+#   memory-metrics  greyrouter serve --store memory --http-addr ...: the same with metrics
+#                   recorded and /metrics scraped every second (the cost of metrics: the
+#                   "memory" setup has no HTTP listener, so it records none);
 #   durable         greyrouter serve: the default embedded store, kept on disk (its data
 #                   directory in a temporary directory);
 #   redis           greyrouter serve --store redis://... on a private redis-server;
@@ -15,7 +18,8 @@
 # core 0, the generator (`--threads 1`) on core 1, when taskset and 2 cores are available.
 # Prints one table (calls/s, decisions/s, latency p50/p99/p99.9 per call, failed decisions,
 # generator cores) and the ratios of greyrouter on memory to floor and to seed-design, and of
-# RouteBatch decisions/s to seed-design req/s, and of SDK decisions/s to Route req/s; nothing
+# RouteBatch decisions/s to seed-design req/s, of SDK decisions/s to Route req/s, and of
+# Route calls/s with metrics on to off; nothing
 # else on stdout. Exits 1 if any decision
 # failed (the table, with the error codes, is printed first).
 #
@@ -92,7 +96,8 @@ start() {
   server_pid=$!
   addr=""
   for _ in $(seq 1 600); do
-    addr=$(sed -n 's/^.*listening on //p' "$work/$name.out")
+    addr=$(sed -n '/http listening on/!s/^.*listening on //p' "$work/$name.out")
+    http_addr=$(sed -n 's/^.*http listening on //p' "$work/$name.out")
     [ -n "$addr" ] && return 0
     if ! kill -0 "$server_pid" 2>/dev/null; then
       cat "$work/$name.err" >&2
@@ -137,6 +142,22 @@ measure memory-batch --rpc route-batch --batch-size "$BATCH_SIZE"
 WORKERS=1 LINKS=1 measure memory-sdk --rpc sdk
 stop_server
 
+# The same setup with metrics on, scraped every second while measured.
+start memory-metrics "$bin/greyrouter" serve --store memory --grpc-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --log-level warn
+seed memory-metrics
+( while kill -0 "$server_pid" 2>/dev/null; do
+    curl -sf "http://$http_addr/metrics" -o "$work/metrics.txt" || true
+    sleep 1
+  done ) &
+scraper_pid=$!
+measure memory-metrics
+grep -q '^grey_router_requests_total{' "$work/metrics.txt" \
+  || { echo "compare: /metrics did not count the decisions" >&2; exit 1; }
+stop_server
+kill "$scraper_pid" 2>/dev/null || true
+wait "$scraper_pid" 2>/dev/null || true
+
 start durable "$bin/greyrouter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 \
   --log-level warn
 seed durable
@@ -158,10 +179,12 @@ stop_server
 python3 - "$work" "$BATCH_SIZE" <<'EOF'
 import json, sys
 work, batch = sys.argv[1], sys.argv[2]
-names = ["floor", "memory", "memory-batch", "memory-sdk", "durable", "redis", "seed-design"]
+names = ["floor", "memory", "memory-batch", "memory-sdk", "memory-metrics", "durable", "redis",
+         "seed-design"]
 labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
           "memory-batch": f"greyrouter RouteBatch ({batch})",
           "memory-sdk": "greyrouter SDK (local, 1 worker)",
+          "memory-metrics": "greyrouter memory, metrics on",
           "durable": "greyrouter durable (default)", "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
 r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
 print(f"{'setup':<34}{'calls/s':>9}{'decisions/s':>13}{'p50 µs':>8}{'p99 µs':>8}{'p99.9 µs':>10}"
@@ -184,6 +207,7 @@ print()
 print(f"greyrouter memory / floor:       {ratio('memory', 'floor')}")
 print(f"greyrouter memory / seed design: {ratio('memory', 'seed-design')}")
 print(f"greyrouter durable / memory:     {ratio('durable', 'memory')}")
+print(f"metrics on / off (memory):       {ratio('memory-metrics', 'memory')}")
 batch_rate, seed_rate = r["memory-batch"]["decisions_per_s"], r["seed-design"]["throughput_rps"]
 print(f"RouteBatch decisions/s / seed design req/s: "
       + (f"x{batch_rate / seed_rate:.1f}" if seed_rate else "n/a"))

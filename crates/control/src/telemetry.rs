@@ -90,6 +90,40 @@ pub mod names {
     pub const OPEN_FDS: &str = "process_open_fds";
     /// The file descriptor limit.
     pub const MAX_FDS: &str = "process_max_fds";
+
+    /// Every metric a router exports (histograms add `_bucket`, `_sum` and `_count`).
+    pub const ALL: &[&str] = &[
+        REQUESTS,
+        TENANT_REQUESTS,
+        LATENCY,
+        ACTIVE_TENANTS,
+        TENANTS,
+        REVISION,
+        STORE_UP,
+        LAG_REVISIONS,
+        LAG_SECONDS,
+        REPLICATION_DELAY,
+        CHANGES,
+        WATCH_STREAMS,
+        WATCH_MESSAGES,
+        WATCH_SNAPSHOTS,
+        OUTCOME_REQUESTS,
+        OUTCOME_ERROR_RATIO,
+        OUTCOME_P99,
+        INSTANCES,
+        EJECTED,
+        ROLLOUT_PERCENT,
+        ROLLOUT_PHASE,
+        ROLLOUT_DECISIONS,
+        SCHEMA_UPGRADES_RUNNING,
+        SCHEMA_TENANTS_FAILED,
+        SCHEMA_TENANT_UPGRADES,
+        DISCOVERY_UP,
+        RESIDENT_MEMORY,
+        CPU_SECONDS,
+        OPEN_FDS,
+        MAX_FDS,
+    ];
 }
 
 /// Per-tenant series: off by default, capped when on.

@@ -1175,6 +1175,11 @@ mod tests {
                 | "schema.migrations"
                 | "seed" => "elsewhere",
                 "keep_snapshots" => "7",
+                "metrics.enabled" => "false",
+                "metrics.tenant_labels" => "true",
+                "tracing.otlp_endpoint" => "http://127.0.0.1:4317",
+                "tracing.service_name" => "elsewhere",
+                "tracing.sampling_ratio" => "0.5",
                 _ => "3",
             };
             let env = BTreeMap::from([(var.name.to_owned(), value.to_owned())]);
@@ -1229,6 +1234,48 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    #[test]
+    fn bad_metrics_and_tracing_settings_are_reported() {
+        let env = BTreeMap::from([
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                "collector:4317".to_owned(),
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG".to_owned(), "1.5".to_owned()),
+        ]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(
+            &file,
+            "[metrics]
+max_tenant_labels = 1000000
+",
+        )
+        .expect("write");
+        let err = Config::load(Some(&file), &env, Overrides::default()).expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "tracing.otlp_endpoint",
+            "tracing.sampling_ratio",
+            "metrics.max_tenant_labels",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        // The traces endpoint wins over the general one.
+        let env = BTreeMap::from([
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                "http://a:4317".to_owned(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(),
+                "http://b:4317".to_owned(),
+            ),
+        ]);
+        let config = Config::load(None, &env, Overrides::default()).expect("valid");
+        assert_eq!(config.tracing.otlp_endpoint, "http://b:4317");
     }
 
     #[test]

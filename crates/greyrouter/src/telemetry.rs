@@ -1,6 +1,6 @@
 //! The server's logs, traces and metrics: the log format on stderr, OpenTelemetry spans
 //! exported over OTLP/gRPC when an endpoint is configured, and the Prometheus recorder behind
-//! `/metrics` when metrics are on.
+//! `/metrics` when metrics are on and there is an HTTP listener.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -84,7 +84,8 @@ pub fn init(config: &Config) -> Telemetry {
             "exporting traces over OTLP"
         );
     }
-    let exporter = if config.metrics.enabled {
+    // Without an HTTP listener nothing could read them: nothing is recorded.
+    let exporter = if config.metrics.enabled && config.http_addr.is_some() {
         match http_api::Exporter::install() {
             Ok(exporter) => Some(exporter),
             Err(err) => {

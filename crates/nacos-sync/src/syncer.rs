@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use control::audit::now_ms;
 use control::discovery::SourceStatus;
@@ -88,7 +89,21 @@ pub async fn run_sync(node: Arc<Node>, sync: Arc<dyn SyncJob>, plan: SyncPlan) {
         }
         status.leading = leading;
         if leading {
-            sync.sync(&node, &plan, &actor, &mut status).await;
+            let span = tracing::info_span!(
+                "discovery.sync",
+                source = %plan.source,
+                registry = %status.registry,
+                up = tracing::field::Empty,
+                instances = tracing::field::Empty,
+                changes = tracing::field::Empty,
+            );
+            let changes_before = status.changes;
+            sync.sync(&node, &plan, &actor, &mut status)
+                .instrument(span.clone())
+                .await;
+            span.record("up", status.up);
+            span.record("instances", status.instances);
+            span.record("changes", status.changes.saturating_sub(changes_before));
         }
         node.report_discovery(status.clone());
     }
