@@ -181,13 +181,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Routing(err) => routing_kind(err),
-            Error::Store(err) => match err {
-                StoreError::Rejected(err) => routing_kind(err),
-                StoreError::Unavailable(_) => ErrorKind::Unavailable,
-                StoreError::Compacted { .. } => ErrorKind::OutOfRange,
-                StoreError::Conflict { .. } => ErrorKind::Conflict,
-                StoreError::Corrupt(_) => ErrorKind::Internal,
-            },
+            Error::Store(err) => store_kind(err),
             Error::Schema(err) => schema_kind(err),
             Error::Gate(err) => match err {
                 GateError::Unapplied { .. } | GateError::Contract { .. } => {
@@ -235,6 +229,16 @@ impl Error {
     /// The message, at most [`MAX_MESSAGE_BYTES`] long.
     pub fn message(&self) -> String {
         bounded(self.to_string())
+    }
+}
+
+pub(crate) fn store_kind(err: &StoreError) -> ErrorKind {
+    match err {
+        StoreError::Rejected(err) => routing_kind(err),
+        StoreError::Unavailable(_) => ErrorKind::Unavailable,
+        StoreError::Compacted { .. } => ErrorKind::OutOfRange,
+        StoreError::Conflict { .. } => ErrorKind::Conflict,
+        StoreError::Corrupt(_) => ErrorKind::Internal,
     }
 }
 

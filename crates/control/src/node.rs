@@ -33,7 +33,7 @@ use crate::outcomes::{OutcomeReport, Outcomes};
 use crate::replica::{Adoption, Replay, Replica};
 use crate::rollouts;
 use crate::schema::{Schemas, Upgrade};
-use crate::telemetry::{self, MetricsSettings, RouteMetrics};
+use crate::telemetry::{MetricsSettings, RouteMetrics};
 use crate::watch::{Frames, Queued, WatchLimits, Watcher};
 
 /// Default and largest page of tenant and event listings.
@@ -534,6 +534,10 @@ impl Node {
         self.discovery.report(status);
     }
 
+    pub(crate) fn route_metrics(&self) -> &RouteMetrics {
+        &self.route_metrics
+    }
+
     /// Schema upgrades running, and tenants failed in the upgrades kept (0, 0 without schema
     /// migrations).
     pub fn schema_counts(&self) -> (usize, usize) {
@@ -637,7 +641,6 @@ impl Node {
         match &result {
             Ok(commit) => {
                 span.record("revision", commit.revision);
-                telemetry::change(kind, Ok(()));
                 tracing::info!(
                     parent: &span,
                     mutation = kind,
@@ -648,7 +651,6 @@ impl Node {
             }
             Err(err) => {
                 span.record("error", tracing::field::display(err));
-                telemetry::change(kind, Err(err.kind()));
                 tracing::debug!(parent: &span, mutation = kind, %err, "refused");
             }
         }

@@ -324,7 +324,27 @@ impl Replica {
     /// attempts and catching up are bounded by twice the store's write timeout. A store behind
     /// this replica (or on another line of changes) fails the commit at once and starts a
     /// resynchronisation; so does a replica that does not follow the store's history.
+    ///
+    /// Every commit, whoever asks (an admin call, the rollout driver, instance expiry, a seed),
+    /// is counted in `grey_router_changes_total`.
     pub async fn commit(&self, mutation: Mutation, actor: &Actor) -> Result<Commit, StoreError> {
+        let kind = audit::kind(&mutation);
+        let result = self.commit_uncounted(mutation, actor).await;
+        crate::telemetry::change(
+            kind,
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(crate::error::store_kind),
+        );
+        result
+    }
+
+    async fn commit_uncounted(
+        &self,
+        mutation: Mutation,
+        actor: &Actor,
+    ) -> Result<Commit, StoreError> {
         let budget = self
             .backend
             .write_timeout()

@@ -18,8 +18,9 @@
 //! capped: the first `max_tenant_labels` tenants routed get their own series, the others share
 //! `tenant="_other"`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use routing_core::state::RouteDecision;
@@ -253,9 +254,52 @@ pub fn describe() {
 }
 
 /// Counts routing decisions.
-#[derive(Debug)]
+///
+/// The hot path does no registry lookup and no allocation once a label set was seen: the
+/// handles of `grey_router_requests_total` are kept per service, version and status (names the
+/// routing state holds, so the cache is as bounded as the state; it starts over beyond
+/// [`MAX_CACHED_SERIES`]), and the latency histograms' handles are taken once. Handles come
+/// from the recorder installed when the node starts.
 pub(crate) struct RouteMetrics {
+    requests: RwLock<HashMap<Box<str>, VersionCounters>>,
+    cached: AtomicUsize,
+    decision_time: metrics::Histogram,
+    route_time: metrics::Histogram,
     tenants: Option<TenantLabels>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("cached", &self.cached.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most `grey_router_requests_total` handles kept before the cache starts over.
+pub const MAX_CACHED_SERIES: usize = 10_000;
+
+/// The statuses a decision ends with: `ok`, then every error kind.
+const STATUSES: usize = 1 + ErrorKind::ALL.len();
+
+/// A counter handle per status of one service version, made on first use.
+type StatusCounters = [Option<metrics::Counter>; STATUSES];
+
+/// The counters of one service, per version.
+type VersionCounters = HashMap<Box<str>, StatusCounters>;
+
+/// Returns the status index and label of a decision's outcome.
+fn status(kind: Option<ErrorKind>) -> (usize, &'static str) {
+    match kind {
+        None => (0, "ok"),
+        Some(kind) => (
+            1 + ErrorKind::ALL
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or_default(),
+            kind.as_str(),
+        ),
+    }
 }
 
 /// The tenants that have a series of their own.
@@ -298,6 +342,10 @@ impl TenantLabels {
 impl RouteMetrics {
     pub(crate) fn new(settings: &MetricsSettings) -> Self {
         RouteMetrics {
+            requests: RwLock::new(HashMap::new()),
+            cached: AtomicUsize::new(0),
+            decision_time: metrics::histogram!(names::LATENCY, "stage" => "decision"),
+            route_time: metrics::histogram!(names::LATENCY, "stage" => "route"),
             tenants: settings.tenant_labels.then(|| TenantLabels {
                 labelled: RwLock::new(HashSet::new()),
                 cap: settings.max_tenant_labels,
@@ -313,9 +361,9 @@ impl RouteMetrics {
         result: Result<&RouteDecision<'_>, &RoutingError>,
         elapsed: Duration,
     ) {
-        let (version, status) = match result {
-            Ok(decision) => (decision.resolution.version.as_str(), "ok"),
-            Err(err) => ("", crate::error::routing_kind(err).as_str()),
+        let (version, kind) = match result {
+            Ok(decision) => (decision.resolution.version.as_str(), None),
+            Err(err) => ("", Some(crate::error::routing_kind(err))),
         };
         // Only names the state holds become labels.
         let service = if result.is_ok() || state.service(query.service).is_some() {
@@ -323,14 +371,9 @@ impl RouteMetrics {
         } else {
             ""
         };
-        metrics::counter!(
-            names::REQUESTS,
-            "service" => service.to_owned(),
-            "version" => version.to_owned(),
-            "status" => status,
-        )
-        .increment(1);
-        metrics::histogram!(names::LATENCY, "stage" => "decision").record(elapsed.as_secs_f64());
+        let (index, status) = status(kind);
+        self.count(service, version, index, status);
+        self.decision_time.record(elapsed.as_secs_f64());
         if let Some(tenants) = &self.tenants {
             let tenant = if state.tenant(query.tenant_id).is_some() {
                 tenants.label(query.tenant_id)
@@ -346,11 +389,53 @@ impl RouteMetrics {
             .increment(1);
         }
     }
-}
 
-/// Records the handling time of one `Route` call (front doors call it).
-pub fn route_handled(elapsed: Duration) {
-    metrics::histogram!(names::LATENCY, "stage" => "route").record(elapsed.as_secs_f64());
+    /// Records the handling time of one `Route` call.
+    pub(crate) fn route_handled(&self, elapsed: Duration) {
+        self.route_time.record(elapsed.as_secs_f64());
+    }
+
+    /// Adds one to the series of `service`, `version` and `status`.
+    fn count(&self, service: &str, version: &str, index: usize, status: &'static str) {
+        {
+            let requests = self
+                .requests
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(counter) = requests
+                .get(service)
+                .and_then(|versions| versions.get(version))
+                .and_then(|counters| counters[index].as_ref())
+            {
+                counter.increment(1);
+                return;
+            }
+        }
+        let counter = metrics::counter!(
+            names::REQUESTS,
+            "service" => service.to_owned(),
+            "version" => version.to_owned(),
+            "status" => status,
+        );
+        counter.increment(1);
+        let mut requests = self
+            .requests
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.cached.load(Ordering::Relaxed) >= MAX_CACHED_SERIES {
+            requests.clear();
+            self.cached.store(0, Ordering::Relaxed);
+        }
+        let slot = &mut requests
+            .entry(service.into())
+            .or_default()
+            .entry(version.into())
+            .or_insert_with(|| std::array::from_fn(|_| None))[index];
+        if slot.is_none() {
+            *slot = Some(counter);
+            self.cached.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Counts one change asked of the store.
@@ -387,6 +472,11 @@ pub(crate) fn rollout_decision(service: &str, action: &'static str) {
 const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 impl Node {
+    /// Records the handling time of one `Route` call (front doors call it).
+    pub fn route_handled(&self, elapsed: Duration) {
+        self.route_metrics().route_handled(elapsed);
+    }
+
     /// Takes the readings (see the module docs) and sets them on the installed recorder; call
     /// it before rendering a scrape. Waits at most a second for the store.
     pub async fn collect_metrics(&self) {

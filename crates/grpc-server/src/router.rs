@@ -145,7 +145,7 @@ impl Router for RouterService {
         let response = self
             .decide(&state, &request.into_inner(), now_ms())
             .map(Response::new);
-        control::telemetry::route_handled(started.elapsed());
+        self.node.route_handled(started.elapsed());
         response
     }
 
