@@ -485,16 +485,8 @@ impl Node {
         let state = self.state();
         let now_ms = crate::audit::now_ms();
         gauge!(REVISION).set(state.revision() as f64);
-        let mut tenants = 0_u64;
-        let mut active = 0_u64;
-        for entry in state.tenants_after(None) {
-            tenants += 1;
-            if entry.tenant.active {
-                active += 1;
-            }
-        }
-        gauge!(TENANTS).set(tenants as f64);
-        gauge!(ACTIVE_TENANTS).set(active as f64);
+        gauge!(TENANTS).set(state.tenant_count() as f64);
+        gauge!(ACTIVE_TENANTS).set(state.active_tenant_count() as f64);
 
         self.collect_store(state.revision(), now_ms).await;
 

@@ -71,6 +71,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+    // What a scrape costs the router: the readings, then the rendering.
+    let mut group = c.benchmark_group("scrape");
+    metrics::with_local_recorder(&recorder, || {
+        group.bench_function("collect_metrics", |b| {
+            b.iter(|| runtime.block_on(with.collect_metrics()))
+        });
+    });
+    group.bench_function("render", |b| b.iter(|| handle.render().len()));
+    group.finish();
     // The decisions were recorded: the figure is not of a recorder that dropped them.
     let text = handle.render();
     assert!(

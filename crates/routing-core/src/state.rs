@@ -120,6 +120,8 @@ pub struct RoutingState {
     tenants: OrdMap<String, Arc<TenantEntry>>,
     /// The same entries by id, hashed: the lookup on every route.
     tenant_index: TenantIndex,
+    /// How many of the tenants are inactive (kept as tenants change, for metrics).
+    inactive_tenants: usize,
     services: OrdMap<String, Arc<ServiceEntry>>,
 }
 
@@ -131,8 +133,16 @@ impl RoutingState {
 
     /// Inserts or replaces a tenant in both the ordered map and the index.
     fn put_tenant(&mut self, id: String, entry: Arc<TenantEntry>) {
+        let inactive = !entry.tenant.active;
         self.tenant_index.insert(id.clone(), Arc::clone(&entry));
-        self.tenants.insert(id, entry);
+        if let Some(previous) = self.tenants.insert(id, entry)
+            && !previous.tenant.active
+        {
+            self.inactive_tenants -= 1;
+        }
+        if inactive {
+            self.inactive_tenants += 1;
+        }
     }
 
     /// Returns a copy of a service's entry to modify.

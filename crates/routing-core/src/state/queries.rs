@@ -157,6 +157,11 @@ impl RoutingState {
         self.tenants.len()
     }
 
+    /// Returns the number of active tenants (those that are routed), without a walk.
+    pub fn active_tenant_count(&self) -> usize {
+        self.tenants.len() - self.inactive_tenants
+    }
+
     /// Returns tenants in id order, starting after `after` (from the first when `None`).
     pub fn tenants_after<'s>(
         &'s self,

@@ -2096,6 +2096,8 @@ proptest! {
             match state.apply(mutation) {
                 Ok((next, outcome)) => {
                     prop_assert_eq!(next.revision(), state.revision() + 1);
+                    let active = next.tenants_after(None).filter(|t| t.tenant.active).count();
+                    prop_assert_eq!(next.active_tenant_count(), active);
                     let after = next.dump();
                     prop_assert_eq!(after.revision, before.revision + 1);
                     match RoutingState::from_dump(&after) {
