@@ -7,8 +7,10 @@
 #   memory-sdk      the same server followed by the SDK (greyrouter-client): one worker making
 #                   local decisions (`--rpc sdk`), no call per decision;
 #   memory-metrics  greyrouter serve --store memory --http-addr ...: the same with metrics
-#                   recorded and /metrics scraped every second (the cost of metrics: the
-#                   "memory" setup has no HTTP listener, so it records none);
+#                   recorded and /metrics scraped every second, against the "memory" server
+#                   (no HTTP listener, so it records none) kept running beside it: the two are
+#                   measured in turn (alternating which goes first), METRICS_ROUNDS (3)
+#                   times each, so drift hits both;
 #   durable         greyrouter serve: the default embedded store, kept on disk (its data
 #                   directory in a temporary directory);
 #   redis           greyrouter serve --store redis://... on a private redis-server;
@@ -25,8 +27,8 @@
 #
 # Usage (from the repository root): load-tests/compare.sh
 # Settings (environment): DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4),
-# TENANTS (10000), SERVICES (20), INSTANCES (4), BATCH_SIZE (100), BIN_DIR (build here when
-# unset).
+# TENANTS (10000), SERVICES (20), INSTANCES (4), BATCH_SIZE (100), METRICS_ROUNDS (3), BIN_DIR
+# (build here when unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +41,7 @@ TENANTS="${TENANTS:-10000}"
 SERVICES="${SERVICES:-20}"
 INSTANCES="${INSTANCES:-4}"
 BATCH_SIZE="${BATCH_SIZE:-100}"
+METRICS_ROUNDS="${METRICS_ROUNDS:-3}"
 
 # BIN_DIR: take greyrouter and greyrouter-load from there instead of building them (to compare
 # two builds of the product side by side, e.g. before and after a change).
@@ -52,6 +55,8 @@ fi
 work=$(mktemp -d)
 server_pid=""
 redis_pid=""
+off_pid=""
+scraper_pid=""
 stop_server() {
   if [ -n "$server_pid" ]; then
     kill "$server_pid" 2>/dev/null || true
@@ -61,6 +66,10 @@ stop_server() {
 }
 cleanup() {
   stop_server
+  for pid in $off_pid $scraper_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   if [ -n "$redis_pid" ]; then
     kill "$redis_pid" 2>/dev/null || true
     wait "$redis_pid" 2>/dev/null || true
@@ -140,23 +149,40 @@ measure memory
 measure memory-batch --rpc route-batch --batch-size "$BATCH_SIZE"
 # The same server followed by the SDK: one worker deciding from its local copy.
 WORKERS=1 LINKS=1 measure memory-sdk --rpc sdk
-stop_server
+# Kept running: measured again in turn with the same setup with metrics on.
+off_addr=$addr
+off_pid=$server_pid
+server_pid=""
 
 # The same setup with metrics on, scraped every second while measured.
 start memory-metrics "$bin/greyrouter" serve --store memory --grpc-addr 127.0.0.1:0 \
   --http-addr 127.0.0.1:0 --log-level warn
 seed memory-metrics
+on_addr=$addr
 ( while kill -0 "$server_pid" 2>/dev/null; do
     curl -sf "http://$http_addr/metrics" -o "$work/metrics.txt" || true
     sleep 1
   done ) &
 scraper_pid=$!
-measure memory-metrics
+# Off then on in odd rounds, on then off in even ones: what comes first gets no edge.
+for round in $(seq 1 "$METRICS_ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then
+    addr=$off_addr measure "metrics-off-$round"
+    addr=$on_addr measure "metrics-on-$round"
+  else
+    addr=$on_addr measure "metrics-on-$round"
+    addr=$off_addr measure "metrics-off-$round"
+  fi
+done
 grep -q '^grey_router_requests_total{' "$work/metrics.txt" \
   || { echo "compare: /metrics did not count the decisions" >&2; exit 1; }
 stop_server
-kill "$scraper_pid" 2>/dev/null || true
-wait "$scraper_pid" 2>/dev/null || true
+for pid in $off_pid $scraper_pid; do
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+done
+off_pid=""
+scraper_pid=""
 
 start durable "$bin/greyrouter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 \
   --log-level warn
@@ -176,9 +202,9 @@ start seed-design "$bin/greyrouter-load" seed-design-server --redis "redis://127
 measure seed-design
 stop_server
 
-python3 - "$work" "$BATCH_SIZE" <<'EOF'
-import json, sys
-work, batch = sys.argv[1], sys.argv[2]
+python3 - "$work" "$BATCH_SIZE" "$METRICS_ROUNDS" <<'EOF'
+import json, statistics, sys
+work, batch, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 names = ["floor", "memory", "memory-batch", "memory-sdk", "memory-metrics", "durable", "redis",
          "seed-design"]
 labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
@@ -186,7 +212,11 @@ labels = {"floor": "floor (no-op tonic)", "memory": "greyrouter memory",
           "memory-sdk": "greyrouter SDK (local, 1 worker)",
           "memory-metrics": "greyrouter memory, metrics on",
           "durable": "greyrouter durable (default)", "redis": "greyrouter redis", "seed-design": "seed design (Lua)"}
-r = {n: json.load(open(f"{work}/{n}.json")) for n in names}
+r = {n: json.load(open(f"{work}/{n}.json")) for n in names if n != "memory-metrics"}
+# Metrics on: the round of median throughput stands in the table; the ratio pairs the rounds.
+on = [json.load(open(f"{work}/metrics-on-{i}.json")) for i in range(1, rounds + 1)]
+off = [json.load(open(f"{work}/metrics-off-{i}.json")) for i in range(1, rounds + 1)]
+r["memory-metrics"] = sorted(on, key=lambda j: j["throughput_rps"])[len(on) // 2]
 print(f"{'setup':<34}{'calls/s':>9}{'decisions/s':>13}{'p50 µs':>8}{'p99 µs':>8}{'p99.9 µs':>10}"
       f"{'errors':>8}{'gen cores':>11}")
 failed = False
@@ -207,7 +237,16 @@ print()
 print(f"greyrouter memory / floor:       {ratio('memory', 'floor')}")
 print(f"greyrouter memory / seed design: {ratio('memory', 'seed-design')}")
 print(f"greyrouter durable / memory:     {ratio('durable', 'memory')}")
-print(f"metrics on / off (memory):       {ratio('memory-metrics', 'memory')}")
+for j in on + off:
+    if j["decision_errors"]:
+        failed = True
+on_rps = [j["throughput_rps"] for j in on]
+off_rps = [j["throughput_rps"] for j in off]
+pairs = " ".join(f"x{a / b:.2f}" for a, b in zip(on_rps, off_rps) if b)
+med_on, med_off = statistics.median(on_rps), statistics.median(off_rps)
+print(f"metrics on / off (memory, {rounds} rounds in turn): calls/s median "
+      f"{med_on:.0f} / {med_off:.0f} = " + (f"x{med_on / med_off:.3f}" if med_off else "n/a")
+      + f"; rounds {pairs}")
 batch_rate, seed_rate = r["memory-batch"]["decisions_per_s"], r["seed-design"]["throughput_rps"]
 print(f"RouteBatch decisions/s / seed design req/s: "
       + (f"x{batch_rate / seed_rate:.1f}" if seed_rate else "n/a"))
