@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
+use tracing::Instrument;
 
 use crate::history::HISTORY_TABLE;
 use crate::plan::{self, Direction, Plan};
@@ -197,6 +198,12 @@ impl Migrator {
     /// migrator that waited for another finds nothing left to do. Each step runs in its own
     /// transaction with its history row; the first failure is rolled back, recorded and
     /// returned as [`SchemaError::MigrationFailed`], and later steps do not run.
+    #[tracing::instrument(
+        name = "schema.tenant",
+        skip_all,
+        fields(tenant = %tenant.id, service = %service, target_schema = target),
+        err(Display)
+    )]
     pub async fn migrate(
         &self,
         tenant: &Tenant,
@@ -242,9 +249,22 @@ impl Migrator {
             };
             progress(report(false, None));
             let started = Instant::now();
+            let span = tracing::info_span!(
+                "schema.migration",
+                tenant = %tenant_id,
+                service = %catalog.service,
+                version = migration.version,
+                name = %migration.name,
+                direction = ?step.direction,
+                error = tracing::field::Empty,
+            );
             let outcome = self
                 .run_step(&mut client, db, &catalog.service, migration, step.direction)
+                .instrument(span.clone())
                 .await;
+            if let Err(error) = &outcome {
+                span.record("error", error.as_str());
+            }
             if let Err(error) = outcome {
                 let error = scrub(&error, &db.url);
                 let failure = HistoryRow {
@@ -336,13 +356,17 @@ impl Migrator {
             let service = service.to_owned();
             let progress = progress.clone();
             let tenant_id = tenant.id.clone();
-            let handle = tasks.spawn(async move {
-                let outcome = migrator
-                    .migrate(&tenant, &service, target, &*progress)
-                    .await;
-                drop(permit);
-                (index, tenant.id, outcome)
-            });
+            // Each tenant's span stays under the caller's (the upgrade's).
+            let handle = tasks.spawn(
+                async move {
+                    let outcome = migrator
+                        .migrate(&tenant, &service, target, &*progress)
+                        .await;
+                    drop(permit);
+                    (index, tenant.id, outcome)
+                }
+                .instrument(tracing::Span::current()),
+            );
             task_tenants.insert(handle.id(), (index, tenant_id));
         }
         while let Some(joined) = tasks.join_next_with_id().await {
