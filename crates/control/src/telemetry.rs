@@ -248,7 +248,11 @@ pub fn describe() {
         "1 when a discovery source's last sync succeeded"
     );
     describe_gauge!(RESIDENT_MEMORY, Unit::Bytes, "Resident memory");
-    describe_counter!(CPU_SECONDS, Unit::Seconds, "CPU time, user and system");
+    describe_counter!(
+        CPU_SECONDS,
+        Unit::Seconds,
+        "CPU time, user and system, in whole seconds"
+    );
     describe_gauge!(OPEN_FDS, "Open file descriptors");
     describe_gauge!(MAX_FDS, "The limit of open file descriptors");
 }
@@ -530,6 +534,8 @@ impl Node {
                 }
             }
         }
+
+        gauge!(WATCH_STREAMS).set(crate::watch::open_streams() as f64);
 
         let (running, failed) = self.schema_counts();
         gauge!(SCHEMA_UPGRADES_RUNNING).set(running as f64);

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use routing_core::watch::{self, AssignmentFilter, EffectiveAssignment};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -275,18 +276,27 @@ impl<F: Frames> Watcher<F> {
     }
 }
 
+/// Watch streams open in this process, read when metrics are scraped (a gauge moved up and
+/// down in the recorder would start over from 0 if the recorder dropped it while idle).
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Returns the watch streams open in this process.
+pub fn open_streams() -> usize {
+    OPEN_STREAMS.load(Ordering::Relaxed)
+}
+
 /// Counts one open watch stream while alive.
 struct OpenStream;
 
 impl OpenStream {
     fn new() -> Self {
-        metrics::gauge!(telemetry::names::WATCH_STREAMS).increment(1.0);
+        OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
         OpenStream
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        metrics::gauge!(telemetry::names::WATCH_STREAMS).decrement(1.0);
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
     }
 }

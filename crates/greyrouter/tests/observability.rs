@@ -76,6 +76,23 @@ async fn metrics_count_decisions_by_outcome_with_labels_only_from_the_state() {
     let unknown = api.route("nobody", "api").await.expect_err("unknown");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
+    // A watch stream, open while scraped.
+    let mut watch = api
+        .router
+        .watch_assignments(pb::WatchAssignmentsRequest {
+            tenant_ids: vec!["t0".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let snapshot = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("in time")
+        .expect("stream ok")
+        .expect("a snapshot");
+    assert!(snapshot.snapshot);
+
     let (status, text) = http_get(http, "/metrics").expect("metrics answer");
     assert_eq!(status, 200, "{text}");
     let requests = "grey_router_requests_total";
@@ -142,6 +159,20 @@ async fn metrics_count_decisions_by_outcome_with_labels_only_from_the_state() {
         gauge("process_open_fds").is_some_and(|fds| fds > 0.0),
         "{text}"
     );
+    assert_eq!(gauge("grey_router_watch_streams"), Some(1.0), "{text}");
+    let sent = gauge("grey_router_watch_messages_total");
+    assert!(sent.is_some_and(|sent| sent >= 1.0), "{text}");
+
+    // The stream closed: the reading follows.
+    drop(watch);
+    let closed = poll_until(DEADLINE, || {
+        let (_, text) = http_get(http, "/metrics")?;
+        text.lines()
+            .filter_map(|line| line.strip_prefix("grey_router_watch_streams "))
+            .any(|value| value.parse::<f64>() == Ok(0.0))
+            .then_some(())
+    });
+    assert_eq!(closed, Some(()), "the closed stream is no longer counted");
 }
 
 #[test]
