@@ -350,7 +350,9 @@ impl Client {
         self.route_avoiding(request, &[]).await
     }
 
-    async fn route_avoiding(
+    /// Decides like [`Client::route`], avoiding the instances named in `avoid` when the local
+    /// copy holds the pair and another instance is left (a retry goes elsewhere).
+    pub async fn route_avoiding(
         &self,
         request: &RouteRequest<'_>,
         avoid: &[String],

@@ -1104,6 +1104,7 @@ mod tests {
     const NOT_CONFIG: &[&str] = &[
         "GREYROUTER_SKIP_MISSING",
         "GREYROUTER_SERVER",
+        "GREYROUTER_GATEWAY_ADDR",
         "GREYROUTER_TOKEN",
         "GREYROUTER_CA_FILE",
         "GREYROUTER_CERT_FILE",

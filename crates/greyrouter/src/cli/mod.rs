@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use greyrouter_proto::v1 as pb;
@@ -108,6 +109,9 @@ enum Output {
 enum Command {
     /// Runs the server.
     Serve(ServeArgs),
+    /// Runs the HTTP gateway: routes HTTP requests by tenant to the instances the routers
+    /// (--server, --router) assign, deciding locally from a watch-fed copy.
+    Gateway(GatewayArgs),
     /// Routes one request and prints the chosen instance.
     Route(RouteArgs),
     /// Tenants and their versions.
@@ -153,6 +157,46 @@ enum Command {
     Diff(DiffArgs),
     /// The routing state now or at a past revision; with --tenant, that tenant's versions.
     State(StateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// Address to listen on for HTTP/1.1 and HTTP/2.
+    #[arg(
+        long,
+        env = "GREYROUTER_GATEWAY_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: std::net::SocketAddr,
+    /// More routers to follow besides --server (repeatable): the copy fails over between them.
+    #[arg(long = "router")]
+    routers: Vec<String>,
+    /// The header naming the tenant.
+    #[arg(long, default_value = "x-tenant-id")]
+    tenant_header: String,
+    /// A domain whose subdomains name tenants (acme.example.com: tenant acme) when the header
+    /// is absent.
+    #[arg(long)]
+    tenant_domain: Option<String>,
+    /// The header naming the service.
+    #[arg(long, default_value = "x-service")]
+    service_header: String,
+    /// A path prefix and its service, PREFIX=SERVICE (repeatable); the prefix is stripped
+    /// before forwarding. Without a match the first path segment names the service.
+    #[arg(long = "route", value_parser = key_value)]
+    routes: Vec<(String, String)>,
+    /// Longest wait for a connection to an instance, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    connect_timeout_ms: u64,
+    /// Longest wait for an instance's response headers, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// Share of requests that may be retries (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    retry_budget: f64,
+    /// Retry POST requests too (they may not be idempotent).
+    #[arg(long)]
+    retry_post: bool,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +292,19 @@ pub fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         },
+        Command::Gateway(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return runtime.block_on(gateway(args, &cli.client));
+        }
         Command::Store(store::StoreCommand::Check { data_dir }) => {
             return store::check_command(&data_dir, Printer(cli.client.output));
         }
@@ -353,6 +410,102 @@ async fn serve(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `greyrouter gateway` until SIGINT or SIGTERM.
+async fn gateway(args: GatewayArgs, client: &ClientArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GREYROUTER_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(crate::log::SafeLines::new(std::io::stderr))
+        .try_init();
+    let settings = match gateway_settings(&args) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let mut config = greyrouter_client::ClientConfig::new(client.server.clone());
+    for router in &args.routers {
+        config = config.endpoint(router.clone());
+    }
+    if let Some(token) = &client.token {
+        config = config.token(token.clone());
+    }
+    if let Some(ca_file) = &client.ca_file {
+        config = config.ca_file(ca_file.clone());
+    }
+    if let (Some(cert), Some(key)) = (&client.cert_file, &client.key_file) {
+        config = config.client_certificate(cert.clone(), key.clone());
+    }
+    let router = match greyrouter_client::Client::connect(config).await {
+        Ok(router) => router,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("error: cannot listen on {}: {err}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = shutdown_signal();
+    if let Ok(local) = listener.local_addr() {
+        println!("greyrouter gateway listening on {local}");
+    }
+    tracing::info!(routers = ?client.server, "gateway: following the routers");
+    let gateway = gateway::Gateway::new(router, settings);
+    match gateway.serve(listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The gateway's settings from its flags, or what is wrong with them.
+fn gateway_settings(args: &GatewayArgs) -> Result<gateway::GatewaySettings, String> {
+    let header = |flag: &str, value: &str| {
+        http::HeaderName::from_bytes(value.as_bytes())
+            .map_err(|_| format!("{flag}: {value:?} is not a header name"))
+    };
+    if !(0.0..=1.0).contains(&args.retry_budget) {
+        return Err(format!(
+            "--retry-budget: {} is outside 0 to 1",
+            args.retry_budget
+        ));
+    }
+    let mut routes = Vec::new();
+    for (prefix, service) in &args.routes {
+        if !prefix.starts_with('/') || service.is_empty() {
+            return Err(format!(
+                "--route: expected /PREFIX=SERVICE, got {prefix}={service}"
+            ));
+        }
+        routes.push(gateway::RouteRule {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            service: service.clone(),
+            strip_prefix: true,
+        });
+    }
+    Ok(gateway::GatewaySettings {
+        tenant_header: header("--tenant-header", &args.tenant_header)?,
+        tenant_domain: args.tenant_domain.clone(),
+        service_header: header("--service-header", &args.service_header)?,
+        routes,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+        retry_budget: args.retry_budget,
+        retry_post: args.retry_post,
+        ..gateway::GatewaySettings::default()
+    })
 }
 
 /// Catches SIGINT and SIGTERM from now on; the future completes on either.
@@ -482,7 +635,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
     let mut admin = AdminClient::with_interceptor(channel.clone(), Identify::new(args)?);
     let out = Printer(args.output);
     match command {
-        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Gateway(_) => unreachable!("handled by run"),
         Command::Route(route) => {
             let mut router = RouterClient::with_interceptor(channel, Identify::new(args)?);
             let strategy = route

@@ -1,0 +1,402 @@
+//! The HTTP gateway against real HTTP backends (small hyper servers that say which instance
+//! they are), a router in this process and the SDK's watch-fed copy of its assignments.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use gateway::{Gateway, GatewaySettings};
+use greyrouter_client::{Client, ClientConfig};
+use greyrouter_proto::v1 as pb;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{DEADLINE, TestServer, instance, within};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A backend instance: answers its id (and the route headers it got), `/fail` with 503,
+/// `/stream` in two chunks with a pause the test ends; counts the requests it got.
+struct Backend {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start(id: &'static str, failing: bool) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let (counted, released) = (Arc::clone(&hits), Arc::clone(&release));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (hits, release) = (Arc::clone(&counted), Arc::clone(&released));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (hits, release) = (Arc::clone(&hits), Arc::clone(&release));
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(respond(id, failing, request, release))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            hits,
+            release,
+            task,
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn respond(
+    id: &str,
+    failing: bool,
+    request: Request<Incoming>,
+    release: Arc<Notify>,
+) -> Response<Body> {
+    if failing || request.uri().path().ends_with("/fail") {
+        let mut response = Response::new(Full::new(Bytes::from("failing")).boxed());
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return response;
+    }
+    if request.uri().path().ends_with("/stream") {
+        let (chunks, body) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+        tokio::spawn(async move {
+            let _ = chunks.send(Ok(Frame::data(Bytes::from("first;")))).await;
+            release.notified().await;
+            let _ = chunks.send(Ok(Frame::data(Bytes::from("second")))).await;
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(body);
+        return Response::new(StreamBody::new(stream).boxed());
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let text = format!(
+        "{id} {} {} {} {}",
+        header("x-service-version"),
+        header("x-target-instance"),
+        header("x-route-source"),
+        request.uri().path()
+    );
+    Response::new(Full::new(Bytes::from(text)).boxed())
+}
+
+/// A router, the SDK following it, and a gateway in front.
+struct Setup {
+    server: TestServer,
+    client: Client,
+    gateway: SocketAddr,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let server = TestServer::start().await;
+        let client = Client::connect(ClientConfig::new(format!("http://{}", server.addr)))
+            .await
+            .expect("the SDK connects");
+        client.ready(DEADLINE).await.expect("a first snapshot");
+        let gateway = Gateway::new(client.clone(), GatewaySettings::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(gateway.serve(listener, std::future::pending()));
+        Setup {
+            server,
+            client,
+            gateway: addr,
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn register(&mut self, version: &str, id: &str, backend: &Backend) -> u64 {
+        let mut registered = instance("api", version, id, "eu");
+        registered.address = backend.addr.to_string();
+        self.server
+            .admin
+            .register_instance(pb::RegisterInstanceRequest {
+                instance: Some(registered),
+                ttl_seconds: 0,
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .revision
+    }
+
+    /// Waits until the SDK's copy is at `revision`.
+    async fn synced(&self, revision: u64) {
+        self.client
+            .wait_for_revision(revision, DEADLINE)
+            .await
+            .expect("the copy follows");
+    }
+
+    async fn send(&self, method: Method, tenant: Option<&str>, path: &str) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.gateway));
+        if let Some(tenant) = tenant {
+            request = request.header("x-tenant-id", tenant);
+        }
+        let request = request.body(Full::new(Bytes::new())).expect("request");
+        let response = within(self.http.request(request)).await.expect("an answer");
+        let status = response.status();
+        let body = within(response.into_body().collect())
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(&self, tenant: &str, path: &str) -> (StatusCode, String) {
+        self.send(Method::GET, Some(tenant), path).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_version_of_their_tenant_and_follow_a_rollback() {
+    let v1 = Backend::start("a1", false).await;
+    let v2 = Backend::start("b1", false).await;
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &v1).await;
+    setup.register("v2", "b1", &v2).await;
+    setup.server.tenant("acme", "eu").await;
+    setup.server.tenant("globex", "eu").await;
+    let revision = setup.server.pin("acme", "api", "v2").await;
+    setup.synced(revision).await;
+
+    let (status, body) = setup.get("acme", "/api/orders").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "b1 v2 b1 pin /api/orders");
+    let (_, body) = setup.get("globex", "/api/orders").await;
+    assert_eq!(body, "a1 v1 a1 default /api/orders");
+
+    // A rollback (the pin back to v1) moves the next request.
+    let revision = setup.server.pin("acme", "api", "v1").await;
+    setup.synced(revision).await;
+    let (_, body) = setup.get("acme", "/api/orders").await;
+    assert!(body.starts_with("a1 v1"), "{body}");
+
+    // The gateway's own answers.
+    let (status, body) = setup.send(Method::GET, None, "/api/orders").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("x-tenant-id"), "{body}");
+    let (status, body) = setup.get("nobody", "/api/orders").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = setup.get("acme", "/no-such-service/x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_elsewhere_and_a_post_never() {
+    let healthy = Backend::start("a1", false).await;
+    let failing = Backend::start("a2", true).await;
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &healthy).await;
+    setup.register("v1", "a2", &failing).await;
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    // A POST that meets the failing instance gets its answer: never sent twice. Round robin
+    // alternates instances, so one of the first few meets it.
+    let mut failed_post = false;
+    for _ in 0..4 {
+        let (healthy_before, failing_before) = (healthy.hits(), failing.hits());
+        let (status, _) = setup.send(Method::POST, Some("acme"), "/api/orders").await;
+        let sent = (healthy.hits() - healthy_before) + (failing.hits() - failing_before);
+        assert_eq!(sent, 1, "a POST reaches one instance once");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            failed_post = true;
+            break;
+        }
+    }
+    assert!(
+        failed_post,
+        "a POST met the failing instance and got its 503"
+    );
+
+    // A GET whose first attempt meets the failing instance is retried on the healthy one.
+    let mut retried = false;
+    for _ in 0..4 {
+        let (healthy_before, failing_before) = (healthy.hits(), failing.hits());
+        let (status, body) = setup.get("acme", "/api/orders").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.starts_with("a1 "), "{body}");
+        if failing.hits() > failing_before {
+            assert_eq!(
+                healthy.hits() - healthy_before,
+                1,
+                "then sent once elsewhere"
+            );
+            retried = true;
+            break;
+        }
+    }
+    assert!(retried, "a GET met the failing instance and was retried");
+
+    // The reports eject the failing instance: requests stop reaching it.
+    let before = failing.hits();
+    for _ in 0..10 {
+        setup.get("acme", "/api/orders").await;
+    }
+    assert!(
+        setup.client.status().ejections >= 1,
+        "{:?}",
+        setup.client.status()
+    );
+    assert!(
+        failing.hits() - before < 5,
+        "ejected instances get no more traffic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_arrives_chunk_by_chunk() {
+    let backend = Backend::start("a1", false).await;
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &backend).await;
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    let request = Request::get(format!("http://{}/api/stream", setup.gateway))
+        .header("x-tenant-id", "acme")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within(setup.http.request(request)).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // The first chunk arrives while the backend still holds the second.
+    let first = within(body.frame())
+        .await
+        .expect("a frame")
+        .expect("data")
+        .into_data()
+        .expect("data");
+    assert_eq!(first, Bytes::from("first;"));
+    backend.release.notify_one();
+    let rest = within(body.collect()).await.expect("the rest").to_bytes();
+    assert_eq!(rest, Bytes::from("second"));
+}
+
+/// `greyrouter gateway` as its own process in front of a router.
+struct GatewayProcess(std::process::Child);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_command_routes_by_tenant_and_path_prefix() {
+    use std::io::BufRead;
+    let backend = Backend::start("a1", false).await;
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &backend).await;
+    setup.server.tenant("acme", "eu").await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"))
+        .args([
+            "gateway",
+            "--server",
+            &format!("http://{}", setup.server.addr),
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "/shop/api=api",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the gateway");
+    let stdout = child.stdout.take().expect("stdout");
+    let process = GatewayProcess(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = within(line).await.expect("joined").expect("a line");
+    let addr = line
+        .trim()
+        .strip_prefix("greyrouter gateway listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+
+    let request = Request::get(format!("http://{addr}/shop/api/orders?id=7"))
+        .header("x-tenant-id", "acme")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = within(setup.http.request(request)).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-service-version")
+            .map(|v| v.as_bytes()),
+        Some(&b"v1"[..])
+    );
+    let body = within(response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    // The prefix is stripped before forwarding.
+    assert_eq!(body, Bytes::from("a1 v1 a1 default /orders"));
+    drop(process);
+}
