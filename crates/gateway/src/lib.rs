@@ -216,7 +216,7 @@ impl Gateway {
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(err) = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await
                 {
                     tracing::debug!(%err, "gateway: connection ended");
@@ -240,6 +240,9 @@ impl Gateway {
         let Some((service, path)) = self.service(&request) else {
             return problem(StatusCode::NOT_FOUND, "no service in the path");
         };
+        if is_upgrade(request.headers()) {
+            return self.upgrade(request, &tenant, &service, &path).await;
+        }
         let retryable = matches!(
             *request.method(),
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
@@ -337,6 +340,84 @@ impl Gateway {
         }
     }
 
+    /// Passes an HTTP/1.1 upgrade (WebSocket) through: the instance's `101 Switching
+    /// Protocols` goes back to the caller, then bytes are copied both ways until either side
+    /// closes. Not retried; the outcome reported is the handshake's.
+    async fn upgrade(
+        &self,
+        mut request: Request<Incoming>,
+        tenant: &str,
+        service: &str,
+        path: &str,
+    ) -> Response<Body> {
+        let caller = hyper::upgrade::on(&mut request);
+        let decision = match self.router.route(&RouteRequest::new(tenant, service)).await {
+            Ok(decision) => decision,
+            Err(err) => return refusal(&err),
+        };
+        let (parts, body) = request.into_parts();
+        let mut forwarded = match forward_request(&parts, &decision, path, body.boxed()) {
+            Ok(forwarded) => forwarded,
+            Err(reason) => return problem(StatusCode::BAD_GATEWAY, &reason),
+        };
+        // The upgrade's own hop-by-hop headers go on: they are the request.
+        for name in [header::CONNECTION, header::UPGRADE] {
+            if let Some(value) = parts.headers.get(&name) {
+                forwarded.headers_mut().insert(name, value.clone());
+            }
+        }
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(self.settings.request_timeout, self.http.request(forwarded)).await;
+        let mut response = match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => {
+                self.router
+                    .report(&decision, Report::failure(started.elapsed()));
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("instance {} did not answer", decision.instance_id()),
+                );
+            }
+            Err(_) => {
+                self.router
+                    .report(&decision, Report::failure(started.elapsed()));
+                return problem(StatusCode::GATEWAY_TIMEOUT, "the instance did not answer");
+            }
+        };
+        let status = response.status();
+        self.router.report(
+            &decision,
+            Report {
+                success: !status.is_server_error(),
+                latency: started.elapsed(),
+                status_code: u32::from(status.as_u16()),
+            },
+        );
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            return answer(response, &decision);
+        }
+        let instance = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(caller, instance) {
+                Ok((caller, instance)) => {
+                    let mut caller = TokioIo::new(caller);
+                    let mut instance = TokioIo::new(instance);
+                    let _ = tokio::io::copy_bidirectional(&mut caller, &mut instance).await;
+                }
+                Err(err) => tracing::debug!(%err, "gateway: upgrade failed"),
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        add_route_headers(&mut parts.headers, &decision);
+        Response::from_parts(
+            parts,
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+    }
+
     fn tenant<B>(&self, request: &Request<B>) -> Option<String> {
         tenant_of(&self.settings, request)
     }
@@ -402,6 +483,17 @@ fn service_of<B>(settings: &GatewaySettings, request: &Request<B>) -> Option<(St
     }
     let first = path.trim_start_matches('/').split('/').next()?;
     (!first.is_empty()).then(|| (first.to_owned(), path_and_query))
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Whether a request's body is known to fit in `limit` (no body, or a small Content-Length).

@@ -56,6 +56,7 @@ impl Backend {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -82,9 +83,33 @@ impl Drop for Backend {
 fn respond(
     id: &str,
     failing: bool,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     release: Arc<Notify>,
 ) -> Response<Body> {
+    if request.headers().contains_key("upgrade") {
+        // Switches protocols, then echoes every byte back (what a WebSocket echo does to the
+        // frames it gets).
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = upgraded.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buffer = [0_u8; 1024];
+            while let Ok(read) = io.read(&mut buffer).await {
+                if read == 0 || io.write_all(&buffer[..read]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("a response");
+    }
     if failing || request.uri().path().ends_with("/fail") {
         let mut response = Response::new(Full::new(Bytes::from("failing")).boxed());
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -399,4 +424,88 @@ async fn the_gateway_command_routes_by_tenant_and_path_prefix() {
     // The prefix is stripped before forwarding.
     assert_eq!(body, Bytes::from("a1 v1 a1 default /orders"));
     drop(process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_passes_through_and_echoes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("a1", false).await;
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &backend).await;
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    let mut stream = within(tokio::net::TcpStream::connect(setup.gateway))
+        .await
+        .expect("connect");
+    let handshake = "GET /api/chat HTTP/1.1\r\nHost: gateway\r\nX-Tenant-Id: acme\r\n\
+                     Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    within(stream.write_all(handshake.as_bytes()))
+        .await
+        .expect("handshake sent");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0_u8; 1];
+        let read = within(stream.read(&mut byte)).await.expect("read");
+        assert_eq!(
+            read,
+            1,
+            "the gateway closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("x-target-instance: a1"), "{head}");
+
+    // A masked text frame "hi", as a browser sends it; the echo comes back byte for byte.
+    let frame = [0x81_u8, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    for _ in 0..3 {
+        within(stream.write_all(&frame)).await.expect("frame sent");
+        let mut echoed = [0_u8; 8];
+        within(stream.read_exact(&mut echoed)).await.expect("echo");
+        assert_eq!(echoed, frame);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_is_retried_around_then_ejected() {
+    let healthy = Backend::start("a1", false).await;
+    let killed = Backend::start("a2", false).await;
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &healthy).await;
+    setup.register("v1", "a2", &killed).await;
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+    // The instance goes away: its port refuses connections.
+    let gone = killed.addr;
+    drop(killed);
+    within(async {
+        while tokio::net::TcpStream::connect(gone).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    for _ in 0..12 {
+        let (status, body) = setup.get("acme", "/api/orders").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.starts_with("a1 "), "{body}");
+    }
+    let status = setup.client.status();
+    assert!(
+        status.ejections >= 1,
+        "the failed connections ejected it: {status:?}"
+    );
 }
