@@ -246,8 +246,18 @@ pub async fn within<F: Future>(future: F) -> F::Output {
 /// Polls `check` until it answers `Some`, within the test deadline (for what no event tells);
 /// the pause between polls grows from 5 ms to 100 ms.
 #[allow(dead_code)]
-pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+pub async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// [`eventually`] with a deadline of its own, for work that takes long in a debug build
+/// (thousands of changes).
+pub async fn eventually_within<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
     let mut pause = Duration::from_millis(5);
     loop {
         if let Some(value) = check().await {
