@@ -55,6 +55,9 @@ pub struct JwtSettings {
     /// The claim holding the tenant scope (a list of tenant ids, `key=value` labels or `*`);
     /// absent: every tenant.
     pub tenants_claim: String,
+    /// The claim naming the tenant the token speaks for (the gateway routes by it); none:
+    /// not read.
+    pub tenant_claim: Option<String>,
     /// The HS256 shared secret, for small setups.
     pub hs256_secret: Option<Vec<u8>>,
     /// The public keys.
@@ -81,6 +84,7 @@ impl JwtSettings {
             algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
             roles_claim: "roles".into(),
             tenants_claim: "tenants".into(),
+            tenant_claim: None,
             hs256_secret: None,
             jwks: None,
             jwks_ca_file: None,
@@ -389,11 +393,24 @@ impl JwtVerifier {
             Some(value) => TenantScope::parse(strings(Some(value)).iter().map(String::as_str))
                 .map_err(|_| Refusal::Invalid("invalid token"))?,
         };
+        let tenant = match &self.settings.tenant_claim {
+            None => None,
+            Some(path) => match claim(claims, path) {
+                None => None,
+                Some(Value::String(tenant))
+                    if routing_core::validate::name("tenant", tenant).is_ok() =>
+                {
+                    Some(tenant.clone())
+                }
+                Some(_) => return Err(Refusal::Invalid("invalid token")),
+            },
+        };
         Ok(Caller {
             subject: subject.to_owned(),
             method: "jwt",
             roles,
             scope,
+            tenant,
         })
     }
 

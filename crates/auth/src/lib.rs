@@ -185,6 +185,7 @@ fn caller(grant: &Grant, method: &'static str) -> Arc<Caller> {
         method,
         roles: grant.roles,
         scope: grant.scope.clone(),
+        tenant: None,
     })
 }
 

@@ -228,6 +228,9 @@ pub struct Caller {
     pub roles: Roles,
     /// Tenants the caller may read and change.
     pub scope: TenantScope,
+    /// The tenant the credential speaks for (a token's tenant claim, when one is configured):
+    /// what the gateway routes the caller's requests as.
+    pub tenant: Option<String>,
 }
 
 impl Caller {
@@ -239,6 +242,7 @@ impl Caller {
             method: "none",
             roles: Roles::ALL,
             scope: TenantScope::All,
+            tenant: None,
         }
     }
 
@@ -715,6 +719,7 @@ mod tests {
             method: "jwt",
             roles: Roles::ALL,
             scope: TenantScope::parse(["acme"]).expect("scope"),
+            tenant: None,
         };
         assert!(caller.check_tenant(&state, "acme").is_ok());
         let err = caller
@@ -735,6 +740,7 @@ mod tests {
             method: "jwt",
             roles: Roles::NONE.with(Role::Viewer),
             scope: TenantScope::All,
+            tenant: None,
         };
         let rule = rule("Admin", "SetTenantVersion").expect("rule");
         let err = caller.check_role(rule).expect_err("denied");
@@ -749,6 +755,7 @@ mod tests {
             method: "jwt",
             roles: Roles::ALL,
             scope: TenantScope::All,
+            tenant: None,
         };
         let actor = caller.actor(Some("mallory"), Some("why")).expect("actor");
         assert_eq!(actor.name, "alice@example.com");

@@ -1,36 +1,49 @@
 //! The HTTP gateway: a reverse proxy that routes every request by its tenant.
 //!
-//! For each request it finds the tenant (a header, default `X-Tenant-Id`, else the host name's
-//! first label under a configured domain), finds the service (a header, a route table of path
-//! prefixes, else the first path segment), decides locally from the SDK's watch-fed copy of the
-//! assignments (no network hop per request once the copy holds the pair), forwards to the
-//! chosen instance with `X-Service-Version`, `X-Target-Instance` and `X-Route-Source`, and
-//! reports the outcome (a 5xx or a failed connection is a failure) so that outlier ejection and
-//! canary analysis see the traffic. Idempotent requests are retried once on another instance
-//! within a retry budget; POST only when configured. Errors it answers itself are small JSON
-//! documents: 400 without a tenant, 404 for an unknown tenant or service, 503 with
-//! `Retry-After` when no instance is healthy, 504 on a timeout, 502 when the instance fails.
+//! For each request it finds the tenant (in the configured order: a header, default
+//! `X-Tenant-Id`; a verified bearer token's tenant claim; the host name's first label under a
+//! configured domain), finds the service (a header, a route table of path prefixes, else the
+//! first path segment), decides locally from the SDK's watch-fed copy of the assignments (no
+//! network hop per request once the copy holds the pair), forwards to the chosen instance with
+//! `X-Service-Version`, `X-Target-Instance` and `X-Route-Source`, and reports the outcome (a
+//! 5xx or a failed connection is a failure) so that outlier ejection and canary analysis see
+//! the traffic. Idempotent requests are retried once on another instance within a retry
+//! budget; POST only when configured. Errors it answers itself are small JSON documents: 400
+//! without a tenant, 401 for a bad token, 404 for an unknown tenant or service, 413 for a body
+//! over the limit, 503 with `Retry-After` when no instance is healthy, 504 on a timeout, 502
+//! when the instance fails.
+//!
+//! Requests go to instances over HTTP/1.1 on kept-alive connections; gRPC (an HTTP/2 request
+//! with a `application/grpc` content type) goes over one multiplexed HTTP/2 connection per
+//! instance, trailers included. WebSocket and other HTTP/1.1 upgrades pass through.
+
+mod resolve;
+mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use auth::jwt::JwtVerifier;
 use bytes::Bytes;
 use greyrouter_client::{Client, ClientError, Decision, Report, RouteRequest};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::upstream::{Upstream, UpstreamError};
+
 /// The body type of forwarded requests and of answers.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A path prefix and the service it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +56,43 @@ pub struct RouteRule {
     pub strip_prefix: bool,
 }
 
+/// Where a request's tenant may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSource {
+    /// The tenant header ([`GatewaySettings::tenant_header`]).
+    Header,
+    /// The tenant claim of a bearer JWT, verified ([`GatewaySettings::token_verifier`]).
+    Token,
+    /// The host name's first label under [`GatewaySettings::tenant_domain`].
+    Host,
+}
+
+impl std::str::FromStr for TenantSource {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<TenantSource, String> {
+        match name {
+            "header" => Ok(TenantSource::Header),
+            "token" => Ok(TenantSource::Token),
+            "host" => Ok(TenantSource::Host),
+            other => Err(format!(
+                "{other:?} is not a tenant source (header, token, host)"
+            )),
+        }
+    }
+}
+
 /// How the gateway finds tenants and services, and its limits.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// Where the tenant comes from, first found wins.
+    pub tenant_from: Vec<TenantSource>,
     /// The header naming the tenant.
     pub tenant_header: HeaderName,
-    /// With a domain (`example.com`), a request to `acme.example.com` is tenant `acme` when the
-    /// header is absent.
+    /// Checks bearer tokens whose tenant claim names the tenant ([`TenantSource::Token`]); a
+    /// token that fails the check is refused with 401.
+    pub token_verifier: Option<Arc<JwtVerifier>>,
+    /// With a domain (`example.com`), a request to `acme.example.com` is tenant `acme`.
     pub tenant_domain: Option<String>,
     /// The header naming the service (before the route table).
     pub service_header: HeaderName,
@@ -59,6 +102,10 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     /// Longest wait for an instance's response headers.
     pub request_timeout: Duration,
+    /// Connections to instances unused this long are closed.
+    pub idle_timeout: Duration,
+    /// Most connections kept per instance.
+    pub max_connections_per_instance: usize,
     /// Share of requests that may be retries (over a 10 s window; at least 10 retries).
     pub retry_budget: f64,
     /// Retry POST too (never by default: it may not be idempotent).
@@ -66,20 +113,33 @@ pub struct GatewaySettings {
     /// Largest request body kept to retry an idempotent request; larger bodies are streamed and
     /// their requests not retried.
     pub max_retry_body_bytes: usize,
+    /// Largest request body (413 above it; a streamed body is cut off there).
+    pub max_body_bytes: u64,
+    /// Largest request (and instance response) head: request line or status line and headers.
+    pub max_header_bytes: usize,
+    /// Longest wait for a request's headers on a connection (slow clients are closed).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for GatewaySettings {
     fn default() -> Self {
         GatewaySettings {
+            tenant_from: vec![TenantSource::Header, TenantSource::Token, TenantSource::Host],
             tenant_header: HeaderName::from_static("x-tenant-id"),
+            token_verifier: None,
             tenant_domain: None,
             service_header: HeaderName::from_static("x-service"),
             routes: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_connections_per_instance: 512,
             retry_budget: 0.2,
             retry_post: false,
             max_retry_body_bytes: 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -95,15 +155,15 @@ pub mod headers {
 }
 
 /// Headers of one hop, never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Retries allowed over a window: a share of the requests, at least a few.
@@ -155,28 +215,83 @@ impl RetryBudget {
     }
 }
 
-/// The gateway: the SDK's copy of the assignments, a pool of connections to instances.
+/// The gateway: the SDK's copy of the assignments, connections to instances.
 #[derive(Debug)]
 pub struct Gateway {
     router: Client,
-    http: HttpClient<HttpConnector, Body>,
+    upstream: Upstream,
     settings: GatewaySettings,
     budget: RetryBudget,
     epoch: Instant,
+    labels: HeaderValues,
 }
+
+/// Header values of versions, instance ids and route sources, made once and shared (a clone
+/// is a reference count, not a copy); at most [`HeaderValues::MAX`] are kept.
+#[derive(Debug, Default)]
+struct HeaderValues(std::sync::Mutex<std::collections::HashMap<Box<str>, HeaderValue>>);
+
+impl HeaderValues {
+    const MAX: usize = 10_000;
+
+    fn get(&self, text: &str) -> Option<HeaderValue> {
+        let mut values = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(value) = values.get(text) {
+            return Some(value.clone());
+        }
+        let value = HeaderValue::from_str(text).ok()?;
+        if values.len() >= Self::MAX {
+            values.clear();
+        }
+        values.insert(text.into(), value.clone());
+        Some(value)
+    }
+}
+
+/// The route headers of one decision.
+struct RouteHeaders([Option<HeaderValue>; 3]);
+
+impl RouteHeaders {
+    const NAMES: [HeaderName; 3] = [
+        HeaderName::from_static(headers::SERVICE_VERSION),
+        HeaderName::from_static(headers::TARGET_INSTANCE),
+        HeaderName::from_static(headers::ROUTE_SOURCE),
+    ];
+
+    fn new(values: &HeaderValues, decision: &Decision) -> RouteHeaders {
+        RouteHeaders([
+            values.get(decision.version()),
+            values.get(decision.instance_id()),
+            values.get(decision.source()),
+        ])
+    }
+
+    fn add_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in Self::NAMES.iter().zip(&self.0) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// A request refused before it reached an instance.
+struct Refused(Response<Body>);
 
 impl Gateway {
     /// Returns a gateway deciding with `router` (a connected SDK client).
     pub fn new(router: Client, settings: GatewaySettings) -> Arc<Gateway> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Arc::new(Gateway {
             router,
-            http,
+            upstream: Upstream::new(
+                settings.connect_timeout,
+                settings.idle_timeout,
+                settings.max_connections_per_instance,
+                settings.max_header_bytes,
+            ),
             budget: RetryBudget {
                 share: settings.retry_budget,
                 window_start_ms: AtomicU64::new(0),
@@ -185,7 +300,18 @@ impl Gateway {
             },
             settings,
             epoch: Instant::now(),
+            labels: HeaderValues::default(),
         })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.settings
+    }
+
+    /// Connections to instances kept open now.
+    pub fn kept_connections(&self) -> usize {
+        self.upstream.kept()
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` completes (connections open
@@ -196,25 +322,55 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
+        let sweeper = {
+            let gateway = Arc::downgrade(&self);
+            let every = (self.settings.idle_timeout / 2).max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    match gateway.upgrade() {
+                        Some(gateway) => gateway.upstream.sweep(),
+                        None => return,
+                    }
+                }
+            })
+        };
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_read_timeout)
+            .max_buf_size(self.settings.max_header_bytes.max(8192));
+        builder.http2().max_header_list_size(
+            u32::try_from(self.settings.max_header_bytes).unwrap_or(u32::MAX),
+        );
+        let builder = Arc::new(builder);
+        let outcome = loop {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
+                        // Out of descriptors and the like: back off instead of spinning.
                         tracing::warn!(%err, "gateway: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => break Ok(()),
             };
             let _ = stream.set_nodelay(true);
             let gateway = Arc::clone(&self);
+            let builder = Arc::clone(&builder);
             tokio::spawn(async move {
+                // The caller's address, formatted once per connection.
+                let peer = Arc::new(Peer::new(peer.ip()));
                 let service = hyper::service::service_fn(move |request| {
                     let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+                    let peer = Arc::clone(&peer);
+                    async move { Ok::<_, Infallible>(gateway.forward(request, Some(&peer)).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(err) = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await
@@ -222,47 +378,93 @@ impl Gateway {
                     tracing::debug!(%err, "gateway: connection ended");
                 }
             });
-        }
+        };
+        sweeper.abort();
+        outcome
     }
 
-    /// Routes and forwards one request.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// Routes and forwards one request from `peer`.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: Option<SocketAddr>,
+    ) -> Response<Body> {
+        let peer = peer.map(|peer| Peer::new(peer.ip()));
+        self.forward(request, peer.as_ref()).await
+    }
+
+    async fn forward(&self, request: Request<Incoming>, peer: Option<&Peer>) -> Response<Body> {
         self.budget.request(self.budget.now_ms(self.epoch));
-        let Some(tenant) = self.tenant(&request) else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "no tenant: send the {} header",
-                    self.settings.tenant_header.as_str()
-                ),
-            );
+        let (mut parts, body) = request.into_parts();
+        let tenant = match self.tenant(&parts).await {
+            Ok(tenant) => tenant,
+            Err(Refused(answer)) => return answer,
         };
-        let Some((service, path)) = self.service(&request) else {
+        let Some((service, rewritten)) = resolve::service_of(&self.settings, &parts) else {
             return problem(StatusCode::NOT_FOUND, "no service in the path");
         };
-        if is_upgrade(request.headers()) {
-            return self.upgrade(request, &tenant, &service, &path).await;
+        if let Some(length) = content_length(&parts.headers)
+            && length > self.settings.max_body_bytes
+        {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body over {} bytes",
+                    self.settings.max_body_bytes
+                ),
+            );
+        }
+        let path = match rewritten {
+            Some(path) => match PathAndQuery::try_from(path) {
+                Ok(path) => path,
+                Err(_) => return problem(StatusCode::BAD_REQUEST, "the path is not valid"),
+            },
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        if is_upgrade(&parts.headers) {
+            let caller = Request::from_parts(parts, body);
+            return self.upgrade(caller, &tenant, &service, path, peer).await;
+        }
+        let grpc = parts.version == Version::HTTP_2 && is_grpc(&parts.headers);
+        let keep_te = grpc && parts.headers.contains_key(header::TE);
+        for name in &HOP_BY_HOP {
+            parts.headers.remove(name);
+        }
+        if keep_te {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(peer) = peer {
+            peer.append_to(&mut parts.headers);
         }
         let retryable = matches!(
-            *request.method(),
+            parts.method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-        ) || (self.settings.retry_post && request.method() == Method::POST);
-        let (parts, body) = request.into_parts();
+        ) || (self.settings.retry_post && parts.method == Method::POST);
         // A retryable request's body is kept (up to a limit) to be sent again.
-        let small = body_is_small(&parts.headers, self.settings.max_retry_body_bytes);
-        let (kept, mut streamed) = if retryable && small {
+        let (kept, mut streamed) = if body.is_end_stream() {
+            (Some(Bytes::new()), None)
+        } else if retryable
+            && content_length(&parts.headers)
+                .is_some_and(|length| length <= self.settings.max_retry_body_bytes as u64)
+        {
             match Limited::new(body, self.settings.max_retry_body_bytes)
                 .collect()
                 .await
             {
                 Ok(collected) => (Some(collected.to_bytes()), None),
-                Err(_) => {
-                    return problem(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-                }
+                Err(_) => return problem(StatusCode::BAD_REQUEST, "the request body failed"),
             }
         } else {
-            (None, Some(body.boxed()))
+            let limit = usize::try_from(self.settings.max_body_bytes).unwrap_or(usize::MAX);
+            (None, Some(Limited::new(body, limit).boxed()))
         };
+        let retryable = retryable && kept.is_some();
         let route = RouteRequest::new(&tenant, &service);
         let mut tried: Vec<String> = Vec::new();
         loop {
@@ -271,32 +473,51 @@ impl Gateway {
                 Err(err) => return refusal(&err),
             };
             let body = match (&kept, streamed.take()) {
-                (Some(bytes), _) => Full::new(bytes.clone())
-                    .map_err(|never| match never {})
-                    .boxed(),
+                (Some(bytes), _) if bytes.is_empty() => empty(),
+                (Some(bytes), _) => full(bytes.clone()),
                 (None, Some(body)) => body,
-                (None, None) => Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed(),
+                (None, None) => empty(),
             };
-            let forwarded = match forward_request(&parts, &decision, &path, body) {
-                Ok(forwarded) => forwarded,
-                Err(reason) => return problem(StatusCode::BAD_GATEWAY, &reason),
+            let can_retry = retryable && tried.is_empty();
+            let headers = if can_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
             };
+            let mut forwarded = Request::new(body);
+            *forwarded.method_mut() = parts.method.clone();
+            *forwarded.headers_mut() = headers;
+            let route_headers = RouteHeaders::new(&self.labels, &decision);
+            route_headers.add_to(forwarded.headers_mut());
+            let address = decision.address();
             let started = Instant::now();
-            let outcome =
-                tokio::time::timeout(self.settings.request_timeout, self.http.request(forwarded))
-                    .await;
+            let sent = if grpc {
+                match absolute_uri(address, &path) {
+                    Ok(uri) => *forwarded.uri_mut() = uri,
+                    Err(reason) => return problem(StatusCode::BAD_GATEWAY, &reason),
+                }
+                *forwarded.version_mut() = Version::HTTP_2;
+                tokio::time::timeout(
+                    self.settings.request_timeout,
+                    self.upstream.send_http2(address, forwarded),
+                )
+                .await
+            } else {
+                *forwarded.uri_mut() = Uri::from(path.clone());
+                tokio::time::timeout(
+                    self.settings.request_timeout,
+                    self.upstream.send_http1(address, forwarded),
+                )
+                .await
+            };
             let latency = started.elapsed();
-            let can_retry = kept.is_some() && tried.is_empty();
-            match outcome {
+            match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    let failed = status.is_server_error();
                     self.router.report(
                         &decision,
                         Report {
-                            success: !failed,
+                            success: !status.is_server_error(),
                             latency,
                             status_code: u32::from(status.as_u16()),
                         },
@@ -311,7 +532,7 @@ impl Gateway {
                         tried.push(decision.instance_id().to_owned());
                         continue;
                     }
-                    return answer(response, &decision);
+                    return answer(response, &route_headers);
                 }
                 Ok(Err(err)) => {
                     self.router.report(&decision, Report::failure(latency));
@@ -322,7 +543,15 @@ impl Gateway {
                     tracing::debug!(%err, instance = decision.instance_id(), "gateway: forwarding failed");
                     return problem(
                         StatusCode::BAD_GATEWAY,
-                        &format!("instance {} did not answer", decision.instance_id()),
+                        &match err {
+                            UpstreamError::Connect(_) => {
+                                format!("instance {} did not answer", decision.instance_id())
+                            }
+                            UpstreamError::Request(_) => format!(
+                                "instance {} failed the request",
+                                decision.instance_id()
+                            ),
+                        },
                     );
                 }
                 Err(_) => {
@@ -340,6 +569,73 @@ impl Gateway {
         }
     }
 
+    /// The request's tenant, from the first configured source that names one.
+    async fn tenant(&self, parts: &Parts) -> Result<String, Refused> {
+        for source in &self.settings.tenant_from {
+            match source {
+                TenantSource::Header => {
+                    if let Some(tenant) = resolve::tenant_from_header(&self.settings, parts) {
+                        return Ok(tenant.to_owned());
+                    }
+                }
+                TenantSource::Token => {
+                    let (Some(verifier), Some(token)) = (
+                        self.settings.token_verifier.as_ref(),
+                        resolve::bearer_token(parts),
+                    ) else {
+                        continue;
+                    };
+                    match verifier.verify(token).await {
+                        Ok(caller) => {
+                            if let Some(tenant) = &caller.tenant {
+                                return Ok(tenant.clone());
+                            }
+                        }
+                        Err(refusal) => {
+                            let mut answer =
+                                problem(StatusCode::UNAUTHORIZED, &refusal.to_string());
+                            answer.headers_mut().insert(
+                                header::WWW_AUTHENTICATE,
+                                HeaderValue::from_static("Bearer"),
+                            );
+                            return Err(Refused(answer));
+                        }
+                    }
+                }
+                TenantSource::Host => {
+                    if let Some(tenant) = resolve::tenant_from_host(&self.settings, parts) {
+                        return Ok(tenant.to_owned());
+                    }
+                }
+            }
+        }
+        let how: Vec<String> = self
+            .settings
+            .tenant_from
+            .iter()
+            .filter_map(|source| match source {
+                TenantSource::Header => Some(format!(
+                    "the {} header",
+                    self.settings.tenant_header.as_str()
+                )),
+                TenantSource::Token => self
+                    .settings
+                    .token_verifier
+                    .as_ref()
+                    .map(|_| "a bearer token with a tenant claim".to_owned()),
+                TenantSource::Host => self
+                    .settings
+                    .tenant_domain
+                    .as_ref()
+                    .map(|domain| format!("a host name under {domain}")),
+            })
+            .collect();
+        Err(Refused(problem(
+            StatusCode::BAD_REQUEST,
+            &format!("no tenant: send {}", how.join(" or ")),
+        )))
+    }
+
     /// Passes an HTTP/1.1 upgrade (WebSocket) through: the instance's `101 Switching
     /// Protocols` goes back to the caller, then bytes are copied both ways until either side
     /// closes. Not retried; the outcome reported is the handshake's.
@@ -348,27 +644,41 @@ impl Gateway {
         mut request: Request<Incoming>,
         tenant: &str,
         service: &str,
-        path: &str,
+        path: PathAndQuery,
+        peer: Option<&Peer>,
     ) -> Response<Body> {
         let caller = hyper::upgrade::on(&mut request);
         let decision = match self.router.route(&RouteRequest::new(tenant, service)).await {
             Ok(decision) => decision,
             Err(err) => return refusal(&err),
         };
-        let (parts, body) = request.into_parts();
-        let mut forwarded = match forward_request(&parts, &decision, path, body.boxed()) {
-            Ok(forwarded) => forwarded,
-            Err(reason) => return problem(StatusCode::BAD_GATEWAY, &reason),
-        };
+        let (mut parts, body) = request.into_parts();
         // The upgrade's own hop-by-hop headers go on: they are the request.
-        for name in [header::CONNECTION, header::UPGRADE] {
-            if let Some(value) = parts.headers.get(&name) {
-                forwarded.headers_mut().insert(name, value.clone());
+        let connection = parts.headers.remove(header::CONNECTION);
+        let upgrade = parts.headers.remove(header::UPGRADE);
+        for name in &HOP_BY_HOP {
+            parts.headers.remove(name);
+        }
+        if let Some(peer) = peer {
+            peer.append_to(&mut parts.headers);
+        }
+        let mut forwarded = Request::new(body.map_err(Into::into).boxed());
+        *forwarded.method_mut() = parts.method;
+        *forwarded.uri_mut() = Uri::from(path);
+        *forwarded.headers_mut() = parts.headers;
+        for (name, value) in [(header::CONNECTION, connection), (header::UPGRADE, upgrade)] {
+            if let Some(value) = value {
+                forwarded.headers_mut().insert(name, value);
             }
         }
+        let route_headers = RouteHeaders::new(&self.labels, &decision);
+        route_headers.add_to(forwarded.headers_mut());
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.settings.request_timeout, self.http.request(forwarded)).await;
+        let outcome = tokio::time::timeout(
+            self.settings.request_timeout,
+            self.upstream.send_upgrade(decision.address(), forwarded),
+        )
+        .await;
         let mut response = match outcome {
             Ok(Ok(response)) => response,
             Ok(Err(_)) => {
@@ -395,7 +705,7 @@ impl Gateway {
             },
         );
         if status != StatusCode::SWITCHING_PROTOCOLS {
-            return answer(response, &decision);
+            return answer(response, &route_headers);
         }
         let instance = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
@@ -409,84 +719,13 @@ impl Gateway {
             }
         });
         let (mut parts, _) = response.into_parts();
-        add_route_headers(&mut parts.headers, &decision);
-        Response::from_parts(
-            parts,
-            Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        route_headers.add_to(&mut parts.headers);
+        Response::from_parts(parts, empty())
     }
-
-    fn tenant<B>(&self, request: &Request<B>) -> Option<String> {
-        tenant_of(&self.settings, request)
-    }
-
-    fn service<B>(&self, request: &Request<B>) -> Option<(String, String)> {
-        service_of(&self.settings, request)
-    }
-}
-
-/// The tenant: the header, else the host's first label under the configured domain.
-fn tenant_of<B>(settings: &GatewaySettings, request: &Request<B>) -> Option<String> {
-    if let Some(value) = request.headers().get(&settings.tenant_header) {
-        return value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-    }
-    let domain = settings.tenant_domain.as_deref()?;
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())?;
-    let host = host.split(':').next().unwrap_or(host);
-    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
-    (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
-}
-
-/// The service (the header, the longest matching route, else the first path segment) and the
-/// path to forward.
-fn service_of<B>(settings: &GatewaySettings, request: &Request<B>) -> Option<(String, String)> {
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    if let Some(value) = request.headers().get(&settings.service_header) {
-        let service = value.to_str().ok().filter(|v| !v.is_empty())?;
-        return Some((service.to_owned(), path_and_query));
-    }
-    let path = request.uri().path();
-    let rule = settings
-        .routes
-        .iter()
-        .filter(|rule| {
-            path.strip_prefix(rule.prefix.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-        .max_by_key(|rule| rule.prefix.len());
-    if let Some(rule) = rule {
-        let forwarded = if rule.strip_prefix {
-            let rest = &path_and_query[rule.prefix.len()..];
-            if rest.starts_with('/') {
-                rest.to_owned()
-            } else {
-                format!("/{rest}")
-            }
-        } else {
-            path_and_query
-        };
-        return Some((rule.service.clone(), forwarded));
-    }
-    let first = path.trim_start_matches('/').split('/').next()?;
-    (!first.is_empty()).then(|| (first.to_owned(), path_and_query))
 }
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
-fn is_upgrade(headers: &http::HeaderMap) -> bool {
+fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -496,67 +735,78 @@ fn is_upgrade(headers: &http::HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Whether a request's body is known to fit in `limit` (no body, or a small Content-Length).
-fn body_is_small(headers: &http::HeaderMap, limit: usize) -> bool {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return false;
-    }
-    match headers.get(header::CONTENT_LENGTH) {
-        None => true,
-        Some(length) => length
-            .to_str()
-            .ok()
-            .and_then(|l| l.parse::<usize>().ok())
-            .is_some_and(|l| l <= limit),
-    }
+/// Whether a request is gRPC (`content-type: application/grpc`, `application/grpc+proto`...).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The request to send to the decided instance.
-fn forward_request(
-    parts: &http::request::Parts,
-    decision: &Decision,
-    path: &str,
-    body: Body,
-) -> Result<Request<Body>, String> {
-    let uri: Uri = format!("http://{}{}", decision.address(), path)
+/// The declared body length, when there is one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
         .parse()
-        .map_err(|_| format!("instance address {:?} is not usable", decision.address()))?;
-    let mut request = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .version(http::Version::HTTP_11)
-        .body(body)
-        .map_err(|err| err.to_string())?;
-    let headers = request.headers_mut();
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            headers.append(name, value.clone());
-        }
-    }
-    add_route_headers(headers, decision);
-    Ok(request)
+        .ok()
 }
 
-fn add_route_headers(headers: &mut http::HeaderMap, decision: &Decision) {
-    for (name, value) in [
-        (headers::SERVICE_VERSION, decision.version()),
-        (headers::TARGET_INSTANCE, decision.instance_id()),
-        (headers::ROUTE_SOURCE, decision.source()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The caller at the other end of a connection.
+struct Peer {
+    ip: IpAddr,
+    /// `ip` as a header value.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    fn new(ip: IpAddr) -> Peer {
+        let forwarded_for = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { ip, forwarded_for }
+    }
+
+    /// Adds the caller's address to `X-Forwarded-For`.
+    fn append_to(&self, headers: &mut HeaderMap) {
+        let value = match headers.get(&FORWARDED_FOR).map(HeaderValue::to_str) {
+            None => Some(self.forwarded_for.clone()),
+            Some(Ok(earlier)) => HeaderValue::try_from(format!("{earlier}, {}", self.ip)).ok(),
+            Some(Err(_)) => None,
+        };
+        if let Some(value) = value {
+            headers.insert(FORWARDED_FOR, value);
         }
     }
+}
+
+/// `http://address/path` (HTTP/2 requests carry the authority).
+fn absolute_uri(address: &str, path: &PathAndQuery) -> Result<Uri, String> {
+    Uri::builder()
+        .scheme("http")
+        .authority(address)
+        .path_and_query(path.clone())
+        .build()
+        .map_err(|_| format!("instance address {address:?} is not usable"))
 }
 
 /// The instance's response, with the route headers added.
-fn answer(response: Response<Incoming>, decision: &Decision) -> Response<Body> {
+fn answer(response: Response<Incoming>, route_headers: &RouteHeaders) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    add_route_headers(&mut parts.headers, decision);
-    Response::from_parts(parts, body.boxed())
+    route_headers.add_to(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(Into::into).boxed())
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 /// The gateway's own answer to a request it cannot route.
@@ -586,11 +836,7 @@ mod tonic_code {
 /// A small JSON error document; 503 says when to retry.
 fn problem(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({"status": status.as_u16(), "error": message}).to_string();
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -627,11 +873,16 @@ mod tests {
         }
     }
 
-    fn resolve(request: Request<()>) -> (Option<String>, Option<(String, String)>) {
+    fn parts(request: Request<()>) -> Parts {
+        request.into_parts().0
+    }
+
+    fn tenant(request: Request<()>) -> Option<String> {
         let settings = settings();
-        let tenant = tenant_of(&settings, &request);
-        let service = service_of(&settings, &request);
-        (tenant, service)
+        let parts = parts(request);
+        resolve::tenant_from_header(&settings, &parts)
+            .or_else(|| resolve::tenant_from_host(&settings, &parts))
+            .map(str::to_owned)
     }
 
     #[test]
@@ -641,12 +892,12 @@ mod tests {
             .header("host", "globex.example.com:8080")
             .body(())
             .expect("request");
-        assert_eq!(resolve(request).0.as_deref(), Some("acme"));
+        assert_eq!(tenant(request).as_deref(), Some("acme"));
         let request = Request::get("/x")
             .header("host", "globex.example.com:8080")
             .body(())
             .expect("request");
-        assert_eq!(resolve(request).0.as_deref(), Some("globex"));
+        assert_eq!(tenant(request).as_deref(), Some("globex"));
         for host in [
             "example.com",
             "a.b.example.com",
@@ -657,34 +908,71 @@ mod tests {
                 .header("host", host)
                 .body(())
                 .expect("request");
-            assert_eq!(resolve(request).0, None, "{host}");
+            assert_eq!(tenant(request), None, "{host}");
         }
     }
 
     #[test]
+    fn a_bearer_token_is_read_from_the_authorization_header() {
+        let token = |value: &str| {
+            let parts = parts(
+                Request::get("/x")
+                    .header("authorization", value)
+                    .body(())
+                    .expect("request"),
+            );
+            resolve::bearer_token(&parts).map(str::to_owned)
+        };
+        assert_eq!(token("Bearer abc.def.ghi").as_deref(), Some("abc.def.ghi"));
+        assert_eq!(token("bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(token("Bearer "), None);
+    }
+
+    #[test]
     fn the_longest_prefix_names_the_service_then_the_first_segment() {
-        let service = |path: &str| resolve(Request::get(path).body(()).expect("request")).1;
+        let settings = settings();
+        let service = |path: &str| {
+            let parts = parts(Request::get(path).body(()).expect("request"));
+            resolve::service_of(&settings, &parts)
+        };
         assert_eq!(
             service("/shop/api/orders?id=1"),
-            Some(("shop-api".into(), "/orders?id=1".into()))
+            Some(("shop-api".into(), Some("/orders?id=1".into())))
         );
-        assert_eq!(
-            service("/shop/cart"),
-            Some(("shop".into(), "/shop/cart".into()))
-        );
-        assert_eq!(
-            service("/shopping/x"),
-            Some(("shopping".into(), "/shopping/x".into()))
-        );
-        assert_eq!(service("/shop/api"), Some(("shop-api".into(), "/".into())));
+        assert_eq!(service("/shop/cart"), Some(("shop".into(), None)));
+        assert_eq!(service("/shopping/x"), Some(("shopping".into(), None)));
+        assert_eq!(service("/shop/api"), Some(("shop-api".into(), Some("/".into()))));
         assert_eq!(service("/"), None);
         let request = Request::get("/anything")
             .header("x-service", "billing")
             .body(())
             .expect("request");
         assert_eq!(
-            resolve(request).1,
-            Some(("billing".into(), "/anything".into()))
+            resolve::service_of(&settings, &parts(request)),
+            Some(("billing".into(), None))
+        );
+    }
+
+    #[test]
+    fn tenant_sources_are_named_in_the_configuration() {
+        let sources: Result<Vec<TenantSource>, String> =
+            ["header", "token", "host"].iter().map(|s| s.parse()).collect();
+        assert_eq!(
+            sources.expect("sources"),
+            vec![TenantSource::Header, TenantSource::Token, TenantSource::Host]
+        );
+        assert!("cookie".parse::<TenantSource>().is_err());
+    }
+
+    #[test]
+    fn forwarded_for_lists_every_hop() {
+        let mut headers = HeaderMap::new();
+        Peer::new(IpAddr::from([10, 0, 0, 1])).append_to(&mut headers);
+        Peer::new(IpAddr::from([127, 0, 0, 1])).append_to(&mut headers);
+        assert_eq!(
+            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            Some("10.0.0.1, 127.0.0.1")
         );
     }
 

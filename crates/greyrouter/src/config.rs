@@ -68,6 +68,9 @@ pub struct Config {
     pub tls: Option<crate::security::TlsConfig>,
     /// Who may call (tokens, API keys, client certificates); absent: auth off.
     pub auth: Option<crate::security::AuthConfig>,
+    /// The HTTP gateway: run in-process when `gateway.listen` is set, and read by
+    /// `greyrouter gateway --config`.
+    pub gateway: crate::gateway_config::GatewayConfig,
     /// The values of the environment variables `[discovery]` names for credentials; read from
     /// the environment only, never from the file, never printed.
     #[serde(skip)]
@@ -490,6 +493,7 @@ impl Default for Config {
             discovery: nacos_sync::DiscoverySettings::default(),
             tls: None,
             auth: None,
+            gateway: crate::gateway_config::GatewayConfig::default(),
             secrets: Secrets::default(),
         }
     }
@@ -956,7 +960,13 @@ impl Config {
 
     /// Checks every value; returns one line per problem.
     pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.gateway.problems();
+        if self.gateway.listen.is_some() && (self.tls.is_some() || self.auth.is_some()) {
+            problems.push(
+                "gateway.listen: the gateway inside serve follows this server over plaintext without credentials; with [tls] or [auth] run `greyrouter gateway` with --token and --ca-file"
+                    .to_owned(),
+            );
+        }
         if self.uses_redis() {
             problems.extend(self.redis_config().problems());
         } else if !["memory", "memory://", "durable"].contains(&self.store.as_str()) {
@@ -1105,6 +1115,7 @@ mod tests {
         "GREYROUTER_SKIP_MISSING",
         "GREYROUTER_SERVER",
         "GREYROUTER_GATEWAY_ADDR",
+        "GREYROUTER_GATEWAY_THREADS",
         "GREYROUTER_TOKEN",
         "GREYROUTER_CA_FILE",
         "GREYROUTER_CERT_FILE",

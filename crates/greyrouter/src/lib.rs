@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod gateway_config;
 pub mod log;
 pub mod security;
 pub mod server;

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use greyrouter_proto::v1 as pb;
@@ -111,7 +110,7 @@ enum Command {
     Serve(ServeArgs),
     /// Runs the HTTP gateway: routes HTTP requests by tenant to the instances the routers
     /// (--server, --router) assign, deciding locally from a watch-fed copy.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Routes one request and prints the chosen instance.
     Route(RouteArgs),
     /// Tenants and their versions.
@@ -168,35 +167,55 @@ struct GatewayArgs {
         default_value = "127.0.0.1:8080"
     )]
     listen: std::net::SocketAddr,
+    /// A configuration file: its [gateway] section (under these flags) and its [auth] JWT
+    /// settings, which check the bearer tokens whose claim names the tenant.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// More routers to follow besides --server (repeatable): the copy fails over between them.
     #[arg(long = "router")]
     routers: Vec<String>,
-    /// The header naming the tenant.
-    #[arg(long, default_value = "x-tenant-id")]
-    tenant_header: String,
-    /// A domain whose subdomains name tenants (acme.example.com: tenant acme) when the header
-    /// is absent.
+    /// Where the tenant comes from, first found wins (comma-separated of header, token,
+    /// host) [default: header,token,host].
+    #[arg(long, value_delimiter = ',')]
+    tenant_from: Option<Vec<String>>,
+    /// The header naming the tenant [default: x-tenant-id].
+    #[arg(long)]
+    tenant_header: Option<String>,
+    /// The JWT claim naming the tenant [default: tenant_id].
+    #[arg(long)]
+    tenant_claim: Option<String>,
+    /// A domain whose subdomains name tenants (acme.example.com: tenant acme).
     #[arg(long)]
     tenant_domain: Option<String>,
-    /// The header naming the service.
-    #[arg(long, default_value = "x-service")]
-    service_header: String,
+    /// The header naming the service [default: x-service].
+    #[arg(long)]
+    service_header: Option<String>,
     /// A path prefix and its service, PREFIX=SERVICE (repeatable); the prefix is stripped
     /// before forwarding. Without a match the first path segment names the service.
     #[arg(long = "route", value_parser = key_value)]
     routes: Vec<(String, String)>,
-    /// Longest wait for a connection to an instance, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    connect_timeout_ms: u64,
-    /// Longest wait for an instance's response headers, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    request_timeout_ms: u64,
-    /// Share of requests that may be retries (0 to 1).
-    #[arg(long, default_value_t = 0.2)]
-    retry_budget: f64,
+    /// Longest wait for a connection to an instance, in milliseconds [default: 1000].
+    #[arg(long)]
+    connect_timeout_ms: Option<u64>,
+    /// Longest wait for an instance's response headers, in milliseconds [default: 30000].
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// Share of requests that may be retries, 0 to 1 [default: 0.2].
+    #[arg(long)]
+    retry_budget: Option<f64>,
     /// Retry POST requests too (they may not be idempotent).
     #[arg(long)]
     retry_post: bool,
+    /// Largest request body in bytes; 413 above it [default: 16 MiB].
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    /// Largest request head (request line and headers) in bytes; 431 above it
+    /// [default: 65536].
+    #[arg(long)]
+    max_header_bytes: Option<usize>,
+    /// Threads serving requests [default: the cores this process may run on].
+    #[arg(long, env = "GREYROUTER_GATEWAY_THREADS")]
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -293,17 +312,36 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Gateway(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let config = match gateway_config(&args) {
+                Ok(config) => config,
+                Err(problems) => {
+                    for problem in problems {
+                        eprintln!("error: {problem}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            // One thread: no work stealing, no cross-thread wake-ups (what a gateway pinned to
+            // one core wants); more: tokio's multi-thread scheduler.
+            let threads = match config.gateway.threads {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                threads => threads,
+            };
+            let mut builder = if threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                builder
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("error: cannot start the runtime: {err}");
                     return ExitCode::FAILURE;
                 }
             };
-            return runtime.block_on(gateway(args, &cli.client));
+            return runtime.block_on(gateway(*args, config, &cli.client));
         }
         Command::Store(store::StoreCommand::Check { data_dir }) => {
             return store::check_command(&data_dir, Printer(cli.client.output));
@@ -369,6 +407,7 @@ async fn serve(config: Config) -> ExitCode {
     let telemetry = crate::telemetry::init(&config);
     let addr = config.grpc_addr;
     let http_addr = config.http_addr;
+    let gateway_config = config.gateway.clone();
     let app = match App::start(config).await {
         Ok(app) => app.with_metrics(telemetry.exporter.clone()),
         Err(err) => {
@@ -403,7 +442,18 @@ async fn serve(config: Config) -> ExitCode {
     if let Some(local) = http.as_ref().and_then(|http| http.local_addr().ok()) {
         println!("greyrouter http listening on {local}");
     }
-    match app.serve_with_http(listener, http, shutdown).await {
+    let gateway = match in_process_gateway(&gateway_config, &listener).await {
+        Ok(gateway) => gateway,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = app.serve_with_http(listener, http, shutdown).await;
+    if let Some(gateway) = gateway {
+        gateway.abort();
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -412,8 +462,42 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
+/// The gateway `serve` runs when `gateway.listen` is set: it follows this server over its own
+/// gRPC listener (plaintext, no credentials: the configuration refuses it with TLS or auth).
+async fn in_process_gateway(
+    config: &crate::gateway_config::GatewayConfig,
+    grpc: &tokio::net::TcpListener,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, String> {
+    let Some(addr) = config.listen else {
+        return Ok(None);
+    };
+    let settings = config.settings(None).map_err(|problems| problems.join("; "))?;
+    let mut local = grpc
+        .local_addr()
+        .map_err(|err| format!("gateway: no gRPC address to follow: {err}"))?;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let router =
+        greyrouter_client::Client::connect(greyrouter_client::ClientConfig::new(format!(
+            "http://{local}"
+        )))
+        .await
+        .map_err(|err| format!("gateway: {err}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|err| format!("gateway: cannot listen on {addr}: {err}"))?;
+    if let Ok(local) = listener.local_addr() {
+        println!("greyrouter gateway listening on {local}");
+    }
+    let gateway = gateway::Gateway::new(router, settings);
+    Ok(Some(tokio::spawn(
+        gateway.serve(listener, std::future::pending()),
+    )))
+}
+
 /// Runs `greyrouter gateway` until SIGINT or SIGTERM.
-async fn gateway(args: GatewayArgs, client: &ClientArgs) -> ExitCode {
+async fn gateway(args: GatewayArgs, config: Config, client: &ClientArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GREYROUTER_LOG_LEVEL")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -421,27 +505,42 @@ async fn gateway(args: GatewayArgs, client: &ClientArgs) -> ExitCode {
         .with_ansi(false)
         .with_writer(crate::log::SafeLines::new(std::io::stderr))
         .try_init();
-    let settings = match gateway_settings(&args) {
-        Ok(settings) => settings,
+    let verifier = match crate::gateway_config::token_verifier(
+        &config.gateway,
+        config.auth.as_ref(),
+        &config.secrets,
+    )
+    .await
+    {
+        Ok(verifier) => verifier,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let mut config = greyrouter_client::ClientConfig::new(client.server.clone());
+    let settings = match config.gateway.settings(verifier) {
+        Ok(settings) => settings,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("error: {problem}");
+            }
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let mut sdk = greyrouter_client::ClientConfig::new(client.server.clone());
     for router in &args.routers {
-        config = config.endpoint(router.clone());
+        sdk = sdk.endpoint(router.clone());
     }
     if let Some(token) = &client.token {
-        config = config.token(token.clone());
+        sdk = sdk.token(token.clone());
     }
     if let Some(ca_file) = &client.ca_file {
-        config = config.ca_file(ca_file.clone());
+        sdk = sdk.ca_file(ca_file.clone());
     }
     if let (Some(cert), Some(key)) = (&client.cert_file, &client.key_file) {
-        config = config.client_certificate(cert.clone(), key.clone());
+        sdk = sdk.client_certificate(cert.clone(), key.clone());
     }
-    let router = match greyrouter_client::Client::connect(config).await {
+    let router = match greyrouter_client::Client::connect(sdk).await {
         Ok(router) => router,
         Err(err) => {
             eprintln!("error: {err}");
@@ -470,42 +569,61 @@ async fn gateway(args: GatewayArgs, client: &ClientArgs) -> ExitCode {
     }
 }
 
-/// The gateway's settings from its flags, or what is wrong with them.
-fn gateway_settings(args: &GatewayArgs) -> Result<gateway::GatewaySettings, String> {
-    let header = |flag: &str, value: &str| {
-        http::HeaderName::from_bytes(value.as_bytes())
-            .map_err(|_| format!("{flag}: {value:?} is not a header name"))
+/// The configuration of `greyrouter gateway`: the file's (when given), then the flags.
+fn gateway_config(args: &GatewayArgs) -> Result<Config, Vec<String>> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut config = match &args.config {
+        // Checks the whole file; `serve`'s listener flags are not the gateway's business.
+        Some(path) => Config::load(Some(path), &env, Overrides::default())
+            .map_err(|err| err.problems)?,
+        None => Config::default(),
     };
-    if !(0.0..=1.0).contains(&args.retry_budget) {
-        return Err(format!(
-            "--retry-budget: {} is outside 0 to 1",
-            args.retry_budget
-        ));
+    let gateway = &mut config.gateway;
+    if let Some(sources) = &args.tenant_from {
+        gateway.tenant_from.clone_from(sources);
     }
-    let mut routes = Vec::new();
-    for (prefix, service) in &args.routes {
-        if !prefix.starts_with('/') || service.is_empty() {
-            return Err(format!(
-                "--route: expected /PREFIX=SERVICE, got {prefix}={service}"
-            ));
+    for (flag, value) in [
+        (&mut gateway.tenant_header, &args.tenant_header),
+        (&mut gateway.tenant_claim, &args.tenant_claim),
+        (&mut gateway.tenant_domain, &args.tenant_domain),
+        (&mut gateway.service_header, &args.service_header),
+    ] {
+        if let Some(value) = value {
+            flag.clone_from(value);
         }
-        routes.push(gateway::RouteRule {
-            prefix: prefix.trim_end_matches('/').to_owned(),
+    }
+    for (prefix, service) in &args.routes {
+        gateway.routes.push(crate::gateway_config::GatewayRoute {
+            prefix: prefix.clone(),
             service: service.clone(),
             strip_prefix: true,
         });
     }
-    Ok(gateway::GatewaySettings {
-        tenant_header: header("--tenant-header", &args.tenant_header)?,
-        tenant_domain: args.tenant_domain.clone(),
-        service_header: header("--service-header", &args.service_header)?,
-        routes,
-        connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
-        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
-        retry_budget: args.retry_budget,
-        retry_post: args.retry_post,
-        ..gateway::GatewaySettings::default()
-    })
+    if let Some(ms) = args.connect_timeout_ms {
+        gateway.connect_timeout_ms = ms;
+    }
+    if let Some(ms) = args.request_timeout_ms {
+        gateway.request_timeout_ms = ms;
+    }
+    if let Some(share) = args.retry_budget {
+        gateway.retry_budget = share;
+    }
+    gateway.retry_post |= args.retry_post;
+    if let Some(bytes) = args.max_body_bytes {
+        gateway.max_body_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_header_bytes {
+        gateway.max_header_bytes = bytes;
+    }
+    if let Some(threads) = args.threads {
+        gateway.threads = threads;
+    }
+    let problems = gateway.problems();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Catches SIGINT and SIGTERM from now on; the future completes on either.
