@@ -1434,4 +1434,40 @@ max_tenant_labels = 1000000
             Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect_err("typo");
         assert!(err.to_string().contains("grpc_adr"), "{err}");
     }
+
+    #[test]
+    fn gateway_settings_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            "[gateway]\nlisten = \"127.0.0.1:8080\"\ntenant_from = [\"header\", \"cookie\"]\nretry_budget = 1.5\nmax_header_bytes = 10\ntenant_header = \"bad header\"\n[[gateway.routes]]\nprefix = \"shop\"\nservice = \"shop\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://id.example.com/jwks\"\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&file), &BTreeMap::new(), Overrides::default())
+            .expect_err("invalid");
+        let text = err.to_string();
+        for expected in [
+            "gateway.tenant_from",
+            "gateway.retry_budget",
+            "gateway.max_header_bytes",
+            "gateway.tenant_header",
+            "gateway.routes",
+            "gateway.listen",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from: {text}");
+        }
+        let settings = Config::default()
+            .gateway
+            .settings(None)
+            .expect("the defaults are valid");
+        assert_eq!(
+            settings.tenant_from,
+            vec![
+                gateway::TenantSource::Header,
+                gateway::TenantSource::Token,
+                gateway::TenantSource::Host
+            ]
+        );
+    }
 }

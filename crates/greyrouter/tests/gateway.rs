@@ -153,12 +153,16 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::with(GatewaySettings::default()).await
+    }
+
+    async fn with(settings: GatewaySettings) -> Setup {
         let server = TestServer::start().await;
         let client = Client::connect(ClientConfig::new(format!("http://{}", server.addr)))
             .await
             .expect("the SDK connects");
         client.ready(DEADLINE).await.expect("a first snapshot");
-        let gateway = Gateway::new(client.clone(), GatewaySettings::default());
+        let gateway = Gateway::new(client.clone(), settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(gateway.serve(listener, std::future::pending()));
@@ -508,4 +512,299 @@ async fn a_killed_instance_is_retried_around_then_ejected() {
         status.ejections >= 1,
         "the failed connections ejected it: {status:?}"
     );
+}
+
+/// The routers' own gRPC API as the backend: a second router registered as the instance of
+/// service `grpc-api`, called through the gateway over HTTP/2 (unary, a streamed response, an
+/// error status in the trailers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_passes_through_over_http2_with_streams_and_trailers() {
+    use greyrouter_proto::v1::router_client::RouterClient;
+    let mut backend = TestServer::start().await;
+    backend.service("api", "v1", pb::Strategy::RoundRobin).await;
+    backend.tenant("acme", "eu").await;
+    backend.instance("api", "v1", "inner-1", "eu").await;
+
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("grpc-api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    let mut registered = instance("grpc-api", "v1", "router-1", "eu");
+    registered.address = backend.addr.to_string();
+    setup
+        .server
+        .admin
+        .register_instance(pb::RegisterInstanceRequest {
+            instance: Some(registered),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("register");
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", setup.gateway))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the gateway");
+    let mut router = RouterClient::new(channel);
+    fn through<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("x-tenant-id", "acme".parse().expect("value"));
+        request
+            .metadata_mut()
+            .insert("x-service", "grpc-api".parse().expect("value"));
+        request
+    }
+
+    // Unary: the backend router answers from its own state.
+    let answer = within(router.route(through(pb::RouteRequest {
+        tenant_id: "acme".into(),
+        service: "api".into(),
+        ..Default::default()
+    })))
+    .await
+    .expect("routed through the gateway");
+    assert_eq!(
+        answer
+            .metadata()
+            .get("x-target-instance")
+            .and_then(|v| v.to_str().ok()),
+        Some("router-1")
+    );
+    assert_eq!(answer.into_inner().instance_id, "inner-1");
+
+    // An error travels in the trailers.
+    let refused = within(router.route(through(pb::RouteRequest {
+        tenant_id: "nobody".into(),
+        service: "api".into(),
+        ..Default::default()
+    })))
+    .await
+    .expect_err("unknown tenant");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused}");
+
+    // A server stream: the watch's first message is the backend's snapshot, and a change
+    // made on the backend arrives on the same stream.
+    let mut updates = within(router.watch_assignments(through(pb::WatchAssignmentsRequest {
+        tenant_ids: vec!["acme".into()],
+        ..Default::default()
+    })))
+    .await
+    .expect("a watch through the gateway")
+    .into_inner();
+    let first = within(updates.message())
+        .await
+        .expect("a message")
+        .expect("not the end");
+    assert!(first.snapshot, "{first:?}");
+    backend.instance("api", "v2", "inner-2", "eu").await;
+    let changed = backend.pin("acme", "api", "v2").await;
+    let update = within(async {
+        loop {
+            let update = updates.message().await.expect("a message").expect("open");
+            if update.revision >= changed && !update.partial {
+                return update;
+            }
+        }
+    })
+    .await;
+    assert!(
+        update.upserts.iter().any(|a| a.version == "v2"),
+        "{update:?}"
+    );
+}
+
+fn hs256_token(secret: &[u8], claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret).expect("a key"),
+    )
+    .expect("a token")
+}
+
+/// A verified bearer token's tenant claim names the tenant when the header does not; a bad
+/// token is refused with 401 and never routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_token_names_the_tenant() {
+    const SECRET: &[u8] = b"a shared secret of at least 32 bytes, for tests";
+    let v1 = Backend::start("a1", false).await;
+    let v2 = Backend::start("b1", false).await;
+    let mut jwt = auth::jwt::JwtSettings::new("https://id.test/", "gateway");
+    jwt.algorithms = vec![auth::jwt::Algorithm::HS256];
+    jwt.hs256_secret = Some(SECRET.to_vec());
+    jwt.tenant_claim = Some("tenant_id".into());
+    let verifier = Arc::new(auth::jwt::JwtVerifier::new(jwt).expect("a verifier"));
+    let mut setup = Setup::with(GatewaySettings {
+        token_verifier: Some(verifier),
+        ..GatewaySettings::default()
+    })
+    .await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &v1).await;
+    setup.register("v2", "b1", &v2).await;
+    setup.server.tenant("acme", "eu").await;
+    setup.server.tenant("globex", "eu").await;
+    let revision = setup.server.pin("acme", "api", "v2").await;
+    setup.synced(revision).await;
+
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 600;
+    let claims = |tenant: Option<&str>| {
+        let mut claims = serde_json::json!({
+            "iss": "https://id.test/", "aud": "gateway", "sub": "svc", "exp": exp,
+        });
+        if let Some(tenant) = tenant {
+            claims["tenant_id"] = tenant.into();
+        }
+        claims
+    };
+    let send = |authorization: String, tenant_header: Option<&'static str>| {
+        let mut request = Request::get(format!("http://{}/api/orders", setup.gateway))
+            .header("authorization", authorization);
+        if let Some(tenant) = tenant_header {
+            request = request.header("x-tenant-id", tenant);
+        }
+        let request = request.body(Full::new(Bytes::new())).expect("request");
+        let http = setup.http.clone();
+        async move {
+            let response = within(http.request(request)).await.expect("an answer");
+            let status = response.status();
+            let body = within(response.into_body().collect())
+                .await
+                .expect("a body")
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+
+    let token = hs256_token(SECRET, &claims(Some("acme")));
+    let (status, body) = send(format!("Bearer {token}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("b1 v2"), "acme's claim routes to v2: {body}");
+    // The header comes first in the default order.
+    let (_, body) = send(format!("Bearer {token}"), Some("globex")).await;
+    assert!(body.starts_with("a1 v1"), "{body}");
+    // Signed with another secret: refused, not routed.
+    let forged = hs256_token(
+        b"another secret, also at least 32 bytes long",
+        &claims(Some("acme")),
+    );
+    let before = v2.hits();
+    let (status, body) = send(format!("Bearer {forged}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("invalid token"), "{body}");
+    assert_eq!(v2.hits(), before);
+    // A valid token without the claim, and no other source: no tenant.
+    let anonymous = hs256_token(SECRET, &claims(None));
+    let (status, body) = send(format!("Bearer {anonymous}"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("tenant claim"), "{body}");
+}
+
+/// Request heads and bodies over the limits are refused before anything is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_bodies_are_refused() {
+    let backend = Backend::start("a1", false).await;
+    let mut setup = Setup::with(GatewaySettings {
+        max_body_bytes: 1024,
+        max_header_bytes: 8192,
+        ..GatewaySettings::default()
+    })
+    .await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &backend).await;
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    let post = |body: Bytes, extra: Option<String>| {
+        let mut request = Request::post(format!("http://{}/api/orders", setup.gateway))
+            .header("x-tenant-id", "acme");
+        if let Some(value) = extra {
+            request = request.header("x-padding", value);
+        }
+        let request = request.body(Full::new(body)).expect("request");
+        let http = setup.http.clone();
+        async move {
+            within(http.request(request))
+                .await
+                .expect("an answer")
+                .status()
+        }
+    };
+    assert_eq!(post(Bytes::from(vec![b'x'; 1024]), None).await, StatusCode::OK);
+    assert_eq!(
+        post(Bytes::from(vec![b'x'; 1025]), None).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        post(Bytes::new(), Some("y".repeat(16 * 1024))).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(backend.hits(), 1, "only the request within the limits arrived");
+}
+
+/// `serve` with `[gateway] listen` runs the gateway in-process, following the server itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_gateway_when_configured() {
+    let backend = Backend::start("a1", false).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("a directory");
+    let config = dir.path().join("greyrouter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"memory\"\n[gateway]\nlisten = \"127.0.0.1:{port}\"\n\n[[gateway.routes]]\nprefix = \"/shop\"\nservice = \"api\"\n"
+        ),
+    )
+    .expect("write the configuration");
+    let config = config.to_string_lossy().into_owned();
+    let server = support::ServerProcess::start(&["--config", &config]);
+    let mut api = support::Api::connect(&server.url()).await;
+    api.service("api", "v1", pb::Strategy::RoundRobin).await;
+    let mut registered = instance("api", "v1", "a1", "eu");
+    registered.address = backend.addr.to_string();
+    api.admin
+        .register_instance(pb::RegisterInstanceRequest {
+            instance: Some(registered),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("register");
+    api.tenant("acme", "eu").await;
+
+    let http: HttpClient<HttpConnector, Full<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    // The in-process copy follows the server's watch: the first answers may still be 404.
+    let body = support::eventually("the gateway routes acme", async || {
+        let request = Request::get(format!("http://127.0.0.1:{port}/shop/cart"))
+            .header("x-tenant-id", "acme")
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let response = http.request(request).await.ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    })
+    .await;
+    assert_eq!(body, "a1 v1 a1 default /cart");
 }
