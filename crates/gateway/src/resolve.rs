@@ -6,7 +6,10 @@ use http::request::Parts;
 use crate::GatewaySettings;
 
 /// The tenant named by the tenant header, when present and not empty.
-pub(crate) fn tenant_from_header<'p>(settings: &GatewaySettings, parts: &'p Parts) -> Option<&'p str> {
+pub(crate) fn tenant_from_header<'p>(
+    settings: &GatewaySettings,
+    parts: &'p Parts,
+) -> Option<&'p str> {
     parts
         .headers
         .get(&settings.tenant_header)?
@@ -26,7 +29,10 @@ pub(crate) fn bearer_token(parts: &Parts) -> Option<&str> {
 }
 
 /// The host's first label under the configured domain (`acme.example.com` → `acme`).
-pub(crate) fn tenant_from_host<'p>(settings: &GatewaySettings, parts: &'p Parts) -> Option<&'p str> {
+pub(crate) fn tenant_from_host<'p>(
+    settings: &GatewaySettings,
+    parts: &'p Parts,
+) -> Option<&'p str> {
     let domain = settings.tenant_domain.as_deref()?;
     let host = parts
         .headers

@@ -217,8 +217,7 @@ impl Upstream {
         while index > 0 {
             index -= 1;
             let kept = &list[index];
-            if kept.sender.is_closed() || now.duration_since(kept.last_used) >= self.idle_timeout
-            {
+            if kept.sender.is_closed() || now.duration_since(kept.last_used) >= self.idle_timeout {
                 list.swap_remove(index);
             } else if kept.sender.is_ready() {
                 return Some(list.swap_remove(index).sender);
@@ -244,7 +243,10 @@ impl Upstream {
         }
     }
 
-    async fn connect_http1(&self, address: &str) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect_http1(
+        &self,
+        address: &str,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let stream = self.connect(address).await?;
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(self.max_response_header_bytes.max(8192))

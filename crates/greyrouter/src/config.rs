@@ -1444,8 +1444,8 @@ max_tenant_labels = 1000000
             "[gateway]\nlisten = \"127.0.0.1:8080\"\ntenant_from = [\"header\", \"cookie\"]\nretry_budget = 1.5\nmax_header_bytes = 10\ntenant_header = \"bad header\"\n[[gateway.routes]]\nprefix = \"shop\"\nservice = \"shop\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://id.example.com/jwks\"\n",
         )
         .expect("write");
-        let err = Config::load(Some(&file), &BTreeMap::new(), Overrides::default())
-            .expect_err("invalid");
+        let err =
+            Config::load(Some(&file), &BTreeMap::new(), Overrides::default()).expect_err("invalid");
         let text = err.to_string();
         for expected in [
             "gateway.tenant_from",

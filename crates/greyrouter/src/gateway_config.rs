@@ -117,7 +117,9 @@ impl GatewayConfig {
         let mut problems = Vec::new();
         let header = |field: &str, value: &str, problems: &mut Vec<String>| {
             http::HeaderName::from_bytes(value.as_bytes())
-                .map_err(|_| problems.push(format!("gateway.{field}: {value:?} is not a header name")))
+                .map_err(|_| {
+                    problems.push(format!("gateway.{field}: {value:?} is not a header name"))
+                })
                 .ok()
         };
         let tenant_header = header("tenant_header", &self.tenant_header, &mut problems);

@@ -590,10 +590,12 @@ async fn grpc_passes_through_over_http2_with_streams_and_trailers() {
 
     // A server stream: the watch's first message is the backend's snapshot, and a change
     // made on the backend arrives on the same stream.
-    let mut updates = within(router.watch_assignments(through(pb::WatchAssignmentsRequest {
-        tenant_ids: vec!["acme".into()],
-        ..Default::default()
-    })))
+    let mut updates = within(
+        router.watch_assignments(through(pb::WatchAssignmentsRequest {
+            tenant_ids: vec!["acme".into()],
+            ..Default::default()
+        })),
+    )
     .await
     .expect("a watch through the gateway")
     .into_inner();
@@ -692,7 +694,10 @@ async fn a_verified_token_names_the_tenant() {
     let token = hs256_token(SECRET, &claims(Some("acme")));
     let (status, body) = send(format!("Bearer {token}"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body.starts_with("b1 v2"), "acme's claim routes to v2: {body}");
+    assert!(
+        body.starts_with("b1 v2"),
+        "acme's claim routes to v2: {body}"
+    );
     // The header comes first in the default order.
     let (_, body) = send(format!("Bearer {token}"), Some("globex")).await;
     assert!(body.starts_with("a1 v1"), "{body}");
@@ -746,7 +751,10 @@ async fn oversized_heads_and_bodies_are_refused() {
                 .status()
         }
     };
-    assert_eq!(post(Bytes::from(vec![b'x'; 1024]), None).await, StatusCode::OK);
+    assert_eq!(
+        post(Bytes::from(vec![b'x'; 1024]), None).await,
+        StatusCode::OK
+    );
     assert_eq!(
         post(Bytes::from(vec![b'x'; 1025]), None).await,
         StatusCode::PAYLOAD_TOO_LARGE
@@ -755,7 +763,11 @@ async fn oversized_heads_and_bodies_are_refused() {
         post(Bytes::new(), Some("y".repeat(16 * 1024))).await,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
-    assert_eq!(backend.hits(), 1, "only the request within the limits arrived");
+    assert_eq!(
+        backend.hits(),
+        1,
+        "only the request within the limits arrived"
+    );
 }
 
 /// `serve` with `[gateway] listen` runs the gateway in-process, following the server itself.

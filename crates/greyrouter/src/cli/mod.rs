@@ -471,19 +471,20 @@ async fn in_process_gateway(
     let Some(addr) = config.listen else {
         return Ok(None);
     };
-    let settings = config.settings(None).map_err(|problems| problems.join("; "))?;
+    let settings = config
+        .settings(None)
+        .map_err(|problems| problems.join("; "))?;
     let mut local = grpc
         .local_addr()
         .map_err(|err| format!("gateway: no gRPC address to follow: {err}"))?;
     if local.ip().is_unspecified() {
         local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let router =
-        greyrouter_client::Client::connect(greyrouter_client::ClientConfig::new(format!(
-            "http://{local}"
-        )))
-        .await
-        .map_err(|err| format!("gateway: {err}"))?;
+    let router = greyrouter_client::Client::connect(greyrouter_client::ClientConfig::new(format!(
+        "http://{local}"
+    )))
+    .await
+    .map_err(|err| format!("gateway: {err}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| format!("gateway: cannot listen on {addr}: {err}"))?;
@@ -574,8 +575,9 @@ fn gateway_config(args: &GatewayArgs) -> Result<Config, Vec<String>> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let mut config = match &args.config {
         // Checks the whole file; `serve`'s listener flags are not the gateway's business.
-        Some(path) => Config::load(Some(path), &env, Overrides::default())
-            .map_err(|err| err.problems)?,
+        Some(path) => {
+            Config::load(Some(path), &env, Overrides::default()).map_err(|err| err.problems)?
+        }
         None => Config::default(),
     };
     let gateway = &mut config.gateway;
