@@ -49,17 +49,18 @@ impl<B> Clone for AuthLayer<B> {
 struct Shared<B> {
     auth: Option<Arc<Authenticator>>,
     admission: Arc<Admission>,
-    classify: fn(&str) -> Operation,
+    classify: fn(&http::Method, &str) -> Operation,
     refuse: fn(&Error) -> http::Response<B>,
 }
 
 impl<B> AuthLayer<B> {
     /// A layer checking credentials with `auth` (`None`: auth off), admitting calls with
-    /// `admission`; `classify` gives a path's operation, `refuse` answers a refusal.
+    /// `admission`; `classify` gives a method and path's operation, `refuse` answers a
+    /// refusal.
     pub fn new(
         auth: Option<Arc<Authenticator>>,
         admission: Arc<Admission>,
-        classify: fn(&str) -> Operation,
+        classify: fn(&http::Method, &str) -> Operation,
         refuse: fn(&Error) -> http::Response<B>,
     ) -> AuthLayer<B> {
         AuthLayer {
@@ -121,7 +122,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        let operation = (shared.classify)(request.uri().path());
+        let operation = (shared.classify)(request.method(), request.uri().path());
         if operation == Operation::Open {
             return Box::pin(async move { inner.call(request).await });
         }
@@ -187,7 +188,9 @@ impl Credentials {
         let addr = extensions
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr)
-            .or_else(|| tls.and_then(|info| info.get_ref().remote_addr()));
+            .or_else(|| tls.and_then(|info| info.get_ref().remote_addr()))
+            // Front doors that are not tonic put the peer's address in as it is.
+            .or_else(|| extensions.get::<std::net::SocketAddr>().copied());
         Credentials {
             authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
             certificates: tls.and_then(TlsConnectInfo::peer_certs),

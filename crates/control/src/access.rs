@@ -428,6 +428,28 @@ pub fn rule(service: &str, operation: &str) -> Option<&'static Rule> {
         .find(|rule| rule.service == service && rule.operation == operation)
 }
 
+/// Checks a request under `rule` that names `tenants` against the caller's scope (the rule's
+/// reach says how), then takes it from each tenant's rate budget. Every front door calls this
+/// with its decoded request.
+pub fn admit_tenants(
+    state: &RoutingState,
+    admission: &Admission,
+    caller: &Caller,
+    rule: &Rule,
+    tenants: &[&str],
+) -> Result<(), Error> {
+    match rule.reach {
+        Reach::Tenant | Reach::Tenants => caller.check_tenants(state, tenants)?,
+        Reach::Fleet => caller.check_fleet()?,
+        Reach::Filtered | Reach::Shared => {}
+    }
+    let class = rule.class();
+    for tenant in tenants {
+        admission.admit_tenant(class, tenant)?;
+    }
+    Ok(())
+}
+
 /// Which budget a call takes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallClass {

@@ -252,7 +252,7 @@ impl Drop for Node {
 }
 
 /// A listing and the revision it was read at.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Listed<T> {
     /// What was found.
     pub items: Vec<T>,
@@ -261,7 +261,7 @@ pub struct Listed<T> {
 }
 
 /// A page of tenants.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TenantPage {
     /// Tenants in id order.
     pub tenants: Vec<Tenant>,
@@ -272,7 +272,7 @@ pub struct TenantPage {
 }
 
 /// A tenant's version of one service, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TenantService {
     /// The service.
     pub service: String,
@@ -285,7 +285,7 @@ pub struct TenantService {
 }
 
 /// A tenant and its version of every service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TenantServices {
     /// The tenant.
     pub tenant: Tenant,
@@ -313,7 +313,7 @@ pub struct SetTenantVersion {
 }
 
 /// What a version switch did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VersionSwitch {
     /// The revision of the change.
     pub revision: u64,
@@ -341,7 +341,7 @@ pub struct EmergencyRollback {
 }
 
 /// What an emergency rollback did (or would do).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RollbackResult {
     /// The revision of the change (of the snapshot read, for a dry run).
     pub revision: u64,
@@ -406,7 +406,7 @@ pub struct EventQuery {
 }
 
 /// One change in the audit trail.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
     /// Its revision.
     pub revision: u64,
@@ -429,7 +429,7 @@ pub struct Event {
 }
 
 /// A page of the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EventPage {
     /// The events, in revision order.
     pub events: Vec<Event>,

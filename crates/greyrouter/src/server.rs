@@ -122,6 +122,7 @@ impl App {
             tokio::spawn(http_api::serve(
                 Arc::clone(&self.node),
                 self.metrics.clone(),
+                self.security.auth.clone(),
                 http,
                 until_stopped(stopped.clone()),
             ))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use auth::Operation;
-use control::access::{Caller, RULES, Reach, Rule};
+use control::access::{Caller, RULES, Rule};
 use control::audit::{ACTOR_HEADER, REASON_HEADER};
 use control::{Actor, Error, ErrorKind, Node};
 use tonic::{Request, Status};
@@ -75,18 +75,8 @@ pub fn admit<T>(
 ) -> Result<Arc<Caller>, Status> {
     let caller = caller(request)?;
     let rule = rule_of(service, method)?;
-    let checked = match rule.reach {
-        Reach::Tenant | Reach::Tenants => caller.check_tenants(&node.snapshot(), tenants),
-        Reach::Fleet => caller.check_fleet(),
-        Reach::Filtered | Reach::Shared => Ok(()),
-    };
-    checked.map_err(|e| status(&e))?;
-    let class = rule.class();
-    for tenant in tenants {
-        node.admission()
-            .admit_tenant(class, tenant)
-            .map_err(|e| status(&e))?;
-    }
+    control::access::admit_tenants(&node.snapshot(), node.admission(), &caller, rule, tenants)
+        .map_err(|e| status(&e))?;
     Ok(caller)
 }
 

@@ -158,7 +158,7 @@ pub async fn serve(
     let layer = auth::AuthLayer::new(
         security.auth.clone(),
         Arc::clone(node.admission()),
-        access::classify,
+        |_, path| access::classify(path),
         access::refuse,
     );
     let route_spans = settings.route_spans;

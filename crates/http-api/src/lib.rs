@@ -5,7 +5,8 @@
 //!   writes; 503 when the store does not answer (routing goes on from the last snapshot, so the
 //!   body says which part is down: `routing` and `store` apart).
 //!
-//! - `GET /metrics`: the Prometheus text format (when metrics are on; 404 otherwise).
+//! - `GET /metrics`: the Prometheus text format (when metrics are on; 404 otherwise);
+//! - `/api/v1/...`: the HTTP/JSON API ([`api`]), behind the same auth layer as gRPC.
 //!
 //! Health answers a small JSON document. Like the gRPC front door, no rule lives here.
 
@@ -22,6 +23,7 @@ use control::Node;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+pub mod api;
 pub mod metrics;
 
 pub use metrics::Exporter;
@@ -36,19 +38,46 @@ struct Shared {
 /// Longest wait for the store's answer in `/readyz`.
 const STORE_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Returns the routes over `node`; `/metrics` renders `exporter`'s series when given.
-pub fn routes(node: Arc<Node>, exporter: Option<Exporter>) -> Router {
+/// Returns the routes over `node`; `/metrics` renders `exporter`'s series when given; the API
+/// checks callers with `auth` (`None`: auth off).
+pub fn routes(
+    node: Arc<Node>,
+    exporter: Option<Exporter>,
+    auth: Option<Arc<auth::Authenticator>>,
+) -> Router {
+    let layer = auth::AuthLayer::new(auth, Arc::clone(node.admission()), classify, refuse);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Shared { node, exporter })
+        .with_state(Shared {
+            node: Arc::clone(&node),
+            exporter,
+        })
+        .merge(api::routes(node).layer(layer))
+}
+
+/// What a request is to the auth layer: the API's endpoints are governed by their gRPC twin's
+/// rule; health and metrics are open.
+fn classify(method: &axum::http::Method, path: &str) -> auth::Operation {
+    if !path.starts_with("/api/") {
+        return auth::Operation::Open;
+    }
+    match api::endpoint_of(method, path) {
+        Some((_, rule)) => auth::Operation::Governed(rule),
+        None => auth::Operation::Unknown,
+    }
+}
+
+fn refuse(err: &control::Error) -> axum::response::Response {
+    api::problem(err)
 }
 
 /// Serves HTTP for `node` on `listener` until `shutdown` completes.
 pub async fn serve(
     node: Arc<Node>,
     exporter: Option<Exporter>,
+    auth: Option<Arc<auth::Authenticator>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -56,11 +85,23 @@ pub async fn serve(
     tracing::info!(
         ?addr,
         metrics = exporter.is_some(),
-        "serving HTTP (/healthz, /readyz, /metrics)"
+        auth = auth.is_some(),
+        "serving HTTP (/healthz, /readyz, /metrics, /api)"
     );
-    axum::serve(listener, routes(node, exporter))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer's address, for the rate budgets of callers without credentials.
+    let app = routes(node, exporter, auth).layer(axum::middleware::map_request(
+        |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+         mut request: axum::extract::Request| async move {
+            request.extensions_mut().insert(peer);
+            request
+        },
+    ));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn healthz() -> Json<serde_json::Value> {

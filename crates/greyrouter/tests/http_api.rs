@@ -1,0 +1,508 @@
+//! The HTTP/JSON API (`/api/v1/...` on `--http-addr`) against a real node: every endpoint,
+//! its errors as problem documents, compare-and-set through `If-Match`, the original design's
+//! paths, and auth (API keys with roles) as on gRPC.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use greyrouter::config::Config;
+use greyrouter::server::App;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use support::within;
+use tokio::net::TcpListener;
+
+/// A node serving gRPC and HTTP in this process.
+struct Api {
+    http: SocketAddr,
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+    token: Option<String>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An answer: status, content type and the JSON body.
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn start(config: Config) -> Api {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+        let http = http_listener.local_addr().expect("address");
+        let app = App::start(config).await.expect("the node starts");
+        let task =
+            tokio::spawn(app.serve_with_http(grpc, Some(http_listener), std::future::pending()));
+        Api {
+            http,
+            client: HttpClient::builder(TokioExecutor::new()).build_http(),
+            token: None,
+            task,
+        }
+    }
+
+    async fn memory() -> Api {
+        Api::start(Config {
+            store: "memory".into(),
+            ..Config::default()
+        })
+        .await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.http));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body)).expect("request");
+        let response = within(self.client.request(request))
+            .await
+            .expect("an answer");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = within(response.into_body().collect())
+            .await
+            .expect("a body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer {
+            status,
+            content_type,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None, &[]).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PUT, path, Some(body), &[]).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(body), &[]).await
+    }
+
+    async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None, &[]).await
+    }
+
+    /// Two versions of `api` with one instance each, tenants acme and globex.
+    async fn populate(&self) {
+        let answer = self
+            .put(
+                "/api/v1/services/api",
+                json!({"default_version": "v1", "versions": ["v1", "v2"], "force": true}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        for (version, id, port) in [("v1", "api-1", 9001), ("v2", "api-2", 9002)] {
+            let answer = self
+                .post(
+                    "/api/v1/services/api/instances",
+                    json!({"id": id, "version": version, "address": format!("10.0.0.1:{port}"), "region": "eu"}),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        }
+        for tenant in ["acme", "globex"] {
+            let answer = self
+                .put(
+                    &format!("/api/v1/tenants/{tenant}"),
+                    json!({"name": tenant, "region": "eu", "tier": "pro"}),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        }
+    }
+}
+
+/// Asserts a problem document (RFC 9457) of `status` and `kind`.
+fn assert_problem(answer: &Answer, status: StatusCode, kind: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.body["status"], status.as_u16(), "{}", answer.body);
+    assert_eq!(answer.body["kind"], kind, "{}", answer.body);
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_services_and_instances_through_the_api() {
+    let api = Api::memory().await;
+    api.populate().await;
+
+    let tenants = api.get("/api/v1/tenants").await;
+    assert_eq!(tenants.status, StatusCode::OK);
+    let ids: Vec<&str> = tenants.body["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["acme", "globex"]);
+    let page = api.get("/api/v1/tenants?page_size=1").await;
+    assert_eq!(page.body["tenants"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page.body["next_page_token"], "acme");
+
+    let services = api.get("/api/v1/services").await;
+    assert_eq!(
+        services.body["items"][0]["name"], "api",
+        "{}",
+        services.body
+    );
+    let instances = api.get("/api/v1/services/api/instances?version=v2").await;
+    let items = instances.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{}", instances.body);
+    assert_eq!(items[0]["id"], "api-2");
+
+    let tenant = api.get("/api/v1/tenants/acme/services").await;
+    assert_eq!(tenant.status, StatusCode::OK, "{}", tenant.body);
+    assert_eq!(tenant.body["tenant"]["tier"], "pro");
+    assert_eq!(tenant.body["services"][0]["version"], "v1");
+    assert_eq!(api.get("/api/v1/tenants/acme").await.body, tenant.body);
+
+    let answer = api
+        .put(
+            "/api/v1/services/api/default-version",
+            json!({"version": "v2"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let routed = api
+        .post(
+            "/api/v1/route",
+            json!({"tenant_id": "globex", "service": "api"}),
+        )
+        .await;
+    assert_eq!(routed.body["version"], "v2", "{}", routed.body);
+    assert_eq!(routed.body["source"], "default");
+
+    let gone = api.delete("/api/v1/services/api/instances/api-1").await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
+    let instances = api.get("/api/v1/services/api/instances").await;
+    assert_eq!(instances.body["items"].as_array().map(Vec::len), Some(1));
+
+    // Errors: unknown names, malformed bodies, invalid fields, unknown endpoints.
+    assert_problem(
+        &api.get("/api/v1/tenants/nobody/services").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_problem(
+        &api.get("/api/v1/services/nothing/instances").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let bad = api
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/acme",
+            None,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_problem(&bad, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(bad.body["field"], "body", "{}", bad.body);
+    let unknown_field = api
+        .put("/api/v1/tenants/acme", json!({"nmae": "typo"}))
+        .await;
+    assert_problem(&unknown_field, StatusCode::BAD_REQUEST, "invalid_argument");
+    let invalid = api
+        .put("/api/v1/tenants/bad%20id", json!({"name": "x"}))
+        .await;
+    assert_problem(&invalid, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(invalid.body["field"].is_string(), "{}", invalid.body);
+    let big = api
+        .put(
+            "/api/v1/tenants/acme",
+            json!({"name": "x".repeat(300 * 1024)}),
+        )
+        .await;
+    assert_problem(&big, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_problem(
+        &api.get("/api/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_problem(
+        &api.get("/api/v1/tenants?page_size=lots").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+    );
+    let unroutable = api
+        .post(
+            "/api/v1/route",
+            json!({"tenant_id": "nobody", "service": "api"}),
+        )
+        .await;
+    assert_problem(&unroutable, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_with_compare_and_set_rollback_and_the_audit_trail() {
+    let api = Api::memory().await;
+    api.populate().await;
+    let pin = "/api/v1/tenants/acme/services/api/version";
+
+    // If-Match names the version the tenant must be on: a stale one is refused with 412 and
+    // the current version.
+    let stale = api
+        .call(
+            Method::PUT,
+            pin,
+            Some(json!({"version": "v2"})),
+            &[("if-match", "\"v2\""), ("x-greyrouter-actor", "alice")],
+        )
+        .await;
+    assert_problem(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(stale.body["current_version"], "v1", "{}", stale.body);
+    let moved = api
+        .call(
+            Method::PUT,
+            pin,
+            Some(json!({"version": "v2", "reason": "beta customer"})),
+            &[("if-match", "\"v1\""), ("x-greyrouter-actor", "alice")],
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    assert_eq!(
+        moved.headers.get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"v2\"")
+    );
+    let routed = api
+        .post(
+            "/api/v1/route",
+            json!({"tenant_id": "acme", "service": "api"}),
+        )
+        .await;
+    assert_eq!(routed.body["version"], "v2");
+    assert_eq!(routed.body["source"], "pin");
+
+    // The original design's paths.
+    let alias = api.get("/api/tenants/acme/services").await;
+    assert_eq!(alias.body["services"][0]["version"], "v2", "{}", alias.body);
+    let routed = api
+        .post(
+            "/api/grey-router/route",
+            json!({"tenant": "globex", "service": "api"}),
+        )
+        .await;
+    assert_eq!(routed.body["version"], "v1", "{}", routed.body);
+    let answer = api
+        .put(
+            "/api/tenants/globex/services/api/version",
+            json!({"version": "v2"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+
+    // Emergency rollback: a dry run says how many tenants move and changes nothing.
+    let rollback = json!({"service": "api", "from_version": "v2", "to_version": "v1",
+        "reason": "errors on v2"});
+    let mut dry = rollback.clone();
+    dry["dry_run"] = json!(true);
+    let dry = api.post("/api/v1/rollback", dry).await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+    assert_eq!(dry.body["moved_tenants"], 2, "{}", dry.body);
+    assert_eq!(dry.body["override_id"], "");
+    let routed = api
+        .post(
+            "/api/v1/route",
+            json!({"tenant_id": "acme", "service": "api"}),
+        )
+        .await;
+    assert_eq!(routed.body["version"], "v2", "a dry run changes nothing");
+    let done = api.post("/api/emergency/rollback", rollback).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let override_id = done.body["override_id"]
+        .as_str()
+        .expect("an override")
+        .to_owned();
+    let routed = api
+        .post(
+            "/api/v1/route",
+            json!({"tenant_id": "acme", "service": "api"}),
+        )
+        .await;
+    assert_eq!(routed.body["version"], "v1");
+    assert!(
+        routed.body["source"]
+            .as_str()
+            .is_some_and(|source| source.starts_with("override")),
+        "{}",
+        routed.body
+    );
+    let overrides = api.get("/api/v1/services/api/overrides").await;
+    assert_eq!(overrides.body["items"][0]["id"], override_id.as_str());
+    let cleared = api
+        .delete(&format!("/api/v1/services/api/overrides/{override_id}"))
+        .await;
+    assert_eq!(cleared.status, StatusCode::OK, "{}", cleared.body);
+    let unpinned = api.delete(pin).await;
+    assert_eq!(unpinned.body["cleared"], true, "{}", unpinned.body);
+
+    // The audit trail has who and why.
+    let events = api.get("/api/v1/events?tenant_id=acme").await;
+    assert_eq!(events.status, StatusCode::OK, "{}", events.body);
+    let list = events.body["events"].as_array().expect("events");
+    let pinned = list
+        .iter()
+        .find(|e| e["actor"] == "alice")
+        .unwrap_or_else(|| panic!("alice's pin in {}", events.body));
+    assert_eq!(pinned["reason"], "beta customer");
+    assert_eq!(pinned["tenant_id"], "acme");
+    assert!(
+        list.iter().any(|e| e["reason"] == "errors on v2"),
+        "{}",
+        events.body
+    );
+    let next = events.body["next_revision"].as_u64().expect("a number");
+    let after = api
+        .get(&format!("/api/v1/events?since_revision={next}"))
+        .await;
+    assert_eq!(after.body["events"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_the_api_asks_for_a_key_and_checks_its_role() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("greyrouter.toml");
+    let hash = |key: &str| auth::api_key_hash(key);
+    std::fs::write(
+        &file,
+        format!(
+            "store = \"memory\"\n\
+             [auth]\n\
+             [[auth.api_keys]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n\
+             [[auth.api_keys]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"viewer\"]\n\
+             [[auth.api_keys]]\nname = \"acme-only\"\nsha256 = \"{}\"\nroles = [\"operator\"]\ntenants = [\"acme\"]\n",
+            hash("ops-key"),
+            hash("reader-key"),
+            hash("acme-key")
+        ),
+    )
+    .expect("write");
+    let config = Config::load(
+        Some(&file),
+        &std::collections::BTreeMap::new(),
+        greyrouter::config::Overrides::default(),
+    )
+    .expect("a valid configuration");
+    let mut api = Api::start(config).await;
+
+    // Health stays open; the API wants a key.
+    assert_eq!(api.get("/healthz").await.status, StatusCode::OK);
+    assert_problem(
+        &api.get("/api/v1/tenants").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    api.token = Some("wrong".into());
+    assert_problem(
+        &api.get("/api/v1/tenants").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+
+    api.token = Some("ops-key".into());
+    api.populate().await;
+    let pinned = api
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/acme/services/api/version",
+            Some(json!({"version": "v2"})),
+            &[("x-greyrouter-actor", "mallory")],
+        )
+        .await;
+    assert_eq!(pinned.status, StatusCode::OK, "{}", pinned.body);
+
+    api.token = Some("reader-key".into());
+    assert_eq!(api.get("/api/v1/tenants").await.status, StatusCode::OK);
+    let refused = api
+        .put(
+            "/api/v1/tenants/acme/services/api/version",
+            json!({"version": "v1"}),
+        )
+        .await;
+    assert_problem(&refused, StatusCode::FORBIDDEN, "permission_denied");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("operator")),
+        "{}",
+        refused.body
+    );
+    // The audit trail names the key, not the header.
+    let events = api.get("/api/v1/events?tenant_id=acme").await;
+    let actors: Vec<&str> = events.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    assert!(actors.contains(&"ops"), "{actors:?}");
+    assert!(!actors.contains(&"mallory"), "{actors:?}");
+
+    // A key scoped to acme sees acme only, and may not touch globex.
+    api.token = Some("acme-key".into());
+    let tenants = api.get("/api/v1/tenants").await;
+    let ids: Vec<&str> = tenants.body["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["acme"]);
+    assert_problem(
+        &api.get("/api/v1/tenants/globex/services").await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+}

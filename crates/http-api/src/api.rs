@@ -1,0 +1,841 @@
+//! The HTTP/JSON API under `/api/v1/`: the node's operations for browsers and scripts, with
+//! the same rules (each endpoint is governed by the rule of its gRPC twin), the same audit
+//! trail and, when configured, the same auth as gRPC. Errors are RFC 9457 problem documents
+//! with the status of the one error table (`ErrorKind::http_status`).
+//!
+//! The paths of the original design answer too, as aliases: `GET /api/tenants/{id}/services`,
+//! `PUT /api/tenants/{id}/services/{service}/version`, `POST /api/emergency/rollback` and
+//! `POST /api/grey-router/route`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use control::access::{Caller, Rule};
+use control::audit::{ACTOR_HEADER, REASON_HEADER};
+use control::node::{EmergencyRollback, EventQuery, SetTenantVersion};
+use control::{Actor, Error, ErrorKind, Node};
+use routing_core::{Instance, RouteQuery, Service, Tenant};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// One endpoint: its method, its path (axum syntax) and the rule of its gRPC twin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path, `{name}` for a segment.
+    pub path: &'static str,
+    /// The gRPC service of the rule (`Admin`, `Router`).
+    pub service: &'static str,
+    /// The gRPC operation whose rule governs the endpoint.
+    pub operation: &'static str,
+}
+
+const fn endpoint(
+    method: &'static str,
+    path: &'static str,
+    service: &'static str,
+    operation: &'static str,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        service,
+        operation,
+    }
+}
+
+/// Every endpoint of the API, aliases included.
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("GET", "/api/v1/tenants", "Admin", "ListTenants"),
+    endpoint(
+        "GET",
+        "/api/v1/tenants/{tenant}",
+        "Admin",
+        "GetTenantServices",
+    ),
+    endpoint("PUT", "/api/v1/tenants/{tenant}", "Admin", "UpsertTenant"),
+    endpoint(
+        "GET",
+        "/api/v1/tenants/{tenant}/services",
+        "Admin",
+        "GetTenantServices",
+    ),
+    endpoint(
+        "PUT",
+        "/api/v1/tenants/{tenant}/services/{service}/version",
+        "Admin",
+        "SetTenantVersion",
+    ),
+    endpoint(
+        "DELETE",
+        "/api/v1/tenants/{tenant}/services/{service}/version",
+        "Admin",
+        "ClearTenantVersion",
+    ),
+    endpoint("GET", "/api/v1/services", "Admin", "ListServices"),
+    endpoint(
+        "PUT",
+        "/api/v1/services/{service}",
+        "Admin",
+        "UpsertService",
+    ),
+    endpoint(
+        "PUT",
+        "/api/v1/services/{service}/default-version",
+        "Admin",
+        "SetDefaultVersion",
+    ),
+    endpoint(
+        "GET",
+        "/api/v1/services/{service}/instances",
+        "Admin",
+        "ListInstances",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/instances",
+        "Admin",
+        "RegisterInstance",
+    ),
+    endpoint(
+        "DELETE",
+        "/api/v1/services/{service}/instances/{instance}",
+        "Admin",
+        "DeregisterInstance",
+    ),
+    endpoint(
+        "GET",
+        "/api/v1/services/{service}/overrides",
+        "Admin",
+        "ListOverrides",
+    ),
+    endpoint(
+        "DELETE",
+        "/api/v1/services/{service}/overrides/{override}",
+        "Admin",
+        "ClearOverride",
+    ),
+    endpoint("POST", "/api/v1/rollback", "Admin", "EmergencyRollback"),
+    endpoint("GET", "/api/v1/events", "Admin", "ListEvents"),
+    endpoint("POST", "/api/v1/route", "Router", "Route"),
+    // The original design's paths.
+    endpoint(
+        "GET",
+        "/api/tenants/{tenant}/services",
+        "Admin",
+        "GetTenantServices",
+    ),
+    endpoint(
+        "PUT",
+        "/api/tenants/{tenant}/services/{service}/version",
+        "Admin",
+        "SetTenantVersion",
+    ),
+    endpoint(
+        "POST",
+        "/api/emergency/rollback",
+        "Admin",
+        "EmergencyRollback",
+    ),
+    endpoint("POST", "/api/grey-router/route", "Router", "Route"),
+];
+
+/// Largest JSON body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Most tenants or events in one page.
+const MAX_PAGE: u32 = 1_000;
+
+/// The endpoint a method and path reach, with its rule; `None` for paths outside the API.
+pub fn endpoint_of(method: &Method, path: &str) -> Option<(&'static Endpoint, &'static Rule)> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ENDPOINTS
+        .iter()
+        .filter(|endpoint| endpoint.method == method.as_str())
+        .find(|endpoint| {
+            let pattern: Vec<&str> = endpoint.path.split('/').collect();
+            pattern.len() == segments.len()
+                && pattern
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
+        })
+        .and_then(|endpoint| {
+            control::access::rule(endpoint.service, endpoint.operation).map(|rule| (endpoint, rule))
+        })
+}
+
+/// The routes of the API over `node`.
+pub fn routes(node: Arc<Node>) -> Router {
+    let tenant_services = get(tenant_services);
+    let set_version = put(set_tenant_version);
+    let rollback = post(rollback);
+    let route = post(route);
+    Router::new()
+        .route("/api/v1/tenants", get(list_tenants))
+        .route(
+            "/api/v1/tenants/{tenant}",
+            get(tenant_services.clone()).put(upsert_tenant),
+        )
+        .route("/api/v1/tenants/{tenant}/services", tenant_services.clone())
+        .route(
+            "/api/v1/tenants/{tenant}/services/{service}/version",
+            set_version.clone().delete(clear_tenant_version),
+        )
+        .route("/api/v1/services", get(list_services))
+        .route("/api/v1/services/{service}", put(upsert_service))
+        .route(
+            "/api/v1/services/{service}/default-version",
+            put(set_default_version),
+        )
+        .route(
+            "/api/v1/services/{service}/instances",
+            get(list_instances).post(register_instance),
+        )
+        .route(
+            "/api/v1/services/{service}/instances/{instance}",
+            axum::routing::delete(deregister_instance),
+        )
+        .route("/api/v1/services/{service}/overrides", get(list_overrides))
+        .route(
+            "/api/v1/services/{service}/overrides/{override}",
+            axum::routing::delete(clear_override),
+        )
+        .route("/api/v1/rollback", rollback.clone())
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/route", route.clone())
+        .route("/api/tenants/{tenant}/services", tenant_services)
+        .route(
+            "/api/tenants/{tenant}/services/{service}/version",
+            set_version,
+        )
+        .route("/api/emergency/rollback", rollback)
+        .route("/api/grey-router/route", route)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+/// A problem document (RFC 9457) for `err`, with the status of the error table.
+pub fn problem(err: &Error) -> Response {
+    let kind = err.kind();
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": err.message(),
+        "kind": kind.as_str(),
+    });
+    if let Some((field, reason)) = err.field() {
+        body["field"] = json!(field);
+        body["reason"] = json!(reason);
+    }
+    if let Some(current) = err.current_version() {
+        body["current_version"] = json!(current);
+    }
+    let retry_after = err.retry_after_ms();
+    if let Some(ms) = retry_after {
+        body["retry_after_ms"] = json!(ms);
+    }
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(ms) = retry_after
+        && let Ok(value) = header::HeaderValue::try_from(ms.div_ceil(1000).max(1).to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// What a handler answers: JSON, or a problem document.
+type Answer = Result<Response, Problem>;
+
+/// An error answered as a problem document.
+pub struct Problem(Error);
+
+impl From<Error> for Problem {
+    fn from(err: Error) -> Problem {
+        Problem(err)
+    }
+}
+
+impl From<routing_core::RoutingError> for Problem {
+    fn from(err: routing_core::RoutingError) -> Problem {
+        Problem(Error::from(err))
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(rejection: JsonRejection) -> Problem {
+        // A body over the limit, not JSON, or not the fields expected: the caller's to fix.
+        Problem(Error::invalid("body", rejection.body_text()))
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        problem(&self.0)
+    }
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    problem(&Error::new(
+        ErrorKind::NotFound,
+        format!("no endpoint {method} {}", uri.path()),
+    ))
+}
+
+fn ok(value: impl serde::Serialize) -> Answer {
+    Ok(Json(value).into_response())
+}
+
+/// The body as `T`, or a problem naming what is wrong.
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    body.map(|Json(value)| value).map_err(Problem::from)
+}
+
+/// Checks the request against its endpoint's rule for `tenants`, as every front door does.
+fn admit(
+    node: &Node,
+    caller: &Caller,
+    service: &str,
+    operation: &str,
+    tenants: &[&str],
+) -> Result<(), Problem> {
+    let rule = control::access::rule(service, operation).ok_or_else(|| {
+        Error::new(
+            ErrorKind::PermissionDenied,
+            format!("no access rule covers {service}/{operation}"),
+        )
+    })?;
+    control::access::admit_tenants(&node.snapshot(), node.admission(), caller, rule, tenants)?;
+    Ok(())
+}
+
+/// The audit trail's actor: the verified caller when auth is on, else the actor header; the
+/// reason header, else `reason` when the body gives one.
+fn actor(caller: &Caller, headers: &HeaderMap, reason: Option<&str>) -> Result<Actor, Problem> {
+    let header = |name: &'static str| -> Result<Option<&str>, Problem> {
+        headers
+            .get(name)
+            .map(|value| {
+                value
+                    .to_str()
+                    .map_err(|_| Problem(Error::invalid(name, "must be printable ASCII")))
+            })
+            .transpose()
+    };
+    let given = header(REASON_HEADER)?.or(reason.filter(|r| !r.is_empty()));
+    Ok(caller.actor(header(ACTOR_HEADER)?, given)?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    #[serde(default)]
+    page_token: String,
+    #[serde(default)]
+    page_size: u32,
+}
+
+async fn list_tenants(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(page) = page.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    admit(&node, &caller, "Admin", "ListTenants", &[])?;
+    let mut listed = node.list_tenants(&page.page_token, page.page_size.min(MAX_PAGE))?;
+    // A scoped caller sees only its own tenants.
+    listed.tenants.retain(|tenant| caller.sees(tenant));
+    ok(listed)
+}
+
+async fn tenant_services(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(tenant): Path<String>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "GetTenantServices", &[&tenant])?;
+    ok(node.tenant_services(&tenant)?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    tier: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn upsert_tenant(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<TenantBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "UpsertTenant", &[&tenant])?;
+    let actor = actor(&caller, &headers, None)?;
+    let commit = node
+        .upsert_tenant(
+            Tenant {
+                id: tenant,
+                name: given.name,
+                region: given.region,
+                tier: given.tier,
+                labels: given.labels,
+                active: given.active,
+            },
+            &actor,
+        )
+        .await?;
+    ok(json!({"revision": commit.revision}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionBody {
+    version: String,
+    /// Compare-and-set: the version the tenant must be on now (`If-Match` says the same).
+    #[serde(default)]
+    expected_version: Option<String>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    migrate: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn set_tenant_version(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((tenant, service)): Path<(String, String)>,
+    headers: HeaderMap,
+    json: Result<Json<VersionBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "SetTenantVersion", &[&tenant])?;
+    let actor = actor(&caller, &headers, Some(&given.reason))?;
+    // `If-Match: "v1"` is the expected version (an entity tag of the tenant's version).
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|value| {
+            value
+                .to_str()
+                .map(|tag| {
+                    tag.trim()
+                        .trim_start_matches("W/")
+                        .trim_matches('"')
+                        .to_owned()
+                })
+                .map_err(|_| Problem(Error::invalid("If-Match", "must be printable ASCII")))
+        })
+        .transpose()?;
+    let expected_version = match (if_match, given.expected_version) {
+        (Some(tag), Some(body)) if tag != body => {
+            return Err(Problem(Error::invalid(
+                "expected_version",
+                "differs from If-Match",
+            )));
+        }
+        (Some(tag), _) => Some(tag),
+        (None, given) => given,
+    };
+    let switch = node
+        .set_tenant_version(
+            SetTenantVersion {
+                tenant_id: tenant,
+                service,
+                version: given.version.clone(),
+                expected_version,
+                force: given.force,
+                migrate: given.migrate,
+            },
+            &actor,
+        )
+        .await?;
+    let mut response = Json(switch).into_response();
+    if let Ok(tag) = header::HeaderValue::try_from(format!("\"{}\"", given.version)) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    Ok(response)
+}
+
+async fn clear_tenant_version(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((tenant, service)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    admit(&node, &caller, "Admin", "ClearTenantVersion", &[&tenant])?;
+    let actor = actor(&caller, &headers, None)?;
+    let (revision, cleared) = node.clear_tenant_version(tenant, service, &actor).await?;
+    ok(json!({"revision": revision, "cleared": cleared}))
+}
+
+async fn list_services(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "ListServices", &[])?;
+    ok(node.list_services())
+}
+
+async fn upsert_service(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<Value>, JsonRejection>,
+) -> Answer {
+    let mut given = body(json)?;
+    admit(&node, &caller, "Admin", "UpsertService", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let force = given
+        .as_object_mut()
+        .and_then(|fields| fields.remove("force"))
+        .and_then(|force| force.as_bool())
+        .unwrap_or(false);
+    if let Some(fields) = given.as_object_mut() {
+        fields.insert("name".into(), json!(service));
+    }
+    let parsed: Service = serde_json::from_value(given)
+        .map_err(|err| Problem(Error::invalid("body", err.to_string())))?;
+    let commit = node.upsert_service(parsed, force, &actor).await?;
+    ok(json!({"revision": commit.revision}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultVersionBody {
+    version: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn set_default_version(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<DefaultVersionBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "SetDefaultVersion", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let commit = node
+        .set_default_version(service, given.version, given.force, &actor)
+        .await?;
+    ok(json!({"revision": commit.revision}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionFilter {
+    #[serde(default)]
+    version: String,
+}
+
+async fn list_instances(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+    filter: Result<Query<VersionFilter>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(filter) = filter.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    admit(&node, &caller, "Admin", "ListInstances", &[])?;
+    let listed = node.list_instances(&service, &filter.version)?;
+    let items: Vec<&Instance> = listed.items.iter().map(AsRef::as_ref).collect();
+    ok(json!({"items": items, "revision": listed.revision}))
+}
+
+async fn register_instance(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<Value>, JsonRejection>,
+) -> Answer {
+    let mut given = body(json)?;
+    admit(&node, &caller, "Admin", "RegisterInstance", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let ttl = given
+        .as_object_mut()
+        .and_then(|fields| fields.remove("ttl_seconds"))
+        .map(|ttl| {
+            ttl.as_u64()
+                .ok_or_else(|| Problem(Error::invalid("ttl_seconds", "must be a whole number")))
+        })
+        .transpose()?
+        .filter(|ttl| *ttl > 0)
+        .map(std::time::Duration::from_secs);
+    if let Some(fields) = given.as_object_mut() {
+        fields.insert("service".into(), json!(service));
+    }
+    let instance: Instance = serde_json::from_value(given)
+        .map_err(|err| Problem(Error::invalid("body", err.to_string())))?;
+    let commit = node.register_instance(instance, ttl, &actor).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"revision": commit.revision})),
+    )
+        .into_response())
+}
+
+async fn deregister_instance(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, instance)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    admit(&node, &caller, "Admin", "DeregisterInstance", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let commit = node.deregister_instance(service, instance, &actor).await?;
+    ok(json!({"revision": commit.revision}))
+}
+
+async fn list_overrides(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "ListOverrides", &[])?;
+    ok(node.list_overrides(&service)?)
+}
+
+async fn clear_override(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    admit(&node, &caller, "Admin", "ClearOverride", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let commit = node.clear_override(service, id, &actor).await?;
+    ok(json!({"revision": commit.revision}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    service: String,
+    from_version: String,
+    to_version: String,
+    #[serde(default)]
+    tenant_ids: Vec<String>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn rollback(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    headers: HeaderMap,
+    json: Result<Json<RollbackBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    let tenants: Vec<&str> = given.tenant_ids.iter().map(String::as_str).collect();
+    admit(&node, &caller, "Admin", "EmergencyRollback", &tenants)?;
+    let actor = actor(&caller, &headers, Some(&given.reason))?;
+    let result = node
+        .emergency_rollback(
+            EmergencyRollback {
+                service: given.service,
+                from_version: given.from_version,
+                to_version: given.to_version,
+                tenant_ids: given.tenant_ids,
+                force: given.force,
+                dry_run: given.dry_run,
+                reason: given.reason,
+            },
+            &actor,
+        )
+        .await?;
+    ok(json!({
+        "revision": result.revision,
+        "moved_tenants": result.moved_tenants,
+        "override_id": result.override_id,
+        "dry_run": given.dry_run,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFilter {
+    #[serde(default)]
+    since_revision: u64,
+    #[serde(default)]
+    tenant_id: String,
+    #[serde(default)]
+    service: String,
+    #[serde(default)]
+    limit: u32,
+}
+
+async fn events(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    filter: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(filter) = filter.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    admit(&node, &caller, "Admin", "ListEvents", &[])?;
+    // A scoped caller reads only events about its own tenants.
+    let state = node.snapshot();
+    if !filter.tenant_id.is_empty() {
+        caller.check_tenant(&state, &filter.tenant_id)?;
+    }
+    let mut page = node
+        .events(&EventQuery {
+            since_revision: filter.since_revision,
+            tenant_id: filter.tenant_id.clone(),
+            service: filter.service.clone(),
+            limit: filter.limit.min(MAX_PAGE),
+        })
+        .await?;
+    if !caller.scope.is_all() {
+        page.events.retain(|event| {
+            !event.tenant_id.is_empty() && caller.scope.holds_id(&state, &event.tenant_id)
+        });
+    }
+    ok(page)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteBody {
+    #[serde(alias = "tenant")]
+    tenant_id: String,
+    service: String,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+    #[serde(default)]
+    hash_key: String,
+    #[serde(default)]
+    region: String,
+}
+
+async fn route(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    json: Result<Json<RouteBody>, JsonRejection>,
+) -> Answer {
+    let started = std::time::Instant::now();
+    let given = body(json)?;
+    admit(&node, &caller, "Router", "Route", &[&given.tenant_id])?;
+    let state = node.snapshot();
+    let query = RouteQuery {
+        tenant_id: &given.tenant_id,
+        service: &given.service,
+        region: &given.region,
+        hash_key: &given.hash_key,
+        strategy: None,
+        entropy: routing_core::hash::entropy(),
+        now_ms: control::audit::now_ms(),
+    };
+    let decided = node.route(&state, &query, &given.metadata);
+    node.route_handled(started.elapsed());
+    let decision = decided?;
+    let instance = &decision.member.instance;
+    ok(json!({
+        "instance_id": instance.id,
+        "address": instance.address,
+        "version": decision.resolution.version,
+        "source": decision.resolution.source.to_string(),
+        "revision": decision.revision,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A concrete path of an endpoint's pattern.
+    fn concrete(path: &str) -> String {
+        path.split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "x"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn every_endpoint_is_governed_by_the_rule_of_its_grpc_twin() {
+        for endpoint in ENDPOINTS {
+            let method = Method::from_bytes(endpoint.method.as_bytes()).expect("a method");
+            let (found, rule) = endpoint_of(&method, &concrete(endpoint.path))
+                .unwrap_or_else(|| panic!("{} {} has no rule", endpoint.method, endpoint.path));
+            assert_eq!(found.path, endpoint.path);
+            assert_eq!(
+                (rule.service, rule.operation),
+                (endpoint.service, endpoint.operation)
+            );
+        }
+        assert_eq!(endpoint_of(&Method::GET, "/api/v1/nothing"), None);
+        assert_eq!(endpoint_of(&Method::POST, "/api/v1/tenants"), None);
+        assert_eq!(endpoint_of(&Method::GET, "/api/v1/tenants//services"), None);
+        let (alias, _) = endpoint_of(&Method::POST, "/api/grey-router/route").expect("alias");
+        assert_eq!(alias.operation, "Route");
+    }
+
+    #[test]
+    fn problems_carry_the_status_of_the_error_table() {
+        for kind in ErrorKind::ALL {
+            let response = problem(&Error::new(kind, "why"));
+            assert_eq!(response.status().as_u16(), kind.http_status(), "{kind:?}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
+        }
+        let limited = problem(&Error::Exhausted {
+            message: "slow down".into(),
+            retry_after_ms: 1500,
+        });
+        assert_eq!(
+            limited
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+    }
+}
