@@ -373,7 +373,7 @@ pub struct StartRollout {
 }
 
 /// A rollout and the revision it was read at.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RolloutView {
     /// The rollout.
     pub rollout: Rollout,
@@ -382,7 +382,7 @@ pub struct RolloutView {
 }
 
 /// An experiment, how many active tenants each variant has now, and the revision.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ExperimentView {
     /// The experiment.
     pub experiment: Experiment,

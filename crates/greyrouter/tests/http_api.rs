@@ -506,3 +506,120 @@ async fn with_auth_on_the_api_asks_for_a_key_and_checks_its_role() {
         "permission_denied",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_experiments_and_schema_upgrades_through_the_api() {
+    let api = Api::memory().await;
+    api.populate().await;
+
+    // A rollout: started, read, paused, resumed, aborted.
+    let started = api
+        .post(
+            "/api/v1/services/api/rollouts",
+            json!({"to_version": "v2", "id": "r1", "interval_seconds": 3600,
+                   "steps_percent": [50, 100], "reason": "new release"}),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
+    assert_eq!(started.body["rollout"]["id"], "r1", "{}", started.body);
+    let listed = api.get("/api/v1/services/api/rollouts").await;
+    assert_eq!(listed.body["items"][0]["id"], "r1", "{}", listed.body);
+    let read = api.get("/api/v1/services/api/rollouts/r1").await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    for action in ["pause", "resume"] {
+        let answer = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/services/api/rollouts/r1/{action}"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{action}: {}", answer.body);
+    }
+    let again = api
+        .call(
+            Method::POST,
+            "/api/v1/services/api/rollouts/r1/resume",
+            None,
+            &[],
+        )
+        .await;
+    assert_problem(&again, StatusCode::CONFLICT, "failed_precondition");
+    let aborted = api
+        .post(
+            "/api/v1/services/api/rollouts/r1/abort",
+            json!({"reason": "errors"}),
+        )
+        .await;
+    assert_eq!(aborted.status, StatusCode::OK, "{}", aborted.body);
+    assert_problem(
+        &api.post("/api/v1/services/api/rollouts/r1/jump", json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_problem(
+        &api.post(
+            "/api/v1/services/api/rollouts",
+            json!({"to_version": "v2", "interval_seconds": 60, "steps_percent": [0]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+    );
+
+    // An experiment: created, read (tenants per variant), reweighted, stopped.
+    let created = api
+        .post(
+            "/api/v1/services/api/experiments",
+            json!({"id": "e1", "variants": [
+                {"name": "control", "version": "v1", "weight": 1},
+                {"name": "treatment", "version": "v2", "weight": 1}]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let read = api.get("/api/v1/services/api/experiments/e1").await;
+    let per_variant = read.body["tenants_per_variant"]
+        .as_object()
+        .expect("counts");
+    let total: u64 = per_variant.values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, 2, "{}", read.body);
+    let updated = api
+        .put(
+            "/api/v1/services/api/experiments/e1",
+            json!({"variants": [
+                {"name": "control", "version": "v1", "weight": 1},
+                {"name": "treatment", "version": "v2", "weight": 3}], "rebalance": true}),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let stopped = api.delete("/api/v1/services/api/experiments/e1").await;
+    assert_eq!(stopped.status, StatusCode::OK, "{}", stopped.body);
+    assert_problem(
+        &api.get("/api/v1/services/api/experiments/e1").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Schema upgrades need [schema]: without it, a clear refusal.
+    let refused = api
+        .post(
+            "/api/v1/schema/upgrades",
+            json!({"service": "api", "target_version": "v2"}),
+        )
+        .await;
+    assert_problem(&refused, StatusCode::CONFLICT, "failed_precondition");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("database_url")),
+        "{}",
+        refused.body
+    );
+    assert_problem(
+        &api.get("/api/v1/tenants/acme/schema").await,
+        StatusCode::CONFLICT,
+        "failed_precondition",
+    );
+}

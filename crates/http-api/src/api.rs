@@ -18,9 +18,10 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use control::access::{Caller, Rule};
 use control::audit::{ACTOR_HEADER, REASON_HEADER};
-use control::node::{EmergencyRollback, EventQuery, SetTenantVersion};
+use control::node::{EmergencyRollback, EventQuery, SetTenantVersion, StartRollout, UpgradeSchema};
 use control::{Actor, Error, ErrorKind, Node};
-use routing_core::{Instance, RouteQuery, Service, Tenant};
+use routing_core::model::RolloutEvent;
+use routing_core::{AnalysisPolicy, Cohort, Instance, RouteQuery, Service, Tenant, Variant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -123,6 +124,85 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "ClearOverride",
     ),
     endpoint("POST", "/api/v1/rollback", "Admin", "EmergencyRollback"),
+    endpoint(
+        "GET",
+        "/api/v1/services/{service}/rollouts",
+        "Admin",
+        "ListRollouts",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/rollouts",
+        "Admin",
+        "StartRollout",
+    ),
+    endpoint(
+        "GET",
+        "/api/v1/services/{service}/rollouts/{rollout}",
+        "Admin",
+        "GetRollout",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/rollouts/{rollout}/pause",
+        "Admin",
+        "PauseRollout",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/rollouts/{rollout}/resume",
+        "Admin",
+        "ResumeRollout",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/rollouts/{rollout}/promote",
+        "Admin",
+        "PromoteRollout",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/rollouts/{rollout}/abort",
+        "Admin",
+        "AbortRollout",
+    ),
+    endpoint(
+        "POST",
+        "/api/v1/services/{service}/experiments",
+        "Admin",
+        "CreateExperiment",
+    ),
+    endpoint(
+        "GET",
+        "/api/v1/services/{service}/experiments/{experiment}",
+        "Admin",
+        "GetExperiment",
+    ),
+    endpoint(
+        "PUT",
+        "/api/v1/services/{service}/experiments/{experiment}",
+        "Admin",
+        "UpdateExperiment",
+    ),
+    endpoint(
+        "DELETE",
+        "/api/v1/services/{service}/experiments/{experiment}",
+        "Admin",
+        "StopExperiment",
+    ),
+    endpoint("POST", "/api/v1/schema/upgrades", "Admin", "UpgradeSchema"),
+    endpoint(
+        "GET",
+        "/api/v1/schema/upgrades/{upgrade}",
+        "Admin",
+        "GetSchemaUpgrade",
+    ),
+    endpoint(
+        "GET",
+        "/api/v1/tenants/{tenant}/schema",
+        "Admin",
+        "GetTenantSchema",
+    ),
     endpoint("GET", "/api/v1/events", "Admin", "ListEvents"),
     endpoint("POST", "/api/v1/route", "Router", "Route"),
     // The original design's paths.
@@ -209,6 +289,31 @@ pub fn routes(node: Arc<Node>) -> Router {
             axum::routing::delete(clear_override),
         )
         .route("/api/v1/rollback", rollback.clone())
+        .route(
+            "/api/v1/services/{service}/rollouts",
+            get(list_rollouts).post(start_rollout),
+        )
+        .route(
+            "/api/v1/services/{service}/rollouts/{rollout}",
+            get(get_rollout),
+        )
+        .route(
+            "/api/v1/services/{service}/rollouts/{rollout}/{action}",
+            post(control_rollout),
+        )
+        .route(
+            "/api/v1/services/{service}/experiments",
+            post(create_experiment),
+        )
+        .route(
+            "/api/v1/services/{service}/experiments/{experiment}",
+            get(get_experiment)
+                .put(update_experiment)
+                .delete(stop_experiment),
+        )
+        .route("/api/v1/schema/upgrades", post(upgrade_schema))
+        .route("/api/v1/schema/upgrades/{upgrade}", get(schema_upgrade))
+        .route("/api/v1/tenants/{tenant}/schema", get(tenant_schema))
         .route("/api/v1/events", get(events))
         .route("/api/v1/route", route.clone())
         .route("/api/tenants/{tenant}/services", tenant_services)
@@ -774,6 +879,317 @@ async fn route(
         "source": decision.resolution.source.to_string(),
         "revision": decision.revision,
     }))
+}
+
+async fn list_rollouts(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "ListRollouts", &[])?;
+    ok(node.list_rollouts(&service)?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    to_version: String,
+    #[serde(default)]
+    id: String,
+    /// How long each step runs before it is judged.
+    interval_seconds: u64,
+    /// The share of tenants at each step, in percent (`[5, 25, 100]`).
+    steps_percent: Vec<f64>,
+    #[serde(default)]
+    analysis: Option<AnalysisPolicy>,
+    #[serde(default)]
+    cohort: Cohort,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Shares in percent as basis points, each above 0 and at most 100 percent.
+fn basis_points(percents: &[f64]) -> Result<Vec<u32>, Problem> {
+    if percents.is_empty() || percents.len() > 100 {
+        return Err(Problem(Error::invalid("steps_percent", "1 to 100 steps")));
+    }
+    percents
+        .iter()
+        .map(|&percent| {
+            if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
+                Ok((percent * 100.0).round() as u32)
+            } else {
+                Err(Problem(Error::invalid(
+                    "steps_percent",
+                    format!("{percent} is not a share above 0 and at most 100 percent"),
+                )))
+            }
+        })
+        .collect()
+}
+
+async fn start_rollout(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<RolloutBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "StartRollout", &[])?;
+    let actor = actor(&caller, &headers, Some(&given.reason))?;
+    let view = node
+        .start_rollout(
+            StartRollout {
+                service,
+                to_version: given.to_version,
+                id: given.id,
+                interval_seconds: given.interval_seconds,
+                steps: basis_points(&given.steps_percent)?,
+                analysis: given.analysis.unwrap_or_default(),
+                cohort: given.cohort,
+                force: given.force,
+            },
+            &actor,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn get_rollout(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, id)): Path<(String, String)>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "GetRollout", &[])?;
+    ok(node.rollout(&service, &id)?)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn control_rollout(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    json: Result<Json<ActionBody>, JsonRejection>,
+) -> Answer {
+    let (operation, event) = match action.as_str() {
+        "pause" => ("PauseRollout", RolloutEvent::Paused),
+        "resume" => ("ResumeRollout", RolloutEvent::Resumed),
+        "promote" => ("PromoteRollout", RolloutEvent::Promoted),
+        "abort" => ("AbortRollout", RolloutEvent::Aborted),
+        other => {
+            return Err(Problem(Error::new(
+                ErrorKind::NotFound,
+                format!("no rollout action {other:?} (pause, resume, promote, abort)"),
+            )));
+        }
+    };
+    // The body is optional: an empty one asks for nothing special.
+    let given = match json {
+        Ok(Json(given)) => given,
+        Err(JsonRejection::MissingJsonContentType(_)) => ActionBody::default(),
+        Err(rejection) => return Err(Problem::from(rejection)),
+    };
+    admit(&node, &caller, "Admin", operation, &[])?;
+    let actor = actor(&caller, &headers, Some(&given.reason))?;
+    let reason = actor.reason.clone();
+    ok(node
+        .control_rollout(service, id, event, given.force, &reason, &actor)
+        .await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExperimentBody {
+    id: String,
+    variants: Vec<Variant>,
+    #[serde(default)]
+    cohort: Cohort,
+}
+
+async fn create_experiment(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    json: Result<Json<ExperimentBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "CreateExperiment", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let view = node
+        .create_experiment(service, given.id, given.variants, given.cohort, &actor)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn get_experiment(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, id)): Path<(String, String)>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "GetExperiment", &[])?;
+    ok(node.experiment(&service, &id)?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariantsBody {
+    variants: Vec<Variant>,
+    /// Move tenants already assigned when the split changes (default: they stay).
+    #[serde(default)]
+    rebalance: bool,
+}
+
+async fn update_experiment(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    json: Result<Json<VariantsBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "UpdateExperiment", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    ok(node
+        .update_experiment(service, id, given.variants, given.rebalance, &actor)
+        .await?)
+}
+
+async fn stop_experiment(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    admit(&node, &caller, "Admin", "StopExperiment", &[])?;
+    let actor = actor(&caller, &headers, None)?;
+    let commit = node.stop_experiment(service, id, &actor).await?;
+    ok(json!({"revision": commit.revision}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeBody {
+    service: String,
+    #[serde(default)]
+    target_schema: Option<u32>,
+    #[serde(default)]
+    target_version: String,
+    #[serde(default)]
+    tenant_ids: Vec<String>,
+    #[serde(default)]
+    cohort: Cohort,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn upgrade_schema(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    json: Result<Json<UpgradeBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    let tenants: Vec<&str> = given.tenant_ids.iter().map(String::as_str).collect();
+    admit(&node, &caller, "Admin", "UpgradeSchema", &tenants)?;
+    let started = node
+        .upgrade_schema(UpgradeSchema {
+            service: given.service,
+            target_schema: given.target_schema,
+            target_version: given.target_version,
+            tenant_ids: given.tenant_ids,
+            cohort: given.cohort,
+            dry_run: given.dry_run,
+        })
+        .await?;
+    let plans: Vec<Value> = started
+        .plans
+        .iter()
+        .map(|plan| match &plan.plan {
+            Ok(planned) => json!({
+                "tenant_id": plan.tenant_id,
+                "from": planned.from,
+                "to": planned.to,
+                "steps": planned.steps.iter().map(|step| json!({
+                    "version": step.version,
+                    "name": step.name,
+                    "direction": format!("{:?}", step.direction).to_lowercase(),
+                })).collect::<Vec<_>>(),
+            }),
+            Err(reason) => json!({"tenant_id": plan.tenant_id, "error": reason}),
+        })
+        .collect();
+    let status = if given.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(json!({
+            "upgrade_id": started.upgrade_id,
+            "target_schema": started.target_schema,
+            "plans": plans,
+        })),
+    )
+        .into_response())
+}
+
+async fn schema_upgrade(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "GetSchemaUpgrade", &[])?;
+    ok(node.schema_upgrade(&id)?.snapshot())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFilter {
+    #[serde(default)]
+    service: String,
+}
+
+async fn tenant_schema(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(tenant): Path<String>,
+    filter: Result<Query<ServiceFilter>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(filter) = filter.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    admit(&node, &caller, "Admin", "GetTenantSchema", &[&tenant])?;
+    let schemas = node.tenant_schema(&tenant, &filter.service).await?;
+    let services: Vec<Value> = schemas
+        .iter()
+        .map(|schema| {
+            json!({
+                "service": schema.service,
+                "current": schema.current,
+                "required": schema.required,
+                "latest": schema.latest,
+                "history": schema.history.iter().map(|applied| json!({
+                    "version": applied.version,
+                    "name": applied.name,
+                    "direction": applied.direction,
+                    "applied_at_ms": applied.applied_at_ms,
+                    "duration_ms": applied.duration_ms,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    ok(json!({"tenant_id": tenant, "services": services}))
 }
 
 #[cfg(test)]
