@@ -623,3 +623,125 @@ async fn rollouts_experiments_and_schema_upgrades_through_the_api() {
         "failed_precondition",
     );
 }
+
+/// Reads server-sent events from `body` until `wanted` accepts one's data; returns it.
+async fn next_event(
+    body: &mut hyper::body::Incoming,
+    pending: &mut String,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let data: String = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if event.lines().any(|line| line == "event: assignments") {
+                let value: Value = serde_json::from_str(&data).expect("JSON data");
+                if wanted(&value) {
+                    return value;
+                }
+            }
+        }
+        let frame = within(body.frame())
+            .await
+            .expect("the stream stays open")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            pending.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_changes_stream_as_server_sent_events() {
+    let api = Api::memory().await;
+    api.populate().await;
+    let request = Request::get(format!(
+        "http://{}/api/v1/watch?tenant_ids=acme&services=api",
+        api.http
+    ))
+    .body(Full::new(Bytes::new()))
+    .expect("request");
+    let response = within(api.client.request(request)).await.expect("a stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut body = response.into_body();
+    let mut pending = String::new();
+    let snapshot = next_event(&mut body, &mut pending, |_| true).await;
+    assert_eq!(snapshot["snapshot"], true, "{snapshot}");
+    assert_eq!(snapshot["upserts"][0]["tenant_id"], "acme", "{snapshot}");
+    assert_eq!(snapshot["upserts"][0]["version"], "v1", "{snapshot}");
+
+    let pinned = api
+        .put(
+            "/api/v1/tenants/acme/services/api/version",
+            json!({"version": "v2"}),
+        )
+        .await;
+    assert_eq!(pinned.status, StatusCode::OK, "{}", pinned.body);
+    let change = next_event(&mut body, &mut pending, |update| {
+        update["snapshot"] == false
+    })
+    .await;
+    assert_eq!(change["upserts"][0]["version"], "v2", "{change}");
+    assert_eq!(change["upserts"][0]["source"], "pin", "{change}");
+    assert!(change["revision"].as_u64() > snapshot["revision"].as_u64());
+
+    // A resume from a revision this router never had is refused before streaming.
+    let gone = api.get("/api/v1/watch?from_revision=999999").await;
+    assert_problem(&gone, StatusCode::BAD_REQUEST, "out_of_range");
+}
+
+/// Every operation of the OpenAPI document is routed (none falls to the "no endpoint" answer),
+/// and the document is served without credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let api = Api::memory().await;
+    let document = api.get("/api/v1/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    assert_eq!(document.body["openapi"], "3.0.3");
+    let paths = document.body["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 20, "{}", paths.len());
+    for (path, methods) in paths {
+        let concrete: String = path
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "x"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in methods.as_object().expect("methods").keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+            if path == "/api/v1/watch" {
+                continue; // a stream: its own test
+            }
+            let answer = api
+                .call(method.clone(), &concrete, Some(json!({})), &[])
+                .await;
+            let detail = answer.body["detail"].as_str().unwrap_or("");
+            assert!(
+                !detail.starts_with("no endpoint"),
+                "{method} {path} is documented but not routed: {}",
+                answer.body
+            );
+            assert_ne!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+        }
+    }
+}

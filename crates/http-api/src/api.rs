@@ -204,6 +204,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "GetTenantSchema",
     ),
     endpoint("GET", "/api/v1/events", "Admin", "ListEvents"),
+    endpoint("GET", "/api/v1/watch", "Router", "WatchAssignments"),
     endpoint("POST", "/api/v1/route", "Router", "Route"),
     // The original design's paths.
     endpoint(
@@ -226,6 +227,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     endpoint("POST", "/api/grey-router/route", "Router", "Route"),
 ];
+
+/// Where the OpenAPI document is served (open to anyone, like health).
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 /// Largest JSON body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -252,8 +256,8 @@ pub fn endpoint_of(method: &Method, path: &str) -> Option<(&'static Endpoint, &'
         })
 }
 
-/// The routes of the API over `node`.
-pub fn routes(node: Arc<Node>) -> Router {
+/// The routes of the API over `node`; live streams end when `closing` turns true.
+pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> Router {
     let tenant_services = get(tenant_services);
     let set_version = put(set_tenant_version);
     let rollback = post(rollback);
@@ -315,6 +319,7 @@ pub fn routes(node: Arc<Node>) -> Router {
         .route("/api/v1/schema/upgrades/{upgrade}", get(schema_upgrade))
         .route("/api/v1/tenants/{tenant}/schema", get(tenant_schema))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/watch", get(watch))
         .route("/api/v1/route", route.clone())
         .route("/api/tenants/{tenant}/services", tenant_services)
         .route(
@@ -323,7 +328,9 @@ pub fn routes(node: Arc<Node>) -> Router {
         )
         .route("/api/emergency/rollback", rollback)
         .route("/api/grey-router/route", route)
+        .route(OPENAPI_PATH, get(openapi_json))
         .fallback(not_found)
+        .layer(Extension(Closing(closing)))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
 }
@@ -1192,6 +1199,214 @@ async fn tenant_schema(
     ok(json!({"tenant_id": tenant, "services": services}))
 }
 
+/// The OpenAPI 3 document of the API, generated from [`ENDPOINTS`]: every path and method,
+/// its path parameters, the gRPC operation whose rule governs it, and the problem document
+/// every error is.
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for endpoint in ENDPOINTS {
+        let parameters: Vec<Value> = endpoint
+            .path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+            })
+            .collect();
+        let alias = !endpoint.path.starts_with("/api/v1/");
+        let mut operation = json!({
+            "operationId": format!(
+                "{}{}{}",
+                endpoint.method.to_lowercase(),
+                endpoint.path.replace(['/', '{', '}', '-', '.'], "_"),
+                if alias { "_alias" } else { "" }
+            ),
+            "summary": format!("{}/{}", endpoint.service, endpoint.operation),
+            "x-grpc-operation": format!("greyrouter.v1.{}/{}", endpoint.service, endpoint.operation),
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": "the result as JSON"},
+                "default": {
+                    "description": "a problem document",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+            },
+        });
+        if alias {
+            operation["description"] = json!("a path of the original design, kept as an alias");
+        }
+        if matches!(endpoint.method, "PUT" | "POST") {
+            operation["requestBody"] = json!({
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            });
+        }
+        let entry = paths
+            .entry(endpoint.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[endpoint.method.to_lowercase()] = operation;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "greyrouter HTTP API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The node's operations over HTTP/JSON; each endpoint is governed by the rule of its gRPC twin.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status", "detail", "kind"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "kind": {"type": "string", "enum": ErrorKind::ALL.iter().map(|kind| kind.as_str()).collect::<Vec<_>>()},
+                        "field": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "current_version": {"type": "string"},
+                        "retry_after_ms": {"type": "integer"},
+                    },
+                },
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+    })
+}
+
+async fn openapi_json() -> Response {
+    Json(openapi()).into_response()
+}
+
+/// Turns true when the server shuts down: live streams end then.
+#[derive(Clone)]
+struct Closing(tokio::sync::watch::Receiver<bool>);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    /// Comma-separated tenant ids; empty: every tenant (a scoped caller: its own).
+    #[serde(default)]
+    tenant_ids: String,
+    /// Comma-separated services; empty: every service.
+    #[serde(default)]
+    services: String,
+    /// Resume after this revision (0: start with a snapshot).
+    #[serde(default)]
+    from_revision: u64,
+    /// The history of `from_revision`.
+    #[serde(default)]
+    history: String,
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Encodes watch updates as the JSON data of server-sent events.
+struct JsonFrames;
+
+impl control::watch::Frames for JsonFrames {
+    type Frame = (u64, String);
+
+    fn frame(&self, update: &control::watch::Update<'_>) -> (u64, String) {
+        let upserts: Vec<Value> = update
+            .upserts
+            .iter()
+            .map(|assignment| {
+                json!({
+                    "tenant_id": assignment.tenant_id,
+                    "service": assignment.service,
+                    "version": assignment.resolution.version,
+                    "source": assignment.resolution.source.to_string(),
+                    "instances": assignment.pool.as_ref().map_or(0, |pool| pool.members().len()),
+                })
+            })
+            .collect();
+        let removals: Vec<Value> = update
+            .removals
+            .iter()
+            .map(|(tenant_id, service)| json!({"tenant_id": tenant_id, "service": service}))
+            .collect();
+        let data = json!({
+            "revision": update.revision,
+            "snapshot": update.snapshot,
+            "partial": update.partial,
+            "cause": update.cause,
+            "history": update.history,
+            "upserts": upserts,
+            "removals": removals,
+        });
+        (update.revision, data.to_string())
+    }
+
+    fn memory_bytes(&self, frame: &(u64, String)) -> usize {
+        frame.1.len() + 64
+    }
+}
+
+/// `GET /api/v1/watch`: the effective assignments a caller follows as server-sent events
+/// (`event: assignments`, `id:` the revision, `data:` the update as JSON): a snapshot first
+/// (or the changes after `from_revision`), then every change; the same watchers, limits and
+/// caps as `WatchAssignments`.
+async fn watch(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Extension(Closing(closing)): Extension<Closing>,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Query(query) = query.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    let mut tenant_ids = list(&query.tenant_ids);
+    // A caller scoped to listed tenants that names none watches those it may see.
+    if let (true, control::access::TenantScope::Only(scope)) =
+        (tenant_ids.is_empty(), &caller.scope)
+        && scope.labels.is_empty()
+    {
+        tenant_ids = scope.tenants.iter().cloned().collect();
+    }
+    let named: Vec<&str> = tenant_ids.iter().map(String::as_str).collect();
+    admit(&node, &caller, "Router", "WatchAssignments", &named)?;
+    let slot = node.admission().open_watch(&caller)?;
+    let queue = node.watch(
+        tenant_ids,
+        list(&query.services),
+        query.from_revision,
+        &query.history,
+        closing.clone(),
+        JsonFrames,
+    )?;
+    let events = futures_util::stream::unfold(
+        (queue, closing, slot),
+        |(mut queue, mut closing, slot)| async move {
+            let next = tokio::select! {
+                next = queue.recv() => next,
+                _ = closing.wait_for(|closing| *closing) => None,
+            };
+            // The permit is released here: the update now belongs to the transport.
+            let ((revision, data), _permit) = next?;
+            let event = Event::default()
+                .event("assignments")
+                .id(revision.to_string())
+                .data(data);
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (queue, closing, slot),
+            ))
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1227,6 +1442,33 @@ mod tests {
         assert_eq!(endpoint_of(&Method::GET, "/api/v1/tenants//services"), None);
         let (alias, _) = endpoint_of(&Method::POST, "/api/grey-router/route").expect("alias");
         assert_eq!(alias.operation, "Route");
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_endpoint_once() {
+        let document = openapi();
+        let paths = document["paths"].as_object().expect("paths");
+        let mut listed = 0;
+        for (path, methods) in paths {
+            for method in methods.as_object().expect("methods").keys() {
+                listed += 1;
+                assert!(
+                    ENDPOINTS
+                        .iter()
+                        .any(|e| e.path == path && e.method.to_lowercase() == *method),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert_eq!(listed, ENDPOINTS.len());
+        let mut ids: Vec<&str> = paths
+            .values()
+            .flat_map(|methods| methods.as_object().expect("methods").values())
+            .filter_map(|operation| operation["operationId"].as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), ENDPOINTS.len(), "operation ids are unique");
     }
 
     #[test]

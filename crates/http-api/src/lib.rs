@@ -44,6 +44,7 @@ pub fn routes(
     node: Arc<Node>,
     exporter: Option<Exporter>,
     auth: Option<Arc<auth::Authenticator>>,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) -> Router {
     let layer = auth::AuthLayer::new(auth, Arc::clone(node.admission()), classify, refuse);
     Router::new()
@@ -54,13 +55,13 @@ pub fn routes(
             node: Arc::clone(&node),
             exporter,
         })
-        .merge(api::routes(node).layer(layer))
+        .merge(api::routes(node, closing).layer(layer))
 }
 
 /// What a request is to the auth layer: the API's endpoints are governed by their gRPC twin's
 /// rule; health and metrics are open.
 fn classify(method: &axum::http::Method, path: &str) -> auth::Operation {
-    if !path.starts_with("/api/") {
+    if !path.starts_with("/api/") || path == api::OPENAPI_PATH {
         return auth::Operation::Open;
     }
     match api::endpoint_of(method, path) {
@@ -88,8 +89,14 @@ pub async fn serve(
         auth = auth.is_some(),
         "serving HTTP (/healthz, /readyz, /metrics, /api)"
     );
+    // Live streams end when the server shuts down, before the graceful wait for connections.
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
+    };
     // The peer's address, for the rate budgets of callers without credentials.
-    let app = routes(node, exporter, auth).layer(axum::middleware::map_request(
+    let app = routes(node, exporter, auth, closed).layer(axum::middleware::map_request(
         |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
          mut request: axum::extract::Request| async move {
             request.extensions_mut().insert(peer);
