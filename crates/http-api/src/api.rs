@@ -113,6 +113,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     endpoint(
         "GET",
+        "/api/v1/services/{service}/stats",
+        "Admin",
+        "ListInstances",
+    ),
+    endpoint(
+        "GET",
         "/api/v1/services/{service}/overrides",
         "Admin",
         "ListOverrides",
@@ -288,6 +294,7 @@ pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> R
             axum::routing::delete(deregister_instance),
         )
         .route("/api/v1/services/{service}/overrides", get(list_overrides))
+        .route("/api/v1/services/{service}/stats", get(service_stats))
         .route(
             "/api/v1/services/{service}/overrides/{override}",
             axum::routing::delete(clear_override),
@@ -731,6 +738,43 @@ async fn deregister_instance(
     let actor = actor(&caller, &headers, None)?;
     let commit = node.deregister_instance(service, instance, &actor).await?;
     ok(json!({"revision": commit.revision}))
+}
+
+/// Outcomes of each version of a service over the outcome window: requests, errors, error
+/// rate and p99, as reported by clients and gateways.
+async fn service_stats(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(service): Path<String>,
+) -> Answer {
+    admit(&node, &caller, "Admin", "ListInstances", &[])?;
+    let state = node.snapshot();
+    let entry = state.service(&service).ok_or_else(|| {
+        Error::from(routing_core::RoutingError::not_found(
+            routing_core::Entity::Service,
+            service.clone(),
+        ))
+    })?;
+    let window = node.settings().outcomes.window();
+    let now = control::audit::now_ms();
+    let versions: Vec<Value> = entry
+        .service
+        .versions
+        .iter()
+        .map(|version| {
+            let stats = node
+                .outcomes()
+                .version_stats(&service, version, now, window.span_ms);
+            json!({
+                "version": version,
+                "requests": stats.requests,
+                "errors": stats.errors,
+                "error_rate": stats.error_rate(),
+                "p99_ms": stats.p99_ms(),
+            })
+        })
+        .collect();
+    ok(json!({"service": service, "window_ms": window.span_ms, "versions": versions}))
 }
 
 async fn list_overrides(

@@ -6,7 +6,8 @@
 //!   body says which part is down: `routing` and `store` apart).
 //!
 //! - `GET /metrics`: the Prometheus text format (when metrics are on; 404 otherwise);
-//! - `/api/v1/...`: the HTTP/JSON API ([`api`]), behind the same auth layer as gRPC.
+//! - `/api/v1/...`: the HTTP/JSON API ([`api`]), behind the same auth layer as gRPC;
+//! - `/`: the web console, static files built into the binary that call the API.
 //!
 //! Health answers a small JSON document. Like the gRPC front door, no rule lives here.
 
@@ -24,6 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 pub mod api;
+mod console;
 pub mod metrics;
 
 pub use metrics::Exporter;
@@ -51,6 +53,9 @@ pub fn routes(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/style.css", get(console::style))
         .with_state(Shared {
             node: Arc::clone(&node),
             exporter,

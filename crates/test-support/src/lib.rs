@@ -63,8 +63,8 @@ pub fn percent_encode(value: &str) -> String {
 
 /// The environment variable through which a caller lets the tests of missing external tools
 /// skip instead of failing: a comma-separated list of tool names, `python` (python3 with grpcio
-/// and grpcio-tools) and `grpcurl`, e.g. `GREYROUTER_SKIP_MISSING=python,grpcurl`. Unset, every
-/// missing tool fails its tests. Redis and PostgreSQL have no opt-out.
+/// and grpcio-tools), `grpcurl`, `chromium` (with chromium-driver), e.g.
+/// `GREYROUTER_SKIP_MISSING=python,grpcurl`. Unset, every missing tool fails its tests. Redis and PostgreSQL have no opt-out.
 pub const SKIP_MISSING: &str = "GREYROUTER_SKIP_MISSING";
 
 /// Returns whether a test that needs the external tool `tool` can run: `true` when it is
