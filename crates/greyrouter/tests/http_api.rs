@@ -259,13 +259,6 @@ async fn tenants_services_and_instances_through_the_api() {
         .await;
     assert_problem(&invalid, StatusCode::BAD_REQUEST, "invalid_argument");
     assert!(invalid.body["field"].is_string(), "{}", invalid.body);
-    let big = api
-        .put(
-            "/api/v1/tenants/acme",
-            json!({"name": "x".repeat(300 * 1024)}),
-        )
-        .await;
-    assert_problem(&big, StatusCode::BAD_REQUEST, "invalid_argument");
     assert_problem(
         &api.get("/api/v1/nothing-here").await,
         StatusCode::NOT_FOUND,
@@ -504,6 +497,158 @@ async fn with_auth_on_the_api_asks_for_a_key_and_checks_its_role() {
         &api.get("/api/v1/tenants/globex/services").await,
         StatusCode::FORBIDDEN,
         "permission_denied",
+    );
+    // Fleet-wide figures and operations are not a scoped caller's.
+    for path in [
+        "/api/v1/services/api/stats",
+        "/api/v1/services/api/rollouts",
+    ] {
+        assert_problem(
+            &api.get(path).await,
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+        );
+    }
+    let rollback = api
+        .post(
+            "/api/v1/rollback",
+            json!({"service": "api", "from_version": "v2", "to_version": "v1", "dry_run": true}),
+        )
+        .await;
+    assert_problem(&rollback, StatusCode::FORBIDDEN, "permission_denied");
+    // The audit trail shows its own tenant's events only.
+    let events = api.get("/api/v1/events").await;
+    assert_eq!(events.status, StatusCode::OK, "{}", events.body);
+    let tenants: Vec<&str> = events.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["tenant_id"].as_str())
+        .collect();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| *t == "acme"),
+        "{tenants:?}"
+    );
+    assert_problem(
+        &api.get("/api/v1/events?tenant_id=globex").await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_other_sites_and_bodies_that_are_not_json_are_refused() {
+    let api = Api::memory().await;
+    api.populate().await;
+    api.post(
+        "/api/v1/services/api/rollouts",
+        json!({"to_version": "v2", "id": "r1", "interval_seconds": 600, "steps_percent": [50, 100]}),
+    )
+    .await;
+    // A form post (no preflight in a browser) to a rollout action: refused, nothing changes.
+    let form = api
+        .call(
+            Method::POST,
+            "/api/v1/services/api/rollouts/r1/abort",
+            None,
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .await;
+    assert_problem(
+        &form,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_argument",
+    );
+    let other_site = api
+        .call(
+            Method::POST,
+            "/api/v1/services/api/rollouts/r1/abort",
+            None,
+            &[("origin", "https://attacker.example")],
+        )
+        .await;
+    assert_problem(&other_site, StatusCode::FORBIDDEN, "permission_denied");
+    let read = api.get("/api/v1/services/api/rollouts/r1").await;
+    assert_eq!(
+        read.body["rollout"]["plan"]["phase"], "running",
+        "{}",
+        read.body
+    );
+    // The same site, and no body at all, are fine.
+    let same_site = api
+        .call(
+            Method::POST,
+            "/api/v1/services/api/rollouts/r1/pause",
+            None,
+            &[("origin", &format!("http://{}", api.http))],
+        )
+        .await;
+    assert_eq!(same_site.status, StatusCode::OK, "{}", same_site.body);
+
+    // If-Match: `*` expects nothing; lists and weak tags are refused.
+    let pin = "/api/v1/tenants/acme/services/api/version";
+    for tag in [r#""v1", "v2""#, r#"W/"v1""#, "v1"] {
+        let refused = api
+            .call(
+                Method::PUT,
+                pin,
+                Some(json!({"version": "v2"})),
+                &[("if-match", tag)],
+            )
+            .await;
+        assert_problem(&refused, StatusCode::BAD_REQUEST, "invalid_argument");
+        assert_eq!(refused.body["field"], "If-Match", "{}", refused.body);
+    }
+    let any = api
+        .call(
+            Method::PUT,
+            pin,
+            Some(json!({"version": "v2"})),
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(any.status, StatusCode::OK, "{}", any.body);
+
+    // A body that is not JSON, or too large.
+    let text = api
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/acme",
+            None,
+            &[("content-type", "text/plain")],
+        )
+        .await;
+    assert_problem(
+        &text,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_argument",
+    );
+    let big = api
+        .put(
+            "/api/v1/tenants/acme",
+            json!({"name": "x".repeat(300 * 1024)}),
+        )
+        .await;
+    assert_problem(&big, StatusCode::PAYLOAD_TOO_LARGE, "invalid_argument");
+    // A cohort name that breaks the naming rule, as gRPC refuses it.
+    let bad_cohort = api
+        .post(
+            "/api/v1/services/api/experiments",
+            json!({"id": "e1", "variants": [{"name": "a", "version": "v1", "weight": 1}],
+                   "cohort": {"tiers": ["bad tier"]}}),
+        )
+        .await;
+    assert_problem(&bad_cohort, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(
+        bad_cohort.body["field"], "cohort.tiers",
+        "{}",
+        bad_cohort.body
+    );
+    // Unknown paths and methods.
+    assert_problem(
+        &api.get("/api/v1/services/api/rollouts/r1/jump").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
 }
 
@@ -744,4 +889,112 @@ async fn the_openapi_document_matches_the_routes() {
             );
         }
     }
+}
+
+/// Schema upgrades through the API on a real PostgreSQL database: a dry run's plans, an upgrade
+/// followed to the end as server-sent events, each tenant's schema after it, a pin with
+/// migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_upgrades_stream_their_progress() {
+    let db = greyrouter_test_support::PostgresDatabase::create();
+    let mut config = Config {
+        store: "memory".into(),
+        ..Config::default()
+    };
+    config.schema.database_url = db.url();
+    config.schema.migrations =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    let api = Api::start(config).await;
+    let answer = api
+        .put(
+            "/api/v1/services/user-service",
+            json!({"default_version": "v1.0", "versions": ["v1.0", "v2.0", "v3.0"], "force": true}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    for version in ["v1.0", "v2.0", "v3.0"] {
+        api.post(
+            "/api/v1/services/user-service/instances",
+            json!({"id": format!("user-{version}"), "version": version, "address": "10.0.0.1:80"}),
+        )
+        .await;
+    }
+    for tenant in ["t1", "t2"] {
+        api.put(&format!("/api/v1/tenants/{tenant}"), json!({}))
+            .await;
+    }
+
+    let plan = api
+        .post(
+            "/api/v1/schema/upgrades",
+            json!({"service": "user-service", "target_version": "v3.0", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{}", plan.body);
+    assert_eq!(plan.body["upgrade_id"], "");
+    assert_eq!(plan.body["target_schema"], 3);
+    let plans = plan.body["plans"].as_array().expect("plans");
+    assert_eq!(plans.len(), 2, "{}", plan.body);
+    assert!(
+        plans
+            .iter()
+            .all(|p| p["steps"].as_array().map(Vec::len) == Some(3)),
+        "{}",
+        plan.body
+    );
+
+    let started = api
+        .post(
+            "/api/v1/schema/upgrades",
+            json!({"service": "user-service", "target_version": "v3.0"}),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let id = started.body["upgrade_id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let request = Request::get(format!(
+        "http://{}/api/v1/schema/upgrades/{id}/events",
+        api.http
+    ))
+    .body(Full::new(Bytes::new()))
+    .expect("request");
+    let response = within(api.client.request(request)).await.expect("a stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    // Events until the upgrade is finished; then the stream ends.
+    let bytes = within(response.into_body().collect())
+        .await
+        .expect("the stream ends when the upgrade does")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let last: Value = text
+        .split("\n\n")
+        .filter(|event| event.contains("event: progress"))
+        .filter_map(|event| {
+            let data: String = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            serde_json::from_str(&data).ok()
+        })
+        .last()
+        .expect("a progress event");
+    assert_eq!(last["state"], "finished", "{last}");
+    assert_eq!(last["done"], 2, "{last}");
+    assert_eq!(last["failed"], 0, "{last}");
+
+    let schema = api
+        .get("/api/v1/tenants/t1/schema?service=user-service")
+        .await;
+    assert_eq!(schema.status, StatusCode::OK, "{}", schema.body);
+    assert_eq!(schema.body["services"][0]["current"], 3, "{}", schema.body);
+    let progress = api.get(&format!("/api/v1/schema/upgrades/{id}")).await;
+    assert_eq!(progress.body["state"], "finished", "{}", progress.body);
+    assert_problem(
+        &api.get("/api/v1/schema/upgrades/no-such-upgrade").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 }

@@ -130,9 +130,13 @@ async function tenantsView() {
   const label = h("input", { id: "tenant-label", placeholder: "key=value" });
   const body = h("tbody");
   const shown = 100;
+  const versions = new Map(); // tenant id -> its services, fetched once per view
+  let generation = 0;
   async function render() {
+    const mine = ++generation;
     const text = search.value.trim().toLowerCase();
-    const [key, value] = label.value.includes("=") ? label.value.split("=", 2) : [null, null];
+    const at = label.value.indexOf("=");
+    const [key, value] = at > 0 ? [label.value.slice(0, at), label.value.slice(at + 1)] : [null, null];
     const matching = tenants.filter((t) =>
       (!text || t.id.toLowerCase().includes(text) || (t.name || "").toLowerCase().includes(text))
       && (!tier.value || t.tier === tier.value)
@@ -143,10 +147,14 @@ async function tenantsView() {
       h("td", {}, t.name), h("td", {}, t.tier), h("td", {}, t.region),
       h("td", {}, Object.entries(t.labels || {}).map(([k, v]) => h("span", { class: "tag" }, `${k}=${v}`))),
       h("td", { class: "versions" }, t.active ? "" : h("span", { class: "bad" }, "inactive")))));
-    // Each shown tenant's versions, fetched for the rows on screen.
+    // Each shown tenant's versions, fetched once for the rows on screen (a newer render wins).
     await Promise.all(matching.slice(0, shown).map(async (t) => {
       try {
-        const detail = await api("GET", `/api/v1/tenants/${encodeURIComponent(t.id)}/services`);
+        if (!versions.has(t.id)) {
+          versions.set(t.id, api("GET", `/api/v1/tenants/${encodeURIComponent(t.id)}/services`));
+        }
+        const detail = await versions.get(t.id);
+        if (mine !== generation) return;
         const cell = body.querySelector(`tr[data-tenant="${CSS.escape(t.id)}"] td.versions`);
         if (cell) cell.replaceChildren(...detail.services.map((s) =>
           h("div", {}, `${s.service}: ${s.version} `, h("span", { class: "source" }, `(${s.source})`))));
@@ -154,7 +162,9 @@ async function tenantsView() {
     }));
     say(matching.length > shown ? `${matching.length} tenants match; the first ${shown} are shown` : "");
   }
-  for (const input of [search, tier, region, label]) input.addEventListener("input", render);
+  let pending = null;
+  const later = () => { clearTimeout(pending); pending = setTimeout(() => render().catch(failed), 200); };
+  for (const input of [search, tier, region, label]) input.addEventListener("input", later);
   view.replaceChildren(
     h("h1", {}, "Tenants"),
     h("p", {}, `${tenants.length} tenants, ${known.length} services.`),
@@ -267,10 +277,17 @@ async function servicesView() {
   view.replaceChildren(h("h1", {}, "Services"), ...sections);
 }
 
+async function servicesLive() {
+  await servicesView();
+  // The outcome figures move with traffic: read them again every few seconds.
+  every(5000, () => { if (!view.contains(document.activeElement) || document.activeElement === view) servicesView().catch(() => {}); });
+}
+
 function decisionText(decision) {
   const event = decision.event || {};
   const figures = (m) => m ? `${m.requests} req, ${(m.error_rate * 100).toFixed(2)}% errors, p99 ${m.p99_ms ?? "—"} ms` : "—";
-  return [when(decision.at_ms), event.action ? `${event.event}: ${event.action}` : event.event,
+  const action = event.action ? `${event.event}: ${event.action.kind}${event.action.reason ? ` (${event.action.reason})` : ""}` : event.event;
+  return [when(decision.at_ms), action,
     percent(decision.basis_points), `canary ${figures(decision.canary)}`, `baseline ${figures(decision.baseline)}`,
     decision.note].filter(Boolean).join(" · ");
 }
@@ -459,7 +476,19 @@ async function schemaView(upgradeId) {
     progress);
   if (upgradeId) {
     if (!(await showProgress(upgradeId))) {
-      every(1000, async () => { try { await showProgress(upgradeId); } catch (err) { failed(err); } });
+      if (token()) {
+        // EventSource cannot send a bearer token: poll.
+        let finished = false;
+        every(1000, async () => {
+          if (finished) return;
+          try { finished = await showProgress(upgradeId); } catch (err) { failed(err); }
+        });
+      } else {
+        const source = new EventSource(`/api/v1/schema/upgrades/${encodeURIComponent(upgradeId)}/events`);
+        source.addEventListener("progress", () => showProgress(upgradeId).catch(failed));
+        source.addEventListener("error", () => source.close());
+        live.push(() => source.close());
+      }
     }
   }
 }
@@ -469,7 +498,9 @@ async function eventsView() {
   const tenant = h("input", { id: "events-tenant", value: params.get("tenant") || "", placeholder: "tenant" });
   const service = h("input", { id: "events-service", value: params.get("service") || "", placeholder: "service" });
   const events = [];
-  let since = 0;
+  // The newest events: start a little before the current revision.
+  const head = (await api("GET", "/api/v1/tenants?page_size=1")).revision;
+  let since = Math.max(0, head - 5000);
   for (let page = 0; page < 20; page++) {
     const query = new URLSearchParams({ since_revision: since, limit: 1000 });
     if (tenant.value) query.set("tenant_id", tenant.value);
@@ -499,7 +530,7 @@ async function eventsView() {
 
 const views = {
   tenants: (rest) => (rest.length ? tenantView(decodeURIComponent(rest[0])) : tenantsView()),
-  services: () => servicesView(),
+  services: () => servicesLive(),
   rollouts: () => rolloutsView(),
   experiments: () => experimentsView(),
   rollback: () => rollbackView(),

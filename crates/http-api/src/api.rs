@@ -115,7 +115,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "GET",
         "/api/v1/services/{service}/stats",
         "Admin",
-        "ListInstances",
+        "ListRollouts",
     ),
     endpoint(
         "GET",
@@ -202,6 +202,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/schema/upgrades/{upgrade}",
         "Admin",
         "GetSchemaUpgrade",
+    ),
+    endpoint(
+        "GET",
+        "/api/v1/schema/upgrades/{upgrade}/events",
+        "Admin",
+        "WatchSchemaUpgrade",
     ),
     endpoint(
         "GET",
@@ -309,8 +315,20 @@ pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> R
             get(get_rollout),
         )
         .route(
-            "/api/v1/services/{service}/rollouts/{rollout}/{action}",
-            post(control_rollout),
+            "/api/v1/services/{service}/rollouts/{rollout}/pause",
+            post(pause_rollout),
+        )
+        .route(
+            "/api/v1/services/{service}/rollouts/{rollout}/resume",
+            post(resume_rollout),
+        )
+        .route(
+            "/api/v1/services/{service}/rollouts/{rollout}/promote",
+            post(promote_rollout),
+        )
+        .route(
+            "/api/v1/services/{service}/rollouts/{rollout}/abort",
+            post(abort_rollout),
         )
         .route(
             "/api/v1/services/{service}/experiments",
@@ -324,6 +342,10 @@ pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> R
         )
         .route("/api/v1/schema/upgrades", post(upgrade_schema))
         .route("/api/v1/schema/upgrades/{upgrade}", get(schema_upgrade))
+        .route(
+            "/api/v1/schema/upgrades/{upgrade}/events",
+            get(schema_upgrade_events),
+        )
         .route("/api/v1/tenants/{tenant}/schema", get(tenant_schema))
         .route("/api/v1/events", get(events))
         .route("/api/v1/watch", get(watch))
@@ -337,6 +359,7 @@ pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> R
         .route("/api/grey-router/route", route)
         .route(OPENAPI_PATH, get(openapi_json))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(same_origin))
         .layer(Extension(Closing(closing)))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -344,9 +367,14 @@ pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> R
 
 /// A problem document (RFC 9457) for `err`, with the status of the error table.
 pub fn problem(err: &Error) -> Response {
-    let kind = err.kind();
     let status =
-        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        StatusCode::from_u16(err.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    problem_with_status(err, status)
+}
+
+/// A problem document for `err` with `status` (a body refused as too large or not JSON).
+fn problem_with_status(err: &Error, status: StatusCode) -> Response {
+    let kind = err.kind();
     let mut body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
@@ -382,32 +410,75 @@ pub fn problem(err: &Error) -> Response {
 /// What a handler answers: JSON, or a problem document.
 type Answer = Result<Response, Problem>;
 
-/// An error answered as a problem document.
-pub struct Problem(Error);
+/// An error answered as a problem document (with the status of the error table, or of the
+/// body's rejection: 413 too large, 415 not JSON).
+pub struct Problem(Error, Option<StatusCode>);
+
+impl Problem {
+    fn with_status(status: StatusCode, err: Error) -> Problem {
+        Problem(err, Some(status))
+    }
+}
 
 impl From<Error> for Problem {
     fn from(err: Error) -> Problem {
-        Problem(err)
+        Problem(err, None)
     }
 }
 
 impl From<routing_core::RoutingError> for Problem {
     fn from(err: routing_core::RoutingError) -> Problem {
-        Problem(Error::from(err))
+        Problem(Error::from(err), None)
     }
 }
 
 impl From<JsonRejection> for Problem {
     fn from(rejection: JsonRejection) -> Problem {
         // A body over the limit, not JSON, or not the fields expected: the caller's to fix.
-        Problem(Error::invalid("body", rejection.body_text()))
+        let status = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            _ => None,
+        };
+        Problem(Error::invalid("body", rejection.body_text()), status)
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        problem(&self.0)
+        match self.1 {
+            Some(status) => problem_with_status(&self.0, status),
+            None => problem(&self.0),
+        }
     }
+}
+
+/// Refuses a change a page of another site asks a browser to make: an unsafe method whose
+/// `Origin` is not this server's, or that the browser marks `Sec-Fetch-Site: cross-site`.
+async fn same_origin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let unsafe_method = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if unsafe_method {
+        let headers = request.headers();
+        let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let cross_site = text("sec-fetch-site") == Some("cross-site");
+        let foreign_origin = match (text("origin"), text("host")) {
+            (Some(origin), Some(host)) => {
+                origin.split_once("://").map(|(_, authority)| authority) != Some(host)
+            }
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if cross_site || foreign_origin {
+            return problem(&Error::new(
+                ErrorKind::PermissionDenied,
+                "a change asked by a page of another site is refused",
+            ));
+        }
+    }
+    next.run(request).await
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
@@ -453,7 +524,7 @@ fn actor(caller: &Caller, headers: &HeaderMap, reason: Option<&str>) -> Result<A
             .map(|value| {
                 value
                     .to_str()
-                    .map_err(|_| Problem(Error::invalid(name, "must be printable ASCII")))
+                    .map_err(|_| Problem::from(Error::invalid(name, "must be printable ASCII")))
             })
             .transpose()
     };
@@ -475,7 +546,8 @@ async fn list_tenants(
     Extension(caller): Extension<Arc<Caller>>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let Query(page) = page.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    let Query(page) =
+        page.map_err(|err| Problem::from(Error::invalid("query", err.body_text())))?;
     admit(&node, &caller, "Admin", "ListTenants", &[])?;
     let mut listed = node.list_tenants(&page.page_token, page.page_size.min(MAX_PAGE))?;
     // A scoped caller sees only its own tenants.
@@ -562,24 +634,34 @@ async fn set_tenant_version(
     let given = body(json)?;
     admit(&node, &caller, "Admin", "SetTenantVersion", &[&tenant])?;
     let actor = actor(&caller, &headers, Some(&given.reason))?;
-    // `If-Match: "v1"` is the expected version (an entity tag of the tenant's version).
+    // `If-Match: "v1"` is the expected version (the entity tag of the tenant's version);
+    // `*` asks for none. Weak tags and lists are refused.
     let if_match = headers
         .get(header::IF_MATCH)
         .map(|value| {
-            value
+            let text = value
                 .to_str()
-                .map(|tag| {
-                    tag.trim()
-                        .trim_start_matches("W/")
-                        .trim_matches('"')
-                        .to_owned()
+                .map_err(|_| Problem::from(Error::invalid("If-Match", "must be printable ASCII")))?
+                .trim();
+            if text == "*" {
+                return Ok(None);
+            }
+            text.strip_prefix('"')
+                .and_then(|rest| rest.strip_suffix('"'))
+                .filter(|tag| !tag.contains('"'))
+                .map(|tag| Some(tag.to_owned()))
+                .ok_or_else(|| {
+                    Problem::from(Error::invalid(
+                        "If-Match",
+                        "one strong entity tag, the version in quotes (\"v1\"), or *",
+                    ))
                 })
-                .map_err(|_| Problem(Error::invalid("If-Match", "must be printable ASCII")))
         })
-        .transpose()?;
+        .transpose()?
+        .flatten();
     let expected_version = match (if_match, given.expected_version) {
         (Some(tag), Some(body)) if tag != body => {
-            return Err(Problem(Error::invalid(
+            return Err(Problem::from(Error::invalid(
                 "expected_version",
                 "differs from If-Match",
             )));
@@ -646,7 +728,7 @@ async fn upsert_service(
         fields.insert("name".into(), json!(service));
     }
     let parsed: Service = serde_json::from_value(given)
-        .map_err(|err| Problem(Error::invalid("body", err.to_string())))?;
+        .map_err(|err| Problem::from(Error::invalid("body", err.to_string())))?;
     let commit = node.upsert_service(parsed, force, &actor).await?;
     ok(json!({"revision": commit.revision}))
 }
@@ -688,7 +770,8 @@ async fn list_instances(
     Path(service): Path<String>,
     filter: Result<Query<VersionFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let Query(filter) = filter.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    let Query(filter) =
+        filter.map_err(|err| Problem::from(Error::invalid("query", err.body_text())))?;
     admit(&node, &caller, "Admin", "ListInstances", &[])?;
     let listed = node.list_instances(&service, &filter.version)?;
     let items: Vec<&Instance> = listed.items.iter().map(AsRef::as_ref).collect();
@@ -709,8 +792,9 @@ async fn register_instance(
         .as_object_mut()
         .and_then(|fields| fields.remove("ttl_seconds"))
         .map(|ttl| {
-            ttl.as_u64()
-                .ok_or_else(|| Problem(Error::invalid("ttl_seconds", "must be a whole number")))
+            ttl.as_u64().ok_or_else(|| {
+                Problem::from(Error::invalid("ttl_seconds", "must be a whole number"))
+            })
         })
         .transpose()?
         .filter(|ttl| *ttl > 0)
@@ -719,7 +803,7 @@ async fn register_instance(
         fields.insert("service".into(), json!(service));
     }
     let instance: Instance = serde_json::from_value(given)
-        .map_err(|err| Problem(Error::invalid("body", err.to_string())))?;
+        .map_err(|err| Problem::from(Error::invalid("body", err.to_string())))?;
     let commit = node.register_instance(instance, ttl, &actor).await?;
     Ok((
         StatusCode::CREATED,
@@ -741,13 +825,14 @@ async fn deregister_instance(
 }
 
 /// Outcomes of each version of a service over the outcome window: requests, errors, error
-/// rate and p99, as reported by clients and gateways.
+/// rate and p99, as reported by clients and gateways. Figures of every tenant's traffic: under
+/// the fleet-wide rule of the rollout figures they feed.
 async fn service_stats(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Arc<Caller>>,
     Path(service): Path<String>,
 ) -> Answer {
-    admit(&node, &caller, "Admin", "ListInstances", &[])?;
+    admit(&node, &caller, "Admin", "ListRollouts", &[])?;
     let state = node.snapshot();
     let entry = state.service(&service).ok_or_else(|| {
         Error::from(routing_core::RoutingError::not_found(
@@ -864,7 +949,8 @@ async fn events(
     Extension(caller): Extension<Arc<Caller>>,
     filter: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let Query(filter) = filter.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    let Query(filter) =
+        filter.map_err(|err| Problem::from(Error::invalid("query", err.body_text())))?;
     admit(&node, &caller, "Admin", "ListEvents", &[])?;
     // A scoped caller reads only events about its own tenants.
     let state = node.snapshot();
@@ -961,10 +1047,27 @@ struct RolloutBody {
     reason: String,
 }
 
+/// Checks a cohort's names as the gRPC front door does (fields `cohort.tiers`,
+/// `cohort.labels`, `cohort.tenant_ids`).
+fn checked(cohort: Cohort) -> Result<Cohort, Problem> {
+    routing_core::validate::entries("cohort.labels", &cohort.labels)?;
+    Ok(Cohort {
+        tiers: routing_core::validate::names("cohort.tiers", cohort.tiers.into_iter().collect())?,
+        labels: cohort.labels,
+        tenant_ids: routing_core::validate::names(
+            "cohort.tenant_ids",
+            cohort.tenant_ids.into_iter().collect(),
+        )?,
+    })
+}
+
 /// Shares in percent as basis points, each above 0 and at most 100 percent.
 fn basis_points(percents: &[f64]) -> Result<Vec<u32>, Problem> {
     if percents.is_empty() || percents.len() > 100 {
-        return Err(Problem(Error::invalid("steps_percent", "1 to 100 steps")));
+        return Err(Problem::from(Error::invalid(
+            "steps_percent",
+            "1 to 100 steps",
+        )));
     }
     percents
         .iter()
@@ -972,7 +1075,7 @@ fn basis_points(percents: &[f64]) -> Result<Vec<u32>, Problem> {
             if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
                 Ok((percent * 100.0).round() as u32)
             } else {
-                Err(Problem(Error::invalid(
+                Err(Problem::from(Error::invalid(
                     "steps_percent",
                     format!("{percent} is not a share above 0 and at most 100 percent"),
                 )))
@@ -989,6 +1092,10 @@ async fn start_rollout(
     json: Result<Json<RolloutBody>, JsonRejection>,
 ) -> Answer {
     let given = body(json)?;
+    let analysis = given.analysis.clone().unwrap_or_default();
+    analysis
+        .validate()
+        .map_err(|reason| Problem::from(Error::invalid("analysis", reason)))?;
     admit(&node, &caller, "Admin", "StartRollout", &[])?;
     let actor = actor(&caller, &headers, Some(&given.reason))?;
     let view = node
@@ -999,8 +1106,8 @@ async fn start_rollout(
                 id: given.id,
                 interval_seconds: given.interval_seconds,
                 steps: basis_points(&given.steps_percent)?,
-                analysis: given.analysis.unwrap_or_default(),
-                cohort: given.cohort,
+                analysis,
+                cohort: checked(given.cohort)?,
                 force: given.force,
             },
             &actor,
@@ -1028,37 +1135,69 @@ struct ActionBody {
 }
 
 async fn control_rollout(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Arc<Caller>>,
-    Path((service, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    json: Result<Json<ActionBody>, JsonRejection>,
+    node: &Node,
+    caller: &Caller,
+    (service, id): (String, String),
+    headers: &HeaderMap,
+    bytes: &axum::body::Bytes,
+    (operation, event): (&str, RolloutEvent),
 ) -> Answer {
-    let (operation, event) = match action.as_str() {
-        "pause" => ("PauseRollout", RolloutEvent::Paused),
-        "resume" => ("ResumeRollout", RolloutEvent::Resumed),
-        "promote" => ("PromoteRollout", RolloutEvent::Promoted),
-        "abort" => ("AbortRollout", RolloutEvent::Aborted),
-        other => {
-            return Err(Problem(Error::new(
-                ErrorKind::NotFound,
-                format!("no rollout action {other:?} (pause, resume, promote, abort)"),
-            )));
-        }
+    // The body is optional, but when there is one it is JSON: a form or text post from another
+    // site (which needs no preflight) is refused.
+    let given: ActionBody = if bytes.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
+        ActionBody::default()
+    } else {
+        json_content_type(headers)?;
+        serde_json::from_slice(bytes)
+            .map_err(|err| Problem::from(Error::invalid("body", err.to_string())))?
     };
-    // The body is optional: an empty one asks for nothing special.
-    let given = match json {
-        Ok(Json(given)) => given,
-        Err(JsonRejection::MissingJsonContentType(_)) => ActionBody::default(),
-        Err(rejection) => return Err(Problem::from(rejection)),
-    };
-    admit(&node, &caller, "Admin", operation, &[])?;
-    let actor = actor(&caller, &headers, Some(&given.reason))?;
+    admit(node, caller, "Admin", operation, &[])?;
+    let actor = actor(caller, headers, Some(&given.reason))?;
     let reason = actor.reason.clone();
     ok(node
         .control_rollout(service, id, event, given.force, &reason, &actor)
         .await?)
 }
+
+/// Refuses a body that does not say it is JSON (415).
+fn json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if json {
+        Ok(())
+    } else {
+        Err(Problem::with_status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::invalid("content-type", "the body must be application/json"),
+        ))
+    }
+}
+
+macro_rules! rollout_action {
+    ($name:ident, $operation:literal, $event:expr) => {
+        async fn $name(
+            State(node): State<Arc<Node>>,
+            Extension(caller): Extension<Arc<Caller>>,
+            Path(path): Path<(String, String)>,
+            headers: HeaderMap,
+            bytes: axum::body::Bytes,
+        ) -> Answer {
+            control_rollout(&node, &caller, path, &headers, &bytes, ($operation, $event)).await
+        }
+    };
+}
+
+rollout_action!(pause_rollout, "PauseRollout", RolloutEvent::Paused);
+rollout_action!(resume_rollout, "ResumeRollout", RolloutEvent::Resumed);
+rollout_action!(promote_rollout, "PromoteRollout", RolloutEvent::Promoted);
+rollout_action!(abort_rollout, "AbortRollout", RolloutEvent::Aborted);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1080,7 +1219,13 @@ async fn create_experiment(
     admit(&node, &caller, "Admin", "CreateExperiment", &[])?;
     let actor = actor(&caller, &headers, None)?;
     let view = node
-        .create_experiment(service, given.id, given.variants, given.cohort, &actor)
+        .create_experiment(
+            service,
+            given.id,
+            given.variants,
+            checked(given.cohort)?,
+            &actor,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -1160,7 +1305,7 @@ async fn upgrade_schema(
             target_schema: given.target_schema,
             target_version: given.target_version,
             tenant_ids: given.tenant_ids,
-            cohort: given.cohort,
+            cohort: checked(given.cohort)?,
             dry_run: given.dry_run,
         })
         .await?;
@@ -1206,6 +1351,60 @@ async fn schema_upgrade(
     ok(node.schema_upgrade(&id)?.snapshot())
 }
 
+/// `GET /api/v1/schema/upgrades/{id}/events`: an upgrade's progress as server-sent events
+/// (`event: progress`, `data:` the progress as JSON): now, then at every change, until it
+/// finishes.
+async fn schema_upgrade_events(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Extension(Closing(closing)): Extension<Closing>,
+    Path(id): Path<String>,
+) -> Answer {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    admit(&node, &caller, "Admin", "WatchSchemaUpgrade", &[])?;
+    let upgrade = node.schema_upgrade(&id)?;
+    // Counted against the caller's cap of open streams, like every watch.
+    let slot = node.admission().open_watch(&caller)?;
+    let changes = upgrade.subscribe();
+    /// Where the stream is: before its first event, waiting for a change, or done.
+    enum Next {
+        Now,
+        AfterAChange,
+        End,
+    }
+    let events = futures_util::stream::unfold(
+        (upgrade, changes, closing, Next::Now, slot),
+        |(upgrade, mut changes, mut closing, next, slot)| async move {
+            match next {
+                Next::End => return None,
+                Next::AfterAChange => {
+                    tokio::select! {
+                        changed = changes.changed() => changed.ok()?,
+                        _ = closing.wait_for(|closing| *closing) => return None,
+                    }
+                }
+                Next::Now => {}
+            }
+            changes.borrow_and_update();
+            let progress = upgrade.snapshot();
+            let then = if progress.finished() {
+                Next::End
+            } else {
+                Next::AfterAChange
+            };
+            let data = serde_json::to_string(&progress).ok()?;
+            let event = Event::default().event("progress").data(data);
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (upgrade, changes, closing, then, slot),
+            ))
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServiceFilter {
@@ -1219,7 +1418,8 @@ async fn tenant_schema(
     Path(tenant): Path<String>,
     filter: Result<Query<ServiceFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
-    let Query(filter) = filter.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    let Query(filter) =
+        filter.map_err(|err| Problem::from(Error::invalid("query", err.body_text())))?;
     admit(&node, &caller, "Admin", "GetTenantSchema", &[&tenant])?;
     let schemas = node.tenant_schema(&tenant, &filter.service).await?;
     let services: Vec<Value> = schemas
@@ -1407,7 +1607,8 @@ async fn watch(
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let Query(query) = query.map_err(|err| Problem(Error::invalid("query", err.body_text())))?;
+    let Query(query) =
+        query.map_err(|err| Problem::from(Error::invalid("query", err.body_text())))?;
     let mut tenant_ids = list(&query.tenant_ids);
     // A caller scoped to listed tenants that names none watches those it may see.
     if let (true, control::access::TenantScope::Only(scope)) =
