@@ -853,7 +853,39 @@ async fn the_openapi_document_matches_the_routes() {
     let api = Api::memory().await;
     let document = api.get("/api/v1/openapi.json").await;
     assert_eq!(document.status, StatusCode::OK);
-    assert_eq!(document.body["openapi"], "3.0.3");
+    assert_eq!(document.body["openapi"], "3.1.0");
+    // A valid OpenAPI 3.1 document, by the reference validator (PyPI's openapi-spec-validator).
+    let validator = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import openapi_spec_validator"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if greyrouter_test_support::require_tool(
+        "python",
+        validator(),
+        "python3 with openapi-spec-validator",
+        "python3 -m pip install openapi-spec-validator",
+    ) {
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = dir.path().join("openapi.json");
+        std::fs::write(&file, document.body.to_string()).expect("write");
+        let output = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')",
+            ])
+            .arg(&file)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let paths = document.body["paths"].as_object().expect("paths");
     assert!(paths.len() >= 20, "{}", paths.len());
     for (path, methods) in paths {

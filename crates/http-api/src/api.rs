@@ -22,11 +22,16 @@ use control::node::{EmergencyRollback, EventQuery, SetTenantVersion, StartRollou
 use control::{Actor, Error, ErrorKind, Node};
 use routing_core::model::RolloutEvent;
 use routing_core::{AnalysisPolicy, Cohort, Instance, RouteQuery, Service, Tenant, Variant};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// One endpoint: its method, its path (axum syntax) and the rule of its gRPC twin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The JSON Schema of a request body, added to a generator's definitions.
+pub type BodySchema = fn(&mut SchemaGenerator) -> Schema;
+
+/// One endpoint: its method, its path (axum syntax), the rule of its gRPC twin and the schema
+/// of its JSON body, if it takes one.
+#[derive(Debug, Clone, Copy)]
 pub struct Endpoint {
     /// The HTTP method.
     pub method: &'static str,
@@ -36,6 +41,8 @@ pub struct Endpoint {
     pub service: &'static str,
     /// The gRPC operation whose rule governs the endpoint.
     pub operation: &'static str,
+    /// The body's schema.
+    pub body: Option<BodySchema>,
 }
 
 const fn endpoint(
@@ -49,7 +56,23 @@ const fn endpoint(
         path,
         service,
         operation,
+        body: None,
     }
+}
+
+impl Endpoint {
+    /// The endpoint taking a JSON body of type `T`.
+    const fn with_body(self, body: BodySchema) -> Endpoint {
+        Endpoint {
+            body: Some(body),
+            ..self
+        }
+    }
+}
+
+/// `T`'s schema (a reference to its definition).
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
 }
 
 /// Every endpoint of the API, aliases included.
@@ -61,7 +84,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Admin",
         "GetTenantServices",
     ),
-    endpoint("PUT", "/api/v1/tenants/{tenant}", "Admin", "UpsertTenant"),
+    endpoint("PUT", "/api/v1/tenants/{tenant}", "Admin", "UpsertTenant")
+        .with_body(schema::<TenantBody>),
     endpoint(
         "GET",
         "/api/v1/tenants/{tenant}/services",
@@ -73,7 +97,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/tenants/{tenant}/services/{service}/version",
         "Admin",
         "SetTenantVersion",
-    ),
+    )
+    .with_body(schema::<VersionBody>),
     endpoint(
         "DELETE",
         "/api/v1/tenants/{tenant}/services/{service}/version",
@@ -86,13 +111,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/services/{service}",
         "Admin",
         "UpsertService",
-    ),
+    )
+    .with_body(schema::<ServiceBody>),
     endpoint(
         "PUT",
         "/api/v1/services/{service}/default-version",
         "Admin",
         "SetDefaultVersion",
-    ),
+    )
+    .with_body(schema::<DefaultVersionBody>),
     endpoint(
         "GET",
         "/api/v1/services/{service}/instances",
@@ -104,7 +131,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/services/{service}/instances",
         "Admin",
         "RegisterInstance",
-    ),
+    )
+    .with_body(schema::<InstanceBody>),
     endpoint(
         "DELETE",
         "/api/v1/services/{service}/instances/{instance}",
@@ -129,7 +157,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Admin",
         "ClearOverride",
     ),
-    endpoint("POST", "/api/v1/rollback", "Admin", "EmergencyRollback"),
+    endpoint("POST", "/api/v1/rollback", "Admin", "EmergencyRollback")
+        .with_body(schema::<RollbackBody>),
     endpoint(
         "GET",
         "/api/v1/services/{service}/rollouts",
@@ -141,7 +170,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/services/{service}/rollouts",
         "Admin",
         "StartRollout",
-    ),
+    )
+    .with_body(schema::<RolloutBody>),
     endpoint(
         "GET",
         "/api/v1/services/{service}/rollouts/{rollout}",
@@ -153,31 +183,36 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/services/{service}/rollouts/{rollout}/pause",
         "Admin",
         "PauseRollout",
-    ),
+    )
+    .with_body(schema::<ActionBody>),
     endpoint(
         "POST",
         "/api/v1/services/{service}/rollouts/{rollout}/resume",
         "Admin",
         "ResumeRollout",
-    ),
+    )
+    .with_body(schema::<ActionBody>),
     endpoint(
         "POST",
         "/api/v1/services/{service}/rollouts/{rollout}/promote",
         "Admin",
         "PromoteRollout",
-    ),
+    )
+    .with_body(schema::<ActionBody>),
     endpoint(
         "POST",
         "/api/v1/services/{service}/rollouts/{rollout}/abort",
         "Admin",
         "AbortRollout",
-    ),
+    )
+    .with_body(schema::<ActionBody>),
     endpoint(
         "POST",
         "/api/v1/services/{service}/experiments",
         "Admin",
         "CreateExperiment",
-    ),
+    )
+    .with_body(schema::<ExperimentBody>),
     endpoint(
         "GET",
         "/api/v1/services/{service}/experiments/{experiment}",
@@ -189,14 +224,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/services/{service}/experiments/{experiment}",
         "Admin",
         "UpdateExperiment",
-    ),
+    )
+    .with_body(schema::<VariantsBody>),
     endpoint(
         "DELETE",
         "/api/v1/services/{service}/experiments/{experiment}",
         "Admin",
         "StopExperiment",
     ),
-    endpoint("POST", "/api/v1/schema/upgrades", "Admin", "UpgradeSchema"),
+    endpoint("POST", "/api/v1/schema/upgrades", "Admin", "UpgradeSchema")
+        .with_body(schema::<UpgradeBody>),
     endpoint(
         "GET",
         "/api/v1/schema/upgrades/{upgrade}",
@@ -217,7 +254,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     endpoint("GET", "/api/v1/events", "Admin", "ListEvents"),
     endpoint("GET", "/api/v1/watch", "Router", "WatchAssignments"),
-    endpoint("POST", "/api/v1/route", "Router", "Route"),
+    endpoint("POST", "/api/v1/route", "Router", "Route").with_body(schema::<RouteBody>),
     // The original design's paths.
     endpoint(
         "GET",
@@ -230,14 +267,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/tenants/{tenant}/services/{service}/version",
         "Admin",
         "SetTenantVersion",
-    ),
+    )
+    .with_body(schema::<VersionBody>),
     endpoint(
         "POST",
         "/api/emergency/rollback",
         "Admin",
         "EmergencyRollback",
-    ),
-    endpoint("POST", "/api/grey-router/route", "Router", "Route"),
+    )
+    .with_body(schema::<RollbackBody>),
+    endpoint("POST", "/api/grey-router/route", "Router", "Route").with_body(schema::<RouteBody>),
 ];
 
 /// Where the OpenAPI document is served (open to anyone, like health).
@@ -564,7 +603,7 @@ async fn tenant_services(
     ok(node.tenant_services(&tenant)?)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TenantBody {
     #[serde(default)]
@@ -609,7 +648,7 @@ async fn upsert_tenant(
     ok(json!({"revision": commit.revision}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct VersionBody {
     version: String,
@@ -709,31 +748,41 @@ async fn list_services(
     ok(node.list_services())
 }
 
+/// A service: its default version, load-balancing strategy and known versions.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    default_version: String,
+    #[serde(default)]
+    strategy: routing_core::Strategy,
+    #[serde(default)]
+    versions: std::collections::BTreeSet<String>,
+    /// Even when the default version has no instance.
+    #[serde(default)]
+    force: bool,
+}
+
 async fn upsert_service(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Arc<Caller>>,
     Path(service): Path<String>,
     headers: HeaderMap,
-    json: Result<Json<Value>, JsonRejection>,
+    json: Result<Json<ServiceBody>, JsonRejection>,
 ) -> Answer {
-    let mut given = body(json)?;
+    let given = body(json)?;
     admit(&node, &caller, "Admin", "UpsertService", &[])?;
     let actor = actor(&caller, &headers, None)?;
-    let force = given
-        .as_object_mut()
-        .and_then(|fields| fields.remove("force"))
-        .and_then(|force| force.as_bool())
-        .unwrap_or(false);
-    if let Some(fields) = given.as_object_mut() {
-        fields.insert("name".into(), json!(service));
-    }
-    let parsed: Service = serde_json::from_value(given)
-        .map_err(|err| Problem::from(Error::invalid("body", err.to_string())))?;
-    let commit = node.upsert_service(parsed, force, &actor).await?;
+    let service = Service {
+        name: service,
+        default_version: given.default_version,
+        strategy: given.strategy,
+        versions: given.versions,
+    };
+    let commit = node.upsert_service(service, given.force, &actor).await?;
     ok(json!({"revision": commit.revision}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DefaultVersionBody {
     version: String,
@@ -778,32 +827,64 @@ async fn list_instances(
     ok(json!({"items": items, "revision": listed.revision}))
 }
 
+/// An instance of a version of the service.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct InstanceBody {
+    id: String,
+    /// `host:port`.
+    address: String,
+    version: String,
+    /// Relative weight; 0 drains it.
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    healthy: bool,
+    /// 0-100.
+    #[serde(default = "full_health")]
+    health_score: u8,
+    /// Seconds the registration lasts without a heartbeat; 0 or absent: until deregistered.
+    #[serde(default)]
+    ttl_seconds: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn full_health() -> u8 {
+    100
+}
+
 async fn register_instance(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Arc<Caller>>,
     Path(service): Path<String>,
     headers: HeaderMap,
-    json: Result<Json<Value>, JsonRejection>,
+    json: Result<Json<InstanceBody>, JsonRejection>,
 ) -> Answer {
-    let mut given = body(json)?;
+    let given = body(json)?;
     admit(&node, &caller, "Admin", "RegisterInstance", &[])?;
     let actor = actor(&caller, &headers, None)?;
-    let ttl = given
-        .as_object_mut()
-        .and_then(|fields| fields.remove("ttl_seconds"))
-        .map(|ttl| {
-            ttl.as_u64().ok_or_else(|| {
-                Problem::from(Error::invalid("ttl_seconds", "must be a whole number"))
-            })
-        })
-        .transpose()?
-        .filter(|ttl| *ttl > 0)
-        .map(std::time::Duration::from_secs);
-    if let Some(fields) = given.as_object_mut() {
-        fields.insert("service".into(), json!(service));
-    }
-    let instance: Instance = serde_json::from_value(given)
-        .map_err(|err| Problem::from(Error::invalid("body", err.to_string())))?;
+    let ttl = (given.ttl_seconds > 0).then(|| std::time::Duration::from_secs(given.ttl_seconds));
+    let instance = Instance {
+        id: given.id,
+        address: given.address,
+        service,
+        version: given.version,
+        weight: given.weight,
+        region: given.region,
+        zone: given.zone,
+        metadata: given.metadata,
+        healthy: given.healthy,
+        health_score: given.health_score,
+    };
     let commit = node.register_instance(instance, ttl, &actor).await?;
     Ok((
         StatusCode::CREATED,
@@ -883,7 +964,7 @@ async fn clear_override(
     ok(json!({"revision": commit.revision}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
     service: String,
@@ -973,7 +1054,7 @@ async fn events(
     ok(page)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RouteBody {
     #[serde(alias = "tenant")]
@@ -1027,7 +1108,7 @@ async fn list_rollouts(
     ok(node.list_rollouts(&service)?)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RolloutBody {
     to_version: String,
@@ -1125,7 +1206,7 @@ async fn get_rollout(
     ok(node.rollout(&service, &id)?)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
     #[serde(default)]
@@ -1199,7 +1280,7 @@ rollout_action!(resume_rollout, "ResumeRollout", RolloutEvent::Resumed);
 rollout_action!(promote_rollout, "PromoteRollout", RolloutEvent::Promoted);
 rollout_action!(abort_rollout, "AbortRollout", RolloutEvent::Aborted);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ExperimentBody {
     id: String,
@@ -1239,7 +1320,7 @@ async fn get_experiment(
     ok(node.experiment(&service, &id)?)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct VariantsBody {
     variants: Vec<Variant>,
@@ -1275,7 +1356,7 @@ async fn stop_experiment(
     ok(json!({"revision": commit.revision}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct UpgradeBody {
     service: String,
@@ -1447,6 +1528,12 @@ async fn tenant_schema(
 /// its path parameters, the gRPC operation whose rule governs it, and the problem document
 /// every error is.
 pub fn openapi() -> Value {
+    // OpenAPI 3.1 takes JSON Schema 2020-12 as it is; definitions live under components.
+    let settings = schemars::generate::SchemaSettings::draft2020_12().with(|settings| {
+        settings.definitions_path = "/components/schemas".into();
+        settings.meta_schema = None;
+    });
+    let mut generator = SchemaGenerator::new(settings);
     let mut paths = serde_json::Map::new();
     for endpoint in ENDPOINTS {
         let parameters: Vec<Value> = endpoint
@@ -1479,9 +1566,11 @@ pub fn openapi() -> Value {
         if alias {
             operation["description"] = json!("a path of the original design, kept as an alias");
         }
-        if matches!(endpoint.method, "PUT" | "POST") {
+        if let Some(body) = endpoint.body {
+            let schema = body(&mut generator);
             operation["requestBody"] = json!({
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "required": true,
+                "content": {"application/json": {"schema": schema.as_value()}},
             });
         }
         let entry = paths
@@ -1490,7 +1579,7 @@ pub fn openapi() -> Value {
         entry[endpoint.method.to_lowercase()] = operation;
     }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "greyrouter HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
@@ -1498,8 +1587,7 @@ pub fn openapi() -> Value {
         },
         "paths": paths,
         "components": {
-            "schemas": {
-                "Problem": {
+            "schemas": problem_and(generator.definitions().clone(), json!({
                     "type": "object",
                     "required": ["type", "title", "status", "detail", "kind"],
                     "properties": {
@@ -1513,12 +1601,17 @@ pub fn openapi() -> Value {
                         "current_version": {"type": "string"},
                         "retry_after_ms": {"type": "integer"},
                     },
-                },
-            },
+                })),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
     })
+}
+
+/// The bodies' definitions and the problem document's.
+fn problem_and(mut definitions: serde_json::Map<String, Value>, problem: Value) -> Value {
+    definitions.insert("Problem".into(), problem);
+    Value::Object(definitions)
 }
 
 async fn openapi_json() -> Response {
@@ -1682,9 +1775,9 @@ mod tests {
                 (endpoint.service, endpoint.operation)
             );
         }
-        assert_eq!(endpoint_of(&Method::GET, "/api/v1/nothing"), None);
-        assert_eq!(endpoint_of(&Method::POST, "/api/v1/tenants"), None);
-        assert_eq!(endpoint_of(&Method::GET, "/api/v1/tenants//services"), None);
+        assert!(endpoint_of(&Method::GET, "/api/v1/nothing").is_none());
+        assert!(endpoint_of(&Method::POST, "/api/v1/tenants").is_none());
+        assert!(endpoint_of(&Method::GET, "/api/v1/tenants//services").is_none());
         let (alias, _) = endpoint_of(&Method::POST, "/api/grey-router/route").expect("alias");
         assert_eq!(alias.operation, "Route");
     }
@@ -1706,6 +1799,31 @@ mod tests {
             }
         }
         assert_eq!(listed, ENDPOINTS.len());
+        // Every endpoint that changes something with a body documents the body's fields.
+        for endpoint in ENDPOINTS {
+            if matches!(endpoint.method, "PUT" | "POST") {
+                assert!(
+                    endpoint.body.is_some(),
+                    "{} {}",
+                    endpoint.method,
+                    endpoint.path
+                );
+            }
+        }
+        let schemas = &document["components"]["schemas"];
+        assert!(
+            schemas["RolloutBody"]["properties"]["steps_percent"].is_object(),
+            "{schemas}"
+        );
+        assert!(schemas["RolloutBody"]["properties"]["cohort"].is_object());
+        assert!(
+            schemas["Cohort"]["properties"]["tiers"].is_object(),
+            "{schemas}"
+        );
+        assert!(schemas["Problem"]["properties"]["kind"].is_object());
+        let body = &document["paths"]["/api/v1/tenants/{tenant}/services/{service}/version"]["put"]
+            ["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(body, "#/components/schemas/VersionBody");
         let mut ids: Vec<&str> = paths
             .values()
             .flat_map(|methods| methods.as_object().expect("methods").values())

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::Stats;
 
 /// The limits a canary must keep to.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalysisPolicy {

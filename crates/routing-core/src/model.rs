@@ -49,6 +49,7 @@ fn full_health() -> u8 {
 }
 
 /// A load-balancing strategy among the instances of one version.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
@@ -194,6 +195,7 @@ impl Instance {
 }
 
 /// The tenants a rollout or experiment applies to; empty parts match everyone.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cohort {
@@ -371,6 +373,7 @@ pub struct RolloutDecision {
 }
 
 /// One arm of an A/B experiment.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
