@@ -1030,3 +1030,110 @@ async fn schema_upgrades_stream_their_progress() {
         "not_found",
     );
 }
+
+/// Splits a shell line into words: spaces separate, single quotes keep what they hold.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            _ => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// README, "HTTP API": the curl walkthrough against a server with the quickstart's seed, each
+/// command answered 2xx (curl's flags read by the test: -X, -H, -d and the URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_http_walkthrough_runs() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let api = Api::start(Config {
+        store: "memory".into(),
+        seed: Some(root.join("examples/seed.toml")),
+        ..Config::default()
+    })
+    .await;
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## HTTP API\n")
+        .nth(1)
+        .expect("an HTTP API section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a sh block");
+    let commands: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("curl "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(commands.len(), 3, "{block}");
+    let mut answers = Vec::new();
+    for command in &commands {
+        let words = shell_words(command);
+        let mut method = Method::GET;
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut body = None;
+        let mut path = None;
+        let mut words = words.iter().skip(1);
+        while let Some(word) = words.next() {
+            match word.as_str() {
+                "-s" => {}
+                "-X" => method = words.next().expect("a method").parse().expect("a method"),
+                "-H" => {
+                    let (name, value) = words
+                        .next()
+                        .and_then(|h| h.split_once(": "))
+                        .expect("a header");
+                    headers.push((name.to_owned(), value.to_owned()));
+                }
+                "-d" => {
+                    body = Some(
+                        serde_json::from_str::<Value>(words.next().expect("data")).expect("JSON"),
+                    );
+                }
+                url => {
+                    path = Some(
+                        url.strip_prefix("http://127.0.0.1:50052")
+                            .unwrap_or_else(|| panic!("{url} is not the quickstart's address"))
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        let path = path.expect("a URL");
+        let header_refs: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(name, _)| name != "content-type")
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let answer = api.call(method, &path, body, &header_refs).await;
+        assert!(answer.status.is_success(), "{command}: {}", answer.body);
+        answers.push(answer.body);
+    }
+    assert_eq!(answers[1]["previous_version"], "v2.0", "{}", answers[1]);
+    assert_eq!(answers[2]["version"], "v1.0", "{}", answers[2]);
+    assert_eq!(answers[2]["source"], "pin");
+}
