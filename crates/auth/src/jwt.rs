@@ -209,6 +209,28 @@ fn key_set(document: &[u8], allowed: &[Algorithm]) -> Result<KeySet, String> {
     Ok(keys)
 }
 
+/// Fetches the key set of the verifier `owner` holds every `every`, for as long as the owner
+/// lives; on failure the last keys stay in use.
+pub fn refresh_every<T: Send + Sync + 'static>(
+    owner: std::sync::Weak<T>,
+    every: Duration,
+    verifier: fn(&T) -> Option<&JwtVerifier>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(owner) = owner.upgrade() else {
+                return;
+            };
+            if let Some(jwt) = verifier(&owner)
+                && let Err(err) = jwt.refresh().await
+            {
+                tracing::warn!(%err, "cannot refresh the JWKS; the last keys stay in use");
+            }
+        }
+    });
+}
+
 /// Verified tokens: the caller each names, and until when it is trusted without a check.
 type TokenCache = HashMap<Box<str>, (Arc<Caller>, Instant)>;
 

@@ -233,18 +233,10 @@ pub async fn token_verifier(
         .map_err(|err| format!("auth: cannot read the JWKS: {err}"))?;
     let verifier = Arc::new(verifier);
     // The key set is read again every `jwks_refresh_seconds` while the gateway runs.
-    let refreshing = Arc::downgrade(&verifier);
-    let every = Duration::from_secs(auth.jwks_refresh_seconds.max(1));
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(verifier) = refreshing.upgrade() else {
-                return;
-            };
-            if let Err(err) = verifier.refresh().await {
-                tracing::warn!(%err, "gateway: cannot refresh the JWKS; the last keys stay in use");
-            }
-        }
-    });
+    auth::jwt::refresh_every(
+        Arc::downgrade(&verifier),
+        Duration::from_secs(auth.jwks_refresh_seconds.max(1)),
+        |verifier| Some(verifier),
+    );
     Ok(Some(verifier))
 }

@@ -335,18 +335,11 @@ pub async fn security(
                 .map_err(anyhow::Error::msg)?;
             let authenticator = Arc::new(authenticator);
             if authenticator.jwt().is_some() {
-                let refreshing = Arc::clone(&authenticator);
-                let every = Duration::from_secs(config.jwks_refresh_seconds.max(1));
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(every).await;
-                        if let Some(jwt) = refreshing.jwt()
-                            && let Err(err) = jwt.refresh().await
-                        {
-                            tracing::warn!(%err, "cannot refresh the JWKS; the last keys stay in use");
-                        }
-                    }
-                });
+                auth::jwt::refresh_every(
+                    Arc::downgrade(&authenticator),
+                    Duration::from_secs(config.jwks_refresh_seconds.max(1)),
+                    Authenticator::jwt,
+                );
             }
             tracing::info!(
                 jwt = config.uses_jwt(),

@@ -1128,41 +1128,24 @@ struct RolloutBody {
     reason: String,
 }
 
-/// Checks a cohort's names as the gRPC front door does (fields `cohort.tiers`,
-/// `cohort.labels`, `cohort.tenant_ids`).
+/// Checks a cohort's names as the gRPC front door does.
 fn checked(cohort: Cohort) -> Result<Cohort, Problem> {
-    routing_core::validate::entries("cohort.labels", &cohort.labels)?;
-    Ok(Cohort {
-        tiers: routing_core::validate::names("cohort.tiers", cohort.tiers.into_iter().collect())?,
-        labels: cohort.labels,
-        tenant_ids: routing_core::validate::names(
-            "cohort.tenant_ids",
-            cohort.tenant_ids.into_iter().collect(),
-        )?,
-    })
+    Ok(routing_core::validate::cohort(
+        cohort.tiers.into_iter().collect(),
+        cohort.labels,
+        cohort.tenant_ids.into_iter().collect(),
+    )?)
 }
 
-/// Shares in percent as basis points, each above 0 and at most 100 percent.
+/// Shares in percent as basis points: 1 to 100 steps, each above 0 and at most 100 percent.
 fn basis_points(percents: &[f64]) -> Result<Vec<u32>, Problem> {
-    if percents.is_empty() || percents.len() > 100 {
+    if percents.len() > 100 {
         return Err(Problem::from(Error::invalid(
             "steps_percent",
             "1 to 100 steps",
         )));
     }
-    percents
-        .iter()
-        .map(|&percent| {
-            if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
-                Ok((percent * 100.0).round() as u32)
-            } else {
-                Err(Problem::from(Error::invalid(
-                    "steps_percent",
-                    format!("{percent} is not a share above 0 and at most 100 percent"),
-                )))
-            }
-        })
-        .collect()
+    Ok(routing_core::validate::shares("steps_percent", percents)?)
 }
 
 async fn start_rollout(

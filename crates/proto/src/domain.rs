@@ -212,13 +212,11 @@ impl TryFrom<pb::Cohort> for Cohort {
 
     /// Checks every name (fields `cohort.tiers`, `cohort.labels`, `cohort.tenant_ids`).
     fn try_from(message: pb::Cohort) -> Result<Self, RoutingError> {
-        let labels: BTreeMap<String, String> = message.labels.into_iter().collect();
-        validate::entries("cohort.labels", &labels)?;
-        Ok(Cohort {
-            tiers: validate::names("cohort.tiers", message.tiers)?,
-            labels,
-            tenant_ids: validate::names("cohort.tenant_ids", message.tenant_ids)?,
-        })
+        validate::cohort(
+            message.tiers,
+            message.labels.into_iter().collect(),
+            message.tenant_ids,
+        )
     }
 }
 
@@ -310,22 +308,7 @@ impl From<&AnalysisPolicy> for pb::AnalysisPolicy {
 
 /// Converts rollout steps in percent to basis points.
 pub fn steps(percents: &[f64]) -> Result<Vec<u32>, RoutingError> {
-    if percents.is_empty() {
-        return Err(RoutingError::invalid("steps", "must not be empty"));
-    }
-    percents
-        .iter()
-        .map(|&percent| {
-            if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
-                Ok((percent * 100.0).round() as u32)
-            } else {
-                Err(RoutingError::invalid(
-                    "steps",
-                    format!("{percent} is not a share above 0 and at most 100 percent"),
-                ))
-            }
-        })
-        .collect()
+    validate::shares("steps", percents)
 }
 
 impl From<&Measurement> for pb::Measurement {

@@ -309,6 +309,42 @@ fn dns_name(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Converts shares in percent (rollout steps) to basis points: at least one, each above 0 and
+/// at most 100 percent.
+pub fn shares(field: &str, percents: &[f64]) -> Result<Vec<u32>, RoutingError> {
+    if percents.is_empty() {
+        return Err(RoutingError::invalid(field, "must not be empty"));
+    }
+    percents
+        .iter()
+        .map(|&percent| {
+            if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
+                Ok((percent * 100.0).round() as u32)
+            } else {
+                Err(RoutingError::invalid(
+                    field,
+                    format!("{percent} is not a share above 0 and at most 100 percent"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Checks a cohort's names (fields `cohort.tiers`, `cohort.labels`, `cohort.tenant_ids`) and
+/// returns it.
+pub fn cohort(
+    tiers: Vec<String>,
+    labels: BTreeMap<String, String>,
+    tenant_ids: Vec<String>,
+) -> Result<crate::Cohort, RoutingError> {
+    entries("cohort.labels", &labels)?;
+    Ok(crate::Cohort {
+        tiers: names("cohort.tiers", tiers)?,
+        labels,
+        tenant_ids: names("cohort.tenant_ids", tenant_ids)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
