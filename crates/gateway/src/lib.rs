@@ -17,6 +17,7 @@
 //! with a `application/grpc` content type) goes over one multiplexed HTTP/2 connection per
 //! instance, trailers included. WebSocket and other HTTP/1.1 upgrades pass through.
 
+mod plain;
 mod resolve;
 mod upstream;
 
@@ -31,7 +32,6 @@ use auth::jwt::JwtVerifier;
 use bytes::Bytes;
 use greyrouter_client::{Client, ClientError, Decision, Report, RouteRequest};
 use http::header::{self, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
@@ -273,6 +273,18 @@ impl RouteHeaders {
         ])
     }
 
+    /// Writes the headers as lines of an HTTP/1.1 head.
+    fn write_to(&self, out: &mut Vec<u8>) {
+        for (name, value) in Self::NAMES.iter().zip(&self.0) {
+            if let Some(value) = value {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
     fn add_to(&self, headers: &mut HeaderMap) {
         for (name, value) in Self::NAMES.iter().zip(&self.0) {
             if let Some(value) = value {
@@ -370,6 +382,14 @@ impl Gateway {
             tokio::spawn(async move {
                 // The caller's address, formatted once per connection.
                 let peer = Arc::new(Peer::new(peer.ip()));
+                // Plain HTTP/1.1 requests are relayed here; the rest of the connection, from
+                // the first request that is not one, is hyper's.
+                let mut stream = stream;
+                let read = match gateway.serve_plain(&mut stream, &peer).await {
+                    plain::Ended::Closed => return,
+                    plain::Ended::HandOver(read) => read,
+                };
+                let stream = plain::Rewind::new(read, stream);
                 let service = hyper::service::service_fn(move |request| {
                     let gateway = Arc::clone(&gateway);
                     let peer = Arc::clone(&peer);
@@ -546,7 +566,7 @@ impl Gateway {
                             UpstreamError::Connect(_) => {
                                 format!("instance {} did not answer", decision.instance_id())
                             }
-                            UpstreamError::Request(_) => {
+                            UpstreamError::Request(_) | UpstreamError::Relay(_) => {
                                 format!("instance {} failed the request", decision.instance_id())
                             }
                         },
@@ -568,18 +588,18 @@ impl Gateway {
     }
 
     /// The request's tenant, from the first configured source that names one.
-    async fn tenant(&self, parts: &Parts) -> Result<String, Refused> {
+    async fn tenant<H: resolve::Head + Sync + ?Sized>(&self, head: &H) -> Result<String, Refused> {
         for source in &self.settings.tenant_from {
             match source {
                 TenantSource::Header => {
-                    if let Some(tenant) = resolve::tenant_from_header(&self.settings, parts) {
+                    if let Some(tenant) = resolve::tenant_from_header(&self.settings, head) {
                         return Ok(tenant.to_owned());
                     }
                 }
                 TenantSource::Token => {
                     let (Some(verifier), Some(token)) = (
                         self.settings.token_verifier.as_ref(),
-                        resolve::bearer_token(parts),
+                        resolve::bearer_token(head),
                     ) else {
                         continue;
                     };
@@ -601,7 +621,7 @@ impl Gateway {
                     }
                 }
                 TenantSource::Host => {
-                    if let Some(tenant) = resolve::tenant_from_host(&self.settings, parts) {
+                    if let Some(tenant) = resolve::tenant_from_host(&self.settings, head) {
                         return Ok(tenant.to_owned());
                     }
                 }
@@ -858,6 +878,8 @@ fn problem(status: StatusCode, message: &str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    use http::request::Parts;
+
     use super::*;
 
     fn settings() -> GatewaySettings {

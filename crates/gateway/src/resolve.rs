@@ -1,26 +1,63 @@
-//! Finding a request's tenant and service.
+//! Finding a request's tenant and service, from hyper's parsed head or from the raw head the
+//! plain HTTP/1.1 path parsed itself.
 
-use http::header;
+use http::header::{self, HeaderName};
 use http::request::Parts;
 
 use crate::GatewaySettings;
 
+/// What the gateway reads of a request head.
+pub(crate) trait Head {
+    /// The first value of header `name`.
+    fn header(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// The query, without `?`.
+    fn query(&self) -> Option<&str>;
+    /// The host of an absolute target (HTTP/2's `:authority`).
+    fn target_host(&self) -> Option<&str>;
+}
+
+impl Head for Parts {
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.headers.get(name).map(http::HeaderValue::as_bytes)
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    fn target_host(&self) -> Option<&str> {
+        self.uri.host()
+    }
+}
+
+/// A header value as text, when it is visible ASCII (what `HeaderValue::to_str` accepts).
+pub(crate) fn text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&byte| byte == b'\t' || (0x20..0x7f).contains(&byte))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// The tenant named by the tenant header, when present and not empty.
-pub(crate) fn tenant_from_header<'p>(
+pub(crate) fn tenant_from_header<'p, H: Head + ?Sized>(
     settings: &GatewaySettings,
-    parts: &'p Parts,
+    head: &'p H,
 ) -> Option<&'p str> {
-    parts
-        .headers
-        .get(&settings.tenant_header)?
-        .to_str()
-        .ok()
+    head.header(&settings.tenant_header)
+        .and_then(text)
         .filter(|value| !value.is_empty())
 }
 
 /// The bearer token of the `Authorization` header.
-pub(crate) fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub(crate) fn bearer_token<H: Head + ?Sized>(head: &H) -> Option<&str> {
+    let value = text(head.header(&header::AUTHORIZATION)?)?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -29,16 +66,15 @@ pub(crate) fn bearer_token(parts: &Parts) -> Option<&str> {
 }
 
 /// The host's first label under the configured domain (`acme.example.com` → `acme`).
-pub(crate) fn tenant_from_host<'p>(
+pub(crate) fn tenant_from_host<'p, H: Head + ?Sized>(
     settings: &GatewaySettings,
-    parts: &'p Parts,
+    head: &'p H,
 ) -> Option<&'p str> {
     let domain = settings.tenant_domain.as_deref()?;
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.host())?;
+    let host = head
+        .header(&header::HOST)
+        .and_then(text)
+        .or_else(|| head.target_host())?;
     let host = host.split(':').next().unwrap_or(host);
     let label = host.strip_suffix(domain)?.strip_suffix('.')?;
     (!label.is_empty() && !label.contains('.')).then_some(label)
@@ -46,15 +82,15 @@ pub(crate) fn tenant_from_host<'p>(
 
 /// The service (the header, the longest matching route, else the first path segment) and,
 /// when a route strips its prefix, the path and query to forward instead of the request's.
-pub(crate) fn service_of(
+pub(crate) fn service_of<H: Head + ?Sized>(
     settings: &GatewaySettings,
-    parts: &Parts,
+    head: &H,
 ) -> Option<(String, Option<String>)> {
-    if let Some(value) = parts.headers.get(&settings.service_header) {
-        let service = value.to_str().ok().filter(|v| !v.is_empty())?;
+    if let Some(value) = head.header(&settings.service_header) {
+        let service = text(value).filter(|v| !v.is_empty())?;
         return Some((service.to_owned(), None));
     }
-    let path = parts.uri.path();
+    let path = head.path();
     let rule = settings
         .routes
         .iter()
@@ -71,7 +107,7 @@ pub(crate) fn service_of(
                 forwarded.push('/');
             }
             forwarded.push_str(rest);
-            if let Some(query) = parts.uri.query() {
+            if let Some(query) = head.query() {
                 forwarded.push('?');
                 forwarded.push_str(query);
             }

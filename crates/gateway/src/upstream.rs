@@ -5,10 +5,17 @@
 //! it; the next request takes a connection that is ready again (its last response fully read),
 //! so there is no lock held across a request and no task per checkout. Lists are bounded
 //! (`max_idle_per_instance`) and connections unused for `idle_timeout` are closed.
+//!
+//! Requests the gateway relays itself (plain HTTP/1.1, see `plain`) use kept connections of
+//! their own: a bare socket and its unread bytes, taken by one request at a time.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -25,6 +32,8 @@ pub(crate) enum UpstreamError {
     Connect(String),
     /// The connection failed while the request was on it.
     Request(hyper::Error),
+    /// The instance did not answer a relayed request with a response head.
+    Relay(String),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -32,6 +41,39 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Connect(reason) => write!(f, "cannot connect: {reason}"),
             UpstreamError::Request(err) => write!(f, "{err}"),
+            UpstreamError::Relay(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
+/// A kept-alive connection to an instance for relayed requests, with its unread bytes.
+pub(crate) struct PlainConnection {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
+    last_used: Instant,
+}
+
+impl PlainConnection {
+    /// Reads more of the instance's bytes; `Ok(0)` when it closed.
+    pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 2048 {
+            self.buf.reserve(16 * 1024);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Whether the instance may still take a request on it: nothing to read (a kept
+    /// connection has no unread bytes; a closed one reads as the end). Uses the readiness the
+    /// runtime already has, so a connection seen idle costs no system call.
+    fn usable(&self) -> bool {
+        let mut context = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut context) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0_u8; 1];
+                matches!(self.stream.try_read(&mut byte), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            Poll::Ready(Err(_)) => false,
         }
     }
 }
@@ -43,6 +85,7 @@ struct Kept {
 
 /// The connections of the gateway to instances.
 pub(crate) struct Upstream {
+    plain: Mutex<HashMap<String, Vec<PlainConnection>>>,
     http1: Mutex<HashMap<String, Vec<Kept>>>,
     http2: Mutex<HashMap<String, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
@@ -69,12 +112,56 @@ impl Upstream {
         max_response_header_bytes: usize,
     ) -> Upstream {
         Upstream {
+            plain: Mutex::new(HashMap::new()),
             http1: Mutex::new(HashMap::new()),
             http2: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
             max_idle_per_instance,
             max_response_header_bytes,
+        }
+    }
+
+    /// A kept connection to `address` for a relayed request, the one used last first; closed
+    /// and stale ones met are dropped.
+    pub(crate) fn take_plain(&self, address: &str) -> Option<PlainConnection> {
+        let mut lists = self.plain.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = lists.get_mut(address)?;
+        let now = Instant::now();
+        while let Some(connection) = list.pop() {
+            if now.duration_since(connection.last_used) < self.idle_timeout && connection.usable() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    /// Opens a connection to `address` for relayed requests.
+    pub(crate) async fn connect_plain(
+        &self,
+        address: &str,
+    ) -> Result<PlainConnection, UpstreamError> {
+        Ok(PlainConnection {
+            stream: self.connect(address).await?,
+            buf: BytesMut::with_capacity(8 * 1024),
+            last_used: Instant::now(),
+        })
+    }
+
+    /// Keeps a connection whose response was read whole (dropped when the instance's list is
+    /// full).
+    pub(crate) fn keep_plain(&self, address: &str, mut connection: PlainConnection) {
+        if connection.buf.capacity() > 64 * 1024 {
+            connection.buf = BytesMut::with_capacity(8 * 1024);
+        }
+        connection.last_used = Instant::now();
+        let mut lists = self.plain.lock().unwrap_or_else(PoisonError::into_inner);
+        match lists.get_mut(address) {
+            Some(list) if list.len() < self.max_idle_per_instance => list.push(connection),
+            Some(_) => {}
+            None => {
+                lists.insert(address.to_owned(), vec![connection]);
+            }
         }
     }
 
@@ -177,6 +264,14 @@ impl Upstream {
     /// Closes connections unused for the idle timeout (and dead ones) of every instance.
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
+        let mut plain = self.plain.lock().unwrap_or_else(PoisonError::into_inner);
+        for list in plain.values_mut() {
+            list.retain(|kept| {
+                now.duration_since(kept.last_used) < self.idle_timeout && kept.usable()
+            });
+        }
+        plain.retain(|_, list| !list.is_empty());
+        drop(plain);
         let mut lists = self.http1.lock().unwrap_or_else(PoisonError::into_inner);
         for list in lists.values_mut() {
             list.retain(|kept| {
@@ -193,6 +288,13 @@ impl Upstream {
 
     /// Connections kept now (HTTP/1.1 and HTTP/2).
     pub(crate) fn kept(&self) -> usize {
+        let plain: usize = self
+            .plain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(Vec::len)
+            .sum();
         let http1: usize = self
             .http1
             .lock()
@@ -200,7 +302,8 @@ impl Upstream {
             .values()
             .map(Vec::len)
             .sum();
-        http1
+        plain
+            + http1
             + self
                 .http2
                 .lock()
