@@ -51,6 +51,9 @@ impl Backend {
                         let (hits, release) = (Arc::clone(&hits), Arc::clone(&release));
                         async move {
                             hits.fetch_add(1, Ordering::SeqCst);
+                            if request.uri().path().ends_with("/echo") {
+                                return Ok::<_, Infallible>(echo(request).await);
+                            }
                             Ok::<_, Infallible>(respond(id, failing, request, release))
                         }
                     });
@@ -78,6 +81,16 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `/echo`: the length and the byte sum of the request body.
+async fn echo(request: Request<Incoming>) -> Response<Body> {
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return Response::new(Full::new(Bytes::from(err.to_string())).boxed()),
+    };
+    let sum: u64 = body.iter().map(|&byte| u64::from(byte)).sum();
+    Response::new(Full::new(Bytes::from(format!("{} {sum}", body.len()))).boxed())
 }
 
 fn respond(
@@ -819,4 +832,191 @@ async fn serve_runs_the_gateway_when_configured() {
     })
     .await;
     assert_eq!(body, "a1 v1 a1 default /cart");
+}
+
+/// Reads one response with a `Content-Length` from a raw connection: its head (lower case)
+/// and body. `buffer` keeps what was read past it.
+async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let end = loop {
+        if let Some(at) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut more = [0_u8; 4096];
+        let read = within(stream.read(&mut more)).await.expect("read");
+        assert!(
+            read > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(buffer)
+        );
+        buffer.extend_from_slice(&more[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+        .trim()
+        .parse()
+        .expect("a length");
+    buffer.drain(..end);
+    while buffer.len() < length {
+        let mut more = [0_u8; 4096];
+        let read = within(stream.read(&mut more)).await.expect("read");
+        assert!(read > 0, "closed within a body");
+        buffer.extend_from_slice(&more[..read]);
+    }
+    let body = String::from_utf8_lossy(&buffer[..length]).into_owned();
+    buffer.drain(..length);
+    (head, body)
+}
+
+/// One connection carries pipelined requests, a chunked request body (relayed by hyper from
+/// there on) and plain requests after it; a large body is streamed to the instance; a request
+/// asking to close gets its answer, then the end of the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_pipelined_chunked_and_large_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("a1", false).await;
+    let mut setup = Setup::with(GatewaySettings {
+        max_retry_body_bytes: 1024,
+        ..GatewaySettings::default()
+    })
+    .await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    setup.register("v1", "a1", &backend).await;
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    let mut stream = within(tokio::net::TcpStream::connect(setup.gateway))
+        .await
+        .expect("connect");
+    let mut buffer = Vec::new();
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nX-Tenant-Id: acme\r\n\r\n");
+    let pipelined = format!("{}{}", get("/api/one"), get("/api/two?x=1"));
+    within(stream.write_all(pipelined.as_bytes()))
+        .await
+        .expect("sent");
+    let (head, body) = read_response(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-service-version: v1\r\n"), "{head}");
+    assert_eq!(body, "a1 v1 a1 default /api/one");
+    let (_, body) = read_response(&mut stream, &mut buffer).await;
+    assert_eq!(body, "a1 v1 a1 default /api/two");
+
+    let chunked = "POST /api/echo HTTP/1.1\r\nHost: gateway\r\nX-Tenant-Id: acme\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    within(stream.write_all(chunked.as_bytes()))
+        .await
+        .expect("sent");
+    let (head, body) = read_response(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        body,
+        format!("5 {}", b"abcde".iter().map(|&b| u32::from(b)).sum::<u32>())
+    );
+    within(stream.write_all(get("/api/three").as_bytes()))
+        .await
+        .expect("sent");
+    let (_, body) = read_response(&mut stream, &mut buffer).await;
+    assert_eq!(body, "a1 v1 a1 default /api/three");
+
+    // Over the retry limit: streamed to the instance as it arrives.
+    let mut stream = within(tokio::net::TcpStream::connect(setup.gateway))
+        .await
+        .expect("connect");
+    let large = vec![b'x'; 100_000];
+    let head = format!(
+        "POST /api/echo HTTP/1.1\r\nHost: gateway\r\nX-Tenant-Id: acme\r\nContent-Length: {}\r\n\r\n",
+        large.len()
+    );
+    within(stream.write_all(head.as_bytes()))
+        .await
+        .expect("sent");
+    within(stream.write_all(&large)).await.expect("sent");
+    let mut buffer = Vec::new();
+    let (_, body) = read_response(&mut stream, &mut buffer).await;
+    assert_eq!(body, format!("100000 {}", 100_000 * u64::from(b'x')));
+
+    let close =
+        "GET /api/last HTTP/1.1\r\nHost: gateway\r\nX-Tenant-Id: acme\r\nConnection: close\r\n\r\n";
+    within(stream.write_all(close.as_bytes()))
+        .await
+        .expect("sent");
+    let (head, body) = read_response(&mut stream, &mut buffer).await;
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert_eq!(body, "a1 v1 a1 default /api/last");
+    let mut rest = Vec::new();
+    within(stream.read_to_end(&mut rest)).await.expect("closed");
+    assert!(rest.is_empty() && buffer.is_empty());
+}
+
+/// An instance that closes every connection after its response (without saying so): the
+/// gateway's kept connection to it is found closed and replaced, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_instance_closed_is_replaced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    let instance_task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0_u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let mut setup = Setup::start().await;
+    setup
+        .server
+        .service("api", "v1", pb::Strategy::RoundRobin)
+        .await;
+    let mut registered = instance("api", "v1", "a1", "eu");
+    registered.address = addr.to_string();
+    setup
+        .server
+        .admin
+        .register_instance(pb::RegisterInstanceRequest {
+            instance: Some(registered),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("register");
+    let revision = setup.server.tenant("acme", "eu").await;
+    setup.synced(revision).await;
+
+    for round in 1..=5 {
+        let (status, body) = setup.get("acme", "/api/orders").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "ok"),
+            "request {round}"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "one connection per request"
+    );
+    assert_eq!(setup.client.status().ejections, 0);
+    instance_task.abort();
 }
