@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# greyrouter gateway against the nginx anchor, one after another on this machine with the same
-# wrk command and the same backend:
+# greyrouter gateway against the nginx anchor on this machine, with the same wrk command and
+# the same backend:
 #   floor     wrk straight to the backend (what any proxy adds to);
 #   nginx     Debian's nginx (one worker) with a `map` from X-Tenant-Id to an upstream per
 #             version: the natural way to route by tenant without greyrouter;
 #   gateway   greyrouter gateway, following a greyrouter serve that holds the same assignment
 #             (tenant acme on v2, everyone else on v1).
-# The proxy under test runs on core 0; wrk, the backend (nginx answering "ok" on one port per
-# version) and the router run on core 1, when taskset and 2 cores are available. Installs
-# nginx and wrk from Debian when missing. Prints one table (requests/s, p50/p99 latency, non-2xx)
-# and the ratios of gateway to nginx; nothing else on stdout.
+# The proxy under test runs on core 0 (the gateway with its router); wrk and the backend (nginx
+# answering "ok" on one port per version) run on core 1, when taskset and 2 cores are
+# available. The three setups are measured in turn, round after round, so that a drift of the
+# machine weighs on each alike. Installs nginx and wrk from Debian when missing. Prints one
+# table (medians of requests/s, p50/p99 latency; non-2xx summed) and the ratios of gateway to
+# nginx; nothing else on stdout.
 #
 # Usage (from the repository root): load-tests/gateway.sh
-# Settings (environment): DURATION (10s), CONNECTIONS (64), ROUNDS (2), BIN_DIR (build here
+# Settings (environment): DURATION (5s), CONNECTIONS (64), ROUNDS (5), BIN_DIR (build here
 # when unset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/greyrouter/target}"
-DURATION="${DURATION:-10s}"
+DURATION="${DURATION:-5s}"
 CONNECTIONS="${CONNECTIONS:-64}"
-ROUNDS="${ROUNDS:-2}"
+ROUNDS="${ROUNDS:-5}"
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -98,18 +100,14 @@ pids+=($!)
 wait_port "$v1"
 wait_port "$v2"
 
-# measure NAME PORT: wrk (core 1) with tenant acme, then tenant globex, for ROUNDS rounds.
+# measure NAME PORT ROUND: wrk (core 1) with tenant acme, then tenant globex.
 measure() {
-  local name=$1 port=$2
-  for round in $(seq 1 "$ROUNDS"); do
-    for tenant in acme globex; do
-      "${core1[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "X-Tenant-Id: $tenant" \
-        "http://127.0.0.1:$port/api/items" >"$work/$name-$round-$tenant.txt"
-    done
+  local name=$1 port=$2 round=$3
+  for tenant in acme globex; do
+    "${core1[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "X-Tenant-Id: $tenant" \
+      "http://127.0.0.1:$port/api/items" >"$work/$name-$round-$tenant.txt"
   done
 }
-
-measure floor "$v2"
 
 # The anchor: nginx (one worker, core 0), a map from the tenant header to an upstream per version.
 anchor=$(free_port)
@@ -145,16 +143,14 @@ http {
 }
 CONF
 "${core0[@]}" "$nginx_bin" -c "$work/anchor/nginx.conf" -p "$work/anchor" &
-anchor_pid=$!
-pids+=($anchor_pid)
+pids+=($!)
 wait_port "$anchor"
-measure nginx "$anchor"
-kill "$anchor_pid"
 
-# greyrouter: a router (core 1, idle while measured) holding the same assignment, and the
-# gateway (core 0) following it.
+# greyrouter: a router holding the same assignment, and the gateway following it, both on core
+# 0: everything greyrouter runs shares the proxy's core (the router takes the gateway's outcome
+# reports while measured), and wrk and the backend have core 1 to themselves, as with nginx.
 grpc=$(free_port)
-"${core1[@]}" "$bin/greyrouter" serve --store memory --grpc-addr "127.0.0.1:$grpc" \
+"${core0[@]}" "$bin/greyrouter" serve --store memory --grpc-addr "127.0.0.1:$grpc" \
   --log-level warn >"$work/router.out" 2>"$work/router.err" &
 pids+=($!)
 wait_port "$grpc"
@@ -176,7 +172,13 @@ curl -sf -H 'X-Tenant-Id: acme' "http://127.0.0.1:$gateway/api/items" | grep -q 
   || { cat "$work/gateway.err" >&2; echo "gateway.sh: acme is not on v2" >&2; exit 1; }
 curl -sf -H 'X-Tenant-Id: globex' "http://127.0.0.1:$gateway/api/items" | grep -q '^v1 ok' \
   || { echo "gateway.sh: globex is not on v1" >&2; exit 1; }
-measure gateway "$gateway"
+# The three setups in turn, round after round (all of them up, idle when not measured), so
+# that a drift of the machine over the run weighs on each alike.
+for round in $(seq 1 "$ROUNDS"); do
+  measure floor "$v2" "$round"
+  measure nginx "$anchor" "$round"
+  measure gateway "$gateway" "$round"
+done
 
 python3 - "$work" "$ROUNDS" <<'PY'
 import re, statistics, sys

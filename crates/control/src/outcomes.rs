@@ -49,7 +49,8 @@ pub struct OutcomeReport {
 pub struct Outcomes {
     policy: EjectionPolicy,
     window: WindowConfig,
-    versions: Mutex<HashMap<(String, String), Window>>,
+    /// Windows by service, then version (looked up without allocating).
+    versions: Mutex<HashMap<String, HashMap<String, Window>>>,
     instances: Mutex<EjectionBook>,
 }
 
@@ -124,10 +125,20 @@ impl Outcomes {
             ));
         }
         member.load.finish(now_ms);
-        lock(&self.versions)
-            .entry((report.service.clone(), version.clone()))
-            .or_insert_with(|| Window::new(self.window))
-            .record(now_ms, report.success, report.latency_ms);
+        {
+            let mut versions = lock(&self.versions);
+            if !versions.contains_key(&report.service) {
+                versions.insert(report.service.clone(), HashMap::new());
+            }
+            if let Some(windows) = versions.get_mut(&report.service) {
+                if !windows.contains_key(version) {
+                    windows.insert(version.clone(), Window::new(self.window));
+                }
+                if let Some(window) = windows.get_mut(version) {
+                    window.record(now_ms, report.success, report.latency_ms);
+                }
+            }
+        }
 
         let ejection = lock(&self.instances).record(
             &self.policy,
@@ -152,7 +163,8 @@ impl Outcomes {
     /// Returns the merged outcomes of a service version over the last `span_ms`.
     pub fn version_stats(&self, service: &str, version: &str, now_ms: u64, span_ms: u64) -> Stats {
         lock(&self.versions)
-            .get(&(service.to_owned(), version.to_owned()))
+            .get(service)
+            .and_then(|windows| windows.get(version))
             .map(|window| window.stats(now_ms, span_ms))
             .unwrap_or_default()
     }

@@ -273,18 +273,6 @@ impl RouteHeaders {
         ])
     }
 
-    /// Writes the headers as lines of an HTTP/1.1 head.
-    fn write_to(&self, out: &mut Vec<u8>) {
-        for (name, value) in Self::NAMES.iter().zip(&self.0) {
-            if let Some(value) = value {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-
     fn add_to(&self, headers: &mut HeaderMap) {
         for (name, value) in Self::NAMES.iter().zip(&self.0) {
             if let Some(value) = value {

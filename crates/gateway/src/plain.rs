@@ -29,6 +29,28 @@ use crate::resolve::{self, Head};
 use crate::upstream::PlainConnection;
 use crate::{Body, Gateway, Peer, Refused, RouteHeaders, problem, refusal};
 
+/// The route headers of one decision, written as they are (no header values made).
+struct RouteLabels<'d>([&'d str; 3]);
+
+impl<'d> RouteLabels<'d> {
+    fn of(decision: &'d Decision) -> RouteLabels<'d> {
+        RouteLabels([
+            decision.version(),
+            decision.instance_id(),
+            decision.source(),
+        ])
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        for (name, value) in RouteHeaders::NAMES.iter().zip(self.0) {
+            // Names the routers checked; anything that could not be a header value is left out.
+            if !value.is_empty() && value.bytes().all(|byte| (0x21..0x7f).contains(&byte)) {
+                put_header(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
+}
+
 /// Most headers in a request or response head taken on this path (hyper takes the rest).
 const MAX_HEADERS: usize = 100;
 /// Longest a caller's unread bytes are drained after an answer that closes its connection.
@@ -37,6 +59,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// Buffers grown past this by one large message are not kept for the next.
 const KEPT_BUFFER: usize = 64 * 1024;
+/// Bodies up to this size are written with their request head, in one write.
+const INLINE_BODY: usize = 16 * 1024;
 
 /// How a caller's connection ended on this path.
 pub(crate) enum Ended {
@@ -223,7 +247,7 @@ enum ParsedResponse {
 fn parse_response(
     buf: &[u8],
     head_request: bool,
-    route_headers: &RouteHeaders,
+    route_headers: &RouteLabels<'_>,
     close_caller: bool,
     out: &mut Vec<u8>,
 ) -> ParsedResponse {
@@ -488,6 +512,9 @@ struct Caller<'s> {
     stream: &'s mut TcpStream,
     buf: BytesMut,
     headers: Vec<HeaderAt>,
+    /// The request as sent to the instance.
+    request: Vec<u8>,
+    /// What goes back to the caller.
     out: Vec<u8>,
 }
 
@@ -575,6 +602,7 @@ impl Gateway {
             stream,
             buf: BytesMut::with_capacity(8192),
             headers: Vec::new(),
+            request: Vec::with_capacity(1024),
             out: Vec::with_capacity(8192),
         };
         loop {
@@ -630,9 +658,16 @@ impl Gateway {
     /// Relays one request and its response.
     async fn relay(&self, caller: &mut Caller<'_>, mut head: RequestHead, peer: &Peer) -> Next {
         self.budget.request(self.budget.now_ms(self.epoch));
-        let outcome = self.route_plain(caller, &mut head, peer).await;
-        // The head's header list goes back for the next request.
+        let mut request = std::mem::take(&mut caller.request);
+        let outcome = self
+            .route_plain(caller, &mut head, peer, &mut request)
+            .await;
+        // The buffers go back for the next request.
         caller.headers = std::mem::take(&mut head.headers);
+        if request.capacity() <= KEPT_BUFFER {
+            request.clear();
+            caller.request = request;
+        }
         outcome
     }
 
@@ -641,6 +676,7 @@ impl Gateway {
         caller: &mut Caller<'_>,
         head: &mut RequestHead,
         peer: &Peer,
+        request: &mut Vec<u8>,
     ) -> Next {
         let tenant = match self.tenant(&*head).await {
             Ok(tenant) => tenant,
@@ -684,7 +720,11 @@ impl Gateway {
         let close_caller = head.close;
         let route = RouteRequest::new(&tenant, &service);
         let mut tried: Vec<String> = Vec::new();
-        let mut request = Vec::with_capacity(head.raw.len() + 128);
+        // A small body goes in the same write as the head.
+        let inline = body
+            .as_ref()
+            .filter(|body| !body.is_empty() && body.len() <= INLINE_BODY);
+        let empty = Bytes::new();
         loop {
             let decision = match self.router.route_avoiding(&route, &tried).await {
                 Ok(decision) => decision,
@@ -696,15 +736,12 @@ impl Gateway {
                     };
                 }
             };
-            let route_headers = RouteHeaders::new(&self.labels, &decision);
+            let route_headers = RouteLabels::of(&decision);
             request.clear();
-            write_request(
-                &mut request,
-                head,
-                rewritten.as_deref(),
-                peer,
-                &route_headers,
-            );
+            write_request(request, head, rewritten.as_deref(), peer, &route_headers);
+            if let Some(inline) = inline {
+                request.extend_from_slice(inline);
+            }
             let can_retry = retryable && tried.is_empty();
             let started = Instant::now();
             caller.out.clear();
@@ -713,8 +750,12 @@ impl Gateway {
                 self.attempt(
                     caller,
                     decision.address(),
-                    &request,
-                    body.as_ref(),
+                    request,
+                    if inline.is_some() {
+                        Some(&empty)
+                    } else {
+                        body.as_ref()
+                    },
                     head.content_length,
                     retryable,
                     head.method() == b"HEAD",
@@ -832,7 +873,7 @@ impl Gateway {
         content_length: u64,
         retryable: bool,
         head_request: bool,
-        route_headers: &RouteHeaders,
+        route_headers: &RouteLabels<'_>,
         close_caller: bool,
     ) -> Attempt {
         let (mut connection, mut reused) = match self.upstream.take_plain(address) {
@@ -937,7 +978,7 @@ fn write_request(
     head: &RequestHead,
     rewritten: Option<&str>,
     peer: &Peer,
-    route_headers: &RouteHeaders,
+    route_headers: &RouteLabels<'_>,
 ) {
     out.extend_from_slice(head.method());
     out.push(b' ');
@@ -973,17 +1014,11 @@ async fn send_whole(
     request: &[u8],
     body: &Bytes,
 ) -> io::Result<()> {
-    if body.is_empty() {
-        return connection.stream.write_all(request).await;
-    }
-    if body.len() <= 16 * 1024 {
-        let mut message = Vec::with_capacity(request.len() + body.len());
-        message.extend_from_slice(request);
-        message.extend_from_slice(body);
-        return connection.stream.write_all(&message).await;
-    }
     connection.stream.write_all(request).await?;
-    connection.stream.write_all(body).await
+    if !body.is_empty() {
+        connection.stream.write_all(body).await?;
+    }
+    Ok(())
 }
 
 /// Writes the head, then copies `length` body bytes from the caller.
@@ -1015,7 +1050,7 @@ async fn read_response_head(
     connection: &mut PlainConnection,
     max_header_bytes: usize,
     head_request: bool,
-    route_headers: &RouteHeaders,
+    route_headers: &RouteLabels<'_>,
     close_caller: bool,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, (String, bool)> {
@@ -1265,11 +1300,7 @@ mod tests {
 
     #[test]
     fn response_heads_are_rewritten_for_the_caller() {
-        let route_headers = RouteHeaders([
-            Some(http::HeaderValue::from_static("v2")),
-            Some(http::HeaderValue::from_static("b1")),
-            Some(http::HeaderValue::from_static("pin")),
-        ]);
+        let route_headers = RouteLabels(["v2", "b1", "pin"]);
         let mut out = Vec::new();
         let ParsedResponse::Complete(head, _) = parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\nX-Service-Version: forged\r\n\r\nhello",

@@ -112,13 +112,13 @@ fn in_scope(
 }
 
 /// Returns the domain report of an outcome message.
-fn report(message: &pb::Outcome) -> OutcomeReport {
+fn report(message: pb::Outcome) -> OutcomeReport {
     OutcomeReport {
-        instance_id: message.instance_id.clone(),
-        address: message.address.clone(),
-        tenant_id: message.tenant_id.clone(),
-        service: message.service.clone(),
-        version: message.version.clone(),
+        instance_id: message.instance_id,
+        address: message.address,
+        tenant_id: message.tenant_id,
+        service: message.service,
+        version: message.version,
         success: message.success,
         latency_ms: message.latency_ms,
         status_code: message.status_code,
@@ -193,10 +193,10 @@ impl Router for RouterService {
         let mut tally = Tally::default();
         while let Some(message) = reports.message().await? {
             let state = self.node.snapshot();
-            tally.add(in_scope(&caller, &state, &message).and_then(|()| {
-                self.node
-                    .report_outcome(&state, &report(&message), now_ms())
-            }));
+            tally.add(
+                in_scope(&caller, &state, &message)
+                    .and_then(|()| self.node.report_outcome(&state, &report(message), now_ms())),
+            );
         }
         Ok(Response::new(tally.into_response()))
     }
@@ -209,9 +209,9 @@ impl Router for RouterService {
         let state = self.node.snapshot();
         let now = now_ms();
         let mut tally = Tally::default();
-        for message in &request.get_ref().outcomes {
+        for message in request.into_inner().outcomes {
             tally.add(
-                in_scope(&caller, &state, message)
+                in_scope(&caller, &state, &message)
                     .and_then(|()| self.node.report_outcome(&state, &report(message), now)),
             );
         }

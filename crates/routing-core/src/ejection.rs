@@ -173,7 +173,12 @@ impl InstanceHealth {
         self.window.record(now_ms, success, latency_ms);
         let by_failures = policy.consecutive_failures > 0
             && self.consecutive_failures >= policy.consecutive_failures;
-        let stats = self.window.stats(now_ms, policy.window_ms);
+        let (requests, errors) = self.window.counts(now_ms, policy.window_ms);
+        let stats = Stats {
+            requests,
+            errors,
+            ..Stats::default()
+        };
         let by_error_rate =
             stats.requests >= policy.min_requests.max(1) && stats.error_rate() >= policy.error_rate;
         by_failures || by_error_rate

@@ -266,22 +266,39 @@ impl Window {
     /// not included either.
     pub fn stats(&self, now_ms: u64, span_ms: u64) -> Stats {
         let mut merged = Stats::default();
-        let span = span_ms.min(self.span_ms());
-        if span == 0 {
-            return merged;
+        for slot in self.slots_within(now_ms, span_ms) {
+            merged.merge(&slot.stats);
         }
+        merged
+    }
+
+    /// Returns the requests and the errors of the last `span_ms` (what [`Window::stats`]
+    /// counts, without merging latencies).
+    pub fn counts(&self, now_ms: u64, span_ms: u64) -> (u64, u64) {
+        self.slots_within(now_ms, span_ms)
+            .fold((0_u64, 0_u64), |(requests, errors), slot| {
+                (
+                    requests.saturating_add(slot.stats.requests),
+                    errors.saturating_add(slot.stats.errors),
+                )
+            })
+    }
+
+    /// The slots that overlap the last `span_ms` (at most the window's span).
+    fn slots_within(&self, now_ms: u64, span_ms: u64) -> impl Iterator<Item = &Slot> {
         let ring = self.span_ms();
-        for slot in self.slots.iter().filter(|slot| slot.start_ms <= now_ms) {
+        let span = span_ms.min(ring);
+        self.slots.iter().filter(move |slot| {
+            if span == 0 || slot.start_ms > now_ms {
+                return false;
+            }
             // Differences rather than sums, which could overflow near the end of time.
             let age = now_ms - slot.start_ms;
             // The slot's last millisecond, `start + width - 1`, is after `now_ms - span`.
             let overlaps = age.saturating_sub(self.slot_ms - 1) < span;
             let in_window = age < ring;
-            if overlaps && in_window {
-                merged.merge(&slot.stats);
-            }
-        }
-        merged
+            overlaps && in_window
+        })
     }
 
     /// Forgets every outcome.

@@ -325,6 +325,7 @@ proptest! {
                 .map(|&(_, success)| (success, 7))
                 .collect::<Vec<_>>(),
         );
+        prop_assert_eq!(window.counts(query, span), (expected.requests, expected.errors));
         prop_assert_eq!(window.stats(query, span), expected);
     }
 }
