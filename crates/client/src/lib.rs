@@ -457,12 +457,8 @@ impl Client {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let outcome = pb::Outcome {
-            instance_id: decision.instance_id().to_owned(),
-            address: String::new(),
-            tenant_id: decision.tenant_id().to_owned(),
-            service: decision.service().to_owned(),
-            version: decision.version().to_owned(),
+        let outcome = reports::Reported {
+            decision: decision.clone(),
             success: report.success,
             latency_ms,
             status_code: report.status_code,

@@ -1,5 +1,6 @@
 //! Outcome reports, sent in batches by one task so that reporting never waits on the network.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -7,15 +8,60 @@ use std::time::Duration;
 use greyrouter_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::Shared;
+use crate::{Decision, Shared};
 
 /// What the reporting task is sent.
 #[derive(Debug)]
 pub(crate) enum Message {
     /// One report.
-    Outcome(pb::Outcome),
+    Outcome(Reported),
     /// Send what is queued now, then answer.
     Flush(oneshot::Sender<()>),
+}
+
+/// A report waiting to be sent: the decision it is about (shared, not copied) and the outcome.
+#[derive(Debug)]
+pub(crate) struct Reported {
+    pub(crate) decision: Decision,
+    pub(crate) success: bool,
+    pub(crate) latency_ms: u32,
+    pub(crate) status_code: u32,
+}
+
+/// The messages of a batch: reports of the same kind (instance, tenant, service, version,
+/// success, status code) go as one message, their further latencies in `more_latencies_ms`.
+pub(crate) fn messages(batch: &[Reported]) -> Vec<pb::Outcome> {
+    let mut outcomes: Vec<pb::Outcome> = Vec::new();
+    let mut kinds: HashMap<(&str, &str, &str, &str, bool, u32), usize> = HashMap::new();
+    for reported in batch {
+        let decision = &reported.decision;
+        let kind = (
+            decision.instance_id(),
+            decision.tenant_id(),
+            decision.service(),
+            decision.version(),
+            reported.success,
+            reported.status_code,
+        );
+        match kinds.get(&kind) {
+            Some(&index) => outcomes[index].more_latencies_ms.push(reported.latency_ms),
+            None => {
+                kinds.insert(kind, outcomes.len());
+                outcomes.push(pb::Outcome {
+                    instance_id: decision.instance_id().to_owned(),
+                    address: String::new(),
+                    tenant_id: decision.tenant_id().to_owned(),
+                    service: decision.service().to_owned(),
+                    version: decision.version().to_owned(),
+                    success: reported.success,
+                    latency_ms: reported.latency_ms,
+                    status_code: reported.status_code,
+                    more_latencies_ms: Vec::new(),
+                });
+            }
+        }
+    }
+    outcomes
 }
 
 /// The outcome of a call, as the caller saw it.
@@ -59,7 +105,7 @@ impl Report {
 /// `report_interval`, until the queue closes; then sends what is left.
 pub(crate) async fn send_reports(shared: Arc<Shared>, mut queue: mpsc::Receiver<Message>) {
     let size = shared.config.report_batch_size;
-    let mut batch: Vec<pb::Outcome> = Vec::with_capacity(size);
+    let mut batch: Vec<Reported> = Vec::with_capacity(size);
     let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
     let mut tick = tokio::time::interval(shared.config.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,8 +151,10 @@ pub(crate) async fn send_reports(shared: Arc<Shared>, mut queue: mpsc::Receiver<
     }
 }
 
-async fn send(shared: &Shared, outcomes: Vec<pb::Outcome>) {
-    let count = outcomes.len() as u64;
+async fn send(shared: &Shared, batch: Vec<Reported>) {
+    let count = batch.len() as u64;
+    let outcomes = messages(&batch);
+    drop(batch);
     let index = shared.counters.endpoint.load(Ordering::Relaxed) % shared.channels.len();
     let mut client = shared.router(shared.channels[index].clone());
     shared.counters.report_calls.fetch_add(1, Ordering::Relaxed);

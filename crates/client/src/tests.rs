@@ -313,3 +313,52 @@ async fn a_full_report_queue_drops_and_counts_reports_and_never_waits() {
     assert!(took < Duration::from_secs(10), "100 reports took {took:?}");
     held.abort();
 }
+
+#[tokio::test]
+async fn a_batch_sends_reports_of_one_kind_as_one_message() {
+    let client = local_client(EjectionPolicy::default(), &["a1", "a2"]).await;
+    let on_a1 = decision_on(&client, "a1");
+    let on_a2 = decision_on(&client, "a2");
+    let reported = |decision: &Decision, success: bool, latency_ms: u32, status_code: u32| {
+        crate::reports::Reported {
+            decision: decision.clone(),
+            success,
+            latency_ms,
+            status_code,
+        }
+    };
+    let batch = vec![
+        reported(&on_a1, true, 3, 200),
+        reported(&on_a2, true, 4, 200),
+        reported(&on_a1, true, 5, 200),
+        reported(&on_a1, false, 40, 503),
+        reported(&on_a1, true, 6, 200),
+    ];
+    let messages = crate::reports::messages(&batch);
+    let summary: Vec<(&str, bool, u32, u32, Vec<u32>)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.instance_id.as_str(),
+                m.success,
+                m.status_code,
+                m.latency_ms,
+                m.more_latencies_ms.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("a1", true, 200, 3, vec![5, 6]),
+            ("a2", true, 200, 4, vec![]),
+            ("a1", false, 503, 40, vec![]),
+        ]
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.tenant_id == "acme" && m.service == "api" && m.version == "v1"),
+        "{messages:?}"
+    );
+}

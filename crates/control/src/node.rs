@@ -743,6 +743,20 @@ impl Node {
         self.outcomes.record(state, report, now_ms)
     }
 
+    /// Records `report` and one request of the same kind for each of `more_latencies_ms` (a
+    /// reporter's requests sent as one message; at most
+    /// [`outcomes::MAX_MORE_LATENCIES`](crate::outcomes::MAX_MORE_LATENCIES)).
+    pub fn report_outcomes(
+        &self,
+        state: &RoutingState,
+        report: &OutcomeReport,
+        more_latencies_ms: &[u32],
+        now_ms: u64,
+    ) -> Result<(), RoutingError> {
+        self.outcomes
+            .record_many(state, report, more_latencies_ms, now_ms)
+    }
+
     /// Checks a watch and starts its watcher: a snapshot when `from_revision` is 0 (or names a
     /// revision of another history), else a replay from there. Returns the queue of encoded
     /// messages; the watcher stops when `closing` turns true or the queue is dropped.

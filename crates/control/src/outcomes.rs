@@ -44,6 +44,9 @@ pub struct OutcomeReport {
     pub status_code: u32,
 }
 
+/// Most further latencies one report may carry ([`Outcomes::record_many`]).
+pub const MAX_MORE_LATENCIES: usize = 10_000;
+
 /// Outcome windows and instance health of one replica.
 #[derive(Debug)]
 pub struct Outcomes {
@@ -80,6 +83,24 @@ impl Outcomes {
         report: &OutcomeReport,
         now_ms: u64,
     ) -> Result<(), RoutingError> {
+        self.record_many(state, report, &[], now_ms)
+    }
+
+    /// Records `report` and, after it, one request of the same kind for each latency of
+    /// `more_latencies_ms` (at most [`MAX_MORE_LATENCIES`]); checked and looked up once.
+    pub fn record_many(
+        &self,
+        state: &RoutingState,
+        report: &OutcomeReport,
+        more_latencies_ms: &[u32],
+        now_ms: u64,
+    ) -> Result<(), RoutingError> {
+        if more_latencies_ms.len() > MAX_MORE_LATENCIES {
+            return Err(RoutingError::invalid(
+                "more_latencies_ms",
+                format!("at most {MAX_MORE_LATENCIES} latencies in one report"),
+            ));
+        }
         validate::name("service", &report.service)?;
         // Optional: a gateway or proxy may report without knowing the tenant.
         validate::optional_name("tenant_id", &report.tenant_id)?;
@@ -124,7 +145,7 @@ impl Outcomes {
                 ),
             ));
         }
-        member.load.finish(now_ms);
+        let latencies = std::iter::once(report.latency_ms).chain(more_latencies_ms.iter().copied());
         {
             let mut versions = lock(&self.versions);
             if !versions.contains_key(&report.service) {
@@ -135,27 +156,32 @@ impl Outcomes {
                     windows.insert(version.clone(), Window::new(self.window));
                 }
                 if let Some(window) = windows.get_mut(version) {
-                    window.record(now_ms, report.success, report.latency_ms);
+                    for latency_ms in latencies.clone() {
+                        window.record(now_ms, report.success, latency_ms);
+                    }
                 }
             }
         }
-
-        let ejection = lock(&self.instances).record(
-            &self.policy,
-            pool,
-            member,
-            report.success,
-            report.latency_ms,
-            now_ms,
-        );
-        if let Some(ejection) = ejection {
-            tracing::warn!(
-                service = %report.service,
-                instance = %member.instance.id,
-                until_ms = ejection.until_ms,
-                times = ejection.times,
-                "instance ejected"
+        let mut instances = lock(&self.instances);
+        for latency_ms in latencies {
+            member.load.finish(now_ms);
+            let ejection = instances.record(
+                &self.policy,
+                pool,
+                member,
+                report.success,
+                latency_ms,
+                now_ms,
             );
+            if let Some(ejection) = ejection {
+                tracing::warn!(
+                    service = %report.service,
+                    instance = %member.instance.id,
+                    until_ms = ejection.until_ms,
+                    times = ejection.times,
+                    "instance ejected"
+                );
+            }
         }
         Ok(())
     }
@@ -242,6 +268,44 @@ mod tests {
         assert_eq!(
             outcomes.version_stats("api", "v1", 1_000, 60_000).requests,
             2
+        );
+    }
+
+    #[test]
+    fn one_report_may_stand_for_many_requests_of_one_kind() {
+        let outcomes = Outcomes::new(EjectionPolicy::default(), WindowConfig::default());
+        let state = state();
+        let failed = OutcomeReport {
+            latency_ms: 40,
+            ..served_by("api-1", false)
+        };
+        assert_eq!(
+            outcomes.record_many(&state, &failed, &[45, 2_000], 1_000),
+            Ok(())
+        );
+        assert_eq!(
+            outcomes.record_many(&state, &served_by("api-1", true), &[5; 7], 1_000),
+            Ok(())
+        );
+        let stats = outcomes.version_stats("api", "v1", 1_000, 60_000);
+        assert_eq!((stats.requests, stats.errors), (11, 3));
+        assert!(stats.percentile_ms(1.0) >= Some(2_000), "{stats:?}");
+        let err = outcomes
+            .record_many(
+                &state,
+                &served_by("api-1", true),
+                &vec![5; MAX_MORE_LATENCIES + 1],
+                1_000,
+            )
+            .expect_err("too many latencies in one report");
+        assert!(
+            matches!(&err, RoutingError::InvalidArgument { field, .. } if field == "more_latencies_ms"),
+            "{err}"
+        );
+        assert_eq!(
+            outcomes.version_stats("api", "v1", 1_000, 60_000).requests,
+            11,
+            "nothing of a refused report counted"
         );
     }
 

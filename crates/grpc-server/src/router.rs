@@ -193,10 +193,7 @@ impl Router for RouterService {
         let mut tally = Tally::default();
         while let Some(message) = reports.message().await? {
             let state = self.node.snapshot();
-            tally.add(
-                in_scope(&caller, &state, &message)
-                    .and_then(|()| self.node.report_outcome(&state, &report(message), now_ms())),
-            );
+            tally.record(&self.node, &caller, &state, message, now_ms());
         }
         Ok(Response::new(tally.into_response()))
     }
@@ -210,10 +207,7 @@ impl Router for RouterService {
         let now = now_ms();
         let mut tally = Tally::default();
         for message in request.into_inner().outcomes {
-            tally.add(
-                in_scope(&caller, &state, &message)
-                    .and_then(|()| self.node.report_outcome(&state, &report(message), now)),
-            );
+            tally.record(&self.node, &caller, &state, message, now);
         }
         Ok(Response::new(tally.into_response()))
     }
@@ -268,14 +262,26 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, result: Result<(), RoutingError>) {
+    /// Records one message (the requests it stands for: one, and one per further latency).
+    fn record(
+        &mut self,
+        node: &Node,
+        caller: &Caller,
+        state: &RoutingState,
+        mut message: pb::Outcome,
+        now: u64,
+    ) {
+        let more = std::mem::take(&mut message.more_latencies_ms);
+        let requests = 1 + more.len() as u64;
+        let result = in_scope(caller, state, &message)
+            .and_then(|()| node.report_outcomes(state, &report(message), &more, now));
         match result {
-            Ok(()) => self.accepted += 1,
+            Ok(()) => self.accepted += requests,
             Err(err) => {
                 if self.rejected == 0 {
                     self.first_rejection = err.to_string();
                 }
-                self.rejected += 1;
+                self.rejected += requests;
             }
         }
     }
