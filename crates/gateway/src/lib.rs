@@ -16,6 +16,12 @@
 //! Requests go to instances over HTTP/1.1 on kept-alive connections; gRPC (an HTTP/2 request
 //! with a `application/grpc` content type) goes over one multiplexed HTTP/2 connection per
 //! instance, trailers included. WebSocket and other HTTP/1.1 upgrades pass through.
+//!
+//! Plain keep-alive HTTP/1.1 requests, most of the traffic, are relayed by the caller's
+//! connection task itself (`plain`): its own head parsing, a kept bare connection to the
+//! instance, the response copied back as it arrives. The first request of a connection that is
+//! anything else (HTTP/2, an upgrade, a chunked request body, `Expect`, HTTP/1.0) hands the
+//! connection to hyper, which serves it from there on.
 
 mod plain;
 mod resolve;

@@ -145,11 +145,33 @@ fn eq(name: &[u8], known: &str) -> bool {
     name.eq_ignore_ascii_case(known.as_bytes())
 }
 
+/// A `Content-Length` value: digits only (no sign, no list), surrounding blanks allowed.
+fn content_length_of(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// Whether a comma-separated header value lists `token`.
 fn lists(value: &[u8], token: &str) -> bool {
+    lists_bytes(value, token.as_bytes())
+}
+
+fn lists_bytes(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&byte| byte == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether header `name` belongs to this hop only: a hop-by-hop header, or one the
+/// `Connection` header names (`connections`: its values).
+fn is_for_this_hop(name: &[u8], connections: &[&[u8]]) -> bool {
+    is_hop_by_hop(name)
+        || connections
+            .iter()
+            .any(|connection| lists_bytes(connection, name))
 }
 
 fn parse_request(buf: &[u8], headers_at: &mut Vec<HeaderAt>) -> Parsed {
@@ -181,8 +203,7 @@ fn parse_request(buf: &[u8], headers_at: &mut Vec<HeaderAt>) -> Parsed {
             return Parsed::Other;
         }
         if eq(name, "content-length") {
-            let Some(length) = resolve::text(header.value)
-                .and_then(|value| value.trim().parse::<u64>().ok())
+            let Some(length) = content_length_of(header.value)
                 .filter(|length| content_length.is_none_or(|earlier| earlier == *length))
             else {
                 return Parsed::Other;
@@ -277,7 +298,7 @@ fn parse_response(
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
         if eq(name, "content-length") {
-            match resolve::text(header.value).and_then(|value| value.trim().parse::<u64>().ok()) {
+            match content_length_of(header.value) {
                 Some(length) if content_length.is_none_or(|earlier| earlier == length) => {
                     content_length = Some(length);
                 }
@@ -323,9 +344,15 @@ fn parse_response(
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let connections: Vec<&[u8]> = response
+        .headers
+        .iter()
+        .filter(|header| eq(header.name.as_bytes(), "connection"))
+        .map(|header| header.value)
+        .collect();
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        if is_hop_by_hop(name)
+        if is_for_this_hop(name, &connections)
             || is_route_header(name)
             || (framing == Framing::Chunked && eq(name, "content-length"))
         {
@@ -988,12 +1015,17 @@ fn write_request(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = None;
+    let connections: Vec<&[u8]> = head
+        .headers()
+        .filter(|(name, _)| eq(name, "connection"))
+        .map(|(_, value)| value)
+        .collect();
     for (name, value) in head.headers() {
         if eq(name, "x-forwarded-for") {
             forwarded_for.get_or_insert(value);
             continue;
         }
-        if is_hop_by_hop(name) || is_route_header(name) {
+        if is_for_this_hop(name, &connections) || is_route_header(name) {
             continue;
         }
         put_header(out, name, value);
@@ -1288,6 +1320,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             b"GET http://a/b HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\n",
             b"\x16\x03\x01",
         ] {
             assert!(
@@ -1299,11 +1334,28 @@ mod tests {
     }
 
     #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(content_length_of(b"42"), Some(42));
+        assert_eq!(content_length_of(b" 7 "), Some(7));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"1,1",
+            b"99999999999999999999",
+            b"\xff",
+        ] {
+            assert_eq!(content_length_of(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn response_heads_are_rewritten_for_the_caller() {
         let route_headers = RouteLabels(["v2", "b1", "pin"]);
         let mut out = Vec::new();
         let ParsedResponse::Complete(head, _) = parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\nX-Service-Version: forged\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Service-Version: forged\r\n\r\nhello",
             false,
             &route_headers,
             false,
