@@ -11,6 +11,7 @@
 //! Responses are relayed as they arrive (length-delimited, chunked or until the instance
 //! closes), so streamed responses reach the caller chunk by chunk.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -82,6 +83,8 @@ struct RequestHead {
     query: Option<Range<usize>>,
     headers: Vec<HeaderAt>,
     content_length: u64,
+    /// The caller sent a Content-Length.
+    declared_length: bool,
     close: bool,
 }
 
@@ -230,6 +233,7 @@ fn parse_request(buf: &[u8], headers_at: &mut Vec<HeaderAt>) -> Parsed {
         query,
         headers: std::mem::take(headers_at),
         content_length: content_length.unwrap_or(0),
+        declared_length: content_length.is_some(),
         close,
     };
     Parsed::Relay(head, len)
@@ -293,7 +297,8 @@ fn parse_response(
         return ParsedResponse::Informational(len);
     }
     let mut content_length: Option<u64> = None;
-    let mut chunked = None;
+    // The transfer codings in order, over every Transfer-Encoding header.
+    let mut codings: Vec<&[u8]> = Vec::new();
     let mut keep_alive = version == 1;
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
@@ -305,13 +310,7 @@ fn parse_response(
                 _ => return ParsedResponse::Invalid("the instance's content-length is not valid"),
             }
         } else if eq(name, "transfer-encoding") {
-            let last = header
-                .value
-                .rsplit(|&byte| byte == b',')
-                .next()
-                .map(<[u8]>::trim_ascii)
-                .unwrap_or_default();
-            chunked = Some((last.eq_ignore_ascii_case(b"chunked"), header.value));
+            codings.push(header.value);
         } else if eq(name, "connection") {
             if lists(header.value, "close") {
                 keep_alive = false;
@@ -320,15 +319,21 @@ fn parse_response(
             }
         }
     }
+    let chunked = codings.last().is_some_and(|last| {
+        last.rsplit(|&byte| byte == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    });
+    // RFC 9112, 6.3: no body for HEAD, 204 and 304; a transfer coding wins over a length; a
+    // coding that does not end in chunked, or neither, runs until the instance closes.
     let framing = if head_request || code == 204 || code == 304 {
         Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let (true, Some(length)) = (codings.is_empty(), content_length) {
+        Framing::Length(length)
     } else {
-        match (chunked, content_length) {
-            (Some((true, _)), _) => Framing::Chunked,
-            (Some((false, _)), _) => Framing::UntilClose,
-            (None, Some(length)) => Framing::Length(length),
-            (None, None) => Framing::UntilClose,
-        }
+        Framing::UntilClose
     };
     let reason = response
         .reason
@@ -352,16 +357,25 @@ fn parse_response(
         .collect();
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        if is_for_this_hop(name, &connections)
-            || is_route_header(name)
-            || (framing == Framing::Chunked && eq(name, "content-length"))
-        {
+        // The framing headers are the relay's own (written below from the framing), so that
+        // no header list can make the caller frame the body otherwise.
+        if eq(name, "content-length") {
+            if framing == Framing::Empty {
+                put_header(out, name, header.value);
+            }
+            continue;
+        }
+        if is_for_this_hop(name, &connections) || is_route_header(name) {
             continue;
         }
         put_header(out, name, header.value);
     }
-    if let (Framing::Chunked, Some((_, coding))) = (framing, chunked) {
-        put_header(out, b"transfer-encoding", coding);
+    match framing {
+        Framing::Length(length) => {
+            put_header(out, b"content-length", length.to_string().as_bytes());
+        }
+        Framing::Chunked => put_header(out, b"transfer-encoding", &codings.join(&b", "[..])),
+        Framing::Empty | Framing::UntilClose => {}
     }
     route_headers.write_to(out);
     if close_caller || framing == Framing::UntilClose {
@@ -429,6 +443,12 @@ enum ChunkState {
     EndLf,
 }
 
+/// A control character other than a tab (a bare line feed among them), never in a chunk
+/// extension or a trailer.
+fn is_control(byte: u8) -> bool {
+    (byte < 0x20 && byte != b'\t') || byte == 0x7f
+}
+
 /// Longest chunk-size line (with extensions) and trailer section taken.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 64 * 1024;
@@ -477,6 +497,8 @@ impl ChunkedEnd {
                     }
                     if byte == b'\r' {
                         self.state = ChunkState::SizeLf;
+                    } else if is_control(byte) {
+                        return Err("a chunk extension holds a control character");
                     }
                 }
                 ChunkState::SizeLf => {
@@ -508,6 +530,9 @@ impl ChunkedEnd {
                     self.line += 1;
                     if self.line > MAX_TRAILERS {
                         return Err("the trailers are too long");
+                    }
+                    if byte != b'\r' && is_control(byte) {
+                        return Err("a trailer holds a control character");
                     }
                     self.state = match (self.state, byte) {
                         (ChunkState::TrailerStart, b'\r') => ChunkState::EndLf,
@@ -955,11 +980,14 @@ impl Gateway {
         mut connection: PlainConnection,
         close_caller: bool,
     ) -> Next {
+        let idle = self.settings.idle_timeout;
         let relayed = match response.framing {
-            Framing::Empty => caller.stream.write_all(&caller.out).await.map(|()| true),
-            Framing::Length(length) => relay_length(caller, &mut connection, length).await,
-            Framing::Chunked => relay_chunked(caller, &mut connection).await,
-            Framing::UntilClose => relay_until_close(caller, &mut connection).await,
+            Framing::Empty => paced(idle, caller.stream.write_all(&caller.out))
+                .await
+                .map(|()| true),
+            Framing::Length(length) => relay_length(caller, &mut connection, length, idle).await,
+            Framing::Chunked => relay_chunked(caller, &mut connection, idle).await,
+            Framing::UntilClose => relay_until_close(caller, &mut connection, idle).await,
         };
         match relayed {
             Ok(complete) => {
@@ -1025,7 +1053,11 @@ fn write_request(
             forwarded_for.get_or_insert(value);
             continue;
         }
-        if is_for_this_hop(name, &connections) || is_route_header(name) {
+        // The length is the relay's own (written below), whatever Connection lists.
+        if eq(name, "content-length")
+            || is_for_this_hop(name, &connections)
+            || is_route_header(name)
+        {
             continue;
         }
         put_header(out, name, value);
@@ -1037,6 +1069,13 @@ fn write_request(
     }
     out.extend_from_slice(peer.forwarded_for.as_bytes());
     out.extend_from_slice(b"\r\n");
+    if head.declared_length {
+        put_header(
+            out,
+            b"content-length",
+            head.content_length.to_string().as_bytes(),
+        );
+    }
     route_headers.write_to(out);
     out.extend_from_slice(b"\r\n");
 }
@@ -1124,27 +1163,36 @@ async fn read_response_head(
     }
 }
 
+/// Runs one read or write of a response relay, failing when it waits longer than `idle`
+/// (an instance that stops sending, a caller that stops reading).
+async fn paced<T>(idle: Duration, step: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(idle, step)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
 /// Relays a body of `length` bytes; `Ok(false)` when the instance ended it early.
 async fn relay_length(
     caller: &mut Caller<'_>,
     connection: &mut PlainConnection,
     length: u64,
+    idle: Duration,
 ) -> io::Result<bool> {
     let take = usize::try_from(length)
         .unwrap_or(usize::MAX)
         .min(connection.buf.len());
     caller.out.extend_from_slice(&connection.buf[..take]);
     connection.buf.advance(take);
-    caller.stream.write_all(&caller.out).await?;
+    paced(idle, caller.stream.write_all(&caller.out)).await?;
     let mut left = length - take as u64;
     while left > 0 {
-        if connection.read_more().await? == 0 {
+        if paced(idle, connection.read_more()).await? == 0 {
             return Ok(false);
         }
         let take = usize::try_from(left)
             .unwrap_or(usize::MAX)
             .min(connection.buf.len());
-        caller.stream.write_all(&connection.buf[..take]).await?;
+        paced(idle, caller.stream.write_all(&connection.buf[..take])).await?;
         connection.buf.advance(take);
         left -= take as u64;
     }
@@ -1155,6 +1203,7 @@ async fn relay_length(
 async fn relay_chunked(
     caller: &mut Caller<'_>,
     connection: &mut PlainConnection,
+    idle: Duration,
 ) -> io::Result<bool> {
     let mut end = ChunkedEnd::default();
     let mut first = true;
@@ -1165,16 +1214,16 @@ async fn relay_chunked(
         let take = found.unwrap_or(connection.buf.len());
         if first {
             caller.out.extend_from_slice(&connection.buf[..take]);
-            caller.stream.write_all(&caller.out).await?;
+            paced(idle, caller.stream.write_all(&caller.out)).await?;
             first = false;
         } else if take > 0 {
-            caller.stream.write_all(&connection.buf[..take]).await?;
+            paced(idle, caller.stream.write_all(&connection.buf[..take])).await?;
         }
         connection.buf.advance(take);
         if found.is_some() {
             return Ok(true);
         }
-        if connection.read_more().await? == 0 {
+        if paced(idle, connection.read_more()).await? == 0 {
             return Ok(false);
         }
     }
@@ -1184,15 +1233,16 @@ async fn relay_chunked(
 async fn relay_until_close(
     caller: &mut Caller<'_>,
     connection: &mut PlainConnection,
+    idle: Duration,
 ) -> io::Result<bool> {
     caller.out.extend_from_slice(&connection.buf);
     connection.buf.clear();
-    caller.stream.write_all(&caller.out).await?;
+    paced(idle, caller.stream.write_all(&caller.out)).await?;
     loop {
-        if connection.read_more().await? == 0 {
+        if paced(idle, connection.read_more()).await? == 0 {
             return Ok(true);
         }
-        caller.stream.write_all(&connection.buf).await?;
+        paced(idle, caller.stream.write_all(&connection.buf)).await?;
         connection.buf.clear();
     }
 }
@@ -1283,6 +1333,10 @@ mod tests {
         assert!(scan_all(b"zz\r\n", 4).is_err());
         assert!(scan_all(b"3\r\nabcX\r\n", 4).is_err());
         assert!(scan_all(b"ffffffffffffffffff\r\n", 4).is_err());
+        // A bare line feed would end the body early for a lenient reader downstream.
+        assert!(scan_all(b"0\r\n\nHTTP/1.1 200 OK\r\n\r\n", 3).is_err());
+        assert!(scan_all(b"1;x\nZ\r\n", 2).is_err());
+        assert!(scan_all(b"0\r\nx: 1\x00\r\n\r\n", 5).is_err());
     }
 
     fn parse(bytes: &[u8]) -> Parsed {
@@ -1331,6 +1385,64 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+    }
+
+    fn rewritten(response: &[u8]) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let ParsedResponse::Complete(head, _) = parse_response(
+            response,
+            false,
+            &RouteLabels(["v1", "a1", "default"]),
+            false,
+            &mut out,
+        ) else {
+            panic!("a complete head");
+        };
+        (head, String::from_utf8_lossy(&out).to_ascii_lowercase())
+    }
+
+    #[test]
+    fn the_relay_writes_the_framing_headers_itself() {
+        // A header list cannot take the length away from the caller.
+        let (head, text) = rewritten(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        // Codings over several headers are kept together; a length beside them is dropped.
+        let (head, text) = rewritten(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+        );
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(
+            text.contains("transfer-encoding: gzip, chunked\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("content-length"), "{text}");
+        let (head, text) =
+            rewritten(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(head.framing, Framing::UntilClose);
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+
+        let raw = b"POST /api/x HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 32\r\n\r\n";
+        let Parsed::Relay(mut request, _) = parse(raw) else {
+            panic!("a plain request");
+        };
+        request.raw = Bytes::copy_from_slice(raw);
+        let mut out = Vec::new();
+        let peer = Peer::new(std::net::IpAddr::from([10, 0, 0, 1]));
+        write_request(
+            &mut out,
+            &request,
+            None,
+            &peer,
+            &RouteLabels(["v1", "a1", "default"]),
+        );
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(text.contains("content-length: 32\r\n"), "{text}");
+        assert!(!text.contains("connection:"), "{text}");
+        assert!(text.contains("x-forwarded-for: 10.0.0.1\r\n"), "{text}");
     }
 
     #[test]
