@@ -175,9 +175,13 @@ pub struct RunArgs {
     /// Runtime worker threads [default: one per available core].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text (`--format json`).
     #[arg(long)]
     pub json: bool,
+    /// What to print: `text`, `json` (greyrouter's summary), or `ghz-json` (the JSON layout
+    /// of ghz's report, for tools that read ghz runs) [default: text].
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<OutputFormat>,
     /// Exit with status 1 when the p99 latency exceeds this many milliseconds.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
@@ -189,7 +193,28 @@ pub struct RunArgs {
     pub token: Option<String>,
 }
 
+/// How a run's summary is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Text for people.
+    Text,
+    /// greyrouter's summary as one JSON object.
+    Json,
+    /// The JSON layout of ghz's report (`count`, `total`, `average`, `fastest`, `slowest`,
+    /// `rps`, `latencyDistribution`, `statusCodeDistribution`, ...; durations in nanoseconds).
+    GhzJson,
+}
+
 impl RunArgs {
+    /// How to print the summary.
+    pub fn output(&self) -> OutputFormat {
+        match (self.format, self.json) {
+            (Some(format), _) => format,
+            (None, true) => OutputFormat::Json,
+            (None, false) => OutputFormat::Text,
+        }
+    }
+
     /// Returns the run these flags describe.
     pub fn config(&self) -> RunConfig {
         RunConfig {
@@ -658,10 +683,17 @@ async fn execute_run(args: &RunArgs) -> Result<ExitCode, Error> {
     );
     let mut summary = run(&config).await?;
     summary.violations = checks.violations(&summary);
-    if args.json {
-        println!("{}", summary.to_json());
-    } else {
-        print!("{summary}");
+    match args.output() {
+        OutputFormat::Text => print!("{summary}"),
+        OutputFormat::Json => println!("{}", summary.to_json()),
+        OutputFormat::GhzJson => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                });
+            println!("{}", summary.to_ghz_json(now_ms));
+        }
     }
     for violation in &summary.violations {
         eprintln!("greyrouter-load: check failed: {violation}");
@@ -742,6 +774,26 @@ mod tests {
         let checks = args.checks().expect("checks");
         assert_eq!(checks.max_p99, Some(Duration::from_micros(2500)));
         assert!(checks.fail_on_error && args.json);
+        assert_eq!(args.output(), OutputFormat::Json);
+    }
+
+    #[test]
+    fn the_summary_prints_as_text_json_or_ghz_json() {
+        let output = |extra: &[&str]| {
+            let mut argv = vec!["run"];
+            argv.extend_from_slice(extra);
+            let Command::Run(args) = parse(&argv).command else {
+                panic!("run expected")
+            };
+            args.output()
+        };
+        assert_eq!(output(&[]), OutputFormat::Text);
+        assert_eq!(output(&["--format", "json"]), OutputFormat::Json);
+        assert_eq!(output(&["--format", "ghz-json"]), OutputFormat::GhzJson);
+        assert!(
+            Cli::try_parse_from(["greyrouter-load", "run", "--json", "--format", "text"]).is_err(),
+            "--json and --format are one choice"
+        );
     }
 
     #[test]

@@ -68,6 +68,55 @@ impl Latency {
     }
 }
 
+/// The shape of the successful calls' latencies, for the ghz report (`--format ghz-json`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyShape {
+    /// (percentage, microseconds) at 10, 25, 50, 75, 90, 95 and 99%.
+    pub distribution: Vec<(u32, u64)>,
+    /// Eleven buckets from the fastest to the slowest call: (upper mark in microseconds,
+    /// calls in the bucket).
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl LatencyShape {
+    const PERCENTAGES: [u32; 7] = [10, 25, 50, 75, 90, 95, 99];
+    const BUCKETS: u64 = 10;
+
+    /// The shape of `histogram` (microseconds); empty when it is.
+    pub fn from_histogram(histogram: &Histogram<u64>) -> LatencyShape {
+        if histogram.is_empty() {
+            return LatencyShape::default();
+        }
+        let distribution = Self::PERCENTAGES
+            .iter()
+            .map(|&p| (p, histogram.value_at_quantile(f64::from(p) / 100.0)))
+            .collect();
+        // As ghz draws it: ten equal steps from the fastest, the last mark the slowest.
+        let (fastest, slowest) = (histogram.min(), histogram.max());
+        let step = (slowest - fastest) / Self::BUCKETS;
+        let mut buckets = Vec::with_capacity(Self::BUCKETS as usize + 1);
+        let mut low = 0;
+        for index in 0..=Self::BUCKETS {
+            let mark = if index == Self::BUCKETS {
+                slowest
+            } else {
+                fastest + step * index
+            };
+            let count = if mark >= low {
+                histogram.count_between(low, mark)
+            } else {
+                0
+            };
+            buckets.push((mark, count));
+            low = mark.saturating_add(1);
+        }
+        LatencyShape {
+            distribution,
+            buckets,
+        }
+    }
+}
+
 /// CPU the generator itself used while recording.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CpuUsage {
@@ -138,6 +187,9 @@ pub struct Summary {
     pub generator_cpu: Option<CpuUsage>,
     /// Failed checks (`--max-p99-ms`, `--fail-on-error`); empty when all pass.
     pub violations: Vec<String>,
+    /// Percentages and buckets of the successful calls' latencies (the ghz report only).
+    #[serde(skip)]
+    pub latency_shape: LatencyShape,
 }
 
 impl Summary {
@@ -195,6 +247,7 @@ impl Summary {
             refused_latency_us: Latency::from_histogram(&tally.refused_latency_us),
             generator_cpu,
             violations: Vec::new(),
+            latency_shape: LatencyShape::from_histogram(&tally.latency_us),
         }
     }
 
@@ -204,6 +257,69 @@ impl Summary {
         self.rpc == Rpc::RouteBatch
     }
 
+    /// Returns the summary in the JSON layout of ghz's report (`ghz --format json`), so that
+    /// tools reading ghz runs read this one: durations in nanoseconds, status codes spelled as
+    /// ghz does (`OK`, `NotFound`, ...), latencies of the successful calls; `at_ms` is when the
+    /// run ended. Error messages are the first of each code, counted with all calls of that
+    /// code; `details` (ghz's per-call list) is empty.
+    pub fn to_ghz_json(&self, at_ms: u64) -> String {
+        let nanos = |micros: f64| (micros * 1_000.0).round() as u64;
+        let call = match self.rpc {
+            Rpc::Route => "greyrouter.v1.Router.Route",
+            Rpc::RouteBatch => "greyrouter.v1.Router.RouteBatch",
+            Rpc::Sdk => "greyrouter-client local decisions",
+        };
+        let mut status_codes = serde_json::Map::new();
+        if self.ok > 0 {
+            status_codes.insert("OK".to_owned(), self.ok.into());
+        }
+        let mut errors = serde_json::Map::new();
+        for (code, count) in &self.error_codes {
+            let name = ghz_code_name(code);
+            status_codes.insert(name.to_owned(), (*count).into());
+            let sample = self.error_samples.get(code).map_or("", String::as_str);
+            errors.insert(
+                format!("rpc error: code = {name} desc = {sample}"),
+                (*count).into(),
+            );
+        }
+        let ok = self.latency_us.count.max(1) as f64;
+        let report = serde_json::json!({
+            "name": format!("greyrouter-load {}", self.rpc),
+            "endReason": "normal",
+            "options": {
+                "host": self.target,
+                "call": call,
+                "insecure": self.target.starts_with("http://"),
+                "concurrency": self.concurrency,
+                "connections": self.connections,
+                "duration": nanos(self.elapsed_secs * 1e6),
+                "CPUs": self.generator_cpu.as_ref().map_or(0, |cpu| cpu.available_cores),
+            },
+            "date": routing_core::utc::UtcTime::from_unix_ms(at_ms).to_rfc3339(),
+            "count": self.total,
+            "total": nanos(self.elapsed_secs * 1e6),
+            "average": nanos(self.latency_us.mean),
+            "fastest": self.latency_us.min * 1_000,
+            "slowest": self.latency_us.max * 1_000,
+            "rps": self.throughput_rps,
+            "errorDistribution": errors,
+            "statusCodeDistribution": status_codes,
+            "latencyDistribution": self.latency_shape.distribution.iter().map(|(percentage, micros)| {
+                serde_json::json!({"percentage": percentage, "latency": micros * 1_000})
+            }).collect::<Vec<_>>(),
+            "histogram": self.latency_shape.buckets.iter().map(|(mark, count)| {
+                serde_json::json!({
+                    "mark": *mark as f64 / 1e6,
+                    "count": count,
+                    "frequency": *count as f64 / ok,
+                })
+            }).collect::<Vec<_>>(),
+            "details": [],
+        });
+        report.to_string()
+    }
+
     /// Returns the summary as one line of JSON.
     pub fn to_json(&self) -> String {
         match serde_json::to_string(self) {
@@ -211,6 +327,33 @@ impl Summary {
             Err(err) => unreachable!("a summary always serializes: {err}"),
         }
     }
+}
+
+/// A status code as ghz (Go's gRPC) spells it: `NOT_FOUND` → `NotFound`, `CANCELLED` →
+/// `Canceled`.
+fn ghz_code_name(canonical: &str) -> &'static str {
+    const GO_NAMES: [&str; CODES] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    (0..CODES)
+        .find(|&index| code_name(index) == canonical)
+        .map_or("Unknown", |index| GO_NAMES[index])
 }
 
 impl fmt::Display for Summary {
@@ -482,6 +625,55 @@ mod tests {
         tally.record_error(&tonic::Status::unavailable("connection reset"), 50);
         tally.record_error(&tonic::Status::unavailable("connection reset"), 50);
         Summary::new(&config, &tally, Duration::from_secs(2), None)
+    }
+
+    #[test]
+    fn the_ghz_report_has_ghz_layout_and_units() {
+        let s = batch_summary();
+        let json: serde_json::Value =
+            serde_json::from_str(&s.to_ghz_json(951_827_696_789)).expect("valid JSON");
+        assert_eq!(json["date"], "2000-02-29T12:34:56Z");
+        assert_eq!(json["count"], 10);
+        assert_eq!(
+            json["total"], 2_000_000_000_u64,
+            "two seconds in nanoseconds"
+        );
+        assert_eq!(json["rps"], 5.0);
+        assert_eq!(json["fastest"], s.latency_us.min * 1_000);
+        assert_eq!(json["slowest"], s.latency_us.max * 1_000);
+        assert_eq!(json["statusCodeDistribution"]["OK"], 8);
+        assert_eq!(json["statusCodeDistribution"]["Unavailable"], 2);
+        assert_eq!(
+            json["errorDistribution"]["rpc error: code = Unavailable desc = connection reset"],
+            2
+        );
+        assert_eq!(json["options"]["call"], "greyrouter.v1.Router.RouteBatch");
+        let distribution = json["latencyDistribution"].as_array().expect("a list");
+        let percentages: Vec<u64> = distribution
+            .iter()
+            .map(|entry| entry["percentage"].as_u64().expect("a percentage"))
+            .collect();
+        assert_eq!(percentages, [10, 25, 50, 75, 90, 95, 99]);
+        let latencies: Vec<u64> = distribution
+            .iter()
+            .map(|entry| entry["latency"].as_u64().expect("nanoseconds"))
+            .collect();
+        assert!(
+            latencies.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{latencies:?}"
+        );
+        assert!(
+            latencies[0] >= 100_000,
+            "100 µs and up, in nanoseconds: {latencies:?}"
+        );
+        let histogram = json["histogram"].as_array().expect("a list");
+        assert_eq!(histogram.len(), 11);
+        let counted: u64 = histogram
+            .iter()
+            .map(|bucket| bucket["count"].as_u64().expect("a count"))
+            .sum();
+        assert_eq!(counted, 8, "every successful call in one bucket");
+        assert_eq!(json["details"], serde_json::json!([]));
     }
 
     #[test]

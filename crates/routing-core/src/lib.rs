@@ -32,6 +32,7 @@ pub mod limits;
 pub mod model;
 pub mod outcome;
 pub mod state;
+pub mod utc;
 pub mod validate;
 pub mod watch;
 

@@ -881,24 +881,7 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
 
 /// Formats milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn format_time(at_ms: u64) -> String {
-    let seconds = at_ms / 1000;
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    routing_core::utc::UtcTime::from_unix_ms(at_ms).to_plain()
 }
 
 fn labels(labels: &HashMap<String, String>) -> String {
