@@ -1192,29 +1192,60 @@ impl NacosServer {
         }
     }
 
+    /// [`NacosServer::call`], `None` unless rnacos answers 200 (a server still starting).
+    pub fn try_call(&self, method: &str, path_and_query: &str) -> Option<String> {
+        match http_request(self.http_port, method, path_and_query) {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
     /// Registers (or changes) a persistent instance through Nacos's own v1 API, as a service
     /// registering itself would; `metadata` is a JSON object.
     pub fn register(&self, service: &str, ip: &str, port: u16, weight: f64, metadata: &str) {
-        self.call(
-            "POST",
-            &format!(
-                "/nacos/v1/ns/instance?serviceName={}&ip={ip}&port={port}&ephemeral=false\
-                 &weight={weight}&metadata={}",
-                percent_encode(service),
-                percent_encode(metadata)
-            ),
+        assert!(
+            self.try_register(service, ip, port, weight, metadata),
+            "rnacos refused to register {ip}:{port}"
         );
+    }
+
+    /// [`NacosServer::register`], telling whether rnacos took it (a server still starting may
+    /// refuse writes).
+    pub fn try_register(
+        &self,
+        service: &str,
+        ip: &str,
+        port: u16,
+        weight: f64,
+        metadata: &str,
+    ) -> bool {
+        let path = format!(
+            "/nacos/v1/ns/instance?serviceName={}&ip={ip}&port={port}&ephemeral=false\
+             &weight={weight}&metadata={}",
+            percent_encode(service),
+            percent_encode(metadata)
+        );
+        matches!(http_request(self.http_port, "POST", &path), Some((200, _)))
     }
 
     /// Removes a persistent instance through Nacos's own v1 API.
     pub fn deregister(&self, service: &str, ip: &str, port: u16) {
-        self.call(
-            "DELETE",
-            &format!(
-                "/nacos/v1/ns/instance?serviceName={}&ip={ip}&port={port}&ephemeral=false",
-                percent_encode(service)
-            ),
+        assert!(
+            self.try_deregister(service, ip, port),
+            "rnacos refused to deregister {ip}:{port}"
         );
+    }
+
+    /// [`NacosServer::deregister`], telling whether rnacos took it.
+    pub fn try_deregister(&self, service: &str, ip: &str, port: u16) -> bool {
+        let path = format!(
+            "/nacos/v1/ns/instance?serviceName={}&ip={ip}&port={port}&ephemeral=false",
+            percent_encode(service)
+        );
+        matches!(
+            http_request(self.http_port, "DELETE", &path),
+            Some((200, _))
+        )
     }
 
     /// Stops the server (SIGKILL); its data directory stays until the value is dropped.
