@@ -579,6 +579,25 @@ impl Caller<'_> {
         self.stream.read_buf(&mut self.buf).await
     }
 
+    /// Reads until `length` bytes are buffered; false when the caller closes first or takes
+    /// longer than `within`.
+    async fn fill(&mut self, length: usize, within: Duration) -> bool {
+        if self.buf.len() >= length {
+            return true;
+        }
+        self.buf.reserve(length - self.buf.len());
+        let read = tokio::time::timeout(within, async {
+            while self.buf.len() < length {
+                if self.read_more().await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        matches!(read, Ok(Ok(())))
+    }
+
     /// Writes an answer of the gateway's own (small, its body complete).
     async fn answer(&mut self, response: Response<Body>, close: bool) -> io::Result<()> {
         let (parts, body) = response.into_parts();
@@ -749,20 +768,8 @@ impl Gateway {
         let whole = head.content_length <= self.settings.max_retry_body_bytes as u64;
         let body = if whole {
             let length = head.content_length as usize;
-            if caller.buf.len() < length {
-                caller.buf.reserve(length - caller.buf.len());
-                let read = tokio::time::timeout(self.settings.request_timeout, async {
-                    while caller.buf.len() < length {
-                        if caller.read_more().await? == 0 {
-                            return Err(io::ErrorKind::UnexpectedEof.into());
-                        }
-                    }
-                    Ok::<_, io::Error>(())
-                })
-                .await;
-                if !matches!(read, Ok(Ok(()))) {
-                    return Next::Close;
-                }
+            if !caller.fill(length, self.settings.request_timeout).await {
+                return Next::Close;
             }
             Some(caller.buf.split_to(length).freeze())
         } else {
@@ -782,10 +789,9 @@ impl Gateway {
                 Ok(decision) => decision,
                 Err(err) => {
                     let answer = refusal(&err);
-                    return match &body {
-                        Some(_) => self.answer(caller, answer, close_caller).await,
-                        None => Next::CloseAfter(answer),
-                    };
+                    return self
+                        .answer_after(caller, answer, body.is_some(), close_caller)
+                        .await;
                 }
             };
             let route_headers = RouteLabels::of(&decision);
@@ -852,10 +858,9 @@ impl Gateway {
                         }
                     };
                     let answer = problem(StatusCode::BAD_GATEWAY, &message);
-                    return match &body {
-                        Some(_) => self.answer(caller, answer, close_caller).await,
-                        None => Next::CloseAfter(answer),
-                    };
+                    return self
+                        .answer_after(caller, answer, body.is_some(), close_caller)
+                        .await;
                 }
                 Err(_) => {
                     self.router.report(&decision, Report::failure(latency));
@@ -867,10 +872,9 @@ impl Gateway {
                             self.settings.request_timeout.as_millis()
                         ),
                     );
-                    return match &body {
-                        Some(_) => self.answer(caller, answer, close_caller).await,
-                        None => Next::CloseAfter(answer),
-                    };
+                    return self
+                        .answer_after(caller, answer, body.is_some(), close_caller)
+                        .await;
                 }
             }
         }
@@ -889,20 +893,27 @@ impl Gateway {
             return Next::CloseAfter(answer);
         }
         let length = length as usize;
-        let skipped = tokio::time::timeout(self.settings.request_timeout, async {
-            while caller.buf.len() < length {
-                if caller.read_more().await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            Ok::<_, io::Error>(())
-        })
-        .await;
-        if !matches!(skipped, Ok(Ok(()))) {
+        if !caller.fill(length, self.settings.request_timeout).await {
             return Next::Close;
         }
         caller.buf.advance(length);
         self.answer(caller, answer, head.close).await
+    }
+
+    /// Answers a request that reached no instance: on the connection when its body was read
+    /// (`body_read`), else closing it (part of a streamed body may be unread or unsent).
+    async fn answer_after(
+        &self,
+        caller: &mut Caller<'_>,
+        answer: Response<Body>,
+        body_read: bool,
+        close: bool,
+    ) -> Next {
+        if body_read {
+            self.answer(caller, answer, close).await
+        } else {
+            Next::CloseAfter(answer)
+        }
     }
 
     async fn answer(&self, caller: &mut Caller<'_>, answer: Response<Body>, close: bool) -> Next {
