@@ -319,11 +319,14 @@ fn parse_response(
             }
         }
     }
-    let chunked = codings.last().is_some_and(|last| {
-        last.rsplit(|&byte| byte == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    });
+    // The last coding named (empty list elements do not count, RFC 9110 5.6.1).
+    let chunked = codings
+        .iter()
+        .rev()
+        .flat_map(|value| value.rsplit(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty())
+        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
     // RFC 9112, 6.3: no body for HEAD, 204 and 304; a transfer coding wins over a length; a
     // coding that does not end in chunked, or neither, runs until the instance closes.
     let framing = if head_request || code == 204 || code == 304 {
@@ -360,7 +363,8 @@ fn parse_response(
         // The framing headers are the relay's own (written below from the framing), so that
         // no header list can make the caller frame the body otherwise.
         if eq(name, "content-length") {
-            if framing == Framing::Empty {
+            // A HEAD or 304 answer says the length of the body it has not (never for 204).
+            if framing == Framing::Empty && code != 204 {
                 put_header(out, name, header.value);
             }
             continue;
@@ -382,10 +386,13 @@ fn parse_response(
         put_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+    // A coding beside a length, or in an HTTP/1.0 response, is framing to distrust: the
+    // connection is not used again (RFC 9112 6.1, 6.3).
+    let suspect = !codings.is_empty() && (content_length.is_some() || version == 0);
     let head = ResponseHead {
         status: code,
         framing,
-        reusable: keep_alive && framing != Framing::UntilClose,
+        reusable: keep_alive && framing != Framing::UntilClose && !suspect,
     };
     ParsedResponse::Complete(head, len)
 }
@@ -568,6 +575,10 @@ struct Caller<'s> {
     request: Vec<u8>,
     /// What goes back to the caller.
     out: Vec<u8>,
+    /// The request being answered is a HEAD (its answers have no body).
+    head_request: bool,
+    /// Longest pause of a write to the caller (a caller that stops reading is closed).
+    idle: Duration,
 }
 
 impl Caller<'_> {
@@ -626,8 +637,10 @@ impl Caller<'_> {
             put_header(&mut self.out, b"connection", b"close");
         }
         self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(&body);
-        self.stream.write_all(&self.out).await
+        if !self.head_request {
+            self.out.extend_from_slice(&body);
+        }
+        paced(self.idle, self.stream.write_all(&self.out)).await
     }
 
     /// Answers and closes: the caller's unsent bytes (a refused body) are read and dropped for
@@ -675,6 +688,8 @@ impl Gateway {
             headers: Vec::new(),
             request: Vec::with_capacity(1024),
             out: Vec::with_capacity(8192),
+            head_request: false,
+            idle: self.settings.idle_timeout,
         };
         loop {
             caller.trim();
@@ -729,12 +744,16 @@ impl Gateway {
     /// Relays one request and its response.
     async fn relay(&self, caller: &mut Caller<'_>, mut head: RequestHead, peer: &Peer) -> Next {
         self.budget.request(self.budget.now_ms(self.epoch));
+        caller.head_request = head.method() == b"HEAD";
         let mut request = std::mem::take(&mut caller.request);
         let outcome = self
             .route_plain(caller, &mut head, peer, &mut request)
             .await;
         // The buffers go back for the next request.
         caller.headers = std::mem::take(&mut head.headers);
+        if !matches!(outcome, Next::CloseAfter(_)) {
+            caller.head_request = false;
+        }
         if request.capacity() <= KEPT_BUFFER {
             request.clear();
             caller.request = request;
@@ -1429,6 +1448,20 @@ mod tests {
             text.contains("transfer-encoding: gzip, chunked\r\n"),
             "{text}"
         );
+        assert!(!text.contains("content-length"), "{text}");
+        let (head, _) = rewritten(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked ,\r\n\r\n");
+        assert_eq!(
+            head.framing,
+            Framing::Chunked,
+            "empty list elements do not count"
+        );
+        let (head, _) = rewritten(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(!head.reusable, "a coding beside a length: not used again");
+        let (head, text) = rewritten(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(head.framing, Framing::Empty);
         assert!(!text.contains("content-length"), "{text}");
         let (head, text) =
             rewritten(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\n");
