@@ -376,7 +376,7 @@ fn parse_response(
     }
     match framing {
         Framing::Length(length) => {
-            put_header(out, b"content-length", length.to_string().as_bytes());
+            put_length(out, length);
         }
         Framing::Chunked => put_header(out, b"transfer-encoding", &codings.join(&b", "[..])),
         Framing::Empty | Framing::UntilClose => {}
@@ -405,6 +405,13 @@ fn itoa3(code: u16) -> [u8; 3] {
         b'0' + (code / 10 % 10) as u8,
         b'0' + (code % 10) as u8,
     ]
+}
+
+/// A `content-length` line, the number written in place.
+fn put_length(out: &mut Vec<u8>, length: u64) {
+    use std::io::Write as _;
+    // Writing to a vector cannot fail.
+    let _ = write!(out, "content-length: {length}\r\n");
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -1100,11 +1107,7 @@ fn write_request(
     out.extend_from_slice(peer.forwarded_for.as_bytes());
     out.extend_from_slice(b"\r\n");
     if head.declared_length {
-        put_header(
-            out,
-            b"content-length",
-            head.content_length.to_string().as_bytes(),
-        );
+        put_length(out, head.content_length);
     }
     route_headers.write_to(out);
     out.extend_from_slice(b"\r\n");
