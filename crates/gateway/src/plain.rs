@@ -457,6 +457,15 @@ enum ChunkState {
     EndLf,
 }
 
+/// `Ok` when `byte` is the one the framing requires here.
+fn expect(byte: u8, wanted: u8, otherwise: &'static str) -> Result<(), &'static str> {
+    if byte == wanted {
+        Ok(())
+    } else {
+        Err(otherwise)
+    }
+}
+
 /// A control character other than a tab (a bare line feed among them), never in a chunk
 /// extension or a trailer.
 fn is_control(byte: u8) -> bool {
@@ -516,9 +525,7 @@ impl ChunkedEnd {
                     }
                 }
                 ChunkState::SizeLf => {
-                    if byte != b'\n' {
-                        return Err("a chunk size line does not end");
-                    }
+                    expect(byte, b'\n', "a chunk size line does not end")?;
                     self.state = if self.size == 0 {
                         self.line = 0;
                         ChunkState::TrailerStart
@@ -529,15 +536,11 @@ impl ChunkedEnd {
                     self.digits = 0;
                 }
                 ChunkState::DataCr => {
-                    if byte != b'\r' {
-                        return Err("a chunk does not end with CRLF");
-                    }
+                    expect(byte, b'\r', "a chunk does not end with CRLF")?;
                     self.state = ChunkState::DataLf;
                 }
                 ChunkState::DataLf => {
-                    if byte != b'\n' {
-                        return Err("a chunk does not end with CRLF");
-                    }
+                    expect(byte, b'\n', "a chunk does not end with CRLF")?;
                     self.state = ChunkState::Size;
                 }
                 ChunkState::TrailerStart | ChunkState::Trailer => {
@@ -555,15 +558,11 @@ impl ChunkedEnd {
                     };
                 }
                 ChunkState::TrailerLf => {
-                    if byte != b'\n' {
-                        return Err("a trailer line does not end");
-                    }
+                    expect(byte, b'\n', "a trailer line does not end")?;
                     self.state = ChunkState::TrailerStart;
                 }
                 ChunkState::EndLf => {
-                    if byte != b'\n' {
-                        return Err("the chunked body does not end");
-                    }
+                    expect(byte, b'\n', "the chunked body does not end")?;
                     return Ok(Some(at + 1));
                 }
             }

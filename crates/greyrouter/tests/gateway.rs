@@ -187,6 +187,20 @@ impl Setup {
         }
     }
 
+    /// A setup whose service `api` (default v1) has one instance, `a1` on `backend`, and
+    /// tenant `acme`, once the SDK's copy holds them.
+    async fn serving(settings: GatewaySettings, backend: &Backend) -> Setup {
+        let mut setup = Setup::with(settings).await;
+        setup
+            .server
+            .service("api", "v1", pb::Strategy::RoundRobin)
+            .await;
+        setup.register("v1", "a1", backend).await;
+        let revision = setup.server.tenant("acme", "eu").await;
+        setup.synced(revision).await;
+        setup
+    }
+
     async fn register(&mut self, version: &str, id: &str, backend: &Backend) -> u64 {
         let mut registered = instance("api", version, id, "eu");
         registered.address = backend.addr.to_string();
@@ -340,14 +354,7 @@ async fn idempotent_requests_are_retried_elsewhere_and_a_post_never() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_response_arrives_chunk_by_chunk() {
     let backend = Backend::start("a1", false).await;
-    let mut setup = Setup::start().await;
-    setup
-        .server
-        .service("api", "v1", pb::Strategy::RoundRobin)
-        .await;
-    setup.register("v1", "a1", &backend).await;
-    let revision = setup.server.tenant("acme", "eu").await;
-    setup.synced(revision).await;
+    let setup = Setup::serving(GatewaySettings::default(), &backend).await;
 
     let request = Request::get(format!("http://{}/api/stream", setup.gateway))
         .header("x-tenant-id", "acme")
@@ -383,13 +390,7 @@ impl Drop for GatewayProcess {
 async fn the_gateway_command_routes_by_tenant_and_path_prefix() {
     use std::io::BufRead;
     let backend = Backend::start("a1", false).await;
-    let mut setup = Setup::start().await;
-    setup
-        .server
-        .service("api", "v1", pb::Strategy::RoundRobin)
-        .await;
-    setup.register("v1", "a1", &backend).await;
-    setup.server.tenant("acme", "eu").await;
+    let setup = Setup::serving(GatewaySettings::default(), &backend).await;
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_greyrouter"))
         .args([
@@ -447,14 +448,7 @@ async fn the_gateway_command_routes_by_tenant_and_path_prefix() {
 async fn a_websocket_upgrade_passes_through_and_echoes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = Backend::start("a1", false).await;
-    let mut setup = Setup::start().await;
-    setup
-        .server
-        .service("api", "v1", pb::Strategy::RoundRobin)
-        .await;
-    setup.register("v1", "a1", &backend).await;
-    let revision = setup.server.tenant("acme", "eu").await;
-    setup.synced(revision).await;
+    let setup = Setup::serving(GatewaySettings::default(), &backend).await;
 
     let mut stream = within(tokio::net::TcpStream::connect(setup.gateway))
         .await
@@ -735,19 +729,15 @@ async fn a_verified_token_names_the_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_bodies_are_refused() {
     let backend = Backend::start("a1", false).await;
-    let mut setup = Setup::with(GatewaySettings {
-        max_body_bytes: 1024,
-        max_header_bytes: 8192,
-        ..GatewaySettings::default()
-    })
+    let setup = Setup::serving(
+        GatewaySettings {
+            max_body_bytes: 1024,
+            max_header_bytes: 8192,
+            ..GatewaySettings::default()
+        },
+        &backend,
+    )
     .await;
-    setup
-        .server
-        .service("api", "v1", pb::Strategy::RoundRobin)
-        .await;
-    setup.register("v1", "a1", &backend).await;
-    let revision = setup.server.tenant("acme", "eu").await;
-    setup.synced(revision).await;
 
     let post = |body: Bytes, extra: Option<String>| {
         let mut request = Request::post(format!("http://{}/api/orders", setup.gateway))
@@ -891,18 +881,14 @@ async fn read_answer(
 async fn one_connection_carries_pipelined_chunked_and_large_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = Backend::start("a1", false).await;
-    let mut setup = Setup::with(GatewaySettings {
-        max_retry_body_bytes: 1024,
-        ..GatewaySettings::default()
-    })
+    let setup = Setup::serving(
+        GatewaySettings {
+            max_retry_body_bytes: 1024,
+            ..GatewaySettings::default()
+        },
+        &backend,
+    )
     .await;
-    setup
-        .server
-        .service("api", "v1", pb::Strategy::RoundRobin)
-        .await;
-    setup.register("v1", "a1", &backend).await;
-    let revision = setup.server.tenant("acme", "eu").await;
-    setup.synced(revision).await;
 
     let mut stream = within(tokio::net::TcpStream::connect(setup.gateway))
         .await
