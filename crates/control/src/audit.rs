@@ -158,7 +158,7 @@ fn record(state: &RoutingState, mutation: &Mutation) -> Value {
             json!({
                 "version": resolution.version,
                 "source": resolution.source.to_string(),
-                "pinned_version": tenant.pins.get(service),
+                "pinned_version": entry.pinned_version(tenant),
             })
         }
         Mutation::EmergencyRollback { service, .. } | Mutation::ClearOverride { service, .. } => {

@@ -1138,11 +1138,10 @@ impl Node {
                     service: service.service.name.clone(),
                     version: resolution.version,
                     source: resolution.source.to_string(),
-                    pinned_version: tenant
-                        .pins
-                        .get(&service.service.name)
-                        .cloned()
-                        .unwrap_or_default(),
+                    pinned_version: service
+                        .pinned_version(tenant)
+                        .unwrap_or_default()
+                        .to_owned(),
                 }
             })
             .collect();

@@ -39,7 +39,7 @@
 //!
 //! Nothing has a TTL: pins and defaults never expire.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,8 +48,8 @@ use fred::types::ClusterHash;
 use fred::types::streams::XReadResponse;
 use greyrouter_store::{Change, ChangeMeta, Commit, Snapshot, Store, StoreError};
 use routing_core::{
-    Experiment, Instance, Mutation, Override, Pin, Revision, Rollout, RoutingState, Service,
-    StateDump, Tenant,
+    Experiment, Instance, Mutation, Override, Revision, Rollout, RoutingState, Service, StateDump,
+    StateLoader, Tenant,
 };
 
 pub mod keys;
@@ -179,6 +179,11 @@ impl std::fmt::Debug for RedisStore {
 
 /// How many commands go in one pipeline when loading.
 const PIPELINE_CHUNK: usize = 1_000;
+/// How many tenants one pipeline reads when loading (two keys each).
+const TENANT_CHUNK: usize = 500;
+/// How many of those pipelines are in flight at once: replies arrive while earlier ones are
+/// being added to the state.
+const TENANT_READS_IN_FLIGHT: usize = 4;
 /// How often a snapshot read is retried when the revision moved during it.
 const LOAD_ATTEMPTS: usize = 10;
 
@@ -402,9 +407,17 @@ impl RedisStore {
         Ok(all)
     }
 
-    /// Reads every key once; the caller checks that the revision did not move meanwhile.
-    async fn read_dump(&self) -> Result<StateDump, StoreError> {
-        let mut dump = StateDump::default();
+    /// Reads every key once, straight into a state; the caller checks that the revision did not
+    /// move meanwhile.
+    ///
+    /// Services, instances and rules are few and read first; tenants are then read a chunk at a
+    /// time, a few chunks in flight, and each reply goes into the state as it arrives (its pins
+    /// as numbers, the reply's strings borrowed, not copied): nothing but the state itself grows
+    /// with the number of tenants.
+    async fn read_state(&self, revision: Revision) -> Result<RoutingState, StoreError> {
+        let invalid =
+            |e: routing_core::RoutingError| corrupt(format!("stored state is invalid: {e}"));
+        let mut rules = StateDump::default();
         let mut names: Vec<String> = self
             .client
             .smembers(self.keys.services())
@@ -442,54 +455,78 @@ impl RedisStore {
             let mut hashes = self.hgetall_many(&per_service).await?.into_iter();
             let records = |hash: Option<HashMap<String, String>>| hash.unwrap_or_default();
             for value in records(hashes.next()).values() {
-                dump.overrides.push(parse::<Override>(value)?);
+                rules.overrides.push(parse::<Override>(value)?);
             }
             for value in records(hashes.next()).values() {
-                dump.rollouts.push(parse::<Rollout>(value)?);
+                rules.rollouts.push(parse::<Rollout>(value)?);
             }
             for value in records(hashes.next()).values() {
-                dump.experiments.push(parse::<Experiment>(value)?);
+                rules.experiments.push(parse::<Experiment>(value)?);
             }
             for hash in hashes {
                 for value in hash.values() {
-                    dump.instances.push(parse::<Instance>(value)?);
+                    rules.instances.push(parse::<Instance>(value)?);
                 }
             }
-            dump.services.push(service);
+            rules.services.push(service);
         }
+        let mut loader = StateLoader::new(&rules.services, &rules.instances).map_err(invalid)?;
         let mut tenant_ids: Vec<String> = self
             .client
             .smembers(self.keys.tenants())
             .await
             .map_err(|e| self.fail(&e))?;
-        tenant_ids.sort();
-        let mut tenant_keys = Vec::with_capacity(tenant_ids.len() * 2);
-        for id in &tenant_ids {
-            tenant_keys.push(self.keys.tenant_metadata(id));
-            tenant_keys.push(self.keys.tenant_services(id));
-        }
-        let hashes = self.hgetall_many(&tenant_keys).await?;
-        for (id, pair) in tenant_ids.iter().zip(hashes.chunks(2)) {
-            let [metadata, pins] = pair else {
-                return Err(corrupt("short pipeline reply"));
+        tenant_ids.sort_unstable();
+        let mut chunks = tenant_ids.chunks(TENANT_CHUNK);
+        let mut in_flight = VecDeque::with_capacity(TENANT_READS_IN_FLIGHT);
+        loop {
+            while in_flight.len() < TENANT_READS_IN_FLIGHT
+                && let Some(ids) = chunks.next()
+            {
+                let read = read_tenants(self.client.clone(), self.keys.clone(), ids.to_vec());
+                in_flight.push_back((ids, tokio::spawn(read)));
+            }
+            let Some((ids, read)) = in_flight.pop_front() else {
+                break;
             };
-            dump.tenants.push(Tenant {
-                id: id.clone(),
-                name: field(metadata, "name")?.to_owned(),
-                region: field(metadata, "region")?.to_owned(),
-                tier: field(metadata, "tier")?.to_owned(),
-                labels: parse(field(metadata, "labels")?)?,
-                active: field(metadata, "active")? == "1",
-            });
-            for (service, version) in pins {
-                dump.pins.push(Pin {
-                    tenant_id: id.clone(),
-                    service: service.clone(),
-                    version: version.clone(),
-                });
+            let replies = read
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("redis: reading tenants: {e}")))?
+                .map_err(|e| self.fail(&e))?;
+            if replies.len() != ids.len() * 2 {
+                return Err(corrupt("short pipeline reply"));
+            }
+            for (id, pair) in ids.iter().zip(replies.chunks(2)) {
+                let [metadata, pins] = pair else {
+                    return Err(corrupt("short pipeline reply"));
+                };
+                let metadata = hash_pairs(metadata)?;
+                let field = |name: &str| {
+                    metadata
+                        .iter()
+                        .find(|(field, _)| *field == name)
+                        .map(|(_, value)| *value)
+                        .ok_or_else(|| corrupt(format!("tenant {id}: missing field {name}")))
+                };
+                let tenant = Tenant {
+                    id: id.clone(),
+                    name: field("name")?.to_owned(),
+                    region: field("region")?.to_owned(),
+                    tier: field("tier")?.to_owned(),
+                    labels: parse(field("labels")?)?,
+                    active: field("active")? == "1",
+                };
+                loader.tenant(tenant, hash_pairs(pins)?).map_err(invalid)?;
             }
         }
-        Ok(dump)
+        loader
+            .finish(
+                revision,
+                &rules.overrides,
+                &rules.rollouts,
+                &rules.experiments,
+            )
+            .map_err(invalid)
     }
 
     /// Reads the revision, the head and the history at once.
@@ -664,6 +701,49 @@ impl RedisStore {
     }
 }
 
+/// Reads the metadata and pins of some tenants in one pipeline: two replies per tenant.
+async fn read_tenants(client: Client, keys: Keys, ids: Vec<String>) -> Result<Vec<Value>, Error> {
+    let pipeline = client.pipeline();
+    for id in &ids {
+        let () = pipeline.hgetall(keys.tenant_metadata(id)).await?;
+        let () = pipeline.hgetall(keys.tenant_services(id)).await?;
+    }
+    pipeline.all().await
+}
+
+/// The field/value pairs of a `HGETALL` reply, borrowed from it.
+fn hash_pairs(reply: &Value) -> Result<Vec<(&str, &str)>, StoreError> {
+    fn text(value: &Value) -> Result<&str, StoreError> {
+        match value {
+            Value::String(text) => Ok(text),
+            Value::Bytes(bytes) => {
+                std::str::from_utf8(bytes).map_err(|_| corrupt("a hash field is not UTF-8"))
+            }
+            _ => Err(corrupt("a hash field is not a string")),
+        }
+    }
+    match reply {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|pair| match pair {
+                [field, value] => Ok((text(field)?, text(value)?)),
+                _ => Err(corrupt("a hash reply of odd length")),
+            })
+            .collect(),
+        Value::Map(map) => map
+            .iter()
+            .map(|(field, value)| {
+                let field = field
+                    .as_str()
+                    .ok_or_else(|| corrupt("a hash field is not UTF-8"))?;
+                Ok((field, text(value)?))
+            })
+            .collect(),
+        _ => Err(corrupt("a hash reply is not a hash")),
+    }
+}
+
 fn field<'a>(fields: &'a HashMap<String, String>, name: &str) -> Result<&'a str, StoreError> {
     fields
         .get(name)
@@ -694,12 +774,9 @@ impl Store for RedisStore {
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         for _ in 0..LOAD_ATTEMPTS {
             let before = self.position().await?;
-            let mut dump = self.read_dump().await?;
+            let state = self.read_state(before.0).await?;
             if self.position().await? == before {
-                let (revision, head, history) = before;
-                dump.revision = revision;
-                let state = RoutingState::from_dump(&dump)
-                    .map_err(|e| corrupt(format!("stored state is invalid: {e}")))?;
+                let (_, head, history) = before;
                 return Ok(Snapshot {
                     state,
                     history,

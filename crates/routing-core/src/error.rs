@@ -26,8 +26,7 @@ pub enum RoutingError {
     InactiveTenant(String),
     /// Assigning a version that has no healthy, undrained instance (without `force`).
     #[error(
-        "version '{version}' of service '{service}' has no healthy instance; use crate::Revision;
-use force to assign it anyway"
+        "version '{version}' of service '{service}' has no healthy instance; use force to assign it anyway"
     )]
     VersionNotServable {
         /// The service.

@@ -46,5 +46,6 @@ pub use model::{
 };
 pub use outcome::{LATENCY_BOUNDS_MS, Stats, Window, WindowConfig};
 pub use state::{
-    Mutation, Outcome, Pin, RouteDecision, RouteQuery, RoutingState, Scope, StateDump, TenantEntry,
+    Mutation, Outcome, Pin, RouteDecision, RouteQuery, RoutingState, Scope, StateDump, StateLoader,
+    TenantEntry,
 };

@@ -17,7 +17,7 @@
 //! - `dump`: the state as plain records ([`StateDump`], [`Pin`]) and back;
 //! - `footprint`: estimates of the memory a revision holds on its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -33,7 +33,7 @@ pub mod plan;
 mod queries;
 mod rollout;
 
-pub use self::dump::{Pin, StateDump};
+pub use self::dump::{Pin, StateDump, StateLoader};
 pub use self::mutation::{Mutation, Outcome, Scope};
 pub use self::queries::{RouteDecision, RouteQuery};
 
@@ -42,8 +42,82 @@ pub use self::queries::{RouteDecision, RouteQuery};
 pub struct TenantEntry {
     /// The tenant.
     pub tenant: Tenant,
-    /// Versions pinned per service.
-    pub pins: BTreeMap<String, String>,
+    /// Versions pinned per service, by number (see [`ServiceEntry::pinned_version`]).
+    pins: Pins,
+}
+
+impl TenantEntry {
+    /// Returns how many services the tenant is pinned on.
+    pub fn pin_count(&self) -> usize {
+        self.pins.0.len()
+    }
+}
+
+/// A tenant's pins as (service number, version number) pairs in service number order: eight
+/// bytes a pin in one allocation a tenant, where a map of names took about 120. The numbers are
+/// the state's own ([`ServiceEntry`] keeps both tables) and never leave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Pins(Box<[(u32, u32)]>);
+
+impl Pins {
+    /// Builds pins from pairs in any order; of two pins of one service the later wins.
+    fn from_pairs(pairs: &mut Vec<(u32, u32)>) -> Pins {
+        // A stable sort keeps pins of one service in their given order: the last one is kept.
+        pairs.sort_by_key(|&(service, _)| service);
+        let mut kept = 0;
+        for i in 0..pairs.len() {
+            if kept > 0 && pairs[kept - 1].0 == pairs[i].0 {
+                pairs[kept - 1] = pairs[i];
+            } else {
+                pairs[kept] = pairs[i];
+                kept += 1;
+            }
+        }
+        Pins(Box::from(&pairs[..kept]))
+    }
+
+    fn get(&self, service: u32) -> Option<u32> {
+        self.0
+            .binary_search_by_key(&service, |&(s, _)| s)
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    /// Returns these pins with `service` pinned to `version`.
+    fn with(&self, service: u32, version: u32) -> Pins {
+        let mut pairs = self.0.to_vec();
+        match pairs.binary_search_by_key(&service, |&(s, _)| s) {
+            Ok(i) => pairs[i].1 = version,
+            Err(i) => pairs.insert(i, (service, version)),
+        }
+        Pins(pairs.into_boxed_slice())
+    }
+
+    /// Returns these pins without `service`'s, or `None` when it had none.
+    fn without(&self, service: u32) -> Option<Pins> {
+        let i = self.0.binary_search_by_key(&service, |&(s, _)| s).ok()?;
+        let mut pairs = self.0.to_vec();
+        pairs.remove(i);
+        Some(Pins(pairs.into_boxed_slice()))
+    }
+}
+
+/// A service's versions numbered in the order they became known. Versions are never forgotten,
+/// so a number, once given, names the same version for the service's whole life.
+#[derive(Debug, Clone, Default)]
+struct VersionNumbers {
+    names: Vec<String>,
+    numbers: HashMap<String, u32, foldhash::fast::FixedState>,
+}
+
+impl VersionNumbers {
+    fn number(&self, version: &str) -> Option<u32> {
+        self.numbers.get(version).copied()
+    }
+
+    fn name(&self, number: u32) -> &str {
+        self.names.get(number as usize).map_or("", String::as_str)
+    }
 }
 
 /// A service, its instances by version, and its assignment rules.
@@ -51,6 +125,10 @@ pub struct TenantEntry {
 pub struct ServiceEntry {
     /// The service.
     pub service: Service,
+    /// The service's number in its state (what pins hold).
+    number: u32,
+    /// Its versions by number; shared by the entry's copies until a version is added.
+    version_numbers: Arc<VersionNumbers>,
     pools: BTreeMap<String, Arc<Pool>>,
     /// Instance id -> version; persistent, so a registration copies a path, not the map.
     instance_versions: OrdMap<String, String>,
@@ -60,15 +138,51 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
-    fn new(service: Service) -> Self {
-        ServiceEntry {
-            service,
+    fn new(service: Service, number: u32) -> Self {
+        let mut entry = ServiceEntry {
+            service: Service {
+                versions: BTreeSet::new(),
+                ..service.clone()
+            },
+            number,
+            version_numbers: Arc::default(),
             pools: BTreeMap::new(),
             instance_versions: OrdMap::new(),
             overrides: Vec::new(),
             rollouts: Vec::new(),
             experiments: Vec::new(),
+        };
+        for version in &service.versions {
+            entry.add_version(version);
         }
+        entry
+    }
+
+    /// Makes a version known (numbered for pins); known versions are never forgotten.
+    fn add_version(&mut self, version: &str) {
+        if self.service.versions.contains(version) {
+            return;
+        }
+        self.service.versions.insert(version.to_owned());
+        let numbers = Arc::make_mut(&mut self.version_numbers);
+        if !numbers.numbers.contains_key(version) {
+            let number = numbers.names.len() as u32;
+            numbers.names.push(version.to_owned());
+            numbers.numbers.insert(version.to_owned(), number);
+        }
+    }
+
+    /// Returns the version a tenant is pinned to on this service.
+    pub fn pinned_version(&self, tenant: &TenantEntry) -> Option<&str> {
+        tenant
+            .pins
+            .get(self.number)
+            .map(|number| self.version_numbers.name(number))
+    }
+
+    /// Returns the number of a known version (what a pin holds).
+    fn version_number(&self, version: &str) -> Option<u32> {
+        self.version_numbers.number(version)
     }
 
     fn set_instances(&mut self, version: &str, instances: Vec<Arc<Instance>>) {
@@ -123,6 +237,9 @@ pub struct RoutingState {
     /// How many of the tenants are inactive (kept as tenants change, for metrics).
     inactive_tenants: usize,
     services: OrdMap<String, Arc<ServiceEntry>>,
+    /// Service names by number, in the order the services were made (services are never
+    /// removed, so numbers are never reused).
+    service_names: imbl::Vector<String>,
 }
 
 impl RoutingState {
@@ -143,6 +260,30 @@ impl RoutingState {
         if inactive {
             self.inactive_tenants += 1;
         }
+    }
+
+    /// Returns a new service's entry, numbered after the last one.
+    fn new_service_entry(&mut self, service: Service) -> Result<ServiceEntry, RoutingError> {
+        let number = u32::try_from(self.service_names.len())
+            .map_err(|_| RoutingError::FailedPrecondition("too many services".to_owned()))?;
+        self.service_names.push_back(service.name.clone());
+        Ok(ServiceEntry::new(service, number))
+    }
+
+    /// Returns a tenant's pins as (service, version) names, in service name order.
+    pub fn pins_of<'s>(&'s self, tenant: &'s TenantEntry) -> Vec<(&'s str, &'s str)> {
+        let mut pins: Vec<(&str, &str)> = tenant
+            .pins
+            .0
+            .iter()
+            .filter_map(|&(service, version)| {
+                let name = self.service_names.get(service as usize)?;
+                let entry = self.services.get(name)?;
+                Some((name.as_str(), entry.version_numbers.name(version)))
+            })
+            .collect();
+        pins.sort_unstable();
+        pins
     }
 
     /// Returns a copy of a service's entry to modify.

@@ -143,14 +143,10 @@ fn upsert_service(
     let entry = match state.services.get(&service.name) {
         Some(existing) => {
             let mut entry = ServiceEntry::clone(existing);
-            entry
-                .service
-                .versions
-                .extend(service.versions.iter().cloned());
-            entry
-                .service
-                .versions
-                .insert(service.default_version.clone());
+            for version in &service.versions {
+                entry.add_version(version);
+            }
+            entry.add_version(&service.default_version);
             if entry.service.default_version != service.default_version {
                 entry.check_assignable(&service.default_version, force)?;
             }
@@ -168,7 +164,7 @@ fn upsert_service(
         None => {
             let mut service = service.clone();
             service.versions.insert(service.default_version.clone());
-            ServiceEntry::new(service)
+            state.new_service_entry(service)?
         }
     };
     state.services.insert(service.name.clone(), Arc::new(entry));
@@ -205,7 +201,7 @@ fn register_instance(
     entry
         .instance_versions
         .insert(instance.id.clone(), instance.version.clone());
-    entry.service.versions.insert(instance.version.clone());
+    entry.add_version(&instance.version);
     state
         .services
         .insert(instance.service.clone(), Arc::new(entry));
@@ -271,8 +267,11 @@ fn set_tenant_version(
         });
     }
     entry.check_assignable(version, force)?;
+    let version_number = entry
+        .version_number(version)
+        .ok_or_else(|| RoutingError::not_found(Entity::Version, format!("{service}/{version}")))?;
     let mut tenant = TenantEntry::clone(tenant);
-    tenant.pins.insert(service.to_owned(), version.to_owned());
+    tenant.pins = tenant.pins.with(entry.number, version_number);
     state.put_tenant(tenant_id.to_owned(), Arc::new(tenant));
     Ok(Outcome::Reassigned {
         previous_version: current,
@@ -286,9 +285,14 @@ fn clear_tenant_version(
 ) -> Result<Outcome, RoutingError> {
     validate::name("tenant_id", tenant_id)?;
     validate::name("service", service)?;
-    let mut tenant = TenantEntry::clone(state.find_tenant(tenant_id)?);
-    let existed = tenant.pins.remove(service).is_some();
-    if existed {
+    let tenant = state.find_tenant(tenant_id)?;
+    let rest = state
+        .service(service)
+        .and_then(|entry| tenant.pins.without(entry.number));
+    let existed = rest.is_some();
+    if let Some(pins) = rest {
+        let mut tenant = TenantEntry::clone(tenant);
+        tenant.pins = pins;
         state.put_tenant(tenant_id.to_owned(), Arc::new(tenant));
     }
     Ok(Outcome::Cleared { existed })

@@ -1,14 +1,14 @@
 //! The routing state as plain records ([`StateDump`]): a seed file, a backup, a store's
 //! snapshot; and the state rebuilt from them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Entity;
 use crate::state::apply::{validate_instance, validate_tenant};
-use crate::state::{Mutation, RoutingState, TenantEntry};
+use crate::state::{Mutation, Pins, RoutingState, ServiceEntry, TenantEntry};
 use crate::{
     Experiment, Instance, Override, Revision, Rollout, RoutingError, Service, Tenant, validate,
 };
@@ -107,11 +107,11 @@ impl RoutingState {
         };
         for entry in self.tenants.values() {
             dump.tenants.push(entry.tenant.clone());
-            for (service, version) in &entry.pins {
+            for (service, version) in self.pins_of(entry) {
                 dump.pins.push(Pin {
                     tenant_id: entry.tenant.id.clone(),
-                    service: service.clone(),
-                    version: version.clone(),
+                    service: service.to_owned(),
+                    version: version.to_owned(),
                 });
             }
         }
@@ -130,8 +130,48 @@ impl RoutingState {
 
     /// Rebuilds a state from plain records, checking every record.
     pub fn from_dump(dump: &StateDump) -> Result<RoutingState, RoutingError> {
+        let mut loader = StateLoader::new(&dump.services, &dump.instances)?;
+        // Pins are grouped per tenant by reference: no name is copied before it is numbered.
+        let mut pins: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+        for pin in &dump.pins {
+            pins.entry(pin.tenant_id.as_str())
+                .or_default()
+                .push((pin.service.as_str(), pin.version.as_str()));
+        }
+        for tenant in &dump.tenants {
+            let tenant_pins = pins.remove(tenant.id.as_str()).unwrap_or_default();
+            loader.tenant(tenant.clone(), tenant_pins)?;
+        }
+        if let Some(tenant_id) = pins.keys().next() {
+            return Err(RoutingError::not_found(Entity::Tenant, *tenant_id));
+        }
+        loader.finish(
+            dump.revision,
+            &dump.overrides,
+            &dump.rollouts,
+            &dump.experiments,
+        )
+    }
+}
+
+/// Builds a state straight from records as a store reads them: services and instances first,
+/// then tenants one at a time with their pins, then the rules. Every record is checked as in
+/// [`RoutingState::from_dump`] (which is built on it), but nothing is held twice: a tenant's
+/// pins go into the state as numbers as soon as they are read.
+#[derive(Debug)]
+pub struct StateLoader {
+    state: RoutingState,
+    /// Service name -> the entry pins are numbered against (a copy of the state's).
+    services: HashMap<String, Arc<ServiceEntry>, foldhash::fast::FixedState>,
+    /// Reused for each tenant's pins.
+    scratch: Vec<(u32, u32)>,
+}
+
+impl StateLoader {
+    /// Starts a state with these services and instances (and no tenants yet).
+    pub fn new(services: &[Service], instances: &[Instance]) -> Result<StateLoader, RoutingError> {
         let mut state = RoutingState::default();
-        for service in &dump.services {
+        for service in services {
             state.apply_in_place(&Mutation::UpsertService {
                 service: service.clone(),
                 force: true,
@@ -139,7 +179,7 @@ impl RoutingState {
         }
         // Each pool is built once from all its instances, not once per instance.
         let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
-        for instance in &dump.instances {
+        for instance in instances {
             validate_instance(instance)?;
             by_service
                 .entry(instance.service.as_str())
@@ -170,43 +210,70 @@ impl RoutingState {
                 )));
             }
             for (version, list) in versions {
-                entry.service.versions.insert(version.to_owned());
+                entry.add_version(version);
                 entry.set_instances(version, list);
             }
             state.services.insert(name.to_owned(), Arc::new(entry));
         }
-        // Tenants go in with all their pins at once: one insert per tenant, not one per pin.
-        let mut pins: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
-        for pin in &dump.pins {
-            validate::name("pin.service", &pin.service)?;
-            validate::name("pin.version", &pin.version)?;
-            let service = state.find_service(&pin.service)?;
-            if !service.knows(&pin.version) {
+        let services = state
+            .services
+            .iter()
+            .map(|(name, entry)| (name.clone(), Arc::clone(entry)))
+            .collect();
+        Ok(StateLoader {
+            state,
+            services,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Adds a tenant (or replaces one added before) with its pins as (service, version) names;
+    /// of two pins of one service the later wins.
+    pub fn tenant<'p>(
+        &mut self,
+        tenant: Tenant,
+        pins: impl IntoIterator<Item = (&'p str, &'p str)>,
+    ) -> Result<(), RoutingError> {
+        validate_tenant(&tenant)?;
+        self.scratch.clear();
+        for (service, version) in pins {
+            // Known names were checked when they became known; only unknown ones are checked
+            // here, so that a malformed name is reported as such.
+            let Some(entry) = self.services.get(service) else {
+                validate::name("pin.service", service)?;
+                return Err(RoutingError::not_found(Entity::Service, service));
+            };
+            let Some(number) = entry.version_number(version) else {
+                validate::name("pin.version", version)?;
                 return Err(RoutingError::not_found(
                     Entity::Version,
-                    format!("{}/{}", pin.service, pin.version),
+                    format!("{service}/{version}"),
                 ));
-            }
-            pins.entry(pin.tenant_id.as_str())
-                .or_default()
-                .insert(pin.service.clone(), pin.version.clone());
-        }
-        for tenant in &dump.tenants {
-            validate_tenant(tenant)?;
-            let entry = TenantEntry {
-                tenant: tenant.clone(),
-                pins: pins.remove(tenant.id.as_str()).unwrap_or_default(),
             };
-            state.put_tenant(tenant.id.clone(), Arc::new(entry));
+            self.scratch.push((entry.number, number));
         }
-        if let Some(tenant_id) = pins.keys().next() {
-            return Err(RoutingError::not_found(Entity::Tenant, *tenant_id));
-        }
-        let rollouts = dump.rollouts.iter().map(|rollout| Mutation::UpsertRollout {
+        let entry = TenantEntry {
+            pins: Pins::from_pairs(&mut self.scratch),
+            tenant,
+        };
+        self.state
+            .put_tenant(entry.tenant.id.clone(), Arc::new(entry));
+        Ok(())
+    }
+
+    /// Adds the rules and returns the state at `revision`.
+    pub fn finish(
+        mut self,
+        revision: Revision,
+        overrides: &[Override],
+        rollouts: &[Rollout],
+        experiments: &[Experiment],
+    ) -> Result<RoutingState, RoutingError> {
+        let state = &mut self.state;
+        let rollouts = rollouts.iter().map(|rollout| Mutation::UpsertRollout {
             rollout: rollout.clone(),
         });
-        let experiments = dump
-            .experiments
+        let experiments = experiments
             .iter()
             .map(|experiment| Mutation::UpsertExperiment {
                 experiment: experiment.clone(),
@@ -214,14 +281,14 @@ impl RoutingState {
         for mutation in rollouts.chain(experiments) {
             state.apply_in_place(&mutation)?;
         }
-        let mut overrides: Vec<&Override> = dump.overrides.iter().collect();
+        let mut overrides: Vec<&Override> = overrides.iter().collect();
         overrides.sort_by_key(|o| o.created_revision);
         for rule in overrides {
             let mut entry = state.service_entry(&rule.service)?;
             entry.overrides.push(rule.clone());
             state.services.insert(rule.service.clone(), Arc::new(entry));
         }
-        state.revision = dump.revision;
-        Ok(state)
+        state.revision = revision;
+        Ok(self.state)
     }
 }

@@ -63,11 +63,8 @@ fn service_if_replaced(before: &RoutingState, after: &RoutingState, name: &str) 
 fn tenant_bytes(entry: &TenantEntry) -> usize {
     std::mem::size_of::<TenantEntry>()
         + record_bytes(&entry.tenant)
-        + entry
-            .pins
-            .iter()
-            .map(|(k, v)| RECORD + k.len() + v.len())
-            .sum::<usize>()
+        + RECORD
+        + entry.pin_count() * std::mem::size_of::<(u32, u32)>()
 }
 
 fn record_bytes(tenant: &Tenant) -> usize {

@@ -47,10 +47,9 @@ pub struct RouteDecision<'a> {
 impl ServiceEntry {
     /// Resolves a tenant's version: override > pin > experiment > rollout > default.
     pub fn resolve(&self, tenant: &TenantEntry) -> Resolution {
-        let name = &self.service.name;
-        let mut resolution = if let Some(version) = tenant.pins.get(name) {
+        let mut resolution = if let Some(version) = self.pinned_version(tenant) {
             Resolution {
-                version: version.clone(),
+                version: version.to_owned(),
                 source: Source::Pin,
             }
         } else if let Some((experiment, variant)) = self

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use self::fixtures::{
     build, experiment, instance, pin, resolved, rollback, rollout, service, step, tenant, world,
 };
-use super::{Mutation, Outcome, Pin, RouteQuery, RoutingState, StateDump};
+use super::{Mutation, Outcome, Pin, RouteQuery, RoutingState, StateDump, StateLoader};
 use crate::{Cohort, Entity, Instance, RoutingError, Source, Tenant};
 
 /// Builders shared by the state and watch tests.
@@ -1006,11 +1006,11 @@ fn upsert_tenant_replaces_the_tenant_and_keeps_its_pins() {
     assert_eq!(outcome, Outcome::Done);
     let entry = state.tenant("acme").expect("acme");
     assert_eq!(entry.tenant, renamed);
-    assert_eq!(entry.pins.get("api").map(String::as_str), Some("v2"));
+    assert_eq!(state.pins_of(entry), vec![("api", "v2")]);
     assert_eq!(resolved(&state, "acme", "api"), pair("v2", "pin"));
     // A new tenant starts without pins.
     let (state, _) = step(&state, &upsert_tenant(tenant("hooli")));
-    assert!(state.tenant("hooli").expect("hooli").pins.is_empty());
+    assert_eq!(state.tenant("hooli").expect("hooli").pin_count(), 0);
     assert_eq!(state.tenant_count(), 5);
 }
 
@@ -1980,6 +1980,89 @@ fn route_strategy_can_be_overridden_per_query() {
         seen.extend(implicit);
     }
     assert_eq!(seen.len(), 2, "20 tenants all hashed to {seen:?}");
+}
+
+fn clear(tenant_id: &str, service: &str) -> Mutation {
+    Mutation::ClearTenantVersion {
+        tenant_id: tenant_id.into(),
+        service: service.into(),
+    }
+}
+
+#[test]
+fn pins_keep_their_versions_as_services_and_versions_are_added() {
+    // Pins hold numbers: a version or service made later must not shift what they name.
+    let state = build(
+        &world(),
+        [pin("acme", "api", "v2"), pin("acme", "billing", "v1")],
+    );
+    let later = build(
+        &state,
+        [
+            register(instance("api-0", "api", "v0")),
+            Mutation::UpsertService {
+                service: service("aaa", "v9", &["v0", "v2"]),
+                force: false,
+            },
+            register(instance("aaa-0", "aaa", "v0")),
+            pin("globex", "aaa", "v0"),
+            pin("acme", "api", "v3"),
+            pin("acme", "api", "v0"),
+        ],
+    );
+    let acme = later.tenant("acme").expect("acme");
+    assert_eq!(later.pins_of(acme), vec![("api", "v0"), ("billing", "v1")]);
+    let globex = later.tenant("globex").expect("globex");
+    assert_eq!(later.pins_of(globex), vec![("aaa", "v0")]);
+    assert_eq!(resolved(&later, "globex", "aaa"), pair("v0", "pin"));
+    // The earlier revision still reads its own pins.
+    assert_eq!(resolved(&state, "acme", "api"), pair("v2", "pin"));
+    // A rebuilt state numbers everything afresh, and names the same pins.
+    let rebuilt = RoutingState::from_dump(&later.dump()).expect("from_dump");
+    assert_eq!(rebuilt.dump(), later.dump());
+    assert_same_resolutions(&later, &rebuilt);
+    // Clearing one pin keeps the other; clearing a pin of an unknown service clears nothing.
+    let (cleared, outcome) = step(&later, &clear("acme", "api"));
+    assert_eq!(outcome, Outcome::Cleared { existed: true });
+    let acme = cleared.tenant("acme").expect("acme");
+    assert_eq!(cleared.pins_of(acme), vec![("billing", "v1")]);
+    assert_eq!(
+        step(&cleared, &clear("acme", "ghost")).1,
+        Outcome::Cleared { existed: false }
+    );
+}
+
+#[test]
+fn the_loader_takes_tenants_one_at_a_time_and_checks_their_pins() {
+    let dump = full_state().dump();
+    let mut loader = StateLoader::new(&dump.services, &dump.instances).expect("loader");
+    // Of two pins of one service the later wins; pins come in any order.
+    loader
+        .tenant(
+            tenant("acme"),
+            [("billing", "v2"), ("api", "v1"), ("billing", "v1")],
+        )
+        .expect("acme");
+    let refusal = loader
+        .tenant(tenant("globex"), [("ghost", "v1")])
+        .expect_err("unknown service");
+    assert_eq!(refusal, RoutingError::not_found(Entity::Service, "ghost"));
+    let refusal = loader
+        .tenant(tenant("globex"), [("api", "v9")])
+        .expect_err("unknown version");
+    assert_eq!(refusal, RoutingError::not_found(Entity::Version, "api/v9"));
+    assert!(matches!(
+        loader.tenant(tenant("globex"), [("api", "bad name")]),
+        Err(RoutingError::InvalidArgument { field, .. }) if field == "pin.version"
+    ));
+    let state = loader
+        .finish(7, &dump.overrides, &dump.rollouts, &dump.experiments)
+        .expect("finish");
+    assert_eq!(state.revision(), 7);
+    assert_eq!(state.tenant_count(), 1);
+    let acme = state.tenant("acme").expect("acme");
+    assert_eq!(state.pins_of(acme), vec![("api", "v1"), ("billing", "v1")]);
+    assert_eq!(state.dump().overrides, dump.overrides);
 }
 
 // ---------------------------------------------------------------------------------------------
