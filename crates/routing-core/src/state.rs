@@ -17,10 +17,12 @@
 //! - `dump`: the state as plain records ([`StateDump`], [`Pin`]) and back;
 //! - `footprint`: estimates of the memory a revision holds on its own.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 
 use crate::balance::Pool;
 use crate::{Experiment, Instance, Override, Revision, Rollout, RoutingError, Service, Tenant};
@@ -217,22 +219,56 @@ impl ServiceEntry {
     }
 }
 
+/// A tenant's entry as a key: ordered, compared and hashed by the tenant's id, and looked up
+/// by it. The maps of tenants hold the entries themselves, not a copy of every id beside each.
+#[derive(Debug, Clone)]
+struct ById(Arc<TenantEntry>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.tenant.id
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.tenant.id == other.0.tenant.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.tenant.id.cmp(&other.0.tenant.id)
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: a lookup by `&str` must find it.
+        self.0.tenant.id.as_str().hash(state);
+    }
+}
+
 /// Tenants by id with a fast hasher (tenant ids come from operators, not from requests' senders,
 /// so the keyed hash of the standard library buys nothing here and costs a third of a lookup).
-type TenantIndex = imbl::GenericHashMap<
-    String,
-    Arc<TenantEntry>,
-    foldhash::fast::RandomState,
-    imbl::shared_ptr::DefaultSharedPtr,
->;
+type TenantIndex =
+    imbl::GenericHashMap<ById, (), foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// Every tenant, service and rule at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct RoutingState {
     revision: Revision,
     /// Tenants in id order (listing, pagination).
-    tenants: OrdMap<String, Arc<TenantEntry>>,
-    /// The same entries by id, hashed: the lookup on every route.
+    tenants: OrdSet<ById>,
+    /// The same entries, hashed by id: the lookup on every route.
     tenant_index: TenantIndex,
     /// How many of the tenants are inactive (kept as tenants change, for metrics).
     inactive_tenants: usize,
@@ -248,18 +284,30 @@ impl RoutingState {
         self.revision
     }
 
-    /// Inserts or replaces a tenant in both the ordered map and the index.
-    fn put_tenant(&mut self, id: String, entry: Arc<TenantEntry>) {
+    /// Inserts or replaces a tenant in both the ordered set and the index.
+    fn put_tenant(&mut self, entry: Arc<TenantEntry>) {
         let inactive = !entry.tenant.active;
-        self.tenant_index.insert(id.clone(), Arc::clone(&entry));
-        if let Some(previous) = self.tenants.insert(id, entry)
-            && !previous.tenant.active
+        self.tenant_index.insert(ById(Arc::clone(&entry)), ());
+        if let Some(previous) = self.tenants.insert(ById(entry))
+            && !previous.0.tenant.active
         {
             self.inactive_tenants -= 1;
         }
         if inactive {
             self.inactive_tenants += 1;
         }
+    }
+
+    /// Returns a tenant's entry.
+    fn tenant_entry(&self, id: &str) -> Option<&Arc<TenantEntry>> {
+        self.tenant_index
+            .get_key_value(id)
+            .map(|(entry, ())| &entry.0)
+    }
+
+    /// Returns every tenant's entry in id order.
+    fn tenant_entries(&self) -> impl Iterator<Item = &Arc<TenantEntry>> {
+        self.tenants.iter().map(|entry| &entry.0)
     }
 
     /// Returns a new service's entry, numbered after the last one.

@@ -110,17 +110,13 @@ impl RoutingState {
 fn upsert_tenant(state: &mut RoutingState, tenant: &Tenant) -> Result<Outcome, RoutingError> {
     validate_tenant(tenant)?;
     let pins = state
-        .tenants
-        .get(&tenant.id)
+        .tenant_entry(&tenant.id)
         .map(|entry| entry.pins.clone())
         .unwrap_or_default();
-    state.put_tenant(
-        tenant.id.clone(),
-        Arc::new(TenantEntry {
-            tenant: tenant.clone(),
-            pins,
-        }),
-    );
+    state.put_tenant(Arc::new(TenantEntry {
+        tenant: tenant.clone(),
+        pins,
+    }));
     Ok(Outcome::Done)
 }
 
@@ -272,7 +268,7 @@ fn set_tenant_version(
         .ok_or_else(|| RoutingError::not_found(Entity::Version, format!("{service}/{version}")))?;
     let mut tenant = TenantEntry::clone(tenant);
     tenant.pins = tenant.pins.with(entry.number, version_number);
-    state.put_tenant(tenant_id.to_owned(), Arc::new(tenant));
+    state.put_tenant(Arc::new(tenant));
     Ok(Outcome::Reassigned {
         previous_version: current,
     })
@@ -293,7 +289,7 @@ fn clear_tenant_version(
     if let Some(pins) = rest {
         let mut tenant = TenantEntry::clone(tenant);
         tenant.pins = pins;
-        state.put_tenant(tenant_id.to_owned(), Arc::new(tenant));
+        state.put_tenant(Arc::new(tenant));
     }
     Ok(Outcome::Cleared { existed })
 }
@@ -348,11 +344,11 @@ fn emergency_rollback(
             && after.resolve(entry).version != from_version
     };
     let moved_tenants = if tenant_ids.is_empty() {
-        state.tenants.values().filter(|e| moved(e)).count()
+        state.tenant_entries().filter(|e| moved(e)).count()
     } else {
         tenant_ids
             .iter()
-            .filter_map(|t| state.tenant_index.get(t))
+            .filter_map(|t| state.tenant_entry(t))
             .filter(|e| moved(e))
             .count()
     } as u64;
@@ -574,8 +570,7 @@ fn update_experiment(
     } else {
         // Every tenant in the experiment keeps the variant it has now.
         let kept: Vec<(String, String)> = state
-            .tenants
-            .values()
+            .tenant_entries()
             .filter(|t| t.tenant.active && !experiment.sticky.contains_key(&t.tenant.id))
             .filter_map(|t| {
                 experiment

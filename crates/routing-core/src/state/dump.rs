@@ -105,7 +105,7 @@ impl RoutingState {
             revision: self.revision,
             ..StateDump::default()
         };
-        for entry in self.tenants.values() {
+        for entry in self.tenant_entries() {
             dump.tenants.push(entry.tenant.clone());
             for (service, version) in self.pins_of(entry) {
                 dump.pins.push(Pin {
@@ -256,8 +256,7 @@ impl StateLoader {
             pins: Pins::from_pairs(&mut self.scratch),
             tenant,
         };
-        self.state
-            .put_tenant(entry.tenant.id.clone(), Arc::new(entry));
+        self.state.put_tenant(Arc::new(entry));
         Ok(())
     }
 

@@ -148,7 +148,7 @@ impl ServiceEntry {
 impl RoutingState {
     /// Returns a tenant.
     pub fn tenant(&self, id: &str) -> Option<&Arc<TenantEntry>> {
-        self.tenant_index.get(id)
+        self.tenant_entry(id)
     }
 
     /// Returns the number of tenants.
@@ -167,12 +167,12 @@ impl RoutingState {
         after: Option<&str>,
     ) -> impl Iterator<Item = &'s Arc<TenantEntry>> + 's {
         let lower = match after {
-            Some(id) => Bound::Excluded(id.to_owned()),
+            Some(id) => Bound::Excluded(id),
             None => Bound::Unbounded,
         };
         self.tenants
-            .range((lower, Bound::Unbounded))
-            .map(|(_, entry)| entry)
+            .range::<_, str>((lower, Bound::Unbounded))
+            .map(|entry| &entry.0)
     }
 
     /// Returns a service.
@@ -232,8 +232,7 @@ impl RoutingState {
     }
 
     pub(super) fn find_tenant(&self, id: &str) -> Result<&Arc<TenantEntry>, RoutingError> {
-        self.tenant_index
-            .get(id)
+        self.tenant_entry(id)
             .ok_or_else(|| RoutingError::not_found(Entity::Tenant, id))
     }
 
