@@ -33,6 +33,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Requests that do not decode answer INVALID_ARGUMENT (see src/codec.rs).
         .codec_path("crate::codec::Codec")
+        .compile_fds(descriptors.clone())?;
+    // The same services for servers that send an `AssignmentUpdate` encoded once for many
+    // watchers: every message is the one above, except that update (see src/encoded.rs).
+    let shared = out_dir.join("shared");
+    fs::create_dir_all(&shared)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&shared)
+        .extern_path(".greyrouter.v1", "crate::v1")
+        .extern_path(".greyrouter.v1.AssignmentUpdate", "crate::EncodedUpdate")
+        .codec_path("crate::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
 }

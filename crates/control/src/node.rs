@@ -211,6 +211,7 @@ impl Default for NodeSettings {
             history_bytes: 32 * 1024 * 1024,
             watch: WatchLimits {
                 max_queued_bytes: 256 * 1024,
+                max_shared_bytes: 256 * 1024 * 1024,
                 max_assignments_per_message: 100,
                 buffer: 16,
             },

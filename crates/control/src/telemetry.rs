@@ -57,6 +57,8 @@ pub mod names {
     pub const WATCH_STREAMS: &str = "grey_router_watch_streams";
     /// Watch messages sent.
     pub const WATCH_MESSAGES: &str = "grey_router_watch_messages_total";
+    /// Snapshots and changes encoded once for every watcher of the same filter.
+    pub const WATCH_SHARED_BUILDS: &str = "grey_router_watch_shared_builds_total";
     /// Snapshots sent to watchers because their revision was no longer kept, or they lagged.
     pub const WATCH_SNAPSHOTS: &str = "grey_router_watch_snapshots_total";
     /// Outcome reports in the window, per service version.
@@ -107,6 +109,7 @@ pub mod names {
         CHANGES,
         WATCH_STREAMS,
         WATCH_MESSAGES,
+        WATCH_SHARED_BUILDS,
         WATCH_SNAPSHOTS,
         OUTCOME_REQUESTS,
         OUTCOME_ERROR_RATIO,
@@ -203,6 +206,10 @@ pub fn describe() {
     );
     describe_gauge!(WATCH_STREAMS, "WatchAssignments streams open");
     describe_counter!(WATCH_MESSAGES, "WatchAssignments messages sent");
+    describe_counter!(
+        WATCH_SHARED_BUILDS,
+        "Snapshots and changes encoded once for every watcher of the same filter"
+    );
     describe_counter!(
         WATCH_SNAPSHOTS,
         "Snapshots sent to watchers whose revision was no longer kept or who lagged"

@@ -302,6 +302,7 @@ impl Config {
             history_bytes: self.watch.history_bytes,
             watch: control::watch::WatchLimits {
                 max_queued_bytes: self.watch.max_queued_bytes,
+                max_shared_bytes: self.watch.max_shared_bytes,
                 max_assignments_per_message: self.watch.max_assignments_per_message,
                 buffer: self.watch.buffer,
             },
@@ -458,10 +459,13 @@ pub struct WatchConfig {
     /// Memory the kept changes may hold on their own (old revisions' replaced entries), in
     /// bytes; the oldest changes are dropped beyond it.
     pub history_bytes: usize,
-    /// Memory the messages queued for one watcher may take, in bytes (about three times their
-    /// encoded size); a watcher that does not read waits for room, then catches up from the
-    /// history or a fresh snapshot.
+    /// Memory the messages queued for one watcher may take, in bytes; a watcher that does not
+    /// read waits for room, then catches up from the history or a fresh snapshot.
     pub max_queued_bytes: usize,
+    /// Memory of the encoded messages shared by watchers of the same filter (a snapshot or a
+    /// change encoded once for all of them), in bytes; past it, watchers encode their own.
+    /// 0: nothing is shared.
+    pub max_shared_bytes: usize,
     /// Most assignments in one streamed message; larger updates are split.
     pub max_assignments_per_message: usize,
     /// Messages buffered per watcher before it counts as slow.
@@ -552,6 +556,7 @@ impl Default for WatchConfig {
             history: 4096,
             history_bytes: 32 * 1024 * 1024,
             max_queued_bytes: 256 * 1024,
+            max_shared_bytes: 256 * 1024 * 1024,
             max_assignments_per_message: 100,
             buffer: 16,
         }
@@ -1090,6 +1095,9 @@ impl Config {
         }
         if !(4 * 1024..=1 << 30).contains(&self.watch.max_queued_bytes) {
             problems.push("watch.max_queued_bytes: must be 4 KiB to 1 GiB".to_owned());
+        }
+        if self.watch.max_shared_bytes > 1 << 40 {
+            problems.push("watch.max_shared_bytes: must be at most 1 TiB".to_owned());
         }
         if self.watch.max_assignments_per_message == 0 || self.watch.buffer == 0 {
             problems

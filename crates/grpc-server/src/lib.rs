@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control::Node;
+use greyrouter_proto::shared::router_server::RouterServer;
 use greyrouter_proto::v1::admin_server::AdminServer;
-use greyrouter_proto::v1::router_server::RouterServer;
 use greyrouter_store::Store;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;

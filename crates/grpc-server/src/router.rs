@@ -8,10 +8,11 @@ use control::access::{CallClass, Caller, TenantScope, WatchSlot};
 use control::audit::now_ms;
 use control::node::MAX_BATCH;
 use control::outcomes::OutcomeReport;
-use control::watch::{Frames, Queued, Update};
+use control::watch::{Frames, Queued, SharedMessages, Update};
+use greyrouter_proto::EncodedUpdate;
 use greyrouter_proto::domain;
+use greyrouter_proto::shared::router_server::Router;
 use greyrouter_proto::v1 as pb;
-use greyrouter_proto::v1::router_server::Router;
 use routing_core::hash::entropy;
 use routing_core::{RouteQuery, RoutingError, RoutingState};
 use tokio::sync::mpsc;
@@ -26,13 +27,19 @@ use crate::status;
 pub struct RouterService {
     node: Arc<Node>,
     closing: tokio::sync::watch::Receiver<bool>,
+    frames: ProtoFrames,
 }
 
 impl RouterService {
     /// Returns the service over a node. Watch streams end with `UNAVAILABLE` once `closing`
     /// turns true, so that a graceful shutdown does not wait for watchers.
     pub fn new(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
-        RouterService { node, closing }
+        let frames = ProtoFrames::new(node.settings().watch.max_shared_bytes);
+        RouterService {
+            node,
+            closing,
+            frames,
+        }
     }
 
     /// Checks an outcome report's caller (its role was checked by the auth layer).
@@ -125,7 +132,7 @@ fn report(message: pb::Outcome) -> OutcomeReport {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentUpdate, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<EncodedUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Router for RouterService {
@@ -242,7 +249,7 @@ impl Router for RouterService {
                 request.from_revision,
                 &request.history,
                 self.closing.clone(),
-                ProtoFrames,
+                self.frames.clone(),
             )
             .map_err(|e| status::status(&e))?;
         Ok(Response::new(Box::pin(UpdateStream::new(
@@ -295,15 +302,37 @@ impl Tally {
     }
 }
 
-/// Watch messages as `AssignmentUpdate`s.
-#[derive(Debug, Clone, Copy)]
-pub struct ProtoFrames;
+/// Watch messages as encoded `AssignmentUpdate`s, shared by the watchers of one filter.
+#[derive(Clone)]
+pub struct ProtoFrames {
+    shared: Arc<SharedMessages<EncodedUpdate>>,
+}
+
+impl ProtoFrames {
+    /// Frames sharing at most `max_shared_bytes` of encoded messages.
+    pub fn new(max_shared_bytes: usize) -> Self {
+        ProtoFrames {
+            shared: Arc::new(SharedMessages::new(max_shared_bytes)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProtoFrames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtoFrames")
+            .field("shared_bytes", &self.shared.held_bytes())
+            .finish()
+    }
+}
+
+/// What a queued message holds besides its encoded bytes (its buffer and the queue's slot).
+const MESSAGE_OVERHEAD: usize = 64;
 
 impl Frames for ProtoFrames {
-    type Frame = pb::AssignmentUpdate;
+    type Frame = EncodedUpdate;
 
-    fn frame(&self, update: &Update<'_>) -> pb::AssignmentUpdate {
-        pb::AssignmentUpdate {
+    fn frame(&self, update: &Update<'_>) -> EncodedUpdate {
+        EncodedUpdate::new(&pb::AssignmentUpdate {
             revision: update.revision,
             snapshot: update.snapshot,
             upserts: update.upserts.iter().map(pb::Assignment::from).collect(),
@@ -318,66 +347,16 @@ impl Frames for ProtoFrames {
             partial: update.partial,
             cause: update.cause.to_owned(),
             history: update.history.to_owned(),
-        }
+        })
     }
 
-    fn memory_bytes(&self, frame: &pb::AssignmentUpdate) -> usize {
-        memory_bytes(frame)
+    fn memory_bytes(&self, frame: &EncodedUpdate) -> usize {
+        frame.as_bytes().len() + MESSAGE_OVERHEAD
     }
-}
 
-/// Allocator overhead counted for each allocation of a queued message.
-const ALLOCATION: usize = 16;
-
-/// Estimates the memory a message takes while it waits in a watcher's queue: its structs and
-/// every string and list they own (about three times its encoded size).
-fn memory_bytes(message: &pb::AssignmentUpdate) -> usize {
-    let text = |s: &String| {
-        if s.capacity() == 0 {
-            0
-        } else {
-            s.capacity() + ALLOCATION
-        }
-    };
-    let list = |capacity: usize, size: usize| {
-        if capacity == 0 {
-            0
-        } else {
-            capacity * size + ALLOCATION
-        }
-    };
-    let instance = |i: &pb::InstanceAddress| {
-        text(&i.instance_id) + text(&i.address) + text(&i.region) + text(&i.zone)
-    };
-    let assignment = |a: &pb::Assignment| {
-        text(&a.tenant_id)
-            + text(&a.service)
-            + text(&a.version)
-            + text(&a.source)
-            + text(&a.region)
-            + list(
-                a.instances.capacity(),
-                std::mem::size_of::<pb::InstanceAddress>(),
-            )
-            + a.instances.iter().map(instance).sum::<usize>()
-    };
-    std::mem::size_of::<pb::AssignmentUpdate>()
-        + text(&message.cause)
-        + text(&message.history)
-        + list(
-            message.upserts.capacity(),
-            std::mem::size_of::<pb::Assignment>(),
-        )
-        + message.upserts.iter().map(assignment).sum::<usize>()
-        + list(
-            message.removals.capacity(),
-            std::mem::size_of::<pb::AssignmentKey>(),
-        )
-        + message
-            .removals
-            .iter()
-            .map(|k| text(&k.tenant_id) + text(&k.service))
-            .sum::<usize>()
+    fn shared(&self) -> Option<&SharedMessages<EncodedUpdate>> {
+        Some(&self.shared)
+    }
 }
 
 /// How a watch stream ends when the server shuts down.
@@ -392,7 +371,7 @@ const SHUTTING_DOWN: &str = "server is shutting down; resume on another router";
 struct UpdateStream {
     /// Counts the stream against the caller's cap until it ends.
     _slot: WatchSlot,
-    receiver: mpsc::Receiver<Queued<pb::AssignmentUpdate>>,
+    receiver: mpsc::Receiver<Queued<EncodedUpdate>>,
     closing: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// Whether the server is shutting down, read when the watcher's task has ended (it may have
     /// ended for that reason before the `closing` future was polled).
@@ -402,7 +381,7 @@ struct UpdateStream {
 
 impl UpdateStream {
     fn new(
-        receiver: mpsc::Receiver<Queued<pb::AssignmentUpdate>>,
+        receiver: mpsc::Receiver<Queued<EncodedUpdate>>,
         mut closing: tokio::sync::watch::Receiver<bool>,
         slot: WatchSlot,
     ) -> Self {
@@ -420,7 +399,7 @@ impl UpdateStream {
 }
 
 impl Stream for UpdateStream {
-    type Item = Result<pb::AssignmentUpdate, Status>;
+    type Item = Result<EncodedUpdate, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
@@ -502,10 +481,28 @@ mod tests {
         from_revision: u64,
         chunk: usize,
         max_queued_bytes: usize,
-    ) -> (mpsc::Receiver<Queued<pb::AssignmentUpdate>>, Arc<Semaphore>) {
+    ) -> (mpsc::Receiver<Queued<EncodedUpdate>>, Arc<Semaphore>) {
+        watch_with(
+            replica,
+            from_revision,
+            chunk,
+            max_queued_bytes,
+            ProtoFrames::new(0),
+        )
+    }
+
+    /// Starts a watcher of everything with these frames.
+    fn watch_with(
+        replica: &Arc<Replica>,
+        from_revision: u64,
+        chunk: usize,
+        max_queued_bytes: usize,
+        frames: ProtoFrames,
+    ) -> (mpsc::Receiver<Queued<EncodedUpdate>>, Arc<Semaphore>) {
         let (closing_sender, closing) = tokio::sync::watch::channel(false);
         let limits = WatchLimits {
             max_queued_bytes,
+            max_shared_bytes: 0,
             max_assignments_per_message: chunk,
             buffer: 10_000,
         };
@@ -514,7 +511,7 @@ mod tests {
             AssignmentFilter::default(),
             &limits,
             closing,
-            ProtoFrames,
+            frames,
         );
         let budget = watcher.budget();
         tokio::spawn(async move {
@@ -539,9 +536,9 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_never_reads_queues_at_most_its_byte_budget() {
         let (replica, _) = replica_with(300, (4096, 64 << 20)).await;
-        // A snapshot of 300 assignments in messages of 5 takes about 270 KB in memory, eight
-        // times the budget; one message takes about 4.5 KB.
-        let budget = 32 * 1024;
+        // A snapshot of 300 assignments in messages of 5 takes about 30 KB encoded, four times
+        // the budget; one message takes about 500 bytes.
+        let budget = 8 * 1024;
         let (mut receiver, queue) = watch_all(&replica, 0, 5, budget);
         // The watcher stops once the next message no longer fits.
         until("the queue to fill", || {
@@ -553,8 +550,9 @@ mod tests {
         let mut first_revision = None;
         let mut assignments = 0;
         for _ in 0..queued {
-            let (update, _permit) = receiver.try_recv().expect("queued message");
-            bytes += memory_bytes(&update);
+            let (message, _permit) = receiver.try_recv().expect("queued message");
+            bytes += ProtoFrames::new(0).memory_bytes(&message);
+            let update = message.to_update().expect("decodes");
             assignments += update.upserts.len();
             first_revision.get_or_insert(update.revision);
         }
@@ -566,10 +564,7 @@ mod tests {
         assert!(assignments < 300, "the snapshot did not fit the budget");
         // Once the client reads, the rest of the snapshot arrives, complete.
         loop {
-            let (update, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
-                .await
-                .expect("in time")
-                .expect("open");
+            let update = next(&mut receiver).await;
             assert_eq!(Some(update.revision), first_revision);
             assignments += update.upserts.len();
             if !update.partial {
@@ -618,12 +613,74 @@ mod tests {
         let (mut receiver, _queue) = watch_all(&replica, from, 100, 1 << 20);
         // No change is made meanwhile: every missed one arrives all the same.
         for i in 0..changes {
-            let (update, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
-                .await
-                .expect("in time")
-                .expect("open");
+            let update = next(&mut receiver).await;
             assert!(!update.snapshot);
             assert_eq!(update.upserts[0].tenant_id, format!("tenant-{i:03}"));
         }
+    }
+
+    /// Returns the next message of a watcher, decoded.
+    async fn next(receiver: &mut mpsc::Receiver<Queued<EncodedUpdate>>) -> pb::AssignmentUpdate {
+        next_encoded(receiver).await.to_update().expect("decodes")
+    }
+
+    /// Returns the next message of a watcher as it was queued.
+    async fn next_encoded(receiver: &mut mpsc::Receiver<Queued<EncodedUpdate>>) -> EncodedUpdate {
+        let (message, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        message
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_filter_share_each_encoded_message_within_the_budget() {
+        let (replica, _) = replica_with(250, (4096, 64 << 20)).await;
+        let frames = ProtoFrames::new(64 << 20);
+        let (mut first, _) = watch_with(&replica, 0, 100, 1 << 20, frames.clone());
+        let (mut second, _) = watch_with(&replica, 0, 100, 1 << 20, frames.clone());
+        // A budget too small for the snapshot: that watcher encodes its own.
+        let (mut alone, _) = watch_with(&replica, 0, 100, 1 << 20, ProtoFrames::new(1024));
+        let mut snapshot = Vec::new();
+        let mut first_message = None;
+        loop {
+            let (a, b, c) = (
+                next_encoded(&mut first).await,
+                next_encoded(&mut second).await,
+                next_encoded(&mut alone).await,
+            );
+            // The same bytes, encoded once for the two watchers that share.
+            assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+            assert_eq!(a, c);
+            assert_ne!(a.as_bytes().as_ptr(), c.as_bytes().as_ptr());
+            first_message.get_or_insert_with(|| a.clone());
+            let update = a.to_update().expect("decodes");
+            snapshot.extend(update.upserts.into_iter().map(|u| u.tenant_id));
+            if !update.partial {
+                break;
+            }
+        }
+        assert_eq!(snapshot.len(), 250);
+        // A watcher that comes once the others have their snapshot gets the same bytes: the
+        // snapshot of the current revision is kept.
+        let (mut late, _) = watch_with(&replica, 0, 100, 1 << 20, frames.clone());
+        let kept = first_message.expect("a snapshot message");
+        assert_eq!(
+            next_encoded(&mut late).await.as_bytes().as_ptr(),
+            kept.as_bytes().as_ptr()
+        );
+        // A change is encoded once too.
+        replica
+            .commit(suite::tenant("tenant-new"), &system())
+            .await
+            .expect("tenant");
+        let (a, b) = (
+            next_encoded(&mut first).await,
+            next_encoded(&mut second).await,
+        );
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        let update = a.to_update().expect("decodes");
+        assert_eq!(update.upserts[0].tenant_id, "tenant-new");
+        assert_eq!(next(&mut alone).await, update);
     }
 }

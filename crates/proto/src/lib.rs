@@ -7,6 +7,9 @@
 pub mod codec;
 #[cfg(feature = "domain")]
 pub mod domain;
+mod encoded;
+
+pub use encoded::EncodedUpdate;
 
 /// Messages and services of package `greyrouter.v1`.
 #[allow(
@@ -22,6 +25,23 @@ pub mod domain;
 )]
 pub mod v1 {
     tonic::include_proto!("greyrouter.v1");
+}
+
+/// The server stubs of package `greyrouter.v1` with `WatchAssignments` streaming
+/// [`EncodedUpdate`]s: a message encoded once is sent to every watcher it is for. The wire format
+/// is that of [`v1`]; every other message is [`v1`]'s.
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    rust_2018_idioms,
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls
+)]
+pub mod shared {
+    include!(concat!(env!("OUT_DIR"), "/shared/greyrouter.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of every greyrouter proto file.

@@ -63,7 +63,7 @@ struct Pins(Box<[(u32, u32)]>);
 
 impl Pins {
     /// Builds pins from pairs in any order; of two pins of one service the later wins.
-    fn from_pairs(pairs: &mut Vec<(u32, u32)>) -> Pins {
+    fn from_pairs(pairs: &mut [(u32, u32)]) -> Pins {
         // A stable sort keeps pins of one service in their given order: the last one is kept.
         pairs.sort_by_key(|&(service, _)| service);
         let mut kept = 0;

@@ -15,7 +15,7 @@ use crate::state::{RoutingState, Scope, ServiceEntry, TenantEntry};
 use crate::{Resolution, Strategy};
 
 /// The pairs a watcher follows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct AssignmentFilter {
     /// Tenants; every tenant when empty.
     pub tenant_ids: BTreeSet<String>,
