@@ -272,6 +272,9 @@ pub struct RedisSettings {
     /// How long to wait for those acknowledgements before answering `UNAVAILABLE`, in
     /// milliseconds.
     pub replica_ack_timeout_ms: u64,
+    /// Whether a load reads tenants over a connection of its own, parsing replies in place
+    /// (standalone and Sentinel; a Cluster is always read through the client).
+    pub bulk_load: bool,
 }
 
 impl Default for RedisSettings {
@@ -286,6 +289,7 @@ impl Default for RedisSettings {
             stream_max_len: defaults.stream_max_len,
             min_replicas_acked: defaults.min_replicas_acked,
             replica_ack_timeout_ms: millis(defaults.replica_ack_timeout),
+            bulk_load: defaults.bulk_load,
         }
     }
 }
@@ -353,6 +357,7 @@ impl Config {
         config.stream_max_len = self.redis.stream_max_len;
         config.min_replicas_acked = self.redis.min_replicas_acked;
         config.replica_ack_timeout = Duration::from_millis(self.redis.replica_ack_timeout_ms);
+        config.bulk_load = self.redis.bulk_load;
         config
     }
 }

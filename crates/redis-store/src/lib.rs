@@ -52,6 +52,7 @@ use routing_core::{
     StateLoader, Tenant,
 };
 
+mod bulk;
 pub mod keys;
 mod link;
 mod writes;
@@ -82,6 +83,9 @@ pub struct RedisConfig {
     pub min_replicas_acked: u32,
     /// How long to wait for those acknowledgements.
     pub replica_ack_timeout: Duration,
+    /// Whether a load reads tenants over a connection of its own, parsing replies in place
+    /// (not in a Cluster); else through the client.
+    pub bulk_load: bool,
 }
 
 /// Most replicas `min_replicas_acked` may ask for.
@@ -100,6 +104,7 @@ impl RedisConfig {
             stream_max_len: 100_000,
             min_replicas_acked: 0,
             replica_ack_timeout: Duration::from_secs(1),
+            bulk_load: true,
         }
     }
 
@@ -477,6 +482,48 @@ impl RedisStore {
             .await
             .map_err(|e| self.fail(&e))?;
         tenant_ids.sort_unstable();
+        match self.bulk_target() {
+            Some(target) => {
+                let mut reader = bulk::BulkReader::connect(&target).await?;
+                reader
+                    .read_hashes(
+                        &tenant_ids,
+                        TENANT_CHUNK,
+                        2,
+                        |id| vec![self.keys.tenant_metadata(id), self.keys.tenant_services(id)],
+                        |id, hashes| {
+                            let [metadata, pins] = hashes else {
+                                return Err(corrupt("short reply"));
+                            };
+                            let tenant = tenant_record(id, metadata)?;
+                            loader.tenant(tenant, pins.iter().copied()).map_err(invalid)
+                        },
+                    )
+                    .await?;
+            }
+            None => {
+                self.read_tenants_through_client(&tenant_ids, &mut loader)
+                    .await?;
+            }
+        }
+        loader
+            .finish(
+                revision,
+                &rules.overrides,
+                &rules.rollouts,
+                &rules.experiments,
+            )
+            .map_err(invalid)
+    }
+
+    /// Reads the tenants through the client, a few pipelines in flight, into `loader`.
+    async fn read_tenants_through_client(
+        &self,
+        tenant_ids: &[String],
+        loader: &mut StateLoader,
+    ) -> Result<(), StoreError> {
+        let invalid =
+            |e: routing_core::RoutingError| corrupt(format!("stored state is invalid: {e}"));
         let mut chunks = tenant_ids.chunks(TENANT_CHUNK);
         let mut in_flight = VecDeque::with_capacity(TENANT_READS_IN_FLIGHT);
         loop {
@@ -500,33 +547,34 @@ impl RedisStore {
                 let [metadata, pins] = pair else {
                     return Err(corrupt("short pipeline reply"));
                 };
-                let metadata = hash_pairs(metadata)?;
-                let field = |name: &str| {
-                    metadata
-                        .iter()
-                        .find(|(field, _)| *field == name)
-                        .map(|(_, value)| *value)
-                        .ok_or_else(|| corrupt(format!("tenant {id}: missing field {name}")))
-                };
-                let tenant = Tenant {
-                    id: id.clone(),
-                    name: field("name")?.to_owned(),
-                    region: field("region")?.to_owned(),
-                    tier: field("tier")?.to_owned(),
-                    labels: parse(field("labels")?)?,
-                    active: field("active")? == "1",
-                };
+                let tenant = tenant_record(id, &hash_pairs(metadata)?)?;
                 loader.tenant(tenant, hash_pairs(pins)?).map_err(invalid)?;
             }
         }
-        loader
-            .finish(
-                revision,
-                &rules.overrides,
-                &rules.rollouts,
-                &rules.experiments,
-            )
-            .map_err(invalid)
+        Ok(())
+    }
+
+    /// Where a load reads tenants over a connection of its own: the one server the client is
+    /// connected to (standalone, or the master Sentinel named); `None` in a Cluster or when
+    /// turned off.
+    fn bulk_target(&self) -> Option<bulk::Target> {
+        if !self.config.bulk_load {
+            return None;
+        }
+        let config = self.client.client_config();
+        if config.server.is_clustered() {
+            return None;
+        }
+        let [server] =
+            <[fred::types::config::Server; 1]>::try_from(self.client.active_connections()).ok()?;
+        Some(bulk::Target {
+            host: server.host.to_string(),
+            port: server.port,
+            username: config.username.clone(),
+            password: config.password.clone(),
+            database: config.database,
+            timeout: self.config.command_timeout.max(self.config.connect_timeout),
+        })
     }
 
     /// Reads the revision, the head and the history at once.
@@ -699,6 +747,25 @@ impl RedisStore {
             _ => Ok(changes),
         }
     }
+}
+
+/// A tenant's record from its metadata hash.
+fn tenant_record(id: &str, metadata: &[(&str, &str)]) -> Result<Tenant, StoreError> {
+    let field = |name: &str| {
+        metadata
+            .iter()
+            .find(|(field, _)| *field == name)
+            .map(|(_, value)| *value)
+            .ok_or_else(|| corrupt(format!("tenant {id}: missing field {name}")))
+    };
+    Ok(Tenant {
+        id: id.to_owned(),
+        name: field("name")?.to_owned(),
+        region: field("region")?.to_owned(),
+        tier: field("tier")?.to_owned(),
+        labels: parse(field("labels")?)?,
+        active: field("active")? == "1",
+    })
 }
 
 /// Reads the metadata and pins of some tenants in one pipeline: two replies per tenant.

@@ -508,3 +508,74 @@ async fn a_change_landing_between_reads_is_not_a_gap() {
     };
     tokio::join!(writing, following);
 }
+
+/// Commits a change on `base` (nobody else writes) and returns the state it made.
+async fn commit_on(
+    store: &RedisStore,
+    base: &routing_core::RoutingState,
+    mutation: Mutation,
+) -> routing_core::RoutingState {
+    let meta = ChangeMeta {
+        actor: "test".to_owned(),
+        reason: String::new(),
+        at_ms: 0,
+        before: String::new(),
+        after: String::new(),
+    };
+    let (next, _) = base.apply(&mutation).expect("valid");
+    store.commit(base, mutation, meta).await.expect("commit");
+    next
+}
+
+/// A load reads tenants over a connection of its own (parsing replies in place) unless turned
+/// off or in a Cluster: both ways read the same state, in a database other than 0 too, across
+/// many pipelines.
+#[tokio::test]
+async fn a_load_over_its_own_connection_reads_what_the_client_reads() {
+    let server = RedisServer::start();
+    let url = format!("{}/3", server.url().trim_end_matches("/0"));
+    let writer = RedisStore::connect(fast(url.clone()))
+        .await
+        .expect("connect");
+    populate(&writer).await;
+    let mut state = writer.load().await.expect("load");
+    // Three pipelines' worth of tenants, with names, labels, an inactive one and pins.
+    for i in 0..1_203 {
+        let id = format!("tenant-{i:04}");
+        let mutation = Mutation::UpsertTenant {
+            tenant: routing_core::Tenant {
+                id: id.clone(),
+                name: format!("Tenant {i} «ü»"),
+                region: if i % 2 == 0 {
+                    "eu".into()
+                } else {
+                    String::new()
+                },
+                tier: "pro".into(),
+                labels: [("team".to_owned(), format!("t{}", i % 7))].into(),
+                active: i != 17,
+            },
+        };
+        state = commit_on(&writer, &state, mutation).await;
+        if i % 3 == 0 {
+            state = commit_on(&writer, &state, pin(&id, "v2")).await;
+        }
+    }
+    let through_client = RedisStore::connect(RedisConfig {
+        bulk_load: false,
+        ..fast(url.clone())
+    })
+    .await
+    .expect("connect");
+    let bulk = RedisStore::connect(fast(url)).await.expect("connect");
+    let read = bulk.load().await.expect("bulk load").dump();
+    assert_eq!(read, state.dump());
+    assert_eq!(read.tenants.len(), 1_204);
+    assert_eq!(read.pins.len(), 401);
+    assert_eq!(through_client.load().await.expect("load").dump(), read);
+    // Nothing of it is in database 0.
+    let other = RedisStore::connect(fast(server.url()))
+        .await
+        .expect("connect");
+    assert_eq!(other.load().await.expect("load").tenant_count(), 0);
+}
