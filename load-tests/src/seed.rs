@@ -222,7 +222,7 @@ async fn run_phase(
                 if i >= count || failed.load(Ordering::Relaxed) {
                     return Ok(revision);
                 }
-                match call(&config, &mut admin, phase, i).await {
+                match call_within_rate(&config, &mut admin, phase, i).await {
                     Ok(answered) => revision = revision.max(answered),
                     Err(err) => {
                         failed.store(true, Ordering::Relaxed);
@@ -245,6 +245,33 @@ async fn run_phase(
     match first_error {
         Some(err) => Err(err),
         None => Ok(revision),
+    }
+}
+
+/// How long seeding waits out a server's call rate before it gives up.
+const RATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Makes call `i` of `phase`, waiting and trying again while the server answers that the
+/// caller's call rate is used up (a large seed outruns the default admin rate).
+async fn call_within_rate(
+    config: &SeedConfig,
+    admin: &mut AdminClient<Channel>,
+    phase: Phase,
+    i: usize,
+) -> Result<u64, Error> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(1);
+    loop {
+        match call(config, admin, phase, i).await {
+            Err(Error::Seed { status, .. })
+                if status.code() == tonic::Code::ResourceExhausted
+                    && started.elapsed() < RATE_PATIENCE =>
+            {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -19,9 +19,8 @@
 //! emergency rollback, the whole state) and holds `operator` and `viewer`. `router` is held
 //! only by name: outcome reports steer traffic, so no other role implies it.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -520,6 +519,8 @@ const SHARDS: usize = 16;
 /// Token buckets by key, in shards so that callers rarely wait on one lock.
 struct Sharded {
     shards: Vec<Mutex<Buckets<String>>>,
+    /// Picks a key's shard.
+    spread: foldhash::fast::RandomState,
     limited: bool,
 }
 
@@ -529,6 +530,7 @@ impl Sharded {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(Buckets::new(rate, max_keys.div_ceil(SHARDS), 0)))
                 .collect(),
+            spread: foldhash::fast::RandomState::default(),
             limited: rate.is_limited(),
         }
     }
@@ -537,9 +539,7 @@ impl Sharded {
         if !self.limited {
             return Ok(());
         }
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let shard = (hasher.finish() % SHARDS as u64) as usize;
+        let shard = (self.spread.hash_one(key) % SHARDS as u64) as usize;
         let Some(shard) = self.shards.get(shard) else {
             return Ok(());
         };

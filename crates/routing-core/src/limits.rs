@@ -82,7 +82,8 @@ const SWEEP_EVERY_MS: u64 = 100;
 pub struct Buckets<K> {
     rate: Rate,
     max_keys: usize,
-    buckets: HashMap<K, TokenBucket>,
+    /// Keys come from callers: a randomly seeded hash, fast on short keys.
+    buckets: HashMap<K, TokenBucket, foldhash::fast::RandomState>,
     overflow: TokenBucket,
     swept_ms: Option<u64>,
 }
@@ -93,7 +94,7 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         Buckets {
             rate,
             max_keys: max_keys.max(1),
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             overflow: TokenBucket::full(rate, now_ms),
             swept_ms: None,
         }

@@ -23,6 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
+use smol_str::SmolStr;
 
 use crate::balance::Pool;
 use crate::{Experiment, Instance, Override, Revision, Rollout, RoutingError, Service, Tenant};
@@ -42,6 +43,9 @@ pub use self::queries::{RouteDecision, RouteQuery};
 /// A tenant and its pins (service → version).
 #[derive(Debug, Clone)]
 pub struct TenantEntry {
+    /// The tenant's id as the maps of tenants compare it: inline up to 23 bytes, so a lookup
+    /// reads it from the entry it is about to use, not from another allocation.
+    key: SmolStr,
     /// The tenant.
     pub tenant: Tenant,
     /// Versions pinned per service, by number (see [`ServiceEntry::pinned_version`]).
@@ -49,6 +53,14 @@ pub struct TenantEntry {
 }
 
 impl TenantEntry {
+    fn new(tenant: Tenant, pins: Pins) -> TenantEntry {
+        TenantEntry {
+            key: SmolStr::new(&tenant.id),
+            tenant,
+            pins,
+        }
+    }
+
     /// Returns how many services the tenant is pinned on.
     pub fn pin_count(&self) -> usize {
         self.pins.0.len()
@@ -226,13 +238,13 @@ struct ById(Arc<TenantEntry>);
 
 impl Borrow<str> for ById {
     fn borrow(&self) -> &str {
-        &self.0.tenant.id
+        &self.0.key
     }
 }
 
 impl PartialEq for ById {
     fn eq(&self, other: &Self) -> bool {
-        self.0.tenant.id == other.0.tenant.id
+        self.0.key == other.0.key
     }
 }
 
@@ -246,14 +258,14 @@ impl PartialOrd for ById {
 
 impl Ord for ById {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.tenant.id.cmp(&other.0.tenant.id)
+        self.0.key.as_str().cmp(other.0.key.as_str())
     }
 }
 
 impl Hash for ById {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // As `str` hashes: a lookup by `&str` must find it.
-        self.0.tenant.id.as_str().hash(state);
+        self.0.key.as_str().hash(state);
     }
 }
 

@@ -113,10 +113,7 @@ fn upsert_tenant(state: &mut RoutingState, tenant: &Tenant) -> Result<Outcome, R
         .tenant_entry(&tenant.id)
         .map(|entry| entry.pins.clone())
         .unwrap_or_default();
-    state.put_tenant(Arc::new(TenantEntry {
-        tenant: tenant.clone(),
-        pins,
-    }));
+    state.put_tenant(Arc::new(TenantEntry::new(tenant.clone(), pins)));
     Ok(Outcome::Done)
 }
 

@@ -252,10 +252,7 @@ impl StateLoader {
             };
             self.scratch.push((entry.number, number));
         }
-        let entry = TenantEntry {
-            pins: Pins::from_pairs(&mut self.scratch),
-            tenant,
-        };
+        let entry = TenantEntry::new(tenant, Pins::from_pairs(&mut self.scratch));
         self.state.put_tenant(Arc::new(entry));
         Ok(())
     }
