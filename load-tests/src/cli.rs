@@ -47,6 +47,9 @@ pub enum Command {
     Propagation(PropagationArgs),
     /// Measures a server's resident memory (`--pid`) under hostile input.
     Memory(MemoryArgs),
+    /// Measures many watchers of one service: snapshot time, memory per stream, and how long a
+    /// change takes to reach all of them.
+    Fanout(FanoutArgs),
     /// Measures how long a change in Nacos or etcd takes to reach a router's routing state.
     Discovery(DiscoveryArgs),
     /// Measures acknowledged changes per second with concurrent writers (prints JSON).
@@ -334,6 +337,73 @@ impl PropagationArgs {
     }
 }
 
+/// Flags of `fanout`.
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Router to watch and change (seeded with `greyrouter-load seed`).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// The router's process id, to read its resident memory (0: not read).
+    #[arg(long, default_value_t = 0)]
+    pub pid: u32,
+    /// Tenants seeded on the target.
+    #[arg(long, default_value_t = 10_000)]
+    pub tenants: usize,
+    /// Services seeded on the target.
+    #[arg(long, default_value_t = 20)]
+    pub services: usize,
+    /// The service every stream follows, by number.
+    #[arg(long, default_value_t = 0)]
+    pub service: usize,
+    /// Watch streams.
+    #[arg(long, default_value_t = 1_000)]
+    pub watchers: usize,
+    /// Connections the streams are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Changes made once every stream has its snapshot.
+    #[arg(long, default_value_t = 100)]
+    pub changes: usize,
+    /// Longest wait for the snapshots, or for one change to reach every stream.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FanoutArgs {
+    /// Returns the measurement these flags describe.
+    pub fn config(&self) -> Result<crate::fanout::FanoutConfig, Error> {
+        if self.watchers == 0 || self.connections == 0 || self.tenants == 0 {
+            return Err(Error::InvalidConfig {
+                field: "--watchers",
+                reason: "watchers, connections and tenants must be positive".to_owned(),
+            });
+        }
+        if self.service >= self.services {
+            return Err(Error::InvalidConfig {
+                field: "--service",
+                reason: "must be below --services".to_owned(),
+            });
+        }
+        Ok(crate::fanout::FanoutConfig {
+            target: self.target.clone(),
+            pid: self.pid,
+            keyspace: KeyspaceSpec {
+                tenants: self.tenants,
+                services: self.services,
+                ..KeyspaceSpec::default()
+            },
+            service: self.service,
+            watchers: self.watchers,
+            connections: self.connections,
+            changes: self.changes,
+            timeout: self.timeout,
+        })
+    }
+}
+
 /// Flags of `discovery`.
 #[derive(Debug, Clone, Args)]
 pub struct DiscoveryArgs {
@@ -498,6 +568,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Seed(_)
         | Command::Propagation(_)
         | Command::Memory(_)
+        | Command::Fanout(_)
         | Command::Discovery(_)
         | Command::Writes(_)
         | Command::DurableFixture(_) => None,
@@ -549,6 +620,20 @@ pub fn execute(cli: Cli) -> ExitCode {
             Command::Seed(args) => execute_seed(&args).await,
             Command::Propagation(args) => execute_propagation(&args).await,
             Command::Memory(args) => execute_memory(&args).await,
+            Command::Fanout(args) => {
+                let report = crate::fanout::fanout(&args.config()?).await?;
+                if args.json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{report}");
+                }
+                // A change that did not reach every stream fails the run.
+                Ok(if report.lost > 0 {
+                    ExitCode::from(EXIT_CHECK_FAILED)
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
             Command::Discovery(args) => execute_discovery(&args).await,
             Command::DurableFixture(args) => {
                 let revision =
@@ -583,7 +668,8 @@ pub fn execute(cli: Cli) -> ExitCode {
                 | Error::Call { .. }
                 | Error::Sdk(_)
                 | Error::Process { .. }
-                | Error::Discovery(_) => EXIT_UNAVAILABLE,
+                | Error::Discovery(_)
+                | Error::Fanout(_) => EXIT_UNAVAILABLE,
                 Error::Worker(_) => 1,
             })
         }

@@ -18,6 +18,9 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 /// Why a seed, a run, a propagation or a memory measurement could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A fan-out measurement could not go on.
+    #[error("fanout: {0}")]
+    Fanout(String),
     /// A setting is out of range.
     #[error("invalid {field}: {reason}")]
     InvalidConfig {

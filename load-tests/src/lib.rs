@@ -53,6 +53,7 @@ pub mod discovery;
 pub mod distribution;
 pub mod duration;
 pub mod error;
+pub mod fanout;
 pub mod fixture;
 pub mod keyspace;
 pub mod memory;

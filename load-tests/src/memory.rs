@@ -209,7 +209,8 @@ pub struct Rss {
 }
 
 impl Rss {
-    fn mib(kib: u64) -> f64 {
+    /// KiB in MiB.
+    pub fn mib(kib: u64) -> f64 {
         kib as f64 / 1024.0
     }
 }
