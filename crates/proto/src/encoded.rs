@@ -48,7 +48,10 @@ impl Message for EncodedUpdate {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let mut field = BytesMut::from(&self.0[..]);
+        // The bytes so far, without a copy when nothing else holds them (as while decoding).
+        let mut field = std::mem::take(&mut self.0)
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         encode_key(tag, wire_type, &mut field);
         match wire_type {
             WireType::Varint => encode_varint(decode_varint(buf)?, &mut field),

@@ -482,9 +482,18 @@ impl RedisStore {
             .await
             .map_err(|e| self.fail(&e))?;
         tenant_ids.sort_unstable();
-        match self.bulk_target() {
-            Some(target) => {
-                let mut reader = bulk::BulkReader::connect(&target).await?;
+        let reader = match self.bulk_target() {
+            Some(target) => match bulk::BulkReader::connect(&target).await {
+                Ok(reader) => Some(reader),
+                Err(err) => {
+                    tracing::warn!(error = %err, "redis: no connection of its own for the load; reading through the client");
+                    None
+                }
+            },
+            None => None,
+        };
+        match reader {
+            Some(mut reader) => {
                 reader
                     .read_hashes(
                         &tenant_ids,
