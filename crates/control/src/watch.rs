@@ -418,12 +418,7 @@ impl<F: Frames> Watcher<F> {
 
     /// Queues clones of shared messages; returns false when the client left.
     async fn queue_all(&self, built: &Built<F::Frame>) -> bool {
-        for message in &built.messages {
-            if !self.queue_message(message.clone()).await {
-                return false;
-            }
-        }
-        true
+        self.queue_each(built.messages.iter().cloned()).await
     }
 
     /// Queues messages built one at a time, each once the previous one is queued; returns

@@ -94,8 +94,13 @@ fn parse_status(buf: &[u8]) -> Result<Parsed<()>, StoreError> {
     }
 }
 
-/// Parses one `HGETALL` reply at `at` into borrowed pairs; returns them and the position after.
-fn parse_hash(buf: &[u8], at: usize) -> Result<Parsed<Vec<(&str, &str)>>, StoreError> {
+/// Walks one `HGETALL` reply at `at`, handing each field and value to `each` (`false` for a
+/// field, `true` for its value); returns the position after the reply.
+fn walk_hash<'a>(
+    buf: &'a [u8],
+    at: usize,
+    mut each: impl FnMut(&'a [u8], bool) -> Result<(), StoreError>,
+) -> Result<Parsed<()>, StoreError> {
     let Some((head, mut at)) = line(buf, at) else {
         return Ok(Parsed::Incomplete);
     };
@@ -109,8 +114,6 @@ fn parse_hash(buf: &[u8], at: usize) -> Result<Parsed<Vec<(&str, &str)>>, StoreE
     if count % 2 != 0 || count / 2 > MAX_FIELDS {
         return Err(corrupt("a hash of odd or excessive length"));
     }
-    let mut pairs = Vec::with_capacity(count / 2);
-    let mut field = "";
     for i in 0..count {
         let Some((head, start)) = line(buf, at) else {
             return Ok(Parsed::Incomplete);
@@ -129,16 +132,41 @@ fn parse_hash(buf: &[u8], at: usize) -> Result<Parsed<Vec<(&str, &str)>>, StoreE
         if &buf[end..end + 2] != b"\r\n" {
             return Err(corrupt("a bulk string without its end"));
         }
-        let text =
-            std::str::from_utf8(&buf[start..end]).map_err(|_| corrupt("a field is not UTF-8"))?;
-        if i % 2 == 0 {
-            field = text;
-        } else {
-            pairs.push((field, text));
-        }
+        each(&buf[start..end], i % 2 == 1)?;
         at = end + 2;
     }
-    Ok(Parsed::Done(pairs, at))
+    Ok(Parsed::Done((), at))
+}
+
+/// Parses one `HGETALL` reply at `at` into borrowed pairs; returns them and the position after.
+fn parse_hash(buf: &[u8], at: usize) -> Result<Parsed<Vec<(&str, &str)>>, StoreError> {
+    let mut pairs = Vec::new();
+    let mut field = "";
+    let walked = walk_hash(buf, at, |bytes, value| {
+        let text = std::str::from_utf8(bytes).map_err(|_| corrupt("a field is not UTF-8"))?;
+        if value {
+            pairs.push((field, text));
+        } else {
+            field = text;
+        }
+        Ok(())
+    })?;
+    Ok(match walked {
+        Parsed::Done((), end) => Parsed::Done(pairs, end),
+        Parsed::Incomplete => Parsed::Incomplete,
+    })
+}
+
+/// Where the next `count` replies end, if all are in the buffer (their lengths only are read).
+fn replies_end(buf: &[u8], count: usize) -> Result<Option<usize>, StoreError> {
+    let mut at = 0;
+    for _ in 0..count {
+        match walk_hash(buf, at, |_, _| Ok(()))? {
+            Parsed::Done((), end) => at = end,
+            Parsed::Incomplete => return Ok(None),
+        }
+    }
+    Ok(Some(at))
 }
 
 impl BulkReader {
@@ -233,46 +261,31 @@ impl BulkReader {
                 written += 1;
             }
             for item in chunks[index] {
-                let (hashes, used) = loop {
-                    match self.parse_item(per_item)? {
-                        Some(parsed) => break parsed,
+                let used = loop {
+                    match replies_end(&self.buffer, per_item)? {
+                        Some(used) => break used,
                         None => self.fill().await?,
                     }
                 };
-                // The pairs borrow the buffer: handed over, then let go.
-                let hashes = hashes
-                    .into_iter()
-                    .map(|(start, end)| {
-                        parse_hash(&self.buffer[..end], start).map(|parsed| match parsed {
-                            Parsed::Done(pairs, _) => pairs,
-                            Parsed::Incomplete => Vec::new(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                // Parsed once they are all there; the pairs borrow the buffer, handed over and
+                // then let go.
+                let mut hashes = Vec::with_capacity(per_item);
+                let mut at = 0;
+                for _ in 0..per_item {
+                    match parse_hash(&self.buffer[..used], at)? {
+                        Parsed::Done(pairs, end) => {
+                            hashes.push(pairs);
+                            at = end;
+                        }
+                        Parsed::Incomplete => return Err(corrupt("a reply cut short")),
+                    }
+                }
                 take(item, &hashes)?;
                 drop(hashes);
                 self.buffer.advance(used);
             }
         }
         Ok(())
-    }
-
-    /// Finds the next `count` replies if all are in the buffer: their spans and the bytes
-    /// they take.
-    #[allow(clippy::type_complexity)]
-    fn parse_item(&self, count: usize) -> Result<Option<(Vec<(usize, usize)>, usize)>, StoreError> {
-        let mut spans = Vec::with_capacity(count);
-        let mut at = 0;
-        for _ in 0..count {
-            match parse_hash(&self.buffer, at)? {
-                Parsed::Done(_, end) => {
-                    spans.push((at, end));
-                    at = end;
-                }
-                Parsed::Incomplete => return Ok(None),
-            }
-        }
-        Ok(Some((spans, at)))
     }
 }
 
