@@ -267,6 +267,7 @@ fn schema_kind(err: &SchemaError) -> ErrorKind {
         | SchemaError::Edited { .. }
         | SchemaError::Irreversible { .. }
         | SchemaError::Contract { .. }
+        | SchemaError::HalfApplied { .. }
         | SchemaError::MigrationFailed { .. } => ErrorKind::FailedPrecondition,
     }
 }

@@ -63,6 +63,30 @@ pub enum SchemaError {
         /// What the database said.
         error: String,
     },
+    /// A migration's earlier attempt committed some of its statements and then failed or was
+    /// interrupted (engines without transactional DDL): nothing runs until an operator repairs
+    /// it, and then only that migration, resuming at the statement that did not complete.
+    #[error(
+        "migration {version:04}_{name} is half-applied going {direction}: it stopped at statement \
+         {statement}; {}",
+        if *repaired {
+            "it was repaired and resumes only by migrating through it"
+        } else {
+            "fix the database, then repair the tenant's schema to resume it"
+        }
+    )]
+    HalfApplied {
+        /// The migration's number.
+        version: u32,
+        /// The migration's name.
+        name: String,
+        /// `up` or `down`.
+        direction: String,
+        /// The statement that failed or was interrupted (1-based).
+        statement: u32,
+        /// Whether an operator repaired it already.
+        repaired: bool,
+    },
     /// The tenant's database could not be reached or answered with an error outside a migration.
     /// Never includes a password.
     #[error("tenant database unavailable: {0}")]

@@ -25,8 +25,28 @@ pub struct AppliedMigration {
     pub success: bool,
     /// Who ran it ([`MigratorOptions::applied_by`](crate::MigratorOptions::applied_by)).
     pub applied_by: String,
-    /// What the database said when it failed.
+    /// What the database said when it failed; none for a success, and for an attempt that
+    /// is still running or was interrupted (the process died) on an engine that records
+    /// progress per statement.
     pub error: Option<String>,
+    /// On engines whose DDL is not transactional (MySQL, MariaDB): how many of the
+    /// migration's statements are applied, counting those of the attempt it resumed. `None`
+    /// on PostgreSQL, where a step is all or nothing.
+    pub statements_done: Option<u32>,
+    /// Whether an operator repaired this half-applied attempt, so that the next run of the
+    /// same migration in the same direction resumes after its `statements_done`.
+    pub repaired: bool,
+}
+
+impl AppliedMigration {
+    /// Returns whether this attempt left its migration half-applied: it failed, or was
+    /// interrupted, after some of its statements were committed (or with none known to be).
+    pub fn is_half_applied(&self) -> bool {
+        !self.success
+            && self
+                .statements_done
+                .is_some_and(|done| done > 0 || self.error.is_none())
+    }
 }
 
 /// The state of one service's schema for one tenant.
@@ -54,6 +74,46 @@ impl TenantSchema {
     /// Returns the migrations in effect: version → the successful `up` row that applied them.
     pub fn applied(&self) -> BTreeMap<u32, &AppliedMigration> {
         applied(&self.history)
+    }
+
+    /// Returns the last attempt when it left its migration half-applied (see
+    /// [`AppliedMigration::is_half_applied`]): nothing else runs until it is repaired, and
+    /// once repaired only that migration, in that direction, resuming where it stopped.
+    pub fn half_applied(&self) -> Option<&AppliedMigration> {
+        self.history.last().filter(|row| row.is_half_applied())
+    }
+
+    /// Returns what an operator should do about this schema, if anything: a half-applied
+    /// migration waiting for a repair, or waiting to be resumed.
+    pub fn advice(&self) -> Option<String> {
+        let row = self.half_applied()?;
+        let done = row.statements_done.unwrap_or(0);
+        let what = match &row.error {
+            Some(error) => format!("statement {} failed: {error}", done + 1),
+            None => format!(
+                "the attempt was interrupted during statement {} (it may or may not have run)",
+                done + 1
+            ),
+        };
+        let label = format!("{:04}_{}", row.version, row.name);
+        Some(if row.repaired {
+            format!(
+                "migration {label} ({}) is repaired: the next run going {} resumes at statement {}",
+                row.direction,
+                row.direction,
+                done + 1
+            )
+        } else {
+            format!(
+                "migration {label} is half-applied going {}: {done} statement(s) applied, {what}. \
+                 Fix the cause in the database (or finish or undo that statement by hand), then \
+                 run `greyrouter schema repair --tenant <tenant> --service {}`; the next upgrade \
+                 resumes at statement {}",
+                row.direction,
+                self.service,
+                done + 1
+            )
+        })
     }
 }
 
@@ -88,6 +148,8 @@ pub(crate) fn row(
         success,
         applied_by: "test".to_owned(),
         error: (!success).then(|| "boom".to_owned()),
+        statements_done: None,
+        repaired: false,
     }
 }
 

@@ -116,13 +116,18 @@
 //! now: a database that requires TLS is refused when connecting.
 
 pub mod catalog;
+pub mod engine;
 mod error;
 pub mod history;
 pub mod migrator;
+mod mysql;
 pub mod plan;
+mod postgres;
+pub mod statements;
 pub mod tenant_database;
 
 pub use catalog::{Catalog, Migration, ServiceCatalog};
+pub use engine::EngineKind;
 pub use error::SchemaError;
 pub use history::{AppliedMigration, TenantSchema};
 pub use migrator::{Migrator, MigratorOptions, StepProgress};

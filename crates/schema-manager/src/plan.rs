@@ -31,6 +31,9 @@ pub struct PlannedStep {
     pub name: String,
     /// Up or down.
     pub direction: Direction,
+    /// Statements already applied by a repaired, half-applied attempt of this step (engines
+    /// without transactional DDL), which the step skips; 0 runs it whole.
+    pub skip_statements: u32,
 }
 
 /// What migrating a tenant's schema to a target would do (a dry run).
@@ -98,15 +101,66 @@ pub(crate) fn steps(
         version: migration.version,
         name: migration.name.clone(),
         direction,
+        skip_statements: 0,
     };
-    if target >= current {
-        return Ok(catalog
+    let mut steps = if target >= current {
+        catalog
             .migrations
             .iter()
             .filter(|migration| migration.version > current && migration.version <= target)
             .map(|migration| step(migration, Direction::Up))
-            .collect());
+            .collect()
+    } else {
+        down_steps(catalog, &applied, target)?
+    };
+    if let Some(half) = schema.half_applied() {
+        let refused = || SchemaError::HalfApplied {
+            version: half.version,
+            name: half.name.clone(),
+            direction: half.direction.clone(),
+            statement: half.statements_done.unwrap_or(0) + 1,
+            repaired: half.repaired,
+        };
+        // Unrepaired: nothing runs. Repaired: only a plan that goes through it resumes it.
+        let first = steps.first_mut().ok_or_else(refused)?;
+        if !half.repaired
+            || first.version != half.version
+            || first.direction.as_str() != half.direction
+        {
+            return Err(refused());
+        }
+        // Statement numbers mean nothing once the text changed (a repair acknowledges it).
+        if catalog
+            .migration(half.version)
+            .is_some_and(|migration| migration.checksum != half.checksum)
+        {
+            return Err(SchemaError::Edited {
+                version: half.version,
+                name: half.name.clone(),
+            });
+        }
+        first.skip_statements = half.statements_done.unwrap_or(0);
     }
+    Ok(steps)
+}
+
+/// Returns the down steps from the applied migrations to `target`, refusing contract and
+/// irreversible ones.
+fn down_steps(
+    catalog: &ServiceCatalog,
+    applied: &std::collections::BTreeMap<u32, &crate::AppliedMigration>,
+    target: u32,
+) -> Result<Vec<PlannedStep>, SchemaError> {
+    let unknown = |version| SchemaError::UnknownSchemaVersion {
+        service: catalog.service.clone(),
+        version,
+    };
+    let step = |migration: &Migration, direction| PlannedStep {
+        version: migration.version,
+        name: migration.name.clone(),
+        direction,
+        skip_statements: 0,
+    };
     let mut steps = Vec::new();
     for version in applied.keys().rev().filter(|version| **version > target) {
         let migration = catalog
@@ -316,5 +370,68 @@ mod tests {
         let schema = TenantSchema::from_history("svc", rows);
         let err = steps(&catalog, &schema, 7).expect_err("out of order");
         assert!(err.to_string().contains("0002_m2"), "{err}");
+    }
+
+    #[test]
+    fn a_half_applied_migration_blocks_every_plan_until_repaired_then_resumes() {
+        let catalog = catalog();
+        let checksum = |version| catalog.migration(version).expect("known").checksum.clone();
+        let half = |version, direction: &str, done, repaired| crate::AppliedMigration {
+            statements_done: Some(done),
+            repaired,
+            ..row(version, direction, false, &checksum(version))
+        };
+        let mut rows = vec![row(1, "up", true, &checksum(1)), half(2, "up", 1, false)];
+        let stuck = TenantSchema::from_history("svc", rows.clone());
+        for target in [0, 1, 2, 7] {
+            let err = steps(&catalog, &stuck, target).expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    SchemaError::HalfApplied {
+                        version: 2,
+                        statement: 2,
+                        repaired: false,
+                        ..
+                    }
+                ),
+                "{target}: {err}"
+            );
+        }
+        rows[1].repaired = true;
+        let repaired = TenantSchema::from_history("svc", rows.clone());
+        let plan = steps(&catalog, &repaired, 4).expect("resumes");
+        assert_eq!(
+            versions(&plan),
+            vec![(2, Direction::Up), (4, Direction::Up)]
+        );
+        assert_eq!(plan[0].skip_statements, 1);
+        assert_eq!(plan[1].skip_statements, 0);
+        // A plan that does not go through it is still refused.
+        assert!(matches!(
+            steps(&catalog, &repaired, 0),
+            Err(SchemaError::HalfApplied { repaired: true, .. })
+        ));
+        // Edited since: statement numbers mean nothing.
+        rows[1].checksum = "other".to_owned();
+        assert!(matches!(
+            steps(&catalog, &TenantSchema::from_history("svc", rows), 2),
+            Err(SchemaError::Edited { version: 2, .. })
+        ));
+        // A half-applied down resumes going down.
+        let down = TenantSchema::from_history(
+            "svc",
+            vec![
+                row(1, "up", true, &checksum(1)),
+                row(2, "up", true, &checksum(2)),
+                half(2, "down", 1, true),
+            ],
+        );
+        let plan = steps(&catalog, &down, 0).expect("resumes down");
+        assert_eq!(
+            versions(&plan),
+            vec![(2, Direction::Down), (1, Direction::Down)]
+        );
+        assert_eq!(plan[0].skip_statements, 1);
     }
 }
