@@ -207,8 +207,14 @@ pub struct SchemaSettings {
     /// `postgres://app@db:5432/app` (a schema per tenant) or `postgres://app@db/tenant_{tenant}`.
     /// Empty: schema migrations are off.
     pub database_url: String,
-    /// The tenant's schema in that database (a tenant label `schema` overrides it).
+    /// The tenant's schema in that database (a tenant label `schema` overrides it); on MySQL,
+    /// the tenant's database.
     pub schema: String,
+    /// The database engine: `postgres` or `mysql` (MySQL 8, MariaDB 10.11+); empty: the URL's
+    /// scheme says (`postgres://`, `postgresql://`, `mysql://`, `mariadb://`).
+    pub engine: String,
+    /// Idle database connections kept for the next tenants, over all tenant databases.
+    pub max_idle_connections: usize,
     /// Tenants migrated at once by one upgrade.
     pub max_concurrent_upgrades: usize,
     /// Longest a single migration may run, in milliseconds.
@@ -241,6 +247,8 @@ impl Default for SchemaSettings {
             migrations: PathBuf::from("migrations"),
             database_url: String::new(),
             schema: "tenant_{tenant}".to_owned(),
+            engine: String::new(),
+            max_idle_connections: 16,
             max_concurrent_upgrades: 5,
             migration_timeout_ms: 60_000,
             lock_timeout_ms: 10_000,
@@ -1009,10 +1017,34 @@ impl Config {
                     self.schema.migrations.display()
                 ));
             }
-            if !self.schema.database_url.starts_with("postgres://")
-                && !self.schema.database_url.starts_with("postgresql://")
-            {
-                problems.push("schema.database_url: must be a postgres:// URL".to_owned());
+            let scheme = self
+                .schema
+                .database_url
+                .split_once("://")
+                .map(|(scheme, _)| scheme.to_ascii_lowercase());
+            if !matches!(
+                scheme.as_deref(),
+                Some("postgres" | "postgresql" | "mysql" | "mariadb")
+            ) {
+                problems.push(
+                    "schema.database_url: must be a postgres://, postgresql://, mysql:// or \
+                     mariadb:// URL"
+                        .to_owned(),
+                );
+            } else {
+                let by_url = schema_manager::EngineKind::from_url(&self.schema.database_url);
+                match self.schema.engine.as_str() {
+                    "" => {}
+                    "postgres" | "mysql" if self.schema.engine == by_url.as_str() => {}
+                    "postgres" | "mysql" => problems.push(format!(
+                        "schema.engine: {} does not match the {} URL of schema.database_url",
+                        self.schema.engine,
+                        by_url.as_str()
+                    )),
+                    other => {
+                        problems.push(format!("schema.engine: {other:?} is not postgres or mysql"))
+                    }
+                }
             }
             if self.schema.max_concurrent_upgrades == 0 || self.schema.migration_timeout_ms == 0 {
                 problems.push(

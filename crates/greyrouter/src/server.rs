@@ -236,6 +236,8 @@ fn open_schemas(config: &Config) -> anyhow::Result<Option<Schemas>> {
         migration_timeout: Duration::from_millis(settings.migration_timeout_ms),
         lock_timeout: Duration::from_millis(settings.lock_timeout_ms),
         applied_by: format!("greyrouter/{}", std::process::id()),
+        max_idle_sessions: settings.max_idle_connections,
+        ..MigratorOptions::default()
     };
     let migrator = Migrator::new(Arc::new(catalog), Arc::new(databases), options);
     Ok(Some(Schemas::new(migrator)))

@@ -8,6 +8,7 @@
 //! schema template names it, the URL's own database (if any) only has to exist.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -121,7 +122,15 @@ impl MySqlSession {
 
     /// Runs the step's statements after its history row is written, updating the row after
     /// each one.
-    async fn apply(&mut self, step: StepRun<'_>, row_id: &mut Option<u64>) -> Result<(), String> {
+    ///
+    /// A statement that returns after `killed` was set does not count as applied (MariaDB ends
+    /// some killed statements without an error).
+    async fn apply(
+        &mut self,
+        step: StepRun<'_>,
+        row_id: &mut Option<u64>,
+        killed: &AtomicBool,
+    ) -> Result<(), String> {
         let sql = step.sql()?;
         let started = Instant::now();
         let table = self.history_table();
@@ -171,6 +180,13 @@ impl MySqlSession {
                         statement.line
                     )
                 })?;
+            if killed.load(Ordering::SeqCst) {
+                return Err(format!(
+                    "statement {} (line {}) was killed",
+                    index + 1,
+                    statement.line
+                ));
+            }
             let done = u32::try_from(index + 1).unwrap_or(u32::MAX);
             let progress = if index + 1 == last {
                 conn.exec_drop(
@@ -344,17 +360,19 @@ impl Session for MySqlSession {
         let connection_id = self.conn().map_err(|err| err.to_string())?.id();
         let mut row_id = None;
         let opts = self.opts.clone();
+        let killed = AtomicBool::new(false);
         let outcome = if timeout.is_zero() {
-            self.apply(step, &mut row_id).await
+            self.apply(step, &mut row_id, &killed).await
         } else {
             let (outcome, timed_out) = {
-                let run = self.apply(step, &mut row_id);
+                let run = self.apply(step, &mut row_id, &killed);
                 tokio::pin!(run);
                 tokio::select! {
                     outcome = &mut run => (outcome, false),
                     () = tokio::time::sleep(timeout) => {
                         // Kill the running statement; the step then fails with what the server
                         // says of it, and stops.
+                        killed.store(true, Ordering::SeqCst);
                         kill_running(&opts, connection_id).await;
                         let timed_out = format!("timed out after {timeout:?} and was killed");
                         let outcome = match tokio::time::timeout(CANCEL_GRACE, &mut run).await {

@@ -829,6 +829,127 @@ fn psql(database: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// The machine's MySQL or MariaDB server, which the schema tests use.
+pub const MYSQL_HOST: &str = "127.0.0.1";
+/// Its port.
+pub const MYSQL_PORT: u16 = 3306;
+/// Its user (empty password).
+pub const MYSQL_USER: &str = "root";
+
+/// A set of throwaway MySQL databases on the machine's MySQL/MariaDB server
+/// ([`MYSQL_HOST`]:[`MYSQL_PORT`], user [`MYSQL_USER`], empty password): every database whose
+/// name starts with [`MysqlDatabases::prefix`] and `_`, the tenants' schemas of one test;
+/// dropped with it. A missing server or client panics saying which: never a silent skip.
+#[derive(Debug)]
+pub struct MysqlDatabases {
+    prefix: String,
+}
+
+impl MysqlDatabases {
+    /// Returns a fresh prefix, owned by no database yet.
+    pub fn create() -> MysqlDatabases {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.write_u64(CREATED.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!("gt{:012x}", hasher.finish() >> 16);
+        // Fails loudly when the server is missing.
+        mysql_query(&format!("SELECT '{prefix}'"))
+            .unwrap_or_else(|why| panic!("cannot reach the MySQL server: {why}"));
+        MysqlDatabases { prefix }
+    }
+
+    /// Returns the prefix of the databases: name schemas `<prefix>_...`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Returns a `mysql://` URL of the server, naming no database.
+    pub fn url(&self) -> String {
+        format!("mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/")
+    }
+
+    /// Runs SQL with the `mariadb` client and returns its output (tab between columns, one row
+    /// a line, no headers); panics with the server's message when it fails.
+    pub fn sql(&self, sql: &str) -> String {
+        mysql_query(sql).unwrap_or_else(|why| panic!("mariadb: {why}\n{sql}"))
+    }
+}
+
+impl Drop for MysqlDatabases {
+    fn drop(&mut self) {
+        let listed = mysql_query(&format!(
+            "SELECT schema_name FROM information_schema.schemata \
+             WHERE schema_name LIKE '{}\\_%'",
+            self.prefix
+        ));
+        let names = match listed {
+            Ok(names) => names,
+            Err(why) => {
+                eprintln!("cannot list the test databases {}_*: {why}", self.prefix);
+                return;
+            }
+        };
+        for name in names.lines().filter(|name| !name.is_empty()) {
+            if let Err(why) = mysql_query(&format!("DROP DATABASE IF EXISTS `{name}`")) {
+                eprintln!("cannot drop the test database {name}: {why}");
+            }
+        }
+    }
+}
+
+fn mysql_query(sql: &str) -> Result<String, String> {
+    let output = Command::new("mariadb")
+        .args([
+            "-h",
+            MYSQL_HOST,
+            "-P",
+            &MYSQL_PORT.to_string(),
+            "-u",
+            MYSQL_USER,
+        ])
+        .args([
+            "--protocol=tcp",
+            "--connect-timeout=10",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(
+                "the mariadb client is not installed: install Debian's mariadb-client package \
+                 (and a MariaDB or MySQL server on 127.0.0.1:3306, user root, empty password)"
+                    .to_owned(),
+            );
+        }
+        Err(err) => return Err(format!("cannot run mariadb: {err}")),
+    };
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("Can't connect") || stderr.contains("Access denied") {
+        Err(format!(
+            "no MySQL/MariaDB server accepts user {MYSQL_USER} with an empty password at \
+             {MYSQL_HOST}:{MYSQL_PORT} (the schema tests need one running): {}",
+            stderr.trim()
+        ))
+    } else {
+        Err(stderr.trim().to_owned())
+    }
+}
+
 /// One Nacos-compatible server (`rnacos`) on free ports with a temporary data directory.
 ///
 /// The binary is `$GREYROUTER_RNACOS`, else `rnacos` in the tool cache `scripts/test` installs
