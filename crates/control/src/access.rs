@@ -414,6 +414,7 @@ pub const RULES: &[Rule] = &[
     r("Admin", "GetSchemaUpgrade", Role::Viewer, Reach::Fleet),
     r("Admin", "WatchSchemaUpgrade", Role::Viewer, Reach::Fleet),
     r("Admin", "GetTenantSchema", Role::Viewer, Reach::Tenant),
+    r("Admin", "RepairTenantSchema", Role::Operator, Reach::Tenant),
     r("Admin", "AdoptStoreHistory", Role::Admin, Reach::Fleet),
     r("Admin", "GetDiscoveryStatus", Role::Viewer, Reach::Shared),
     r("Admin", "ExportState", Role::Admin, Reach::Fleet),

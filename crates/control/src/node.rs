@@ -13,14 +13,14 @@ use greyrouter_store::{Commit, Store};
 use routing_core::analysis::AnalysisPolicy;
 use routing_core::model::{RolloutDecision, RolloutEvent, RolloutPhase, RolloutPlan};
 use routing_core::outcome::WindowConfig;
-use routing_core::state::{RouteDecision, ServiceEntry};
+use routing_core::state::{RouteDecision, ServiceEntry, TenantEntry};
 use routing_core::watch::AssignmentFilter;
 use routing_core::{
     Cohort, EjectionPolicy, Entity, Experiment, Instance, Mutation, Outcome, Override, Rollout,
     RouteQuery, RoutingError, RoutingState, Service, StateDump, Strategy, Tenant, Variant,
     validate,
 };
-use schema_manager::{AppliedMigration, Plan, SchemaError};
+use schema_manager::{AppliedMigration, Plan, SchemaError, ServiceCatalog, TenantSchema};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -488,6 +488,30 @@ pub struct ServiceSchema {
     pub latest: u32,
     /// The migrations applied, oldest first.
     pub history: Vec<AppliedMigration>,
+    /// What an operator should do, when a migration was left half-applied.
+    pub advice: Option<String>,
+}
+
+/// Returns a tenant's schema of one service, with what its version requires.
+fn service_schema(
+    state: &RoutingState,
+    tenant: &TenantEntry,
+    catalog: &ServiceCatalog,
+    status: TenantSchema,
+) -> ServiceSchema {
+    let required = state
+        .service(&catalog.service)
+        .map(|service| service.resolve(tenant).version)
+        .and_then(|version| catalog.required_for(&version))
+        .unwrap_or(0);
+    ServiceSchema {
+        service: catalog.service.clone(),
+        current: status.current,
+        required,
+        latest: catalog.latest(),
+        advice: status.advice(),
+        history: status.history,
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1688,20 +1712,39 @@ impl Node {
                 .migrator()
                 .status(&tenant.tenant, &catalog.service)
                 .await?;
-            let required = state
-                .service(&catalog.service)
-                .map(|service| service.resolve(tenant).version)
-                .and_then(|version| catalog.required_for(&version))
-                .unwrap_or(0);
-            services.push(ServiceSchema {
-                service: catalog.service.clone(),
-                current: status.current,
-                required,
-                latest: catalog.latest(),
-                history: status.history,
-            });
+            services.push(service_schema(&state, tenant, catalog, status));
         }
         Ok(services)
+    }
+
+    /// Acknowledges a tenant's schema of one service as it is: applied migrations edited since
+    /// take the catalog's checksums, and a migration left half-applied (MySQL) resumes at the
+    /// statement that did not complete on the next upgrade. Returns the history rows changed
+    /// and the schema after.
+    pub async fn repair_tenant_schema(
+        &self,
+        tenant_id: &str,
+        service: &str,
+        actor: &Actor,
+    ) -> Result<(u32, ServiceSchema), Error> {
+        let schemas = self.schemas()?;
+        validate::name("tenant_id", tenant_id)?;
+        validate::name("service", service)?;
+        let state = self.replica.current();
+        let tenant = state
+            .tenant(tenant_id)
+            .ok_or_else(|| not_found(Entity::Tenant, tenant_id))?;
+        let catalog = schemas
+            .migrator()
+            .catalog()
+            .service(service)
+            .ok_or_else(|| SchemaError::NoCatalog {
+                service: service.to_owned(),
+            })?;
+        let changed = schemas.migrator().repair(&tenant.tenant, service).await?;
+        tracing::warn!(actor = ?actor.name, tenant = %tenant_id, %service, changed, "repaired a tenant's schema history");
+        let status = schemas.migrator().status(&tenant.tenant, service).await?;
+        Ok((changed, service_schema(&state, tenant, catalog, status)))
     }
 
     // The store.

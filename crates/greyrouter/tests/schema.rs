@@ -904,3 +904,170 @@ async fn a_rollout_migrates_at_most_max_concurrent_upgrades_tenants_at_once() {
     }
     server.stop().await;
 }
+
+/// A catalog of `user-service` in MySQL's SQL: 0002 adds a table, then a unique index that
+/// fails while two users share an email; 0003 is a contract migration.
+fn mysql_catalog() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = dir.path().join(SERVICE);
+    std::fs::create_dir_all(&service).expect("catalog directory");
+    for (name, text) in [
+        (
+            "0001_create_users.up.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, email VARCHAR(200) NOT NULL, name TEXT);\n",
+        ),
+        ("0001_create_users.down.sql", "DROP TABLE users;\n"),
+        (
+            "0002_add_preferences.up.sql",
+            "CREATE TABLE preferences (user_id BIGINT PRIMARY KEY, theme VARCHAR(20));\n\
+             CREATE UNIQUE INDEX users_email ON users (email);\n",
+        ),
+        (
+            "0002_add_preferences.down.sql",
+            "DROP INDEX users_email ON users;\nDROP TABLE preferences;\n",
+        ),
+        (
+            "0003_drop_legacy_name.up.sql",
+            "-- greyrouter: contract\nALTER TABLE users DROP COLUMN name;\n",
+        ),
+        (
+            "versions.toml",
+            "[versions]\n\"v1.0\" = 1\n\"v2.0\" = 2\n\"v3.0\" = 3\n",
+        ),
+    ] {
+        std::fs::write(service.join(name), text).expect("write the catalog");
+    }
+    dir
+}
+
+/// README: "MySQL 8 or MariaDB 10.11+", "half-applied", "`greyrouter schema repair`". The gate
+/// works on MySQL as on PostgreSQL; a migration that stops half-way keeps the tenant on its
+/// version, the schema status says what to do, switches are refused until the repair, and the
+/// next switch resumes the migration and routes the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mysql_a_half_applied_migration_holds_the_switch_until_repaired() {
+    let databases = greyrouter_test_support::MysqlDatabases::create();
+    let catalog = mysql_catalog();
+    let mut config = Config::default();
+    config.schema.database_url = databases.url();
+    config.schema.schema = format!("{}_{{tenant}}", databases.prefix());
+    config.schema.migrations = catalog.path().to_owned();
+    let mut server = server_with(config, 2).await;
+
+    // t0: the gate and --migrate, as on PostgreSQL.
+    server
+        .admin
+        .set_tenant_version(switch("t0", "v2.0", true))
+        .await
+        .expect("migrate, then switch");
+    assert_eq!(
+        server.route("t0", SERVICE).await.expect("route").version,
+        "v2.0"
+    );
+    let schema = schema_of(&mut server, "t0").await;
+    assert_eq!((schema.current, schema.required, schema.latest), (2, 2, 3));
+    assert!(schema.advice.is_empty());
+    assert!(schema.history.iter().all(|h| h.statements_done.is_some()));
+
+    // t1 at schema 1, with two users sharing an email: 0002 stops after its first statement.
+    let upgrade = server
+        .admin
+        .upgrade_schema(pb::UpgradeSchemaRequest {
+            service: SERVICE.into(),
+            tenant_ids: vec!["t1".into()],
+            target_schema: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("upgrade t1 to 1")
+        .into_inner();
+    finished_upgrade(&mut server, &upgrade.upgrade_id).await;
+    let t1 = format!("{}_t1", databases.prefix());
+    databases.sql(&format!(
+        "INSERT INTO `{t1}`.users (id, email) VALUES (1, 'a@x'), (2, 'a@x')"
+    ));
+    let failed = server
+        .admin
+        .set_tenant_version(switch("t1", "v2.0", true))
+        .await
+        .expect_err("0002 fails half-way");
+    assert_eq!(
+        failed.code(),
+        Code::FailedPrecondition,
+        "{}",
+        failed.message()
+    );
+    assert_eq!(
+        server.route("t1", SERVICE).await.expect("route").version,
+        "v1.0"
+    );
+    let schema = schema_of(&mut server, "t1").await;
+    assert_eq!(schema.current, 1);
+    assert!(schema.advice.contains("half-applied"), "{}", schema.advice);
+    assert!(
+        schema.advice.contains("greyrouter schema repair"),
+        "{}",
+        schema.advice
+    );
+    let last = schema.history.last().expect("the failed attempt");
+    assert_eq!(
+        (last.version, last.success, last.statements_done),
+        (2, false, Some(1))
+    );
+    assert!(last.error.contains("in statement 2"), "{}", last.error);
+
+    // Fixing the data is not enough: the half-applied migration waits for the repair.
+    databases.sql(&format!(
+        "UPDATE `{t1}`.users SET email = 'b@x' WHERE id = 2"
+    ));
+    let refused = server
+        .admin
+        .set_tenant_version(switch("t1", "v2.0", true))
+        .await
+        .expect_err("not repaired yet");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("half-applied"),
+        "{}",
+        refused.message()
+    );
+
+    let repaired = server
+        .admin
+        .repair_tenant_schema(pb::RepairTenantSchemaRequest {
+            tenant_id: "t1".into(),
+            service: SERVICE.into(),
+        })
+        .await
+        .expect("repair")
+        .into_inner();
+    assert_eq!(repaired.rows_changed, 1);
+    let after = repaired.schema.expect("the schema after");
+    assert!(
+        after.advice.contains("resumes at statement 2"),
+        "{}",
+        after.advice
+    );
+
+    server
+        .admin
+        .set_tenant_version(switch("t1", "v2.0", true))
+        .await
+        .expect("resumed, then switched");
+    assert_eq!(
+        server.route("t1", SERVICE).await.expect("route").version,
+        "v2.0"
+    );
+    let schema = schema_of(&mut server, "t1").await;
+    assert_eq!(schema.current, 2);
+    assert!(schema.advice.is_empty(), "{}", schema.advice);
+    // The first statement ran once: its table is there and was not created twice.
+    assert_eq!(
+        databases.sql(&format!(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{t1}' \
+             AND table_name = 'preferences'"
+        )),
+        "1"
+    );
+    server.stop().await;
+}

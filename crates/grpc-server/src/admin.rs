@@ -703,30 +703,26 @@ impl Admin for AdminService {
             .map_err(failed)?;
         Ok(Response::new(pb::GetTenantSchemaResponse {
             tenant_id: request.tenant_id,
-            services: services
-                .into_iter()
-                .map(|schema| pb::ServiceSchema {
-                    service: schema.service,
-                    current: schema.current,
-                    required: schema.required,
-                    latest: schema.latest,
-                    history: schema
-                        .history
-                        .into_iter()
-                        .map(|applied| pb::AppliedMigration {
-                            version: applied.version,
-                            name: applied.name,
-                            checksum: applied.checksum,
-                            direction: applied.direction,
-                            applied_at_ms: applied.applied_at_ms,
-                            duration_ms: applied.duration_ms,
-                            success: applied.success,
-                            applied_by: applied.applied_by,
-                            error: applied.error.unwrap_or_default(),
-                        })
-                        .collect(),
-                })
-                .collect(),
+            services: services.into_iter().map(service_schema).collect(),
+        }))
+    }
+
+    async fn repair_tenant_schema(
+        &self,
+        request: Request<pb::RepairTenantSchemaRequest>,
+    ) -> Result<Response<pb::RepairTenantSchemaResponse>, Status> {
+        let tenant_id = request.get_ref().tenant_id.clone();
+        let actor = self.admit_actor(&request, "RepairTenantSchema", &[&tenant_id])?;
+        let request = request.into_inner();
+        let (rows_changed, schema) = self
+            .node
+            .repair_tenant_schema(&request.tenant_id, &request.service, &actor)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(pb::RepairTenantSchemaResponse {
+            tenant_id: request.tenant_id,
+            rows_changed,
+            schema: Some(service_schema(schema)),
         }))
     }
 
@@ -916,5 +912,33 @@ impl AdminService {
             .await
             .map_err(failed)?;
         Ok(rollout_response(view))
+    }
+}
+
+/// Returns a tenant's schema of one service on the wire.
+fn service_schema(schema: control::node::ServiceSchema) -> pb::ServiceSchema {
+    pb::ServiceSchema {
+        service: schema.service,
+        current: schema.current,
+        required: schema.required,
+        latest: schema.latest,
+        advice: schema.advice.unwrap_or_default(),
+        history: schema
+            .history
+            .into_iter()
+            .map(|applied| pb::AppliedMigration {
+                version: applied.version,
+                name: applied.name,
+                checksum: applied.checksum,
+                direction: applied.direction,
+                applied_at_ms: applied.applied_at_ms,
+                duration_ms: applied.duration_ms,
+                success: applied.success,
+                applied_by: applied.applied_by,
+                error: applied.error.unwrap_or_default(),
+                statements_done: applied.statements_done,
+                repaired: applied.repaired,
+            })
+            .collect(),
     }
 }

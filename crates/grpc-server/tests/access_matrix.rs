@@ -39,7 +39,9 @@ fn expected_role(method: &str) -> Option<&'static str> {
         }
         "SetTenantVersion" | "ClearTenantVersion" | "StartRollout" | "PauseRollout"
         | "ResumeRollout" | "PromoteRollout" | "AbortRollout" | "CreateExperiment"
-        | "UpdateExperiment" | "StopExperiment" | "UpgradeSchema" => "operator",
+        | "UpdateExperiment" | "StopExperiment" | "UpgradeSchema" | "RepairTenantSchema" => {
+            "operator"
+        }
         "UpsertTenant" | "UpsertService" | "RegisterInstance" | "DeregisterInstance"
         | "Heartbeat" | "SetDefaultVersion" | "EmergencyRollback" | "ClearOverride"
         | "AdoptStoreHistory" | "ExportState" | "ApplyState" => "admin",
@@ -637,6 +639,19 @@ async fn call(channel: &Channel, token: &str, method: &str, tenant: &str) -> Opt
                 token,
                 &admin,
                 pb::GetTenantSchemaRequest {
+                    tenant_id: t,
+                    service: "api".into(),
+                },
+            )
+            .await,
+            no::<_>,
+        ),
+        "RepairTenantSchema" => answer(
+            unary::<_, pb::RepairTenantSchemaResponse>(
+                channel,
+                token,
+                &admin,
+                pb::RepairTenantSchemaRequest {
                     tenant_id: t,
                     service: "api".into(),
                 },

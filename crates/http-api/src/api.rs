@@ -252,6 +252,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Admin",
         "GetTenantSchema",
     ),
+    endpoint(
+        "POST",
+        "/api/v1/tenants/{tenant}/schema/{service}/repair",
+        "Admin",
+        "RepairTenantSchema",
+    )
+    .with_body(schema::<RepairBody>),
     endpoint("GET", "/api/v1/events", "Admin", "ListEvents"),
     endpoint("GET", "/api/v1/watch", "Router", "WatchAssignments"),
     endpoint("POST", "/api/v1/route", "Router", "Route").with_body(schema::<RouteBody>),
@@ -386,6 +393,10 @@ pub fn routes(node: Arc<Node>, closing: tokio::sync::watch::Receiver<bool>) -> R
             get(schema_upgrade_events),
         )
         .route("/api/v1/tenants/{tenant}/schema", get(tenant_schema))
+        .route(
+            "/api/v1/tenants/{tenant}/schema/{service}/repair",
+            post(repair_tenant_schema),
+        )
         .route("/api/v1/events", get(events))
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/route", route.clone())
@@ -1486,25 +1497,57 @@ async fn tenant_schema(
         filter.map_err(|err| Problem::from(Error::invalid("query", err.body_text())))?;
     admit(&node, &caller, "Admin", "GetTenantSchema", &[&tenant])?;
     let schemas = node.tenant_schema(&tenant, &filter.service).await?;
-    let services: Vec<Value> = schemas
-        .iter()
-        .map(|schema| {
-            json!({
-                "service": schema.service,
-                "current": schema.current,
-                "required": schema.required,
-                "latest": schema.latest,
-                "history": schema.history.iter().map(|applied| json!({
-                    "version": applied.version,
-                    "name": applied.name,
-                    "direction": applied.direction,
-                    "applied_at_ms": applied.applied_at_ms,
-                    "duration_ms": applied.duration_ms,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let services: Vec<Value> = schemas.iter().map(service_schema_json).collect();
     ok(json!({"tenant_id": tenant, "services": services}))
+}
+
+/// The body of a schema repair: `{}`, or why.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RepairBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn repair_tenant_schema(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path((tenant, service)): Path<(String, String)>,
+    headers: HeaderMap,
+    json: Result<Json<RepairBody>, JsonRejection>,
+) -> Answer {
+    let given = body(json)?;
+    admit(&node, &caller, "Admin", "RepairTenantSchema", &[&tenant])?;
+    let actor = actor(&caller, &headers, Some(&given.reason))?;
+    let (rows_changed, schema) = node.repair_tenant_schema(&tenant, &service, &actor).await?;
+    ok(json!({
+        "tenant_id": tenant,
+        "rows_changed": rows_changed,
+        "schema": service_schema_json(&schema),
+    }))
+}
+
+/// Returns a tenant's schema of one service as JSON.
+fn service_schema_json(schema: &control::node::ServiceSchema) -> Value {
+    json!({
+        "service": schema.service,
+        "current": schema.current,
+        "required": schema.required,
+        "latest": schema.latest,
+        "advice": schema.advice,
+        "history": schema.history.iter().map(|applied| json!({
+            "version": applied.version,
+            "name": applied.name,
+            "direction": applied.direction,
+            "applied_at_ms": applied.applied_at_ms,
+            "duration_ms": applied.duration_ms,
+            "success": applied.success,
+            "applied_by": applied.applied_by,
+            "error": applied.error,
+            "statements_done": applied.statements_done,
+            "repaired": applied.repaired,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The OpenAPI 3 document of the API, generated from [`ENDPOINTS`]: every path and method,

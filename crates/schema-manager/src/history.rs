@@ -107,7 +107,7 @@ impl TenantSchema {
             format!(
                 "migration {label} is half-applied going {}: {done} statement(s) applied, {what}. \
                  Fix the cause in the database (or finish or undo that statement by hand), then \
-                 run `greyrouter schema repair --tenant <tenant> --service {}`; the next upgrade \
+                 run `greyrouter schema repair <tenant> --service {}`; the next upgrade \
                  resumes at statement {}",
                 row.direction,
                 self.service,

@@ -1,4 +1,5 @@
-//! Per-tenant database schema migrations on PostgreSQL, tied to service versions.
+//! Per-tenant database schema migrations on PostgreSQL and MySQL/MariaDB, tied to service
+//! versions.
 //!
 //! Each tenant of the SaaS has its own schema (in a shared database or in its own database).
 //! A service version needs its tenants' schemas at some migration; before greyrouter routes a
@@ -16,7 +17,12 @@
 //!   what is applied according to them.
 //! - [`tenant_database`]: the [`TenantDatabases`] port (which database and schema a tenant
 //!   lives in) and its [`Templates`] adapter.
-//! - [`migrator`]: [`Migrator`] reads, plans and applies migrations on PostgreSQL.
+//! - [`migrator`]: [`Migrator`] reads, plans and applies migrations: every rule (planning, the
+//!   lock and its retries, what a failure means), on the engine a tenant's URL names.
+//! - [`engine`]: the port to a database engine ([`engine::Engine`], [`engine::Session`]) and
+//!   the pool of idle sessions; `postgres` and `mysql` are its adapters, and
+//!   `tests/engines.rs` is the behaviour suite both run.
+//! - [`statements`]: splits a migration into statements for MySQL. Pure.
 //!
 //! # The catalog
 //!
@@ -62,17 +68,29 @@
 //! compared with the catalog's: an edited migration is refused ([`SchemaError::Edited`])
 //! until [`Migrator::repair`] acknowledges it.
 //!
+//! On MySQL the table has two more columns: `statements_done` (how many of the migration's
+//! statements are applied, updated after each) and `repaired` (see *MySQL* below).
+//!
+//! # Sessions
+//!
+//! A tenant's migration runs on one session: it takes the lock, reads the history and runs the
+//! steps. Sessions go back to a pool when their tenant is done (healthy, unlocked): at most
+//! [`MigratorOptions::max_idle_sessions`] over every database, none kept longer than
+//! [`MigratorOptions::idle_timeout`], so a database per tenant never holds a connection per
+//! tenant, and 200 tenants of one database reuse a handful of connections.
+//!
 //! # Locking
 //!
-//! [`Migrator::migrate`] takes a PostgreSQL session-level advisory lock keyed by a stable
-//! 64-bit hash of (database, schema), on a connection of its own, with `pg_try_advisory_lock`
-//! retried until [`MigratorOptions::lock_timeout`], then [`SchemaError::Busy`]. Two routers, or
+//! [`Migrator::migrate`] takes a lock keyed by a stable 64-bit hash of (database, schema) on its
+//! session: on PostgreSQL a session-level advisory lock (`pg_try_advisory_lock`), on MySQL a
+//! named lock (`GET_LOCK`, server-wide, so keyed by the schema alone), retried until
+//! [`MigratorOptions::lock_timeout`], then [`SchemaError::Busy`]. Two routers, or
 //! a router and an operator, therefore never migrate the same tenant at once, and the second
 //! one plans only after the first is done, so it finds nothing left to do. The lock is released
 //! when the migration ends, whatever the outcome; if the process dies, PostgreSQL releases it
 //! with the session. [`Migrator::repair`] takes the same lock.
 //!
-//! # Failure handling
+//! # Failure handling (PostgreSQL)
 //!
 //! Each step runs in its own transaction together with its history row, with
 //! `SET LOCAL search_path` to the tenant schema (only it: qualify objects of other schemas,
@@ -87,6 +105,24 @@
 //! committed stay committed. [`Migrator::migrate_many`] runs tenants concurrently (at most
 //! [`MigratorOptions::max_concurrent`]); one tenant's failure never stops the others. Progress
 //! is reported before and after every step ([`StepProgress`]).
+//!
+//! # MySQL and MariaDB
+//!
+//! MySQL commits every DDL statement on its own: a migration cannot be rolled back. A step
+//! therefore runs its statements one at a time ([`statements::split`]: `;` outside quotes and
+//! comments, `DELIMITER` lines for triggers and procedures) after `USE` of the tenant's
+//! database, with its history row written first (`success` false) and `statements_done` updated
+//! after each statement; `success` is set with the last one. When a statement fails, the row
+//! keeps the error, which statement and at which line of the file. A failure at the first
+//! statement changed nothing and the next run simply tries again; a failure (or the router
+//! dying) after some statements committed leaves the tenant **half-applied**
+//! ([`TenantSchema::half_applied`]): every plan is refused ([`SchemaError::HalfApplied`]) and
+//! [`TenantSchema::advice`] says what to do. The operator fixes the database (the cause, or that
+//! one statement by hand) and runs [`Migrator::repair`], which marks the attempt repaired; the
+//! next run of that migration in that direction skips the statements already applied and
+//! resumes at the one that did not complete. A migration past its timeout has its statement
+//! killed (`KILL QUERY` from a second connection). Every other rule (catalog, checksums, plans,
+//! contract floor, gate) is the same on both engines.
 //!
 //! # Expand and contract
 //!
@@ -108,12 +144,13 @@
 //! come from configuration only, never from routing state. Passwords never appear in `Debug`
 //! output or errors.
 //!
-//! # Why tokio-postgres
+//! # Why tokio-postgres and mysql_async
 //!
-//! `tokio-postgres` is async on tokio like the server, needs no database at compile time, and
-//! gives explicit control of transactions, session settings and advisory locks. `sqlx` would
-//! bring its macros and a larger build for none of that. Connections use no TLS (`NoTls`) for
-//! now: a database that requires TLS is refused when connecting.
+//! `tokio-postgres` and `mysql_async` are async on tokio like the server, need no database at
+//! compile time, and give explicit control of transactions, session settings and locks; one
+//! driver per engine keeps each adapter plain. `sqlx` would bring its macros and a larger build
+//! for none of that. Connections use no TLS for now: a database that requires TLS is refused
+//! when connecting.
 
 pub mod catalog;
 pub mod engine;

@@ -369,9 +369,11 @@ impl Migrator {
         outcomes.into_iter().flatten().collect()
     }
 
-    /// Sets the checksum of every applied migration of the service to the catalog's and
-    /// returns how many history rows changed: the explicit acknowledgement that an applied
-    /// migration was edited on purpose (a comment, a typo) and need not run again.
+    /// Sets the checksum of every applied migration of the service to the catalog's, marks a
+    /// half-applied last attempt (MySQL) repaired, and returns how many history rows changed:
+    /// the explicit acknowledgement that an applied migration was edited on purpose (a
+    /// comment, a typo) and need not run again, or that the database was fixed after a
+    /// migration stopped half-way and the next run may resume it.
     pub async fn repair(&self, tenant: &Tenant, service: &str) -> Result<u32, SchemaError> {
         let catalog = self.service_catalog(service)?;
         let db = self.databases.database(tenant)?;

@@ -57,6 +57,7 @@ impl Engine for MySqlEngine {
             opts,
             conn: Some(conn),
             lock: None,
+            has_history: false,
             reusable: true,
         }))
     }
@@ -69,6 +70,8 @@ struct MySqlSession {
     conn: Option<Conn>,
     /// The name of the lock held.
     lock: Option<String>,
+    /// Whether the history table is known to exist (it is never dropped by the migrator).
+    has_history: bool,
     /// False once the session's state is unknown (a killed statement, a failed unlock).
     reusable: bool,
 }
@@ -105,6 +108,9 @@ impl MySqlSession {
     }
 
     async fn history_table_exists(&mut self) -> Result<bool, SchemaError> {
+        if self.has_history {
+            return Ok(true);
+        }
         let schema = self.db.schema.clone();
         let found: Result<Option<i64>, _> = self
             .conn()?
@@ -115,7 +121,10 @@ impl MySqlSession {
             )
             .await;
         match found {
-            Ok(count) => Ok(count.unwrap_or(0) > 0),
+            Ok(count) => {
+                self.has_history = count.unwrap_or(0) > 0;
+                Ok(self.has_history)
+            }
             Err(err) => Err(self.query_error("cannot read the history", &err)),
         }
     }
@@ -351,6 +360,7 @@ impl Session for MySqlSession {
                 return Err(self.query_error("cannot create the history table", &err));
             }
         }
+        self.has_history = true;
         Ok(())
     }
 

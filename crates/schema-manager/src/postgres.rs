@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_postgres::error::{ErrorPosition, SqlState};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::engine::{Engine, IdlePool, Session, StepRun, lock_key};
@@ -70,6 +71,7 @@ impl Engine for PostgresEngine {
             db: db.clone(),
             connection: Some(connection),
             lock: None,
+            has_history: false,
             reusable: true,
         }))
     }
@@ -81,6 +83,8 @@ struct PostgresSession {
     connection: Option<Connection>,
     /// The advisory lock key held.
     lock: Option<i64>,
+    /// Whether the history table is known to exist (it is never dropped by the migrator).
+    has_history: bool,
     /// False once the session's state is unknown (a cancelled step, a failed unlock).
     reusable: bool,
 }
@@ -109,14 +113,22 @@ impl PostgresSession {
     }
 
     async fn history_table_exists(&mut self) -> Result<bool, SchemaError> {
+        if self.has_history {
+            return Ok(true);
+        }
         let table = self.history_table();
         let db = self.db.clone();
         let client = &self.connection()?.client;
-        client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        let exists = client
+            .query_typed_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[(&table, Type::TEXT)],
+            )
             .await
             .map(|row| row.get(0))
-            .map_err(|err| query_error(&db, "cannot read the history", &err))
+            .map_err(|err| query_error(&db, "cannot read the history", &err))?;
+        self.has_history = exists;
+        Ok(exists)
     }
 }
 
@@ -131,7 +143,7 @@ impl Session for PostgresSession {
             None => {
                 let database: String = connection
                     .client
-                    .query_one("SELECT current_database()", &[])
+                    .query_typed_one("SELECT current_database()", &[])
                     .await
                     .map_err(failed)?
                     .get(0);
@@ -142,7 +154,7 @@ impl Session for PostgresSession {
         let key = lock_key(&database, &db.schema);
         let locked: bool = connection
             .client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
             .await
             .map_err(failed)?
             .get(0);
@@ -161,7 +173,7 @@ impl Session for PostgresSession {
             RECORD_TIMEOUT,
             connection
                 .client
-                .query_one("SELECT pg_advisory_unlock($1)", &[&key]),
+                .query_typed_one("SELECT pg_advisory_unlock($1)", &[(&key, Type::INT8)]),
         )
         .await;
         match released {
@@ -185,7 +197,7 @@ impl Session for PostgresSession {
         let rows = self
             .connection()?
             .client
-            .query(&query, &[&service])
+            .query_typed(&query, &[(&service, Type::TEXT)])
             .await
             .map_err(|err| query_error(&db, "cannot read the history", &err))?;
         Ok(rows
@@ -207,20 +219,24 @@ impl Session for PostgresSession {
     }
 
     async fn prepare(&mut self) -> Result<(), SchemaError> {
+        if self.has_history {
+            return Ok(());
+        }
         let db = self.db.clone();
         let table = self.history_table();
         let failed = |err| query_error(&db, "cannot create the history table", &err);
         let client = &self.connection()?.client;
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
                  to_regclass($2) IS NOT NULL",
-                &[&db.schema, &table],
+                &[(&db.schema, Type::TEXT), (&table, Type::TEXT)],
             )
             .await
             .map_err(failed)?;
         let (schema_exists, table_exists): (bool, bool) = (row.get(0), row.get(1));
         if table_exists {
+            self.has_history = true;
             return Ok(());
         }
         let mut ddl = String::new();
@@ -245,7 +261,9 @@ impl Session for PostgresSession {
                 error text
             )"
         ));
-        client.batch_execute(&ddl).await.map_err(failed)
+        client.batch_execute(&ddl).await.map_err(failed)?;
+        self.has_history = true;
+        Ok(())
     }
 
     async fn run(&mut self, step: StepRun<'_>) -> Result<(), String> {
@@ -313,12 +331,12 @@ impl Session for PostgresSession {
         let mut changed = 0;
         for migration in &catalog.migrations {
             changed += tx
-                .execute(
+                .execute_typed(
                     &update,
                     &[
-                        &migration.checksum,
-                        &catalog.service,
-                        &version_param(migration),
+                        (&migration.checksum, Type::TEXT),
+                        (&catalog.service, Type::TEXT),
+                        (&version_param(migration), Type::INT4),
                     ],
                 )
                 .await
@@ -348,18 +366,18 @@ impl HistoryRow<'_> {
         );
         let duration_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
         client
-            .execute(
+            .execute_typed(
                 &insert,
                 &[
-                    &self.step.service,
-                    &version_param(self.step.migration),
-                    &self.step.migration.name,
-                    &self.step.migration.checksum,
-                    &self.step.direction.as_str(),
-                    &duration_ms,
-                    &self.error.is_none(),
-                    &self.step.applied_by,
-                    &self.error,
+                    (&self.step.service, Type::TEXT),
+                    (&version_param(self.step.migration), Type::INT4),
+                    (&self.step.migration.name, Type::TEXT),
+                    (&self.step.migration.checksum, Type::TEXT),
+                    (&self.step.direction.as_str(), Type::TEXT),
+                    (&duration_ms, Type::INT8),
+                    (&self.error.is_none(), Type::BOOL),
+                    (&self.step.applied_by, Type::TEXT),
+                    (&self.error, Type::TEXT),
                 ],
             )
             .await
@@ -377,7 +395,8 @@ impl HistoryRow<'_> {
     }
 }
 
-/// Applies one step in a transaction together with its history row; rolls back on failure.
+/// Applies one step in a transaction together with its history row, in one round trip (the
+/// row's values are literals, its duration measured by the server); rolls back on failure.
 async fn apply(
     client: &mut Client,
     db: &TenantDatabase,
@@ -386,40 +405,34 @@ async fn apply(
     timeout: Duration,
 ) -> Result<(), String> {
     let sql = step.sql()?;
-    let started = Instant::now();
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|err| describe(&err, None))?;
     let statement_timeout_ms = timeout.as_millis().min(i32::MAX as u128);
-    let outcome = async {
-        tx.batch_execute(&format!(
-            "SET LOCAL search_path TO {}; SET LOCAL statement_timeout = {statement_timeout_ms}",
-            quote_ident(&db.schema)
-        ))
-        .await
-        .map_err(|err| describe(&err, None))?;
-        tx.batch_execute(sql)
-            .await
-            .map_err(|err| describe(&err, Some(sql)))?;
-        let row = HistoryRow {
-            step,
-            duration: started.elapsed(),
-            error: None,
-        };
-        row.insert(&tx, table)
-            .await
-            .map_err(|err| format!("cannot record the migration: {}", describe(&err, None)))?;
-        Ok(())
-    }
-    .await;
-    match outcome {
-        Ok(()) => tx.commit().await.map_err(|err| describe(&err, None)),
-        Err(error) => {
-            let _ = tx.rollback().await;
+    // The prefix holds no newline, so the server's error positions give the migration's lines.
+    let batch = format!(
+        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL statement_timeout = {statement_timeout_ms}; \
+         {sql}\n;INSERT INTO {table} (service, version, name, checksum, direction, duration_ms, \
+         success, applied_by, error) VALUES ({}, {}, {}, {}, {}, \
+         (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, true, {}, NULL); COMMIT",
+        quote_ident(&db.schema),
+        quote_literal(step.service),
+        version_param(step.migration),
+        quote_literal(&step.migration.name),
+        quote_literal(&step.migration.checksum),
+        quote_literal(step.direction.as_str()),
+        quote_literal(step.applied_by),
+    );
+    match client.batch_execute(&batch).await {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            let error = describe(&err, Some(&batch));
+            let _ = client.batch_execute("ROLLBACK").await;
             Err(error)
         }
     }
+}
+
+/// Returns a string literal for SQL, whatever `standard_conforming_strings` says.
+fn quote_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Opens a session to the tenant's database; errors never hold the password.
@@ -521,6 +534,13 @@ mod tests {
             lock_key("other", "tenant_acme")
         );
         assert_ne!(lock_key("ab", "c"), lock_key("a", "bc"));
+    }
+
+    #[test]
+    fn quotes_literals_whatever_the_server_does_with_backslashes() {
+        assert_eq!(quote_literal("plain"), "E'plain'");
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
     }
 
     #[test]

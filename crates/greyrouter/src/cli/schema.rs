@@ -32,12 +32,29 @@ pub(super) enum SchemaCommand {
     Upgrade(SchemaTarget),
     /// Rolls tenants' schemas back (down migrations) to --to-schema.
     Rollback(SchemaTarget),
-    /// Shows a tenant's applied schema versions and history.
+    /// Shows a tenant's applied schema versions and history, and what to do about a
+    /// migration left half-applied.
     Status {
         tenant: String,
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Acknowledges a tenant's schema as it is, once the database is fixed: edited migrations
+    /// take the catalog's checksums; a half-applied migration (MySQL) resumes at the statement
+    /// that did not complete on the next upgrade.
+    Repair {
+        tenant: String,
+        #[arg(long)]
+        service: String,
+    },
+}
+
+/// Returns a history row as JSON.
+fn applied_json(h: &pb::AppliedMigration) -> Value {
+    json!({"version": h.version, "name": h.name, "direction": h.direction, "success": h.success,
+           "applied_at_ms": h.applied_at_ms, "duration_ms": h.duration_ms,
+           "applied_by": h.applied_by, "error": h.error, "statements_done": h.statements_done,
+           "repaired": h.repaired})
 }
 
 pub(super) async fn schema_command(
@@ -195,17 +212,44 @@ pub(super) async fn schema_command(
                 .iter()
                 .map(|s| {
                     json!({"service": s.service, "current": s.current, "required": s.required,
-                           "latest": s.latest,
-                           "history": s.history.iter().map(|h| json!({"version": h.version, "name": h.name,
-                               "direction": h.direction, "success": h.success, "applied_at_ms": h.applied_at_ms,
-                               "duration_ms": h.duration_ms, "applied_by": h.applied_by, "error": h.error}))
-                               .collect::<Vec<_>>()})
+                           "latest": s.latest, "advice": s.advice,
+                           "history": s.history.iter().map(applied_json).collect::<Vec<_>>()})
                 })
                 .collect();
             out.table(
                 &["SERVICE", "SCHEMA", "REQUIRED", "LATEST", "HISTORY ROWS"],
                 rows,
                 Value::Array(values),
+            );
+            if out.0 != Output::Json {
+                for service in response.services.iter().filter(|s| !s.advice.is_empty()) {
+                    println!("\n{}: {}", service.service, service.advice);
+                }
+            }
+        }
+        SchemaCommand::Repair { tenant, service } => {
+            let response = admin
+                .repair_tenant_schema(pb::RepairTenantSchemaRequest {
+                    tenant_id: tenant.clone(),
+                    service: service.clone(),
+                })
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            let schema = response.schema.unwrap_or_default();
+            let mut text = format!(
+                "repaired {service} of tenant {tenant}: {} history row(s) changed; schema {}",
+                response.rows_changed, schema.current
+            );
+            if !schema.advice.is_empty() {
+                text.push_str(&format!("\n{}", schema.advice));
+            }
+            out.message(
+                text,
+                json!({"tenant_id": response.tenant_id, "service": schema.service,
+                       "rows_changed": response.rows_changed, "current": schema.current,
+                       "advice": schema.advice,
+                       "history": schema.history.iter().map(applied_json).collect::<Vec<_>>()}),
             );
         }
     }
