@@ -509,7 +509,7 @@ fn service_schema(
         current: status.current,
         required,
         latest: catalog.latest(),
-        advice: status.advice(),
+        advice: status.advice(&tenant.tenant.id),
         history: status.history,
     }
 }

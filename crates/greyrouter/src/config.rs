@@ -215,6 +215,10 @@ pub struct SchemaSettings {
     pub engine: String,
     /// Idle database connections kept for the next tenants, over all tenant databases.
     pub max_idle_connections: usize,
+    /// MySQL: the command that runs the `ALTER TABLE` statements of migrations marked
+    /// `-- greyrouter: online-schema-change` (`{alter}`, `{table}`, `{database}`, `{host}`,
+    /// `{port}`, `{user}`, `{password}` are replaced; no shell). Empty: none.
+    pub online_schema_change: String,
     /// Tenants migrated at once by one upgrade.
     pub max_concurrent_upgrades: usize,
     /// Longest a single migration may run, in milliseconds.
@@ -249,6 +253,7 @@ impl Default for SchemaSettings {
             schema: "tenant_{tenant}".to_owned(),
             engine: String::new(),
             max_idle_connections: 16,
+            online_schema_change: String::new(),
             max_concurrent_upgrades: 5,
             migration_timeout_ms: 60_000,
             lock_timeout_ms: 10_000,

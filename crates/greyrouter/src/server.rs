@@ -237,6 +237,7 @@ fn open_schemas(config: &Config) -> anyhow::Result<Option<Schemas>> {
         lock_timeout: Duration::from_millis(settings.lock_timeout_ms),
         applied_by: format!("greyrouter/{}", std::process::id()),
         max_idle_sessions: settings.max_idle_connections,
+        online_schema_change: settings.online_schema_change.clone(),
         ..MigratorOptions::default()
     };
     let migrator = Migrator::new(Arc::new(catalog), Arc::new(databases), options);

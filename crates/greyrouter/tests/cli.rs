@@ -1093,3 +1093,95 @@ fn the_durable_store_keeps_acknowledged_changes_across_a_kill() {
     let tenants = stdout(&server.cli(&["tenant", "list", "--output", "json"]));
     assert!(tenants.contains("\"kept\""), "{tenants}");
 }
+
+/// README: "`status TENANT` (which also says what to do about a half-applied migration),
+/// `repair TENANT --service S`", on MySQL/MariaDB. A migration stopped half-way by a duplicate
+/// makes `schema upgrade` fail; `schema status` names the statement and the repair command;
+/// after the fix, `schema repair` and a second upgrade resume it.
+#[test]
+fn schema_status_says_how_to_repair_a_half_applied_mysql_migration_and_repair_does() {
+    let databases = greyrouter_test_support::MysqlDatabases::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("migrations/user-service");
+    std::fs::create_dir_all(&catalog).expect("catalog");
+    for (name, text) in [
+        (
+            "0001_create_users.up.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, email VARCHAR(200) NOT NULL);\n",
+        ),
+        (
+            "0002_unique_email.up.sql",
+            "CREATE TABLE audit (id BIGINT PRIMARY KEY);\nCREATE UNIQUE INDEX users_email ON users (email);\n",
+        ),
+        ("versions.toml", "[versions]\n\"v1.0\" = 1\n\"v2.0\" = 2\n"),
+    ] {
+        std::fs::write(catalog.join(name), text).expect("write");
+    }
+    let config = dir.path().join("greyrouter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[schema]\nmigrations = {:?}\ndatabase_url = {:?}\nschema = \"{}_{{tenant}}\"\n",
+            dir.path().join("migrations").to_str().expect("utf-8 path"),
+            databases.url(),
+            databases.prefix()
+        ),
+    )
+    .expect("write the config");
+    let seed = example_seed();
+    let server = Served::start(&[
+        "--seed",
+        seed.to_str().expect("utf-8 path"),
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let upgrade = |to: &str| {
+        server.cli(&[
+            "schema",
+            "upgrade",
+            "--service",
+            "user-service",
+            "--to-schema",
+            to,
+            "--tenant",
+            "globex",
+        ])
+    };
+    stdout(&upgrade("1"));
+    databases.sql(&format!(
+        "INSERT INTO `{}_globex`.users VALUES (1, 'a@x'), (2, 'a@x')",
+        databases.prefix()
+    ));
+    let stderr = failure(&upgrade("2"));
+    assert!(stderr.contains("1 of 1 tenant(s) failed"), "{stderr}");
+
+    let status = stdout(&server.cli(&["schema", "status", "globex", "--service", "user-service"]));
+    assert!(status.contains("half-applied"), "{status}");
+    assert!(status.contains("statement 2 failed"), "{status}");
+    assert!(
+        status.contains("greyrouter schema repair globex --service user-service"),
+        "{status}"
+    );
+
+    databases.sql(&format!(
+        "UPDATE `{}_globex`.users SET email = 'b@x' WHERE id = 2",
+        databases.prefix()
+    ));
+    let repaired =
+        stdout(&server.cli(&["schema", "repair", "globex", "--service", "user-service"]));
+    assert!(repaired.contains("1 history row(s) changed"), "{repaired}");
+    assert!(repaired.contains("resumes at statement 2"), "{repaired}");
+    stdout(&upgrade("2"));
+    let status = stdout(&server.cli(&[
+        "schema",
+        "status",
+        "globex",
+        "--service",
+        "user-service",
+        "--output",
+        "json",
+    ]));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status[0]["current"], 2, "{status}");
+    assert_eq!(status[0]["advice"], "", "{status}");
+}

@@ -13,6 +13,19 @@ use crate::SchemaError;
 /// The first line that marks an up migration as a contract (destructive) migration.
 pub const CONTRACT_MARKER: &str = "-- greyrouter: contract";
 
+/// A line among the leading comments of a migration's up or down SQL that runs its
+/// `ALTER TABLE` statements through the configured online schema change tool on MySQL
+/// (`pt-online-schema-change`, `gh-ost`) instead of plain DDL. PostgreSQL ignores it.
+pub const ONLINE_MARKER: &str = "-- greyrouter: online-schema-change";
+
+/// Returns whether the SQL's leading comment lines hold [`ONLINE_MARKER`].
+pub fn marked_online(sql: &str) -> bool {
+    sql.lines()
+        .map(str::trim)
+        .take_while(|line| line.is_empty() || line.starts_with("--"))
+        .any(|line| line == ONLINE_MARKER)
+}
+
 /// The manifest file of a service's catalog directory.
 pub const MANIFEST: &str = "versions.toml";
 
@@ -434,6 +447,20 @@ mod tests {
             checksum("", None),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn the_online_marker_is_read_from_the_leading_comments() {
+        assert!(marked_online(
+            "-- greyrouter: online-schema-change\nALTER TABLE a ADD b int;"
+        ));
+        assert!(marked_online(
+            "-- why\n\n-- greyrouter: online-schema-change  \nALTER TABLE a;"
+        ));
+        assert!(!marked_online(
+            "ALTER TABLE a ADD b int;\n-- greyrouter: online-schema-change"
+        ));
+        assert!(!marked_online("-- greyrouter: contract\nDROP TABLE a;"));
     }
 
     #[test]

@@ -83,9 +83,9 @@ impl TenantSchema {
         self.history.last().filter(|row| row.is_half_applied())
     }
 
-    /// Returns what an operator should do about this schema, if anything: a half-applied
-    /// migration waiting for a repair, or waiting to be resumed.
-    pub fn advice(&self) -> Option<String> {
+    /// Returns what an operator should do about this tenant's schema, if anything: a
+    /// half-applied migration waiting for a repair, or waiting to be resumed.
+    pub fn advice(&self, tenant_id: &str) -> Option<String> {
         let row = self.half_applied()?;
         let done = row.statements_done.unwrap_or(0);
         let what = match &row.error {
@@ -107,7 +107,7 @@ impl TenantSchema {
             format!(
                 "migration {label} is half-applied going {}: {done} statement(s) applied, {what}. \
                  Fix the cause in the database (or finish or undo that statement by hand), then \
-                 run `greyrouter schema repair <tenant> --service {}`; the next upgrade \
+                 run `greyrouter schema repair {tenant_id} --service {}`; the next upgrade \
                  resumes at statement {}",
                 row.direction,
                 self.service,
@@ -193,5 +193,58 @@ mod tests {
             ]),
             1
         );
+    }
+
+    #[test]
+    fn a_failure_after_committed_statements_is_half_applied_until_it_succeeds() {
+        let partial = |done, error: Option<&str>, repaired| AppliedMigration {
+            statements_done: Some(done),
+            error: error.map(str::to_owned),
+            repaired,
+            ..row(2, "up", false, "b")
+        };
+        // PostgreSQL rolls a failed step back: never half-applied.
+        let rolled_back = TenantSchema::from_history("s", vec![row(2, "up", false, "b")]);
+        assert_eq!(rolled_back.half_applied(), None);
+        assert_eq!(rolled_back.advice("acme"), None);
+        // The first statement failed: nothing applied, a rerun starts over.
+        let first = TenantSchema::from_history("s", vec![partial(0, Some("boom"), false)]);
+        assert_eq!(first.half_applied(), None);
+        // One statement committed, the second failed.
+        let stuck = TenantSchema::from_history(
+            "s",
+            vec![row(1, "up", true, "a"), partial(1, Some("boom"), false)],
+        );
+        assert_eq!(stuck.current, 1);
+        assert!(stuck.half_applied().is_some());
+        let advice = stuck.advice("acme").expect("advice");
+        assert!(advice.contains("statement 2 failed: boom"), "{advice}");
+        assert!(
+            advice.contains("greyrouter schema repair acme --service s"),
+            "{advice}"
+        );
+        // Interrupted before anything was recorded as done: unknown, so half-applied too.
+        let interrupted = TenantSchema::from_history("s", vec![partial(0, None, false)]);
+        assert!(interrupted.half_applied().is_some());
+        assert!(
+            interrupted
+                .advice("acme")
+                .expect("advice")
+                .contains("interrupted during statement 1")
+        );
+        // Repaired: still the last word until a run resumes it; a later success ends it.
+        let repaired = TenantSchema::from_history("s", vec![partial(1, Some("boom"), true)]);
+        assert!(
+            repaired
+                .advice("acme")
+                .expect("advice")
+                .contains("resumes at statement 2")
+        );
+        let resumed = TenantSchema::from_history(
+            "s",
+            vec![partial(1, Some("boom"), true), row(2, "up", true, "b")],
+        );
+        assert_eq!(resumed.half_applied(), None);
+        assert_eq!(resumed.current, 2);
     }
 }

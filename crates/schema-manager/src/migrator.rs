@@ -39,6 +39,11 @@ pub struct MigratorOptions {
     pub max_idle_sessions: usize,
     /// How long an idle session is kept.
     pub idle_timeout: Duration,
+    /// The command that runs the `ALTER TABLE` statements of a migration marked
+    /// [`ONLINE_MARKER`](crate::catalog::ONLINE_MARKER) on MySQL, e.g.
+    /// `pt-online-schema-change --alter {alter} h={host},P={port},u={user},D={database},t={table}
+    /// --execute`; empty: such a migration fails at its first `ALTER TABLE`.
+    pub online_schema_change: String,
 }
 
 impl Default for MigratorOptions {
@@ -50,6 +55,7 @@ impl Default for MigratorOptions {
             applied_by: "greyrouter".to_owned(),
             max_idle_sessions: 16,
             idle_timeout: Duration::from_secs(60),
+            online_schema_change: String::new(),
         }
     }
 }
@@ -113,6 +119,7 @@ impl Migrator {
         let mysql = Arc::new(MySqlEngine::new(
             options.max_idle_sessions,
             options.idle_timeout,
+            &options.online_schema_change,
         ));
         Migrator {
             catalog,

@@ -33,12 +33,15 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 /// MySQL and MariaDB, with idle sessions kept for the next tenant of the same server.
 pub(crate) struct MySqlEngine {
     idle: Arc<IdlePool<Conn>>,
+    /// The online schema change command template, if configured.
+    online_tool: Option<Arc<str>>,
 }
 
 impl MySqlEngine {
-    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(max_idle: usize, idle_timeout: Duration, online_tool: &str) -> Self {
         MySqlEngine {
             idle: Arc::new(IdlePool::new(max_idle, idle_timeout)),
+            online_tool: (!online_tool.trim().is_empty()).then(|| Arc::from(online_tool)),
         }
     }
 }
@@ -55,6 +58,7 @@ impl Engine for MySqlEngine {
             idle: self.idle.clone(),
             db: db.clone(),
             opts,
+            online_tool: self.online_tool.clone(),
             conn: Some(conn),
             lock: None,
             has_history: false,
@@ -67,6 +71,7 @@ struct MySqlSession {
     idle: Arc<IdlePool<Conn>>,
     db: TenantDatabase,
     opts: Opts,
+    online_tool: Option<Arc<str>>,
     conn: Option<Conn>,
     /// The name of the lock held.
     lock: Option<String>,
@@ -144,6 +149,12 @@ impl MySqlSession {
         let started = Instant::now();
         let table = self.history_table();
         let use_schema = format!("USE {}", quote_ident(&self.db.schema));
+        let online = crate::catalog::marked_online(sql);
+        let (opts, schema, tool) = (
+            self.opts.clone(),
+            self.db.schema.clone(),
+            self.online_tool.clone(),
+        );
         let conn = self.conn().map_err(|err| err.to_string())?;
         conn.query_drop(use_schema)
             .await
@@ -179,16 +190,29 @@ impl MySqlSession {
         }
         let last = statements.len();
         for (index, statement) in statements.iter().enumerate().skip(skip) {
-            conn.query_drop(statement.sql.as_str())
-                .await
-                .map_err(|err| {
-                    format!(
-                        "{} in statement {} (line {})",
-                        describe(&err),
-                        index + 1,
-                        statement.line
-                    )
-                })?;
+            let at = |error: String| {
+                format!(
+                    "{error} in statement {} (line {})",
+                    index + 1,
+                    statement.line
+                )
+            };
+            match statements::alter_table(&statement.sql).filter(|_| online) {
+                Some(alter) => {
+                    let tool = tool.as_deref().ok_or_else(|| {
+                        at("the migration is marked for an online schema change but \
+                            [schema] online_schema_change names no tool"
+                            .to_owned())
+                    })?;
+                    run_online_tool(tool, &opts, &schema, &alter)
+                        .await
+                        .map_err(at)?;
+                }
+                None => conn
+                    .query_drop(statement.sql.as_str())
+                    .await
+                    .map_err(|err| at(describe(&err)))?,
+            }
             if killed.load(Ordering::SeqCst) {
                 return Err(format!(
                     "statement {} (line {}) was killed",
@@ -231,6 +255,66 @@ impl MySqlSession {
         }
         Ok(())
     }
+}
+
+/// The most of a tool's output an error keeps (its end).
+const TOOL_OUTPUT_BYTES: usize = 2000;
+
+/// Runs an `ALTER TABLE` through the online schema change tool: the template split at
+/// whitespace, `{alter}`, `{table}`, `{database}`, `{host}`, `{port}`, `{user}` and `{password}`
+/// replaced in each word (no shell: `{alter}` stays one argument); the password is also in
+/// `MYSQL_PWD`, which keeps it out of the process list. The tool is killed if the step is
+/// dropped (at its timeout).
+async fn run_online_tool(
+    template: &str,
+    opts: &Opts,
+    schema: &str,
+    alter: &statements::AlterTable,
+) -> Result<(), String> {
+    let database = alter.database.as_deref().unwrap_or(schema);
+    let port = opts.tcp_port().to_string();
+    let words: Vec<String> = template
+        .split_whitespace()
+        .map(|word| {
+            word.replace("{alter}", &alter.alteration)
+                .replace("{table}", &alter.table)
+                .replace("{database}", database)
+                .replace("{host}", opts.ip_or_hostname())
+                .replace("{port}", &port)
+                .replace("{user}", opts.user().unwrap_or(""))
+                .replace("{password}", opts.pass().unwrap_or(""))
+        })
+        .collect();
+    let (program, args) = words
+        .split_first()
+        .ok_or_else(|| "the online schema change command is empty".to_owned())?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(password) = opts.pass() {
+        command.env("MYSQL_PWD", password);
+    }
+    let output = command
+        .output()
+        .await
+        .map_err(|err| format!("cannot run {program}: {err}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    if said.is_empty() {
+        said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    }
+    if said.len() > TOOL_OUTPUT_BYTES {
+        let mut start = said.len() - TOOL_OUTPUT_BYTES;
+        while !said.is_char_boundary(start) {
+            start += 1;
+        }
+        said = format!("...{}", &said[start..]);
+    }
+    Err(format!("{program} failed ({}): {said}", output.status))
 }
 
 /// Kills the statement a session is running, from a connection of its own.

@@ -127,6 +127,91 @@ pub fn split(sql: &str) -> Vec<Statement> {
     statements
 }
 
+/// An `ALTER TABLE` statement taken apart for an online schema change tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterTable {
+    /// The database it names, if the table is qualified.
+    pub database: Option<String>,
+    /// The table.
+    pub table: String,
+    /// What follows the table: `ADD COLUMN x int, ADD INDEX (x)`.
+    pub alteration: String,
+}
+
+/// Returns the parts of an `ALTER TABLE` statement (leading comments allowed), or `None` for
+/// any other statement.
+pub fn alter_table(statement: &str) -> Option<AlterTable> {
+    let mut rest = statement.trim_start();
+    // Skip leading comments.
+    loop {
+        if rest.starts_with("--") || rest.starts_with('#') {
+            rest = rest
+                .split_once('\n')
+                .map_or("", |(_, after)| after)
+                .trim_start();
+        } else if rest.starts_with("/*") && !rest.starts_with("/*!") {
+            rest = rest
+                .split_once("*/")
+                .map_or("", |(_, after)| after)
+                .trim_start();
+        } else {
+            break;
+        }
+    }
+    let word = |text: &str| -> Option<(String, usize)> {
+        let start = text.len() - text.trim_start().len();
+        let end = text[start..]
+            .find(char::is_whitespace)
+            .map_or(text.len(), |end| start + end);
+        Some((text[start..end].to_owned(), end))
+    };
+    let (alter, after) = word(rest)?;
+    let (table, after_table) = word(&rest[after..])?;
+    if !alter.eq_ignore_ascii_case("alter") || !table.eq_ignore_ascii_case("table") {
+        return None;
+    }
+    let rest = rest[after + after_table..].trim_start();
+    // The name: `a`.`b`, a.b, `a`, a; backticks may hold spaces and doubled backticks.
+    let mut parts = Vec::new();
+    let mut chars = rest.char_indices().peekable();
+    let mut end = rest.len();
+    let mut current = String::new();
+    while let Some((index, c)) = chars.next() {
+        match c {
+            '`' => {
+                while let Some((_, q)) = chars.next() {
+                    if q == '`' {
+                        if chars.peek().is_some_and(|(_, n)| *n == '`') {
+                            chars.next();
+                            current.push('`');
+                            continue;
+                        }
+                        break;
+                    }
+                    current.push(q);
+                }
+            }
+            '.' => parts.push(std::mem::take(&mut current)),
+            c if c.is_whitespace() => {
+                end = index;
+                break;
+            }
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    let alteration = rest[end..].trim().to_owned();
+    if alteration.is_empty() || parts.iter().any(String::is_empty) || parts.len() > 2 {
+        return None;
+    }
+    let table = parts.pop()?;
+    Some(AlterTable {
+        database: parts.pop(),
+        table,
+        alteration,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +279,29 @@ mod tests {
                 "SELECT 1"
             ]
         );
+    }
+
+    #[test]
+    fn alter_table_statements_are_taken_apart() {
+        assert_eq!(
+            alter_table("-- note\nALTER TABLE users ADD COLUMN nick VARCHAR(20), ADD INDEX (nick)"),
+            Some(AlterTable {
+                database: None,
+                table: "users".to_owned(),
+                alteration: "ADD COLUMN nick VARCHAR(20), ADD INDEX (nick)".to_owned(),
+            })
+        );
+        assert_eq!(
+            alter_table("alter  table `app`.`my ``t`\n  DROP COLUMN x"),
+            Some(AlterTable {
+                database: Some("app".to_owned()),
+                table: "my `t".to_owned(),
+                alteration: "DROP COLUMN x".to_owned(),
+            })
+        );
+        assert_eq!(alter_table("CREATE TABLE t (x int)"), None);
+        assert_eq!(alter_table("ALTER TABLE t"), None);
+        assert_eq!(alter_table("ALTER VIEW v AS SELECT 1"), None);
     }
 
     #[test]

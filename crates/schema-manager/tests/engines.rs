@@ -75,7 +75,10 @@ impl Backend {
             "SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' \
              AND table_name <> 'grey_schema_history' ORDER BY table_name"
         ));
-        rows.lines().map(str::to_owned).collect()
+        // Sorted here: the servers' collations order `_` differently.
+        let mut tables: Vec<String> = rows.lines().map(str::to_owned).collect();
+        tables.sort();
+        tables
     }
 
     /// `version direction success` of each history row of a tenant, in order.
@@ -123,6 +126,7 @@ on_every_engine!(
     a_statement_failing_in_the_middle_of_a_migration,
     a_migration_past_its_timeout_is_stopped_and_recorded,
     connection_failures_never_show_the_password,
+    a_migration_marked_online_alters_its_tables_through_the_tool,
 );
 
 fn tenant(id: &str) -> Tenant {
@@ -252,7 +256,7 @@ async fn tenants_upgrade_in_parallel_rerun_as_no_op_and_go_back_down(backend: Ba
     let status = migrator.status(&tenants[5], SERVICE).await.expect("status");
     assert_eq!(status.current, 1);
     assert_eq!(status.history.len(), 5);
-    assert_eq!(status.advice(), None);
+    assert_eq!(status.advice("t-05"), None);
     // Reading a tenant never seen creates nothing.
     let fresh = migrator
         .status(&tenant("never-migrated"), SERVICE)
@@ -409,7 +413,7 @@ async fn a_statement_failing_in_the_middle_of_a_migration(backend: Backend) {
     assert!(error.contains("error 1062"), "{error}");
     assert_eq!(failed.statements_done, Some(1));
     assert_eq!(backend.tables("acme"), ["audit", "users"]);
-    let advice = status.advice().expect("what to do");
+    let advice = status.advice("acme").expect("what to do");
     assert!(advice.contains("half-applied"), "{advice}");
     assert!(advice.contains("greyrouter schema repair"), "{advice}");
     // Refused until repaired, even after the cause is fixed; nothing recorded for it.
@@ -436,7 +440,7 @@ async fn a_statement_failing_in_the_middle_of_a_migration(backend: Backend) {
     let repaired = migrator.status(&acme, SERVICE).await.expect("status");
     assert!(
         repaired
-            .advice()
+            .advice("acme")
             .expect("advice")
             .contains("resumes at statement 2")
     );
@@ -459,7 +463,7 @@ async fn a_statement_failing_in_the_middle_of_a_migration(backend: Backend) {
             .status(&acme, SERVICE)
             .await
             .expect("status")
-            .advice(),
+            .advice("acme"),
         None
     );
 }
@@ -535,4 +539,86 @@ async fn connection_failures_never_show_the_password(backend: Backend) {
     assert!(matches!(err, SchemaError::Unavailable(_)), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("***"), "{text}");
+}
+
+/// The online schema change tool the tests run: Debian's percona-toolkit, which `scripts/test`
+/// installs. `--no-drop-old-table` leaves `_<table>_old` behind, the tool's own trace.
+const PT_ONLINE_SCHEMA_CHANGE: &str = "pt-online-schema-change --alter {alter} \
+    h={host},P={port},u={user},D={database},t={table} --execute --recursion-method=none \
+    --no-drop-old-table";
+
+async fn a_migration_marked_online_alters_its_tables_through_the_tool(backend: Backend) {
+    let catalog = catalog(&[
+        (
+            "0001_create_users.up.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, email VARCHAR(200) NOT NULL);\n",
+        ),
+        (
+            "0002_add_nick.up.sql",
+            "-- A large table: no lock while it is copied.\n\
+             -- greyrouter: online-schema-change\n\
+             ALTER TABLE users ADD COLUMN nick VARCHAR(20) DEFAULT 'x; y';\n\
+             CREATE TABLE extra (id BIGINT PRIMARY KEY);\n",
+        ),
+    ]);
+    let options = |tool: &str| MigratorOptions {
+        online_schema_change: tool.to_owned(),
+        ..MigratorOptions::default()
+    };
+    let migrator = Migrator::new(
+        catalog.clone(),
+        backend.templates(),
+        options(PT_ONLINE_SCHEMA_CHANGE),
+    );
+    let acme = tenant("acme");
+    migrator
+        .migrate(&acme, SERVICE, 1, &ignore)
+        .await
+        .expect("0001");
+    backend.sql_in(
+        "acme",
+        "INSERT INTO users (id, email) VALUES (1, 'a@x'), (2, 'b@x')",
+    );
+    let schema = migrator
+        .migrate(&acme, SERVICE, 2, &ignore)
+        .await
+        .expect("0002 through the tool");
+    assert_eq!(schema.current, 2);
+    assert_eq!(
+        backend.sql_in("acme", "SELECT id, email, nick FROM users ORDER BY id"),
+        "1|a@x|x; y\n2|b@x|x; y"
+    );
+    let tables = backend.tables("acme");
+    if backend.is_mysql() {
+        assert_eq!(tables, ["_users_old", "extra", "users"], "the tool ran");
+    } else {
+        // PostgreSQL ignores the marker: plain DDL in the step's transaction.
+        assert_eq!(tables, ["extra", "users"]);
+    }
+
+    // A tool that cannot run fails the step, saying why; on MySQL nothing was applied yet.
+    let other = tenant("globex");
+    let broken = Migrator::new(
+        catalog,
+        backend.templates(),
+        options("/nonexistent/osc-tool --alter {alter}"),
+    );
+    let outcome = broken.migrate(&other, SERVICE, 2, &ignore).await;
+    if backend.is_mysql() {
+        let err = outcome.expect_err("no such tool");
+        assert!(
+            err.to_string().contains("cannot run /nonexistent/osc-tool"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("in statement 1 (line 3)"), "{err}");
+        let status = broken.status(&other, SERVICE).await.expect("status");
+        assert_eq!(status.current, 1);
+        assert_eq!(
+            status.half_applied(),
+            None,
+            "its first statement failed: retry freely"
+        );
+    } else {
+        assert_eq!(outcome.map(|s| s.current), Ok(2));
+    }
 }
