@@ -53,8 +53,10 @@ pub enum SchemaError {
         /// The migration's name.
         name: String,
     },
-    /// A migration failed; its transaction was rolled back and a failure row recorded.
-    #[error("migration {version:04}_{name} failed and was rolled back: {error}")]
+    /// A migration failed and a failure row was recorded. On PostgreSQL its transaction was
+    /// rolled back (the error says so); on MySQL the statements before the failing one stay
+    /// applied (the error says which failed).
+    #[error("migration {version:04}_{name} failed: {error}")]
     MigrationFailed {
         /// The migration's number.
         version: u32,

@@ -21,7 +21,8 @@ pub struct AppliedMigration {
     pub applied_at_ms: u64,
     /// How long it took.
     pub duration_ms: u64,
-    /// Whether it was committed; a failed attempt was rolled back.
+    /// Whether it completed; a failed attempt was rolled back (PostgreSQL) or stopped at a
+    /// statement (MySQL, see `statements_done`).
     pub success: bool,
     /// Who ran it ([`MigratorOptions::applied_by`](crate::MigratorOptions::applied_by)).
     pub applied_by: String,

@@ -191,8 +191,13 @@ impl MySqlSession {
         let last = statements.len();
         for (index, statement) in statements.iter().enumerate().skip(skip) {
             let at = |error: String| {
+                let applied = if index == 0 {
+                    String::new()
+                } else {
+                    format!("; statements 1-{index} stay applied")
+                };
                 format!(
-                    "{error} in statement {} (line {})",
+                    "{error} in statement {} (line {}){applied}",
                     index + 1,
                     statement.line
                 )

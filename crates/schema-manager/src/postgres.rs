@@ -298,7 +298,7 @@ impl Session for PostgresSession {
         let Err(error) = outcome else {
             return Ok(());
         };
-        let error = scrub(&error, &db.url);
+        let error = format!("{}; rolled back", scrub(&error, &db.url));
         if error.starts_with("timed out") {
             // A cancel request may still reach the server: do not reuse the session.
             self.reusable = false;

@@ -127,6 +127,8 @@ on_every_engine!(
     a_migration_past_its_timeout_is_stopped_and_recorded,
     connection_failures_never_show_the_password,
     a_migration_marked_online_alters_its_tables_through_the_tool,
+    going_below_a_contract_or_irreversible_migration_is_refused,
+    a_syntax_error_names_its_line,
 );
 
 fn tenant(id: &str) -> Tenant {
@@ -397,6 +399,7 @@ async fn a_statement_failing_in_the_middle_of_a_migration(backend: Backend) {
         // PostgreSQL: rolled back whole, the first statement included; a rerun after the fix
         // simply runs it again.
         assert!(error.contains("sqlstate 23505"), "{error}");
+        assert!(error.ends_with("; rolled back"), "{error}");
         assert_eq!(backend.tables("acme"), ["users"]);
         assert_eq!(status.half_applied(), None);
         backend.sql_in("acme", "UPDATE users SET email = 'b@x' WHERE id = 2");
@@ -410,6 +413,7 @@ async fn a_statement_failing_in_the_middle_of_a_migration(backend: Backend) {
 
     // MySQL: the first statement is committed; the history says where it stopped.
     assert!(error.contains("in statement 2 (line 3)"), "{error}");
+    assert!(error.ends_with("; statements 1-1 stay applied"), "{error}");
     assert!(error.contains("error 1062"), "{error}");
     assert_eq!(failed.statements_done, Some(1));
     assert_eq!(backend.tables("acme"), ["audit", "users"]);
@@ -620,5 +624,95 @@ async fn a_migration_marked_online_alters_its_tables_through_the_tool(backend: B
         );
     } else {
         assert_eq!(outcome.map(|s| s.current), Ok(2));
+    }
+}
+
+async fn going_below_a_contract_or_irreversible_migration_is_refused(backend: Backend) {
+    let catalog = catalog(&[
+        ("0001_a.up.sql", "CREATE TABLE a (id INT);\n"),
+        ("0001_a.down.sql", "DROP TABLE a;\n"),
+        ("0002_b.up.sql", "CREATE TABLE b (id INT);\n"),
+        (
+            "0003_drop_a.up.sql",
+            "-- greyrouter: contract\nDROP TABLE a;\n",
+        ),
+        ("0004_c.up.sql", "CREATE TABLE c (id INT);\n"),
+        ("0004_c.down.sql", "DROP TABLE c;\n"),
+    ]);
+    let migrator = migrator(catalog, &backend);
+    let acme = tenant("acme");
+    migrator
+        .migrate(&acme, SERVICE, 4, &ignore)
+        .await
+        .expect("up to 4");
+    let err = migrator
+        .migrate(&acme, SERVICE, 1, &ignore)
+        .await
+        .expect_err("below the contract");
+    assert!(
+        matches!(err, SchemaError::Contract { version: 3, .. }),
+        "{err}"
+    );
+    let plan = migrator.plan(&acme, SERVICE, 1).await;
+    assert!(
+        matches!(plan, Err(SchemaError::Contract { version: 3, .. })),
+        "{plan:?}"
+    );
+    // Refused before anything ran: 0004 is still applied.
+    assert_eq!(backend.history("acme"), ups(&[1, 2, 3, 4]));
+    assert_eq!(backend.tables("acme"), ["b", "c"]);
+    // Down to 3 is allowed; 0002 has no down migration.
+    let schema = migrator
+        .migrate(&acme, SERVICE, 3, &ignore)
+        .await
+        .expect("down to 3");
+    assert_eq!(schema.current, 3);
+    assert_eq!(backend.tables("acme"), ["b"]);
+
+    let reversible = catalog_without_contract();
+    let migrator = self::migrator(reversible, &backend);
+    let globex = tenant("globex");
+    migrator
+        .migrate(&globex, SERVICE, 2, &ignore)
+        .await
+        .expect("up to 2");
+    let err = migrator
+        .migrate(&globex, SERVICE, 0, &ignore)
+        .await
+        .expect_err("0002 has no down");
+    assert!(
+        matches!(err, SchemaError::Irreversible { version: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(backend.history("globex"), ups(&[1, 2]));
+}
+
+fn catalog_without_contract() -> Arc<Catalog> {
+    catalog(&[
+        ("0001_a.up.sql", "CREATE TABLE a (id INT);\n"),
+        ("0001_a.down.sql", "DROP TABLE a;\n"),
+        ("0002_b.up.sql", "CREATE TABLE b (id INT);\n"),
+    ])
+}
+
+async fn a_syntax_error_names_its_line(backend: Backend) {
+    let catalog = catalog(&[(
+        "0001_broken.up.sql",
+        "CREATE TABLE a (id INT);\n\n-- the next line is wrong\nCREATE TABLEX b (id INT);\n",
+    )]);
+    let migrator = migrator(catalog, &backend);
+    let err = migrator
+        .migrate(&tenant("acme"), SERVICE, 1, &ignore)
+        .await
+        .expect_err("a syntax error");
+    let SchemaError::MigrationFailed { error, .. } = &err else {
+        panic!("0001 should fail: {err}");
+    };
+    if backend.is_mysql() {
+        assert!(error.contains("in statement 2 (line 4)"), "{error}");
+        assert!(error.contains("error 1064"), "{error}");
+    } else {
+        assert!(error.contains("at line 4"), "{error}");
+        assert!(error.contains("sqlstate 42601"), "{error}");
     }
 }

@@ -313,7 +313,8 @@ async fn a_migration_failing_half_way_rolls_back_that_tenant_only() {
     }
     let message = outcomes[3].1.as_ref().expect_err("t-3 failed").to_string();
     assert!(
-        message.starts_with("migration 0002_add_orders failed and was rolled back: "),
+        message.starts_with("migration 0002_add_orders failed: ")
+            && message.ends_with("; rolled back"),
         "{message}"
     );
 
