@@ -343,6 +343,7 @@ async fn sdk_client(config: &RunConfig) -> Result<greyrouter_client::Client, Err
     let mut settings = greyrouter_client::ClientConfig::new(config.target.clone());
     settings.report_outcomes = false;
     settings.connect_timeout = config.timeout;
+    let before = crate::memory::read_rss(std::process::id()).ok();
     let client = greyrouter_client::Client::connect(settings)
         .await
         .map_err(|err| Error::Sdk(err.to_string()))?;
@@ -350,6 +351,17 @@ async fn sdk_client(config: &RunConfig) -> Result<greyrouter_client::Client, Err
         .ready(config.timeout)
         .await
         .map_err(|err| Error::Sdk(err.to_string()))?;
+    // What the local copy costs this process: resident memory before connecting and once it
+    // follows every tenant (the generator's own key space is in both).
+    if let (Some(before), Ok(synced)) = (before, crate::memory::read_rss(std::process::id())) {
+        eprintln!(
+            "sdk local copy: resident {:.1} MiB before, {:.1} MiB once synced (+{:.1} MiB), peak {:.1} MiB",
+            crate::memory::Rss::mib(before.rss_kib),
+            crate::memory::Rss::mib(synced.rss_kib),
+            crate::memory::Rss::mib(synced.rss_kib.saturating_sub(before.rss_kib)),
+            crate::memory::Rss::mib(synced.peak_kib),
+        );
+    }
     Ok(client)
 }
 

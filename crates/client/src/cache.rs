@@ -364,14 +364,26 @@ pub(crate) struct CacheBuilder {
     history: String,
 }
 
+/// A revision being received: its upserts are folded in as each message arrives (a snapshot
+/// of every tenant is never held as messages), its removals wait for the last message (a
+/// revision's upserts come before its removals).
 #[derive(Debug)]
 struct Pending {
     revision: u64,
     snapshot: bool,
-    upserts: Vec<pb::Assignment>,
-    removals: Vec<pb::AssignmentKey>,
     cause: String,
     history: String,
+    /// The tenant map the revision starts from (empty for a snapshot).
+    tenants: Tenants,
+    /// The tenants the revision changed so far, with their new assignments.
+    touched: HashMap<String, Slots>,
+    pairs: usize,
+    services: Arc<Vec<(String, usize)>>,
+    upserts: usize,
+    removals: Vec<pb::AssignmentKey>,
+    /// A snapshot's pools before it started: they lend their live load to the new ones, and
+    /// come back if the snapshot is cut off.
+    previous: HashMap<(String, String), Arc<Pool>>,
 }
 
 /// What a complete revision did to the cache.
@@ -393,7 +405,7 @@ impl CacheBuilder {
     /// Returns a builder that asks for a snapshot next, keeping the pools (and their live load)
     /// and the published cache until the snapshot replaces them.
     pub(crate) fn resync(mut builder: CacheBuilder) -> CacheBuilder {
-        builder.pending = None;
+        builder.discard_pending();
         builder.current.synced = false;
         builder
     }
@@ -405,7 +417,16 @@ impl CacheBuilder {
 
     /// Forgets a revision left incomplete by a broken stream.
     pub(crate) fn drop_pending(&mut self) {
-        self.pending = None;
+        self.discard_pending();
+    }
+
+    /// Drops an incomplete revision; a cut-off snapshot gives its pools back.
+    fn discard_pending(&mut self) {
+        if let Some(pending) = self.pending.take()
+            && pending.snapshot
+        {
+            self.pools = pending.previous;
+        }
     }
 
     /// Takes one message; returns what changed once its revision is complete.
@@ -416,83 +437,105 @@ impl CacheBuilder {
             .is_some_and(|p| p.revision == update.revision && p.snapshot == update.snapshot);
         if !same {
             // A new revision starts (anything pending and incomplete was cut off).
-            self.pending = Some(Pending {
-                revision: update.revision,
-                snapshot: update.snapshot,
-                upserts: Vec::new(),
-                removals: Vec::new(),
-                cause: String::new(),
-                history: String::new(),
-            });
+            self.discard_pending();
+            self.pending = Some(self.start(update.revision, update.snapshot));
         }
-        let pending = self.pending.as_mut()?;
+        let mut pending = self.pending.take()?;
         if !update.history.is_empty() {
             pending.history = update.history;
         }
-        pending.upserts.extend(update.upserts);
-        pending.removals.extend(update.removals);
         if pending.cause.is_empty() {
             pending.cause = update.cause;
         }
+        for message in update.upserts {
+            self.stage(&mut pending, message);
+        }
+        pending.removals.extend(update.removals);
         if update.partial {
+            self.pending = Some(pending);
             return None;
         }
-        let pending = self.pending.take()?;
-        Some(self.apply(pending))
+        Some(self.finish(pending))
     }
 
-    fn apply(&mut self, pending: Pending) -> Applied {
-        let applied = Applied {
-            revision: pending.revision,
-            snapshot: pending.snapshot,
-            upserts: pending.upserts.len(),
-            removals: pending.removals.len(),
-            cause: pending.cause,
-        };
-        let mut tenants = if pending.snapshot {
-            Tenants::default()
-        } else {
-            self.current.tenants.clone()
-        };
+    /// Starts receiving a revision.
+    fn start(&mut self, revision: u64, snapshot: bool) -> Pending {
         // A snapshot starts the pools afresh; the last ones still lend their live load.
-        let previous = if pending.snapshot {
+        let previous = if snapshot {
+            self.shared.clear();
             std::mem::take(&mut self.pools)
         } else {
             HashMap::new()
         };
-        let mut pairs = if pending.snapshot {
-            0
-        } else {
-            self.current.pairs
+        Pending {
+            revision,
+            snapshot,
+            cause: String::new(),
+            history: String::new(),
+            tenants: if snapshot {
+                Tenants::default()
+            } else {
+                self.current.tenants.clone()
+            },
+            touched: HashMap::new(),
+            pairs: if snapshot { 0 } else { self.current.pairs },
+            services: Arc::clone(&self.current.services),
+            upserts: 0,
+            removals: Vec::new(),
+            previous,
+        }
+    }
+
+    /// Folds one upsert into the revision being received.
+    fn stage(&mut self, pending: &mut Pending, message: pb::Assignment) {
+        pending.upserts += 1;
+        let pool = Self::pool_for(&mut self.pools, &pending.previous, &message);
+        let index = service_index_or_new(&mut pending.services, &message.service);
+        let tenant_id = message.tenant_id;
+        let assignment = self.share(Assignment {
+            strategy: strategy(message.strategy),
+            pool,
+            service: message.service,
+            version: message.version,
+            source: message.source,
+            region: message.region,
+        });
+        let tenants = &pending.tenants;
+        let entry = pending
+            .touched
+            .entry(tenant_id)
+            .or_insert_with_key(|id| Slots::of(tenants.get(id.as_str())));
+        if entry.upsert(index, assignment) {
+            pending.pairs += 1;
+        }
+    }
+
+    /// Applies a complete revision's removals and publishes it.
+    fn finish(&mut self, pending: Pending) -> Applied {
+        let Pending {
+            revision,
+            snapshot,
+            cause,
+            history,
+            mut tenants,
+            mut touched,
+            mut pairs,
+            services,
+            upserts,
+            removals,
+            previous: _,
+        } = pending;
+        let applied = Applied {
+            revision,
+            snapshot,
+            upserts,
+            removals: removals.len(),
+            cause,
         };
-        let mut services = Arc::clone(&self.current.services);
-        if pending.snapshot {
-            self.shared.clear();
+        if !history.is_empty() {
+            self.history = history;
         }
-        if !pending.history.is_empty() {
-            self.history = pending.history;
-        }
-        let mut touched: HashMap<String, Slots> = HashMap::new();
-        for message in pending.upserts {
-            let pool = Self::pool_for(&mut self.pools, &previous, &message);
-            let index = service_index_or_new(&mut services, &message.service);
-            let tenant_id = message.tenant_id;
-            let assignment = self.share(Assignment {
-                strategy: strategy(message.strategy),
-                pool,
-                service: message.service,
-                version: message.version,
-                source: message.source,
-                region: message.region,
-            });
-            let entry = touched
-                .entry(tenant_id)
-                .or_insert_with_key(|id| Slots::of(tenants.get(id.as_str())));
-            if entry.upsert(index, assignment) {
-                pairs += 1;
-            }
-        }
-        for key in pending.removals {
+        for key in removals {
             let Some(index) = find_service(&services, &key.service) else {
                 continue;
             };

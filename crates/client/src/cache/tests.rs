@@ -397,3 +397,39 @@ fn a_local_copy_without_a_connection_decides_from_the_updates_it_is_fed() {
         Err(ClientError::NotCached { .. })
     ));
 }
+
+#[test]
+fn a_snapshot_cut_off_changes_nothing_and_gives_its_pools_back() {
+    let mut builder = snapshot_of_two_tenants();
+    // One instance is ejected: its pool's live load must survive a snapshot that never
+    // completes.
+    let held = route(builder.current(), "acme", "api").expect("held");
+    let ejected = held.instance_id().to_owned();
+    held.load().expect("local").eject_until(u64::MAX);
+    let other = if ejected == "a1" { "a2" } else { "a1" };
+    // The first part of a snapshot: folded in as it arrives, published only when complete.
+    let mut first = update(
+        9,
+        true,
+        vec![assignment("acme", "api", "v1", &["a1", "a2", "a3"])],
+    );
+    first.partial = true;
+    assert_eq!(builder.accept(first), None);
+    assert_eq!(builder.current().revision, 5);
+    builder.drop_pending();
+    // A change of the last complete revision still finds the old pool and its ejection.
+    let applied = builder.accept(update(
+        6,
+        false,
+        vec![assignment("initech", "api", "v1", &["a1", "a2"])],
+    ));
+    assert_eq!(applied.map(|a| a.upserts), Some(1));
+    let cache = builder.current();
+    assert_eq!((cache.revision, cache.pairs), (6, 4));
+    for _ in 0..3 {
+        assert_eq!(
+            route(cache, "initech", "api").expect("held").instance_id(),
+            other
+        );
+    }
+}
