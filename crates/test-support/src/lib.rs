@@ -687,17 +687,7 @@ pub struct PostgresDatabase {
 impl PostgresDatabase {
     /// Creates a fresh, empty database.
     pub fn create() -> PostgresDatabase {
-        use std::collections::hash_map::RandomState;
-        use std::hash::{BuildHasher, Hasher};
-        use std::sync::atomic::{AtomicU64, Ordering};
-
-        static CREATED: AtomicU64 = AtomicU64::new(0);
-        // RandomState is seeded randomly per process; the counter and the pid tell apart the
-        // databases of one process and of concurrent ones.
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.write_u64(CREATED.fetch_add(1, Ordering::Relaxed));
-        let name = format!("grey_test_{:016x}", hasher.finish());
+        let name = format!("grey_test_{:016x}", unique_number());
         postgres_admin(&format!("CREATE DATABASE \"{name}\""))
             .unwrap_or_else(|why| panic!("cannot create the test database {name}: {why}"));
         PostgresDatabase { name }
@@ -829,6 +819,22 @@ fn psql(database: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// Returns a number no other call returns, in this process or a concurrent one, for naming
+/// throwaway databases.
+fn unique_number() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static CREATED: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded randomly per process; the counter and the pid tell apart the
+    // databases of one process and of concurrent ones.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(CREATED.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
 /// The machine's MySQL or MariaDB server, which the schema tests use.
 pub const MYSQL_HOST: &str = "127.0.0.1";
 /// Its port.
@@ -848,15 +854,8 @@ pub struct MysqlDatabases {
 impl MysqlDatabases {
     /// Returns a fresh prefix, owned by no database yet.
     pub fn create() -> MysqlDatabases {
-        use std::collections::hash_map::RandomState;
-        use std::hash::{BuildHasher, Hasher};
-        use std::sync::atomic::{AtomicU64, Ordering};
-
-        static CREATED: AtomicU64 = AtomicU64::new(0);
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.write_u64(CREATED.fetch_add(1, Ordering::Relaxed));
-        let prefix = format!("gt{:012x}", hasher.finish() >> 16);
+        // Short: a tenant's schema is `<prefix>_<tenant>`, at most 64 characters.
+        let prefix = format!("gt{:012x}", unique_number() >> 16);
         // Fails loudly when the server is missing.
         mysql_query(&format!("SELECT '{prefix}'"))
             .unwrap_or_else(|why| panic!("cannot reach the MySQL server: {why}"));
