@@ -50,9 +50,20 @@ impl MySqlEngine {
 impl Engine for MySqlEngine {
     async fn session(&self, db: &TenantDatabase) -> Result<Box<dyn Session>, SchemaError> {
         let opts = options(db)?;
-        let conn = match self.idle.take(&db.url) {
-            Some(conn) => conn,
-            None => connect(db, &opts).await?,
+        // An idle connection may have been closed by the server (a restart, `wait_timeout`):
+        // a ping tells, and a dead one is dropped for the next or a new one.
+        let conn = loop {
+            match self.idle.take(&db.url) {
+                Some(mut idle) => {
+                    if tokio::time::timeout(RECORD_TIMEOUT, idle.ping())
+                        .await
+                        .is_ok_and(|pinged| pinged.is_ok())
+                    {
+                        break idle;
+                    }
+                }
+                None => break connect(db, &opts).await?,
+            }
         };
         Ok(Box::new(MySqlSession {
             idle: self.idle.clone(),
