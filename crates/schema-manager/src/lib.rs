@@ -87,7 +87,7 @@
 //! [`MigratorOptions::lock_timeout`], then [`SchemaError::Busy`]. Two routers, or
 //! a router and an operator, therefore never migrate the same tenant at once, and the second
 //! one plans only after the first is done, so it finds nothing left to do. The lock is released
-//! when the migration ends, whatever the outcome; if the process dies, PostgreSQL releases it
+//! when the migration ends, whatever the outcome; if the process dies, the server releases it
 //! with the session. [`Migrator::repair`] takes the same lock.
 //!
 //! # Failure handling (PostgreSQL)
@@ -96,9 +96,9 @@
 //! `SET LOCAL search_path` to the tenant schema (only it: qualify objects of other schemas,
 //! such as extension functions in `public`) and `SET LOCAL statement_timeout` to
 //! [`MigratorOptions::migration_timeout`], which also bounds the whole step (cancelled from the
-//! client a second past it). A migration runs as one `batch_execute`: it must not hold its own
-//! `BEGIN`/`COMMIT` nor statements that cannot run in a transaction (`CREATE INDEX
-//! CONCURRENTLY`). When a statement fails, the transaction is rolled back (the schema is as it
+//! client a second past it). A step goes to the server as one batch (`BEGIN`, the settings, the
+//! migration, its history row, `COMMIT`): a migration must not hold its own `BEGIN`/`COMMIT`
+//! nor statements that cannot run in a transaction (`CREATE INDEX CONCURRENTLY`). When a statement fails, the transaction is rolled back (the schema is as it
 //! was before the step, DDL included, as PostgreSQL's DDL is transactional), a failure row is
 //! recorded in a separate transaction, that tenant stops, and
 //! [`SchemaError::MigrationFailed`] says what the server said and at which line. Steps already
