@@ -7,7 +7,7 @@
 //! checksums.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -110,6 +110,79 @@ pub trait Session: Send {
     /// Sets the checksum of every applied migration of the service to the catalog's, and
     /// marks a half-applied last attempt repaired; returns how many history rows changed.
     async fn repair(&mut self, catalog: &ServiceCatalog) -> Result<u32, SchemaError>;
+}
+
+/// A connection a pool can keep: whether it is still open, as far as it knows without asking.
+pub(crate) trait Pooled: Send + 'static {
+    /// Returns false once the connection is known to be closed.
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// A connection a session holds: back to its pool when dropped, unless it holds a lock, its
+/// state is unknown (a cancelled statement, a failed unlock), or it is closed.
+pub(crate) struct Lease<C: Pooled> {
+    pool: Arc<IdlePool<C>>,
+    url: String,
+    connection: Option<C>,
+    /// A lock is held on it (the server would keep it for the next user).
+    held: bool,
+    /// False once its state is unknown.
+    reusable: bool,
+}
+
+impl<C: Pooled> Lease<C> {
+    /// Returns a lease of `connection` to `url`, kept by `pool` when it ends.
+    pub(crate) fn new(pool: Arc<IdlePool<C>>, url: &str, connection: C) -> Self {
+        Lease {
+            pool,
+            url: url.to_owned(),
+            connection: Some(connection),
+            held: false,
+            reusable: true,
+        }
+    }
+
+    /// Returns the connection.
+    pub(crate) fn get(&mut self) -> Result<&mut C, SchemaError> {
+        self.connection
+            .as_mut()
+            .ok_or_else(|| SchemaError::Unavailable("the session is closed".to_owned()))
+    }
+
+    /// Marks a lock taken (`true`) or released (`false`) on the connection.
+    pub(crate) fn set_held(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// Never gives the connection back to the pool.
+    pub(crate) fn discard(&mut self) {
+        self.reusable = false;
+    }
+
+    /// Returns whether the connection may go back to the pool (as far as the session knows).
+    pub(crate) fn is_reusable(&self) -> bool {
+        self.reusable
+    }
+
+    /// Replaces the connection by a fresh one, which is not reused either.
+    pub(crate) fn replace(&mut self, connection: C) {
+        self.connection = Some(connection);
+        self.reusable = false;
+    }
+}
+
+impl<C: Pooled> Drop for Lease<C> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && self.reusable
+            && !self.held
+            && connection.is_open()
+        {
+            self.pool.put(&self.url, connection);
+        }
+    }
 }
 
 /// Idle connections kept for reuse, newest last, across every database an engine talks to:
@@ -239,6 +312,38 @@ mod tests {
         let none = IdlePool::new(0, Duration::from_secs(60));
         none.put("a", 1);
         assert_eq!(none.take("a"), None);
+    }
+
+    /// A connection that says whether it is open.
+    struct Fake(u32, bool);
+
+    impl Pooled for Fake {
+        fn is_open(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_lease_goes_back_to_the_pool_only_when_free_known_and_open() {
+        let pool = Arc::new(IdlePool::new(8, Duration::from_secs(60)));
+        drop(Lease::new(pool.clone(), "a", Fake(1, true)));
+        let mut held = Lease::new(pool.clone(), "a", Fake(2, true));
+        held.set_held(true);
+        drop(held);
+        let mut released = Lease::new(pool.clone(), "a", Fake(3, true));
+        released.set_held(true);
+        released.set_held(false);
+        drop(released);
+        let mut discarded = Lease::new(pool.clone(), "a", Fake(4, true));
+        discarded.discard();
+        drop(discarded);
+        let mut replaced = Lease::new(pool.clone(), "a", Fake(5, true));
+        replaced.replace(Fake(6, true));
+        assert_eq!(replaced.get().map(|c| c.0).ok(), Some(6));
+        drop(replaced);
+        drop(Lease::new(pool.clone(), "a", Fake(7, false)));
+        let kept: Vec<u32> = std::iter::from_fn(|| pool.take("a").map(|c| c.0)).collect();
+        assert_eq!(kept, vec![3, 1]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
 
-use crate::engine::{Engine, IdlePool, Session, StepRun, lock_key};
+use crate::engine::{Engine, IdlePool, Lease, Pooled, Session, StepRun, lock_key};
 use crate::history::HISTORY_TABLE;
 use crate::statements;
 use crate::tenant_database::scrub;
@@ -66,48 +66,32 @@ impl Engine for MySqlEngine {
             }
         };
         Ok(Box::new(MySqlSession {
-            idle: self.idle.clone(),
+            conn: Lease::new(self.idle.clone(), &db.url, conn),
             db: db.clone(),
             opts,
             online_tool: self.online_tool.clone(),
-            conn: Some(conn),
             lock: None,
             has_history: false,
-            reusable: true,
         }))
     }
 }
 
+impl Pooled for Conn {}
+
 struct MySqlSession {
-    idle: Arc<IdlePool<Conn>>,
+    conn: Lease<Conn>,
     db: TenantDatabase,
     opts: Opts,
     online_tool: Option<Arc<str>>,
-    conn: Option<Conn>,
     /// The name of the lock held.
     lock: Option<String>,
     /// Whether the history table is known to exist (it is never dropped by the migrator).
     has_history: bool,
-    /// False once the session's state is unknown (a killed statement, a failed unlock).
-    reusable: bool,
-}
-
-impl Drop for MySqlSession {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && self.reusable
-            && self.lock.is_none()
-        {
-            self.idle.put(&self.db.url, conn);
-        }
-    }
 }
 
 impl MySqlSession {
     fn conn(&mut self) -> Result<&mut Conn, SchemaError> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| SchemaError::Unavailable("the session is closed".to_owned()))
+        self.conn.get()
     }
 
     fn history_table(&self) -> String {
@@ -360,6 +344,7 @@ impl Session for MySqlSession {
         match taken {
             Ok(Some(Some(1))) => {
                 self.lock = Some(name);
+                self.conn.set_held(true);
                 Ok(true)
             }
             Ok(_) => Ok(false),
@@ -371,7 +356,7 @@ impl Session for MySqlSession {
         let Some(name) = self.lock.clone() else {
             return;
         };
-        let Some(conn) = self.conn.as_mut() else {
+        let Ok(conn) = self.conn.get() else {
             return;
         };
         let released: Result<Result<Option<Option<i64>>, _>, _> = tokio::time::timeout(
@@ -380,9 +365,12 @@ impl Session for MySqlSession {
         )
         .await;
         match released {
-            Ok(Ok(Some(Some(1)))) => self.lock = None,
+            Ok(Ok(Some(Some(1)))) => {
+                self.lock = None;
+                self.conn.set_held(false);
+            }
             // Unknown: closing the session releases it.
-            _ => self.reusable = false,
+            _ => self.conn.discard(),
         }
     }
 
@@ -496,7 +484,7 @@ impl Session for MySqlSession {
             };
             if timed_out {
                 // A kill sent at the deadline may meet a later statement: start afresh.
-                self.reusable = false;
+                self.conn.discard();
             }
             outcome
         };
@@ -504,12 +492,12 @@ impl Session for MySqlSession {
             return Ok(());
         };
         let error = scrub(&error, &self.db.url);
-        if !self.reusable {
+        if !self.conn.is_reusable() {
             // The session may still be busy with the killed statement: record on a fresh one.
-            self.conn = match connect(&self.db, &self.opts).await {
-                Ok(conn) => Some(conn),
+            match connect(&self.db, &self.opts).await {
+                Ok(conn) => self.conn.replace(conn),
                 Err(_) => return Err(error),
-            };
+            }
         }
         let table = self.history_table();
         let duration_ms = millis(started.elapsed());

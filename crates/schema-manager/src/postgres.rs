@@ -9,7 +9,7 @@ use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::engine::{Engine, IdlePool, Session, StepRun, lock_key};
+use crate::engine::{Engine, IdlePool, Lease, Pooled, Session, StepRun, lock_key};
 use crate::history::HISTORY_TABLE;
 use crate::tenant_database::scrub;
 use crate::{AppliedMigration, Migration, SchemaError, ServiceCatalog, TenantDatabase};
@@ -67,45 +67,32 @@ impl Engine for PostgresEngine {
             }
         };
         Ok(Box::new(PostgresSession {
-            idle: self.idle.clone(),
+            connection: Lease::new(self.idle.clone(), &db.url, connection),
             db: db.clone(),
-            connection: Some(connection),
             lock: None,
             has_history: false,
-            reusable: true,
         }))
     }
 }
 
+impl Pooled for Connection {
+    fn is_open(&self) -> bool {
+        !self.client.is_closed()
+    }
+}
+
 struct PostgresSession {
-    idle: Arc<IdlePool<Connection>>,
+    connection: Lease<Connection>,
     db: TenantDatabase,
-    connection: Option<Connection>,
     /// The advisory lock key held.
     lock: Option<i64>,
     /// Whether the history table is known to exist (it is never dropped by the migrator).
     has_history: bool,
-    /// False once the session's state is unknown (a cancelled step, a failed unlock).
-    reusable: bool,
-}
-
-impl Drop for PostgresSession {
-    fn drop(&mut self) {
-        if let Some(connection) = self.connection.take()
-            && self.reusable
-            && self.lock.is_none()
-            && !connection.client.is_closed()
-        {
-            self.idle.put(&self.db.url, connection);
-        }
-    }
 }
 
 impl PostgresSession {
     fn connection(&mut self) -> Result<&mut Connection, SchemaError> {
-        self.connection
-            .as_mut()
-            .ok_or_else(|| SchemaError::Unavailable("the session is closed".to_owned()))
+        self.connection.get()
     }
 
     fn history_table(&self) -> String {
@@ -160,13 +147,14 @@ impl Session for PostgresSession {
             .get(0);
         if locked {
             self.lock = Some(key);
+            self.connection.set_held(true);
         }
         Ok(locked)
     }
 
     async fn unlock(&mut self) {
         let Some(key) = self.lock else { return };
-        let Some(connection) = self.connection.as_ref() else {
+        let Ok(connection) = self.connection.get() else {
             return;
         };
         let released = tokio::time::timeout(
@@ -177,9 +165,12 @@ impl Session for PostgresSession {
         )
         .await;
         match released {
-            Ok(Ok(row)) if row.get::<_, bool>(0) => self.lock = None,
+            Ok(Ok(row)) if row.get::<_, bool>(0) => {
+                self.lock = None;
+                self.connection.set_held(false);
+            }
             // Unknown: closing the session releases it.
-            _ => self.reusable = false,
+            _ => self.connection.discard(),
         }
     }
 
@@ -301,7 +292,7 @@ impl Session for PostgresSession {
         let error = format!("{}; rolled back", scrub(&error, &db.url));
         if error.starts_with("timed out") {
             // A cancel request may still reach the server: do not reuse the session.
-            self.reusable = false;
+            self.connection.discard();
         }
         let row = HistoryRow {
             step,
