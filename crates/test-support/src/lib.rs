@@ -783,24 +783,38 @@ fn postgres_admin(sql: &str) -> Result<String, String> {
 }
 
 fn psql(database: &str, sql: &str) -> Result<String, String> {
-    let output = Command::new("psql")
+    let mut command = Command::new("psql");
+    command
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", POSTGRES_HOST, "-p", &POSTGRES_PORT.to_string()])
         .args(["-U", POSTGRES_USER, "-d", database, "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .output();
-    let output = match output {
+        .env("PGCONNECT_TIMEOUT", "10");
+    run_client(
+        command,
+        "psql is not installed: install Debian's postgresql-client package (and a PostgreSQL \
+         server listening on 127.0.0.1:5432 with trust authentication for user postgres)",
+        &["connection to server", "could not connect"],
+        &format!(
+            "no PostgreSQL server accepts user {POSTGRES_USER} at {POSTGRES_HOST}:{POSTGRES_PORT} \
+             with trust authentication (the database tests need one running)"
+        ),
+    )
+}
+
+/// Runs a database's command-line client and returns its output, trimmed; when it fails,
+/// `missing` if it is not installed, `unreachable` and what it said if its error holds one of
+/// `unreachable_when`, else what it said.
+fn run_client(
+    mut command: Command,
+    missing: &str,
+    unreachable_when: &[&str],
+    unreachable: &str,
+) -> Result<String, String> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = match command.stdin(Stdio::null()).output() {
         Ok(output) => output,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(
-                "psql is not installed: install Debian's postgresql-client package \
-                 (and a PostgreSQL server listening on 127.0.0.1:5432 with trust \
-                 authentication for user postgres)"
-                    .to_owned(),
-            );
-        }
-        Err(err) => return Err(format!("cannot run psql: {err}")),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(missing.to_owned()),
+        Err(err) => return Err(format!("cannot run {program}: {err}")),
     };
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout)
@@ -808,12 +822,11 @@ fn psql(database: &str, sql: &str) -> Result<String, String> {
             .to_owned());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("connection to server") || stderr.contains("could not connect") {
-        Err(format!(
-            "no PostgreSQL server accepts user {POSTGRES_USER} at {POSTGRES_HOST}:{POSTGRES_PORT} \
-             with trust authentication (the database tests need one running): {}",
-            stderr.trim()
-        ))
+    if unreachable_when
+        .iter()
+        .any(|marker| stderr.contains(marker))
+    {
+        Err(format!("{unreachable}: {}", stderr.trim()))
     } else {
         Err(stderr.trim().to_owned())
     }
@@ -902,7 +915,8 @@ impl Drop for MysqlDatabases {
 }
 
 fn mysql_query(sql: &str) -> Result<String, String> {
-    let output = Command::new("mariadb")
+    let mut command = Command::new("mariadb");
+    command
         .args([
             "-h",
             MYSQL_HOST,
@@ -918,35 +932,17 @@ fn mysql_query(sql: &str) -> Result<String, String> {
             "-B",
             "-e",
             sql,
-        ])
-        .stdin(Stdio::null())
-        .output();
-    let output = match output {
-        Ok(output) => output,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(
-                "the mariadb client is not installed: install Debian's mariadb-client package \
-                 (and a MariaDB or MySQL server on 127.0.0.1:3306, user root, empty password)"
-                    .to_owned(),
-            );
-        }
-        Err(err) => return Err(format!("cannot run mariadb: {err}")),
-    };
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout)
-            .trim_end()
-            .to_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("Can't connect") || stderr.contains("Access denied") {
-        Err(format!(
+        ]);
+    run_client(
+        command,
+        "the mariadb client is not installed: install Debian's mariadb-client package (and a \
+         MariaDB or MySQL server on 127.0.0.1:3306, user root, empty password)",
+        &["Can't connect", "Access denied"],
+        &format!(
             "no MySQL/MariaDB server accepts user {MYSQL_USER} with an empty password at \
-             {MYSQL_HOST}:{MYSQL_PORT} (the schema tests need one running): {}",
-            stderr.trim()
-        ))
-    } else {
-        Err(stderr.trim().to_owned())
-    }
+             {MYSQL_HOST}:{MYSQL_PORT} (the schema tests need one running)"
+        ),
+    )
 }
 
 /// One Nacos-compatible server (`rnacos`) on free ports with a temporary data directory.
