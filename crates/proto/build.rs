@@ -35,7 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::Codec")
         .compile_fds(descriptors.clone())?;
     // The same services for servers that send an `AssignmentUpdate` encoded once for many
-    // watchers: every message is the one above, except that update (see src/encoded.rs).
+    // watchers and a `RouteBatchResponse` written as it is decided: every message is the one
+    // above, except those two (see src/encoded.rs).
     let shared = out_dir.join("shared");
     fs::create_dir_all(&shared)?;
     tonic_prost_build::configure()
@@ -44,6 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&shared)
         .extern_path(".greyrouter.v1", "crate::v1")
         .extern_path(".greyrouter.v1.AssignmentUpdate", "crate::EncodedUpdate")
+        .extern_path(
+            ".greyrouter.v1.RouteBatchResponse",
+            "crate::EncodedRouteBatch",
+        )
         .codec_path("crate::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())

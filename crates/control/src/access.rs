@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use routing_core::limits::{Buckets, Rate};
 use routing_core::{RoutingState, Tenant};
+use smol_str::SmolStr;
 
 use crate::audit::Actor;
 use crate::{Error, ErrorKind};
@@ -519,7 +520,9 @@ const SHARDS: usize = 16;
 
 /// Token buckets by key, in shards so that callers rarely wait on one lock.
 struct Sharded {
-    shards: Vec<Mutex<Buckets<String>>>,
+    /// Keys are ids of callers and tenants: inline up to 23 bytes, so a new bucket does not
+    /// allocate for its key.
+    shards: Vec<Mutex<Buckets<SmolStr>>>,
     /// Picks a key's shard.
     spread: foldhash::fast::RandomState,
     limited: bool,

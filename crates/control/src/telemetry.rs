@@ -272,7 +272,7 @@ pub fn describe() {
 /// [`MAX_CACHED_SERIES`]), and the latency histograms' handles are taken once. Handles come
 /// from the recorder installed when the node starts.
 pub(crate) struct RouteMetrics {
-    requests: RwLock<HashMap<Box<str>, VersionCounters>>,
+    requests: RwLock<HashMap<Box<str>, VersionCounters, SeriesHasher>>,
     cached: AtomicUsize,
     decision_time: metrics::Histogram,
     route_time: metrics::Histogram,
@@ -297,7 +297,11 @@ const STATUSES: usize = 1 + ErrorKind::ALL.len();
 type StatusCounters = [Option<metrics::Counter>; STATUSES];
 
 /// The counters of one service, per version.
-type VersionCounters = HashMap<Box<str>, StatusCounters>;
+type VersionCounters = HashMap<Box<str>, StatusCounters, SeriesHasher>;
+
+/// Series are looked up on every decision by names the state holds (bounded, chosen by
+/// operators): a fast hasher, seeded.
+type SeriesHasher = foldhash::fast::RandomState;
 
 /// Returns the status index and label of a decision's outcome.
 fn status(kind: Option<ErrorKind>) -> (usize, &'static str) {
@@ -353,7 +357,7 @@ impl TenantLabels {
 impl RouteMetrics {
     pub(crate) fn new(settings: &MetricsSettings) -> Self {
         RouteMetrics {
-            requests: RwLock::new(HashMap::new()),
+            requests: RwLock::new(HashMap::default()),
             cached: AtomicUsize::new(0),
             decision_time: metrics::histogram!(names::LATENCY, "stage" => "decision"),
             route_time: metrics::histogram!(names::LATENCY, "stage" => "route"),

@@ -1,5 +1,6 @@
 //! The `Router` service: `Route`, `RouteBatch`, outcome reports and `WatchAssignments`.
 
+use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -9,12 +10,12 @@ use control::audit::now_ms;
 use control::node::MAX_BATCH;
 use control::outcomes::OutcomeReport;
 use control::watch::{Frames, Queued, SharedMessages, Update};
-use greyrouter_proto::EncodedUpdate;
 use greyrouter_proto::domain;
 use greyrouter_proto::shared::router_server::Router;
 use greyrouter_proto::v1 as pb;
+use greyrouter_proto::{EncodedRouteBatch, EncodedUpdate, RouteAnswer, RouteBatchWriter};
 use routing_core::hash::entropy;
-use routing_core::{RouteQuery, RoutingError, RoutingState};
+use routing_core::{RouteDecision, RouteQuery, RoutingError, RoutingState};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -50,13 +51,13 @@ impl RouterService {
 
     /// Decides one request of a batch for `caller`: a tenant outside its scope, or over its
     /// rate, is refused in the request's place.
-    fn decide_for(
+    fn decide_for<'s>(
         &self,
         caller: &Caller,
-        state: &RoutingState,
+        state: &'s RoutingState,
         request: &pb::RouteRequest,
         now_ms: u64,
-    ) -> Result<pb::RouteResponse, Status> {
+    ) -> Result<RouteDecision<'s>, Status> {
         caller
             .check_tenant(state, &request.tenant_id)
             .and_then(|()| {
@@ -69,12 +70,12 @@ impl RouterService {
     }
 
     /// Converts a request and decides it on `state`.
-    fn decide(
+    fn decide<'s>(
         &self,
-        state: &RoutingState,
+        state: &'s RoutingState,
         request: &pb::RouteRequest,
         now_ms: u64,
-    ) -> Result<pb::RouteResponse, Status> {
+    ) -> Result<RouteDecision<'s>, Status> {
         let strategy = domain::strategy("strategy", request.strategy).map_err(status::routing)?;
         let query = RouteQuery {
             tenant_id: &request.tenant_id,
@@ -85,18 +86,21 @@ impl RouterService {
             entropy: entropy(),
             now_ms,
         };
-        let decision = self
-            .node
+        self.node
             .route(state, &query, &request.metadata)
-            .map_err(status::routing)?;
-        let instance = &decision.member.instance;
-        Ok(pb::RouteResponse {
-            instance_id: instance.id.clone(),
-            address: instance.address.clone(),
-            version: decision.resolution.version,
-            source: decision.resolution.source.to_string(),
-            revision: decision.revision,
-        })
+            .map_err(status::routing)
+    }
+}
+
+/// Returns a decision as `Route` answers it.
+fn route_response(decision: RouteDecision<'_>) -> pb::RouteResponse {
+    let instance = &decision.member.instance;
+    pb::RouteResponse {
+        instance_id: instance.id.clone(),
+        address: instance.address.clone(),
+        source: decision.resolution.source.to_string(),
+        version: decision.resolution.version,
+        revision: decision.revision,
     }
 }
 
@@ -151,7 +155,7 @@ impl Router for RouterService {
         let state = self.node.snapshot();
         let response = self
             .decide(&state, &request.into_inner(), now_ms())
-            .map(Response::new);
+            .map(|decision| Response::new(route_response(decision)));
         self.node.route_handled(started.elapsed());
         response
     }
@@ -159,7 +163,7 @@ impl Router for RouterService {
     async fn route_batch(
         &self,
         request: Request<pb::RouteBatchRequest>,
-    ) -> Result<Response<pb::RouteBatchResponse>, Status> {
+    ) -> Result<Response<EncodedRouteBatch>, Status> {
         // Each decision is checked on its own: a tenant outside the caller's scope, or over
         // its rate, is answered in its place, never for the whole batch.
         let caller = access::admit(&self.node, &request, "Router", "RouteBatch", &[])?;
@@ -170,25 +174,31 @@ impl Router for RouterService {
                 &format!("at most {MAX_BATCH} requests per batch"),
             ));
         }
-        // One snapshot and one clock reading for the whole batch.
+        // One snapshot and one clock reading for the whole batch; each answer is written
+        // from the decision's borrowed names.
         let state = self.node.snapshot();
         let now = now_ms();
-        let results = requests
-            .iter()
-            .map(|request| pb::RouteResult {
-                result: Some(match self.decide_for(&caller, &state, request, now) {
-                    Ok(route) => pb::route_result::Result::Route(route),
-                    Err(status) => pb::route_result::Result::Error(pb::RouteError {
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    }),
-                }),
-            })
-            .collect();
-        Ok(Response::new(pb::RouteBatchResponse {
-            results,
-            revision: state.revision(),
-        }))
+        let mut batch = RouteBatchWriter::with_capacity(requests.len());
+        let mut source = String::new();
+        for request in &requests {
+            match self.decide_for(&caller, &state, request, now) {
+                Ok(decision) => {
+                    source.clear();
+                    // Writing to a String cannot fail.
+                    let _ = write!(source, "{}", decision.resolution.source);
+                    let instance = &decision.member.instance;
+                    batch.route(&RouteAnswer {
+                        instance_id: &instance.id,
+                        address: &instance.address,
+                        version: &decision.resolution.version,
+                        source: &source,
+                        revision: decision.revision,
+                    });
+                }
+                Err(status) => batch.error(status.code() as i32, status.message()),
+            }
+        }
+        Ok(Response::new(batch.finish(state.revision())))
     }
 
     async fn report_outcome(

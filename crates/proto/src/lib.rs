@@ -9,7 +9,7 @@ pub mod codec;
 pub mod domain;
 mod encoded;
 
-pub use encoded::EncodedUpdate;
+pub use encoded::{Encoded, EncodedRouteBatch, EncodedUpdate, RouteAnswer, RouteBatchWriter};
 
 /// Messages and services of package `greyrouter.v1`.
 #[allow(
@@ -28,8 +28,9 @@ pub mod v1 {
 }
 
 /// The server stubs of package `greyrouter.v1` with `WatchAssignments` streaming
-/// [`EncodedUpdate`]s: a message encoded once is sent to every watcher it is for. The wire format
-/// is that of [`v1`]; every other message is [`v1`]'s.
+/// [`EncodedUpdate`]s (a message encoded once is sent to every watcher it is for) and
+/// `RouteBatch` answering an [`EncodedRouteBatch`] (written from borrowed names). The wire
+/// format is that of [`v1`]; every other message is [`v1`]'s.
 #[allow(
     missing_docs,
     unreachable_pub,

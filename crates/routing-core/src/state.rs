@@ -31,6 +31,7 @@ use crate::{Experiment, Instance, Override, Revision, Rollout, RoutingError, Ser
 mod apply;
 mod dump;
 mod footprint;
+mod index;
 mod mutation;
 pub mod plan;
 mod queries;
@@ -269,11 +270,6 @@ impl Hash for ById {
     }
 }
 
-/// Tenants by id with a fast hasher (tenant ids come from operators, not from requests' senders,
-/// so the keyed hash of the standard library buys nothing here and costs a third of a lookup).
-type TenantIndex =
-    imbl::GenericHashMap<ById, (), foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
-
 /// Every tenant, service and rule at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct RoutingState {
@@ -281,7 +277,7 @@ pub struct RoutingState {
     /// Tenants in id order (listing, pagination).
     tenants: OrdSet<ById>,
     /// The same entries, hashed by id: the lookup on every route.
-    tenant_index: TenantIndex,
+    tenant_index: self::index::TenantIndex,
     /// How many of the tenants are inactive (kept as tenants change, for metrics).
     inactive_tenants: usize,
     services: OrdMap<String, Arc<ServiceEntry>>,
@@ -299,7 +295,7 @@ impl RoutingState {
     /// Inserts or replaces a tenant in both the ordered set and the index.
     fn put_tenant(&mut self, entry: Arc<TenantEntry>) {
         let inactive = !entry.tenant.active;
-        self.tenant_index.insert(ById(Arc::clone(&entry)), ());
+        self.tenant_index.insert(Arc::clone(&entry));
         if let Some(previous) = self.tenants.insert(ById(entry))
             && !previous.0.tenant.active
         {
@@ -312,9 +308,7 @@ impl RoutingState {
 
     /// Returns a tenant's entry.
     fn tenant_entry(&self, id: &str) -> Option<&Arc<TenantEntry>> {
-        self.tenant_index
-            .get_key_value(id)
-            .map(|(entry, ())| &entry.0)
+        self.tenant_index.get(id)
     }
 
     /// Returns every tenant's entry in id order.

@@ -30,7 +30,15 @@ impl RoutingState {
             (Some(old), _) => tenant_bytes(old),
             (None, _) => 0,
         };
+        // A change that folded the index's recent tenants into a new table leaves the old
+        // table to `before` alone.
+        let index = if before.tenant_index.shares_base(&after.tenant_index) {
+            0
+        } else {
+            before.tenant_index.base_bytes()
+        };
         MAP_PATH
+            + index
             + match scope {
                 Scope::Everything => {
                     before
