@@ -57,10 +57,31 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first, so that chromium-driver closes the browser it started (killing
+    /// the driver alone leaves chromium running), then stops the driver.
     fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = end_session(&self.base, &self.session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// `DELETE /session/{id}` over a plain blocking connection (a drop cannot await), waiting for the
+/// driver's answer: it answers once the browser is closed.
+fn end_session(base: &str, session: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(())
 }
 
 fn chromedriver() -> Option<&'static str> {

@@ -3,7 +3,8 @@
 //!
 //! The state is persistent: maps are `imbl` trees and entries sit behind `Arc`, so applying a
 //! change copies only the path to what changed, old revisions stay valid for readers that hold
-//! them, and a clone is O(1). Applying is deterministic: every replica that applies the same
+//! them, and a clone is O(1). The lookup of tenants by id, the first step of every route, is a
+//! flat table shared by revisions with recent changes beside it (`index`). Applying is deterministic: every replica that applies the same
 //! mutations in the same order holds the same state.
 //!
 //! Layout (every public item is re-exported here):
@@ -15,7 +16,8 @@
 //! - `apply`: [`RoutingState::apply`], one function per mutation;
 //! - `rollout`: the managed rollout state machine (start, progress, operator control);
 //! - `dump`: the state as plain records ([`StateDump`], [`Pin`]) and back;
-//! - `footprint`: estimates of the memory a revision holds on its own.
+//! - `footprint`: estimates of the memory a revision holds on its own;
+//! - `index`: tenants by id.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
