@@ -125,6 +125,8 @@ mod tests {
         for i in 0..999 {
             index.insert(entry(&format!("t{i}"), "second"));
         }
+        index.insert(entry("new", "first"));
+        // Replaced while in `recent`.
         index.insert(entry("new", "second"));
         assert!(index.shares_base(&older));
         assert_eq!(index.recent.len(), 1_000);
