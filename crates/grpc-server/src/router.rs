@@ -562,7 +562,7 @@ mod tests {
         for _ in 0..queued {
             let (message, _permit) = receiver.try_recv().expect("queued message");
             bytes += ProtoFrames::new(0).memory_bytes(&message);
-            let update = message.to_update().expect("decodes");
+            let update = message.to_message().expect("decodes");
             assignments += update.upserts.len();
             first_revision.get_or_insert(update.revision);
         }
@@ -631,7 +631,7 @@ mod tests {
 
     /// Returns the next message of a watcher, decoded.
     async fn next(receiver: &mut mpsc::Receiver<Queued<EncodedUpdate>>) -> pb::AssignmentUpdate {
-        next_encoded(receiver).await.to_update().expect("decodes")
+        next_encoded(receiver).await.to_message().expect("decodes")
     }
 
     /// Returns the next message of a watcher as it was queued.
@@ -664,7 +664,7 @@ mod tests {
             assert_eq!(a, c);
             assert_ne!(a.as_bytes().as_ptr(), c.as_bytes().as_ptr());
             first_message.get_or_insert_with(|| a.clone());
-            let update = a.to_update().expect("decodes");
+            let update = a.to_message().expect("decodes");
             snapshot.extend(update.upserts.into_iter().map(|u| u.tenant_id));
             if !update.partial {
                 break;
@@ -689,7 +689,7 @@ mod tests {
             next_encoded(&mut second).await,
         );
         assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
-        let update = a.to_update().expect("decodes");
+        let update = a.to_message().expect("decodes");
         assert_eq!(update.upserts[0].tenant_id, "tenant-new");
         assert_eq!(next(&mut alone).await, update);
     }

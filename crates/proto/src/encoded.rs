@@ -59,13 +59,6 @@ impl<M: Message + Default> Encoded<M> {
     }
 }
 
-impl EncodedUpdate {
-    /// Decodes the update.
-    pub fn to_update(&self) -> Result<AssignmentUpdate, DecodeError> {
-        self.to_message()
-    }
-}
-
 impl<M> fmt::Debug for Encoded<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Encoded").field(&self.bytes).finish()
@@ -303,7 +296,7 @@ mod tests {
         let received =
             <EncodedUpdate as Message>::decode(&update.encode_to_vec()[..]).expect("decodes");
         assert_eq!(received, encoded);
-        assert_eq!(received.to_update(), Ok(update));
+        assert_eq!(received.to_message(), Ok(update));
         // Clones share the bytes.
         assert_eq!(
             encoded.clone().as_bytes().as_ptr(),
