@@ -54,10 +54,20 @@ struct Connection {
 #[async_trait]
 impl Engine for PostgresEngine {
     async fn session(&self, db: &TenantDatabase) -> Result<Box<dyn Session>, SchemaError> {
+        // An idle connection may have been ended by the server (a restart, an administrator)
+        // after the pool last saw it: an empty query tells, and a dead one is dropped for the
+        // next or a new one.
         let connection = loop {
             match self.idle.take(&db.url) {
                 Some(idle) if idle.client.is_closed() => continue,
-                Some(idle) => break idle,
+                Some(idle) => {
+                    if tokio::time::timeout(RECORD_TIMEOUT, idle.client.batch_execute(""))
+                        .await
+                        .is_ok_and(|answered| answered.is_ok())
+                    {
+                        break idle;
+                    }
+                }
                 None => {
                     break Connection {
                         client: connect(db).await?,

@@ -81,6 +81,33 @@ impl Backend {
         tables
     }
 
+    /// Ends, from the server's side, every session of this test's tenant schemas but the
+    /// client's own (as a restart or `wait_timeout` would); returns how many were ended.
+    fn end_sessions(&self) -> usize {
+        match self {
+            Backend::Postgres(db) => db
+                .psql(
+                    "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .lines()
+                .filter(|ended| *ended == "t")
+                .count(),
+            Backend::MySql(dbs) => {
+                let ids = dbs.sql(&format!(
+                    "SELECT id FROM information_schema.processlist \
+                     WHERE db LIKE '{}\\_%' AND id <> CONNECTION_ID()",
+                    dbs.prefix()
+                ));
+                let ids: Vec<&str> = ids.lines().collect();
+                for id in &ids {
+                    dbs.sql(&format!("KILL {id}"));
+                }
+                ids.len()
+            }
+        }
+    }
+
     /// `version direction success` of each history row of a tenant, in order.
     fn history(&self, tenant_id: &str) -> Vec<String> {
         let success = match self {
@@ -129,6 +156,7 @@ on_every_engine!(
     a_migration_marked_online_alters_its_tables_through_the_tool,
     going_below_a_contract_or_irreversible_migration_is_refused,
     a_syntax_error_names_its_line,
+    a_kept_session_the_server_ended_is_replaced,
 );
 
 fn tenant(id: &str) -> Tenant {
@@ -715,4 +743,30 @@ async fn a_syntax_error_names_its_line(backend: Backend) {
         assert!(error.contains("at line 4"), "{error}");
         assert!(error.contains("sqlstate 42601"), "{error}");
     }
+}
+
+async fn a_kept_session_the_server_ended_is_replaced(backend: Backend) {
+    let migrator = migrator(three_migrations(), &backend);
+    let acme = tenant("acme");
+    // One migration: its session is kept for the next tenant of the same server.
+    migrator
+        .migrate(&acme, SERVICE, 1, &ignore)
+        .await
+        .expect("first migration");
+    assert!(
+        backend.end_sessions() >= 1,
+        "the kept session was open on the server"
+    );
+    // The next migration does not fail on the dead session: it opens another.
+    let schema = migrator
+        .migrate(&acme, SERVICE, 3, &ignore)
+        .await
+        .expect("migration after the session ended");
+    assert_eq!(schema.current, 3);
+    assert_eq!(backend.history("acme"), ups(&[1, 2, 3]));
+    let globex = migrator
+        .migrate(&tenant("globex"), SERVICE, 3, &ignore)
+        .await
+        .expect("another tenant");
+    assert_eq!(globex.current, 3);
 }
