@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod frames;
 pub mod router;
 pub mod status;
 pub mod tracing_context;
@@ -168,9 +169,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(
-            RouterServer::new(router).max_decoding_message_size(settings.max_request_bytes),
-        )
+        .add_service(frames::RouterFront::new(router, settings.max_request_bytes))
         .add_service(AdminServer::new(admin).max_decoding_message_size(settings.max_request_bytes));
     let mut reload = None;
     let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =

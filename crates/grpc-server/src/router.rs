@@ -13,7 +13,9 @@ use control::watch::{Frames, Queued, SharedMessages, Update};
 use greyrouter_proto::domain;
 use greyrouter_proto::shared::router_server::Router;
 use greyrouter_proto::v1 as pb;
-use greyrouter_proto::{EncodedRouteBatch, EncodedUpdate, RouteAnswer, RouteBatchWriter};
+use greyrouter_proto::{
+    EncodedRouteBatch, EncodedUpdate, FrameTooLarge, GrpcFrame, RouteAnswer, RouteBatchWriter,
+};
 use routing_core::hash::entropy;
 use routing_core::{RouteDecision, RouteQuery, RoutingError, RoutingState};
 use tokio::sync::mpsc;
@@ -235,6 +237,22 @@ impl Router for RouterService {
         &self,
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        // Served through tonic's encoder only when this service is mounted without
+        // `crate::frames::RouterFront` (which writes the frames themselves).
+        let stream = self.open_watch(request)?;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            stream,
+            |frame| frame.map(|frame| frame.to_encoded()),
+        ))))
+    }
+}
+
+impl RouterService {
+    /// Opens a watch: checks the caller and its cap, then starts the watcher.
+    pub(crate) fn open_watch(
+        &self,
+        request: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<UpdateStream, Status> {
         let caller = access::caller(&request)?;
         let mut tenant_ids = request.get_ref().tenant_ids.clone();
         // A caller scoped to listed tenants that names none watches those it may see.
@@ -262,11 +280,7 @@ impl Router for RouterService {
                 self.frames.clone(),
             )
             .map_err(|e| status::status(&e))?;
-        Ok(Response::new(Box::pin(UpdateStream::new(
-            queue,
-            self.closing.clone(),
-            slot,
-        ))))
+        Ok(UpdateStream::new(queue, self.closing.clone(), slot))
     }
 }
 
@@ -312,10 +326,16 @@ impl Tally {
     }
 }
 
-/// Watch messages as encoded `AssignmentUpdate`s, shared by the watchers of one filter.
+/// One watch message: an `AssignmentUpdate` as a gRPC frame.
+pub type WatchFrame = GrpcFrame<pb::AssignmentUpdate>;
+
+/// A watch message as built: a frame, or why it could not be one.
+pub type WatchMessage = Result<WatchFrame, FrameTooLarge>;
+
+/// Watch messages as gRPC frames of `AssignmentUpdate`s, shared by the watchers of one filter.
 #[derive(Clone)]
 pub struct ProtoFrames {
-    shared: Arc<SharedMessages<EncodedUpdate>>,
+    shared: Arc<SharedMessages<WatchMessage>>,
 }
 
 impl ProtoFrames {
@@ -339,10 +359,11 @@ impl std::fmt::Debug for ProtoFrames {
 const MESSAGE_OVERHEAD: usize = 64;
 
 impl Frames for ProtoFrames {
-    type Frame = EncodedUpdate;
+    /// A message over 4 GiB cannot be framed: the stream ends with `RESOURCE_EXHAUSTED`.
+    type Frame = WatchMessage;
 
-    fn frame(&self, update: &Update<'_>) -> EncodedUpdate {
-        EncodedUpdate::new(&pb::AssignmentUpdate {
+    fn frame(&self, update: &Update<'_>) -> Self::Frame {
+        WatchFrame::new(&pb::AssignmentUpdate {
             revision: update.revision,
             snapshot: update.snapshot,
             upserts: update.upserts.iter().map(pb::Assignment::from).collect(),
@@ -360,11 +381,11 @@ impl Frames for ProtoFrames {
         })
     }
 
-    fn memory_bytes(&self, frame: &EncodedUpdate) -> usize {
-        frame.as_bytes().len() + MESSAGE_OVERHEAD
+    fn memory_bytes(&self, frame: &Self::Frame) -> usize {
+        frame.as_ref().map_or(0, WatchFrame::len) + MESSAGE_OVERHEAD
     }
 
-    fn shared(&self) -> Option<&SharedMessages<EncodedUpdate>> {
+    fn shared(&self) -> Option<&SharedMessages<Self::Frame>> {
         Some(&self.shared)
     }
 }
@@ -378,10 +399,10 @@ const SHUTTING_DOWN: &str = "server is shutting down; resume on another router";
 /// router lost its state) the stream ends with `UNAVAILABLE`, never with `OK`, so a client never
 /// takes a cut-off sequence for a complete one. When the server starts shutting down, the
 /// status goes out at once, ahead of whatever is still queued.
-struct UpdateStream {
+pub(crate) struct UpdateStream {
     /// Counts the stream against the caller's cap until it ends.
     _slot: WatchSlot,
-    receiver: mpsc::Receiver<Queued<EncodedUpdate>>,
+    receiver: mpsc::Receiver<Queued<WatchMessage>>,
     closing: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// Whether the server is shutting down, read when the watcher's task has ended (it may have
     /// ended for that reason before the `closing` future was polled).
@@ -391,7 +412,7 @@ struct UpdateStream {
 
 impl UpdateStream {
     fn new(
-        receiver: mpsc::Receiver<Queued<EncodedUpdate>>,
+        receiver: mpsc::Receiver<Queued<WatchMessage>>,
         mut closing: tokio::sync::watch::Receiver<bool>,
         slot: WatchSlot,
     ) -> Self {
@@ -409,7 +430,7 @@ impl UpdateStream {
 }
 
 impl Stream for UpdateStream {
-    type Item = Result<EncodedUpdate, Status>;
+    type Item = Result<WatchFrame, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
@@ -425,7 +446,13 @@ impl Stream for UpdateStream {
         }
         match self.receiver.poll_recv(cx) {
             // The permit is released here: the update now belongs to the transport.
-            Poll::Ready(Some((update, _permit))) => Poll::Ready(Some(Ok(update))),
+            Poll::Ready(Some((Ok(frame), _permit))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some((Err(too_large), _permit))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                    "{too_large}; lower watch.max_assignments_per_message"
+                )))))
+            }
             Poll::Ready(None) => {
                 self.done = true;
                 let message = if *self.shutting_down.borrow() {
@@ -491,7 +518,7 @@ mod tests {
         from_revision: u64,
         chunk: usize,
         max_queued_bytes: usize,
-    ) -> (mpsc::Receiver<Queued<EncodedUpdate>>, Arc<Semaphore>) {
+    ) -> (mpsc::Receiver<Queued<WatchMessage>>, Arc<Semaphore>) {
         watch_with(
             replica,
             from_revision,
@@ -508,7 +535,7 @@ mod tests {
         chunk: usize,
         max_queued_bytes: usize,
         frames: ProtoFrames,
-    ) -> (mpsc::Receiver<Queued<EncodedUpdate>>, Arc<Semaphore>) {
+    ) -> (mpsc::Receiver<Queued<WatchMessage>>, Arc<Semaphore>) {
         let (closing_sender, closing) = tokio::sync::watch::channel(false);
         let limits = WatchLimits {
             max_queued_bytes,
@@ -562,7 +589,10 @@ mod tests {
         for _ in 0..queued {
             let (message, _permit) = receiver.try_recv().expect("queued message");
             bytes += ProtoFrames::new(0).memory_bytes(&message);
-            let update = message.to_message().expect("decodes");
+            let update = message
+                .expect("fits a frame")
+                .to_message()
+                .expect("decodes");
             assignments += update.upserts.len();
             first_revision.get_or_insert(update.revision);
         }
@@ -630,17 +660,17 @@ mod tests {
     }
 
     /// Returns the next message of a watcher, decoded.
-    async fn next(receiver: &mut mpsc::Receiver<Queued<EncodedUpdate>>) -> pb::AssignmentUpdate {
+    async fn next(receiver: &mut mpsc::Receiver<Queued<WatchMessage>>) -> pb::AssignmentUpdate {
         next_encoded(receiver).await.to_message().expect("decodes")
     }
 
     /// Returns the next message of a watcher as it was queued.
-    async fn next_encoded(receiver: &mut mpsc::Receiver<Queued<EncodedUpdate>>) -> EncodedUpdate {
+    async fn next_encoded(receiver: &mut mpsc::Receiver<Queued<WatchMessage>>) -> WatchFrame {
         let (message, _permit) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
             .await
             .expect("in time")
             .expect("open");
-        message
+        message.expect("fits a frame")
     }
 
     #[tokio::test]

@@ -140,6 +140,104 @@ impl<M> Message for Encoded<M> {
     }
 }
 
+/// The bytes gRPC puts before each message: a flag (0: not compressed) and the length.
+pub const GRPC_PREFIX_LEN: usize = 5;
+
+/// An `M` as one gRPC message on the wire: the prefix, then the encoding. A server writes these
+/// bytes to a stream as they are, so a message built once for many streams is never copied
+/// into each stream's buffer: cloning a frame shares the bytes.
+pub struct GrpcFrame<M> {
+    bytes: Bytes,
+    message: PhantomData<fn() -> M>,
+}
+
+/// A message longer than a gRPC frame can say (its length is 32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameTooLarge(pub usize);
+
+impl fmt::Display for FrameTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a message of {} bytes is over the 4 GiB a gRPC message may take",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for FrameTooLarge {}
+
+impl<M: Message + Default> GrpcFrame<M> {
+    /// Encodes a message as one frame (uncompressed).
+    pub fn new(message: &M) -> Result<Self, FrameTooLarge> {
+        let len = message.encoded_len();
+        let prefix = u32::try_from(len).map_err(|_| FrameTooLarge(len))?;
+        let mut bytes = BytesMut::with_capacity(GRPC_PREFIX_LEN + len);
+        bytes.put_u8(0);
+        bytes.put_u32(prefix);
+        message.encode_raw(&mut bytes);
+        Ok(GrpcFrame {
+            bytes: bytes.freeze(),
+            message: PhantomData,
+        })
+    }
+
+    /// Decodes the message.
+    pub fn to_message(&self) -> Result<M, DecodeError> {
+        M::decode(self.as_bytes())
+    }
+
+    /// The message alone, as tonic sends it (shares the bytes).
+    pub fn to_encoded(&self) -> Encoded<M> {
+        Encoded::from_bytes(self.bytes.slice(GRPC_PREFIX_LEN..))
+    }
+}
+
+impl<M> GrpcFrame<M> {
+    /// The whole frame, prefix included (shares the bytes).
+    pub fn frame(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
+    /// The message's encoding, without the prefix.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(GRPC_PREFIX_LEN..).unwrap_or_default()
+    }
+
+    /// Bytes of the whole frame.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the frame holds no bytes at all (never true of a built frame).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl<M> fmt::Debug for GrpcFrame<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("GrpcFrame").field(&self.bytes).finish()
+    }
+}
+
+impl<M> Clone for GrpcFrame<M> {
+    fn clone(&self) -> Self {
+        GrpcFrame {
+            bytes: self.bytes.clone(),
+            message: PhantomData,
+        }
+    }
+}
+
+impl<M> PartialEq for GrpcFrame<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<M> Eq for GrpcFrame<M> {}
+
 /// One decision of a batch, as `RouteResponse` carries it.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteAnswer<'a> {
@@ -302,6 +400,33 @@ mod tests {
             encoded.clone().as_bytes().as_ptr(),
             encoded.as_bytes().as_ptr()
         );
+    }
+
+    #[test]
+    fn a_frame_is_the_prefix_then_the_message() {
+        let update = update();
+        let frame = GrpcFrame::new(&update).expect("fits");
+        let encoded = update.encode_to_vec();
+        let bytes = frame.frame();
+        // Not compressed, then the length big-endian, as every gRPC implementation reads it.
+        assert_eq!(bytes[0], 0);
+        assert_eq!(
+            u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize,
+            encoded.len()
+        );
+        assert_eq!(&bytes[GRPC_PREFIX_LEN..], &encoded[..]);
+        assert_eq!(frame.len(), GRPC_PREFIX_LEN + encoded.len());
+        assert_eq!(frame.as_bytes(), &encoded[..]);
+        assert_eq!(frame.to_message(), Ok(update.clone()));
+        // The message alone, for tonic, and clones: the same bytes, not copies.
+        let alone = frame.to_encoded();
+        assert_eq!(alone.encode_to_vec(), encoded);
+        assert_eq!(alone.as_bytes().as_ptr(), frame.as_bytes().as_ptr());
+        assert_eq!(frame.clone().frame().as_ptr(), bytes.as_ptr());
+        // An empty message is a frame of its prefix alone.
+        let empty = GrpcFrame::new(&AssignmentUpdate::default()).expect("fits");
+        assert_eq!(&empty.frame()[..], &[0, 0, 0, 0, 0]);
+        assert!(empty.as_bytes().is_empty() && !empty.is_empty());
     }
 
     #[test]

@@ -9,7 +9,10 @@ pub mod codec;
 pub mod domain;
 mod encoded;
 
-pub use encoded::{Encoded, EncodedRouteBatch, EncodedUpdate, RouteAnswer, RouteBatchWriter};
+pub use encoded::{
+    Encoded, EncodedRouteBatch, EncodedUpdate, FrameTooLarge, GRPC_PREFIX_LEN, GrpcFrame,
+    RouteAnswer, RouteBatchWriter,
+};
 
 /// Messages and services of package `greyrouter.v1`.
 #[allow(
