@@ -196,26 +196,32 @@ mod tests {
             .expect("not an error")
     }
 
-    #[tokio::test]
-    async fn every_stream_sends_the_bytes_of_the_one_shared_message() {
+    /// A node over the embedded store holding service `api` (one instance of `v1`) and
+    /// `tenants`; and a switch that tells its watch streams the server is closing.
+    async fn node_with(tenants: &[&str]) -> (Arc<Node>, tokio::sync::watch::Sender<bool>) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let node = Node::start(store, None, NodeSettings::default())
             .await
             .expect("node");
-        let actor = Actor::system("test", "");
-        for mutation in [
-            suite::service(),
-            suite::instance("a1", "v1"),
-            suite::tenant("acme"),
-            suite::tenant("globex"),
-        ] {
+        let mutations = [suite::service(), suite::instance("a1", "v1")]
+            .into_iter()
+            .chain(tenants.iter().map(|tenant| suite::tenant(tenant)));
+        for mutation in mutations {
             node.replica()
-                .commit(mutation, &actor)
+                .commit(mutation, &Actor::system("test", ""))
                 .await
                 .expect("commit");
         }
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let mut front = RouterFront::new(RouterService::new(Arc::clone(&node), closing), 1 << 20);
+        (node, tokio::sync::watch::channel(false).0)
+    }
+
+    #[tokio::test]
+    async fn every_stream_sends_the_bytes_of_the_one_shared_message() {
+        let (node, closing) = node_with(&["acme", "globex"]).await;
+        let mut front = RouterFront::new(
+            RouterService::new(Arc::clone(&node), closing.subscribe()),
+            1 << 20,
+        );
 
         let mut bodies = Vec::new();
         for _ in 0..2 {
@@ -245,9 +251,10 @@ mod tests {
         tenants.sort_unstable();
         assert_eq!(tenants, ["acme", "globex"]);
 
-        // A change reaches both, again as one message; ending a stream is a status trailer.
+        // A change reaches both, again as one message; the end of a stream is its status, as
+        // trailers.
         node.replica()
-            .commit(suite::tenant("initech"), &actor)
+            .commit(suite::tenant("initech"), &Actor::system("test", ""))
             .await
             .expect("commit");
         let mut changes = Vec::new();
@@ -257,17 +264,19 @@ mod tests {
         assert_eq!(changes[0].as_ptr(), changes[1].as_ptr());
         let change = pb::AssignmentUpdate::decode(&changes[0][5..]).expect("decodes");
         assert_eq!(change.upserts[0].tenant_id, "initech");
+        closing.send_replace(true);
+        for body in &mut bodies {
+            let trailers = next_frame(body).await.into_trailers().expect("trailers");
+            assert_eq!(trailers["grpc-status"], "14", "UNAVAILABLE");
+            assert!(body.frame().await.is_none(), "nothing after the status");
+        }
     }
 
     #[tokio::test]
     async fn a_call_refused_before_it_opens_is_answered_in_the_headers() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let node = Node::start(store, None, NodeSettings::default())
-            .await
-            .expect("node");
-        let (_closing, closing) = tokio::sync::watch::channel(false);
+        let (node, closing) = node_with(&[]).await;
         let mut front = RouterFront::new(
-            RouterService::new(Arc::clone(&node), closing.clone()),
+            RouterService::new(Arc::clone(&node), closing.subscribe()),
             1 << 20,
         );
         // A compressed request: no compression is accepted.
@@ -277,7 +286,10 @@ mod tests {
             .expect("infallible");
         assert_eq!(response.headers()["grpc-status"], "12", "UNIMPLEMENTED");
         // A request over the size limit: OUT_OF_RANGE, as tonic answers for the other methods.
-        let mut small = RouterFront::new(RouterService::new(Arc::clone(&node), closing), 4);
+        let mut small = RouterFront::new(
+            RouterService::new(Arc::clone(&node), closing.subscribe()),
+            4,
+        );
         let response = small.call(watch_request(None)).await.expect("infallible");
         assert_eq!(response.headers()["grpc-status"], "11", "OUT_OF_RANGE");
         // No caller (the auth layer missing): refused, not served.
