@@ -189,6 +189,7 @@ pub async fn fanout(config: &FanoutConfig) -> Result<FanoutReport, Error> {
             services: vec![service.clone()],
             from_revision: 0,
             history: String::new(),
+            instances_by_version: false,
         };
         let (arrivals, snapshots) = (Arc::clone(&arrivals), snapshots.clone());
         readers.push(tokio::spawn(async move {
@@ -385,6 +386,7 @@ mod tests {
             partial: true,
             cause: "pin".into(),
             history: "h".into(),
+            versions: Vec::new(),
         };
         let probe = UpdateProbe::decode(&update.encode_to_vec()[..]).expect("decodes");
         assert_eq!(

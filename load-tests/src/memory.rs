@@ -862,6 +862,7 @@ async fn open_watcher(
         services: services.to_vec(),
         from_revision: 0,
         history: String::new(),
+        instances_by_version: false,
     };
     let first = tokio::time::timeout(config.timeout, async {
         let mut stream = router.watch_assignments(request).await?.into_inner();

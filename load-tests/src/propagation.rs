@@ -366,6 +366,7 @@ pub async fn propagation(config: &PropagationConfig) -> Result<PropagationReport
             services: vec![service.clone()],
             from_revision: 0,
             history: String::new(),
+            instances_by_version: false,
         })
         .await
         .map_err(|status| call_failed(&watch_what, status))?

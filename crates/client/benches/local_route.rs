@@ -113,6 +113,7 @@ fn watch_snapshot(state: &RoutingState) -> pb::AssignmentUpdate {
         partial: false,
         cause: String::new(),
         history: "h1".into(),
+        versions: Vec::new(),
     }
 }
 

@@ -447,8 +447,24 @@ impl CacheBuilder {
         if pending.cause.is_empty() {
             pending.cause = update.cause;
         }
+        // Instances listed once per version (`instances_by_version`): one pool each, found or
+        // built once for the whole message.
+        let by_version: Vec<(String, String, Arc<Pool>)> = update
+            .versions
+            .into_iter()
+            .map(|listed| {
+                let pool = Self::pool_for(
+                    &mut self.pools,
+                    &pending.previous,
+                    &listed.service,
+                    &listed.version,
+                    &listed.instances,
+                );
+                (listed.service, listed.version, pool)
+            })
+            .collect();
         for message in update.upserts {
-            self.stage(&mut pending, message);
+            self.stage(&mut pending, message, &by_version);
         }
         pending.removals.extend(update.removals);
         if update.partial {
@@ -486,10 +502,31 @@ impl CacheBuilder {
         }
     }
 
-    /// Folds one upsert into the revision being received.
-    fn stage(&mut self, pending: &mut Pending, message: pb::Assignment) {
+    /// Folds one upsert into the revision being received; `by_version` holds the pools of
+    /// the versions its message listed apart.
+    fn stage(
+        &mut self,
+        pending: &mut Pending,
+        message: pb::Assignment,
+        by_version: &[(String, String, Arc<Pool>)],
+    ) {
         pending.upserts += 1;
-        let pool = Self::pool_for(&mut self.pools, &pending.previous, &message);
+        let listed = by_version
+            .iter()
+            .find(|(service, version, _)| {
+                *service == message.service && *version == message.version
+            })
+            .filter(|_| message.instances.is_empty());
+        let pool = match listed {
+            Some((_, _, pool)) => Arc::clone(pool),
+            None => Self::pool_for(
+                &mut self.pools,
+                &pending.previous,
+                &message.service,
+                &message.version,
+                &message.instances,
+            ),
+        };
         let index = service_index_or_new(&mut pending.services, &message.service);
         let tenant_id = message.tenant_id;
         let assignment = self.share(Assignment {
@@ -589,10 +626,12 @@ impl CacheBuilder {
     fn pool_for(
         pools: &mut HashMap<(String, String), Arc<Pool>>,
         previous: &HashMap<(String, String), Arc<Pool>>,
-        message: &pb::Assignment,
+        service: &str,
+        version: &str,
+        instances: &[pb::InstanceAddress],
     ) -> Arc<Pool> {
-        let key = (message.service.clone(), message.version.clone());
-        let mut listed: Vec<&pb::InstanceAddress> = message.instances.iter().collect();
+        let key = (service.to_owned(), version.to_owned());
+        let mut listed: Vec<&pb::InstanceAddress> = instances.iter().collect();
         listed.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         let known = pools.get(&key).or_else(|| previous.get(&key)).cloned();
         if let Some(pool) = known.as_ref().filter(|pool| holds_exactly(pool, &listed)) {
@@ -603,8 +642,8 @@ impl CacheBuilder {
             Arc::new(Instance {
                 id: address.instance_id.clone(),
                 address: address.address.clone(),
-                service: message.service.clone(),
-                version: message.version.clone(),
+                service: service.to_owned(),
+                version: version.to_owned(),
                 weight: address.weight,
                 region: address.region.clone(),
                 zone: address.zone.clone(),

@@ -36,6 +36,8 @@ pub(crate) async fn follow(shared: Arc<Shared>, mut closing: tokio::sync::watch:
             services: shared.config.services.clone(),
             from_revision,
             history: builder.history().to_owned(),
+            // A version's instances once per message, not with each of its tenants.
+            instances_by_version: true,
         };
         let mut client = shared.router(shared.channels[index].clone());
         let opened = tokio::select! {

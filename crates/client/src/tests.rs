@@ -39,6 +39,7 @@ fn snapshot(instances: &[&str]) -> pb::AssignmentUpdate {
         partial: false,
         cause: String::new(),
         history: "h1".into(),
+        versions: Vec::new(),
     }
 }
 

@@ -116,7 +116,20 @@ impl<F> SharedMessages<F> {
         }
     }
 
-    /// Bytes of the shared messages alive now.
+    /// Another set of shared messages (of another encoding) within the same budget: the bytes
+    /// alive in both count against it.
+    pub fn sharing_budget(&self) -> Self {
+        SharedMessages {
+            entries: Mutex::new(Entries {
+                live: HashMap::new(),
+                kept: VecDeque::new(),
+            }),
+            held: Arc::clone(&self.held),
+            max_bytes: self.max_bytes,
+        }
+    }
+
+    /// Bytes of the shared messages alive now (in every set sharing the budget).
     pub fn held_bytes(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }

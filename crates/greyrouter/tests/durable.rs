@@ -278,6 +278,7 @@ async fn first_update(api: &mut Api, from: u64, history: &str) -> pb::Assignment
             services: vec![],
             from_revision: from,
             history: history.into(),
+            instances_by_version: false,
         })
         .await
         .expect("watch")

@@ -43,6 +43,7 @@ async fn watch_t0(server: &mut TestServer) -> tonic::Streaming<pb::AssignmentUpd
                 services: vec!["api".into()],
                 from_revision: 0,
                 history: String::new(),
+                instances_by_version: false,
             }),
     )
     .await
@@ -349,6 +350,7 @@ async fn watch_from(
                 services: vec!["api".into()],
                 from_revision,
                 history: history.to_owned(),
+                instances_by_version: false,
             }),
     )
     .await

@@ -13,6 +13,7 @@ fn watch(tenants: &[&str], services: &[&str], from_revision: u64) -> pb::WatchAs
         services: services.iter().map(|s| (*s).to_owned()).collect(),
         from_revision,
         history: String::new(),
+        instances_by_version: false,
     }
 }
 
@@ -41,6 +42,7 @@ async fn next(stream: &mut Streaming<pb::AssignmentUpdate>) -> pb::AssignmentUpd
                 assert_eq!(update.revision, message.revision);
                 update.upserts.extend(message.upserts);
                 update.removals.extend(message.removals);
+                update.versions.extend(message.versions);
             }
         }
         if !partial {
@@ -92,6 +94,87 @@ fn entry(
     source: &str,
 ) -> (String, String, String, String) {
     (tenant.into(), service.into(), version.into(), source.into())
+}
+
+/// `(service, version, instance ids)` of each version a by-version update lists.
+fn listed_versions(update: &pb::AssignmentUpdate) -> Vec<(String, String, Vec<String>)> {
+    let mut listed: Vec<_> = update
+        .versions
+        .iter()
+        .map(|v| {
+            let mut ids: Vec<String> = v.instances.iter().map(|i| i.instance_id.clone()).collect();
+            ids.sort();
+            (v.service.clone(), v.version.clone(), ids)
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+#[tokio::test]
+async fn instances_by_version_are_listed_once_a_message_not_with_each_tenant() {
+    let mut server = TestServer::start().await;
+    server.populate(3).await;
+    server.pin("t2", "api", "v2").await;
+    let by_version = |from_revision| pb::WatchAssignmentsRequest {
+        instances_by_version: true,
+        ..watch(&[], &["api"], from_revision)
+    };
+    let mut listed = open(&mut server, by_version(0)).await;
+    let mut each = open(&mut server, watch(&[], &["api"], 0)).await;
+
+    let (snapshot, full) = (next(&mut listed).await, next(&mut each).await);
+    assert!(snapshot.snapshot);
+    // The same assignments, without their instances ...
+    assert_eq!(keys(&snapshot), keys(&full));
+    assert_eq!(snapshot.upserts.len(), 3);
+    assert!(snapshot.upserts.iter().all(|a| a.instances.is_empty()));
+    // ... which come once per version: v1 (t0, t1) and v2 (t2).
+    assert_eq!(
+        listed_versions(&snapshot),
+        [
+            ("api".into(), "v1".into(), vec!["a1".to_owned()]),
+            ("api".into(), "v2".into(), vec!["b1".to_owned()]),
+        ]
+    );
+    for assignment in &full.upserts {
+        let version = snapshot
+            .versions
+            .iter()
+            .find(|v| v.service == assignment.service && v.version == assignment.version)
+            .expect("its version is listed");
+        assert_eq!(version.instances, assignment.instances);
+    }
+    assert!(
+        full.versions.is_empty(),
+        "not asked for: instances as before"
+    );
+
+    // A new instance of v1: the tenants on v1 again, v1's instances once.
+    let revision = server.instance("api", "v1", "a2", "eu").await;
+    let update = next(&mut listed).await;
+    assert_eq!(update.revision, revision);
+    assert_eq!(
+        keys(&update),
+        [
+            entry("t0", "api", "v1", "default"),
+            entry("t1", "api", "v1", "default")
+        ]
+    );
+    assert_eq!(
+        listed_versions(&update),
+        [(
+            "api".into(),
+            "v1".into(),
+            vec!["a1".to_owned(), "a2".to_owned()]
+        )]
+    );
+
+    // A resume replays in the same layout.
+    let mut resumed = open(&mut server, by_version(revision - 1)).await;
+    let replay = next(&mut resumed).await;
+    assert!(!replay.snapshot);
+    assert_eq!(listed_versions(&replay), listed_versions(&update));
 }
 
 #[tokio::test]

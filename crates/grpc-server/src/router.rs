@@ -1,5 +1,6 @@
 //! The `Router` service: `Route`, `RouteBatch`, outcome reports and `WatchAssignments`.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct RouterService {
     node: Arc<Node>,
     closing: tokio::sync::watch::Receiver<bool>,
     frames: ProtoFrames,
+    /// The same, a version's instances once per message (`instances_by_version`).
+    frames_by_version: ProtoFrames,
 }
 
 impl RouterService {
@@ -41,6 +44,7 @@ impl RouterService {
         RouterService {
             node,
             closing,
+            frames_by_version: frames.by_version(),
             frames,
         }
     }
@@ -277,7 +281,11 @@ impl RouterService {
                 request.from_revision,
                 &request.history,
                 self.closing.clone(),
-                self.frames.clone(),
+                if request.instances_by_version {
+                    self.frames_by_version.clone()
+                } else {
+                    self.frames.clone()
+                },
             )
             .map_err(|e| status::status(&e))?;
         Ok(UpdateStream::new(queue, self.closing.clone(), slot))
@@ -336,6 +344,9 @@ pub type WatchMessage = Result<WatchFrame, FrameTooLarge>;
 #[derive(Clone)]
 pub struct ProtoFrames {
     shared: Arc<SharedMessages<WatchMessage>>,
+    /// Whether each message lists a version's instances once (`AssignmentUpdate.versions`)
+    /// instead of with every assignment.
+    by_version: bool,
 }
 
 impl ProtoFrames {
@@ -343,7 +354,46 @@ impl ProtoFrames {
     pub fn new(max_shared_bytes: usize) -> Self {
         ProtoFrames {
             shared: Arc::new(SharedMessages::new(max_shared_bytes)),
+            by_version: false,
         }
+    }
+
+    /// The same watch in the other layout: instances once per version of a message. The two
+    /// share one budget of shared bytes.
+    pub fn by_version(&self) -> Self {
+        ProtoFrames {
+            shared: Arc::new(self.shared.sharing_budget()),
+            by_version: true,
+        }
+    }
+
+    /// The upserts of a message and, by version, their instances.
+    fn upserts(&self, update: &Update<'_>) -> (Vec<pb::Assignment>, Vec<pb::VersionInstances>) {
+        if !self.by_version {
+            let upserts = update.upserts.iter().map(pb::Assignment::from).collect();
+            return (upserts, Vec::new());
+        }
+        let mut listed: HashSet<(&str, &str)> = HashSet::new();
+        let mut versions = Vec::new();
+        let upserts = update
+            .upserts
+            .iter()
+            .map(|assignment| {
+                let version = assignment.resolution.version.as_str();
+                if let Some(pool) = assignment.pool.as_deref()
+                    && !pool.members().is_empty()
+                    && listed.insert((assignment.service.as_str(), version))
+                {
+                    versions.push(pb::VersionInstances {
+                        service: assignment.service.clone(),
+                        version: version.to_owned(),
+                        instances: domain::instance_addresses(pool),
+                    });
+                }
+                domain::assignment_without_instances(assignment)
+            })
+            .collect();
+        (upserts, versions)
     }
 }
 
@@ -351,6 +401,7 @@ impl std::fmt::Debug for ProtoFrames {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProtoFrames")
             .field("shared_bytes", &self.shared.held_bytes())
+            .field("by_version", &self.by_version)
             .finish()
     }
 }
@@ -363,10 +414,12 @@ impl Frames for ProtoFrames {
     type Frame = WatchMessage;
 
     fn frame(&self, update: &Update<'_>) -> Self::Frame {
+        let (upserts, versions) = self.upserts(update);
         WatchFrame::new(&pb::AssignmentUpdate {
             revision: update.revision,
             snapshot: update.snapshot,
-            upserts: update.upserts.iter().map(pb::Assignment::from).collect(),
+            upserts,
+            versions,
             removals: update
                 .removals
                 .iter()

@@ -11,7 +11,7 @@ use routing_core::analysis::{AnalysisPolicy, Measurement, StepAction};
 use routing_core::model::{RolloutDecision, RolloutEvent};
 use routing_core::watch::EffectiveAssignment;
 use routing_core::{
-    Cohort, Experiment, Instance, Override, Rollout, RoutingError, Service, Strategy, Tenant,
+    Cohort, Experiment, Instance, Override, Pool, Rollout, RoutingError, Service, Strategy, Tenant,
     Variant, validate,
 };
 
@@ -184,22 +184,35 @@ impl From<&Instance> for pb::InstanceAddress {
 impl From<&EffectiveAssignment> for pb::Assignment {
     /// The assignment with its instances.
     fn from(assignment: &EffectiveAssignment) -> Self {
-        let instances = assignment.pool.as_ref().map_or_else(Vec::new, |pool| {
-            pool.members()
-                .iter()
-                .map(|member| pb::InstanceAddress::from(member.instance.as_ref()))
-                .collect()
-        });
-        pb::Assignment {
-            tenant_id: assignment.tenant_id.clone(),
-            service: assignment.service.clone(),
-            version: assignment.resolution.version.clone(),
-            source: assignment.resolution.source.to_string(),
-            instances,
-            strategy: pb::Strategy::from(assignment.strategy).into(),
-            region: assignment.region.clone(),
-        }
+        let mut message = assignment_without_instances(assignment);
+        message.instances = assignment
+            .pool
+            .as_deref()
+            .map_or_else(Vec::new, instance_addresses);
+        message
     }
+}
+
+/// The assignment with `instances` left empty (sent once per version instead, as
+/// `AssignmentUpdate.versions`).
+pub fn assignment_without_instances(assignment: &EffectiveAssignment) -> pb::Assignment {
+    pb::Assignment {
+        tenant_id: assignment.tenant_id.clone(),
+        service: assignment.service.clone(),
+        version: assignment.resolution.version.clone(),
+        source: assignment.resolution.source.to_string(),
+        instances: Vec::new(),
+        strategy: pb::Strategy::from(assignment.strategy).into(),
+        region: assignment.region.clone(),
+    }
+}
+
+/// The instances of a version, as the watch sends them.
+pub fn instance_addresses(pool: &Pool) -> Vec<pb::InstanceAddress> {
+    pool.members()
+        .iter()
+        .map(|member| pb::InstanceAddress::from(member.instance.as_ref()))
+        .collect()
 }
 
 /// Sorted copy of a proto map, for stable output.

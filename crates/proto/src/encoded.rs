@@ -376,6 +376,14 @@ mod tests {
             partial: true,
             cause: "SetTenantVersion".into(),
             history: "h-1".into(),
+            versions: vec![crate::v1::VersionInstances {
+                service: "api".into(),
+                version: "v2".into(),
+                instances: vec![crate::v1::InstanceAddress {
+                    instance_id: "i-1".into(),
+                    ..Default::default()
+                }],
+            }],
         }
     }
 

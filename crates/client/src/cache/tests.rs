@@ -35,6 +35,7 @@ fn update(revision: u64, snapshot: bool, upserts: Vec<pb::Assignment>) -> pb::As
         partial: false,
         cause: String::new(),
         history: "h1".into(),
+        versions: Vec::new(),
     }
 }
 
@@ -180,6 +181,66 @@ fn a_new_snapshot_replaces_everything_and_keeps_live_load() {
             "c2"
         );
     }
+}
+
+#[test]
+fn instances_listed_once_per_version_serve_every_tenant_of_that_version() {
+    let mut builder = CacheBuilder::default();
+    let mut snapshot = update(
+        5,
+        true,
+        vec![
+            assignment("acme", "api", "v1", &[]),
+            assignment("globex", "api", "v1", &[]),
+            assignment("acme", "billing", "v3", &[]),
+        ],
+    );
+    snapshot.versions = vec![pb::VersionInstances {
+        service: "api".into(),
+        version: "v1".into(),
+        instances: vec![address("a1", ""), address("a2", "")],
+    }];
+    builder.accept(snapshot);
+    let cache = builder.current();
+    assert_eq!(cache.pairs, 3);
+    // Both tenants of v1 pick from v1's one pool: a1 a2 a1 a2 whoever asks.
+    let picks: Vec<String> = ["acme", "globex", "acme", "globex"]
+        .iter()
+        .map(|tenant| {
+            route(cache, tenant, "api")
+                .expect("held")
+                .instance_id()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(picks, ["a1", "a2", "a1", "a2"]);
+    // A version the message does not list has no instances: unavailable, not missing.
+    assert!(matches!(
+        route(cache, "acme", "billing"),
+        Err(ClientError::NoHealthyInstance { .. })
+    ));
+    // A change listing v1 as it was keeps v1's pool (and its live load) for the new tenant.
+    let before = Arc::as_ptr(&builder.pools[&("api".to_owned(), "v1".to_owned())]);
+    let mut change = update(6, false, vec![assignment("initech", "api", "v1", &[])]);
+    change.versions = vec![pb::VersionInstances {
+        service: "api".into(),
+        version: "v1".into(),
+        instances: vec![address("a2", ""), address("a1", "")],
+    }];
+    builder.accept(change);
+    let after = Arc::as_ptr(&builder.pools[&("api".to_owned(), "v1".to_owned())]);
+    assert_eq!(before, after);
+    let picks: Vec<String> = ["initech", "acme"]
+        .iter()
+        .map(|tenant| {
+            route(builder.current(), tenant, "api")
+                .expect("held")
+                .instance_id()
+                .to_owned()
+        })
+        .collect();
+    // The same cursor: it goes on from where the snapshot's tenants left it.
+    assert_eq!(picks, ["a1", "a2"]);
 }
 
 #[test]

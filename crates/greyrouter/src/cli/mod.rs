@@ -867,6 +867,8 @@ async fn client(command: Command, args: &ClientArgs) -> anyhow::Result<()> {
                     services: watch.services,
                     from_revision: watch.from_revision,
                     history: watch.history,
+                    // Each assignment printed with its instances.
+                    instances_by_version: false,
                 })
                 .await
                 .map_err(call_error)?
