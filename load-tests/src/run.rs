@@ -344,6 +344,7 @@ async fn sdk_client(config: &RunConfig) -> Result<greyrouter_client::Client, Err
     settings.report_outcomes = false;
     settings.connect_timeout = config.timeout;
     let before = crate::memory::read_rss(std::process::id()).ok();
+    let started = Instant::now();
     let client = greyrouter_client::Client::connect(settings)
         .await
         .map_err(|err| Error::Sdk(err.to_string()))?;
@@ -351,6 +352,10 @@ async fn sdk_client(config: &RunConfig) -> Result<greyrouter_client::Client, Err
         .ready(config.timeout)
         .await
         .map_err(|err| Error::Sdk(err.to_string()))?;
+    eprintln!(
+        "sdk local copy: synced in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     // What the local copy costs this process: resident memory before connecting and once it
     // follows every tenant (the generator's own key space is in both).
     if let (Some(before), Ok(synced)) = (before, crate::memory::read_rss(std::process::id())) {
