@@ -139,8 +139,9 @@ impl http_body::Body for WatchBody {
         let status = match std::task::ready!(Pin::new(&mut self.stream).poll_next(cx)) {
             Some(Ok(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame.frame())))),
             Some(Err(status)) => status,
-            // A watch ends with an error status, never on its own; kept for completeness.
-            None => Status::ok(""),
+            // The stream ends with its status first; were it ever to end without one, the
+            // client must still not take the watch for complete.
+            None => Status::unavailable("the watch ended; resume on another router"),
         };
         self.ended = true;
         let mut trailers = HeaderMap::new();
