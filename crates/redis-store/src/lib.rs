@@ -189,8 +189,15 @@ const TENANT_CHUNK: usize = 500;
 /// How many of those pipelines are in flight at once: replies arrive while earlier ones are
 /// being added to the state.
 const TENANT_READS_IN_FLIGHT: usize = 4;
-/// How often a snapshot read is retried when the revision moved during it.
+/// How often a snapshot read is retried when the store moved during it in a way it could not
+/// catch up with.
 const LOAD_ATTEMPTS: usize = 10;
+/// Most changes made during a load that it catches up with by replaying them; more, and it
+/// reads everything again.
+const CATCH_UP_MAX_CHANGES: u64 = 10_000;
+
+/// Where the store stands: its revision, the id of its last change, and its history.
+type Position = (Revision, String, Option<String>);
 
 /// Applies a change if the store is still at the expected revision and head: `KEYS` are the
 /// revision, the stream, the head, the history, then the written keys; `ARGV` the expected
@@ -412,14 +419,18 @@ impl RedisStore {
         Ok(all)
     }
 
-    /// Reads every key once, straight into a state; the caller checks that the revision did not
-    /// move meanwhile.
+    /// Reads every key once, straight into a state, starting at position `start`; returns the
+    /// state and the position it is exactly at, or `None` when the store moved in a way the
+    /// read cannot catch up with (see [`RedisStore::catch_up`]).
     ///
     /// Services, instances and rules are few and read first; tenants are then read a chunk at a
     /// time, a few chunks in flight, and each reply goes into the state as it arrives (its pins
     /// as numbers, the reply's strings borrowed, not copied): nothing but the state itself grows
     /// with the number of tenants.
-    async fn read_state(&self, revision: Revision) -> Result<RoutingState, StoreError> {
+    async fn read_state(
+        &self,
+        start: Position,
+    ) -> Result<Option<(RoutingState, Position)>, StoreError> {
         let invalid =
             |e: routing_core::RoutingError| corrupt(format!("stored state is invalid: {e}"));
         let mut rules = StateDump::default();
@@ -515,14 +526,62 @@ impl RedisStore {
                     .await?;
             }
         }
-        loader
-            .finish(
-                revision,
-                &rules.overrides,
-                &rules.rollouts,
-                &rules.experiments,
-            )
-            .map_err(invalid)
+        let Some(at) = self.catch_up(start, &mut loader).await? else {
+            return Ok(None);
+        };
+        let state = loader
+            .finish(at.0, &rules.overrides, &rules.rollouts, &rules.experiments)
+            .map_err(invalid)?;
+        Ok(Some((state, at)))
+    }
+
+    /// Brings what a read from `start` put into `loader` to one position of the store.
+    ///
+    /// Every record was read at some moment after `start`. When the store did not move, that is
+    /// the state at `start`. When it moved only by changes to tenants (records written, pins set
+    /// or cleared: what steady traffic is), every other record was the same throughout, and
+    /// each of those changes writes a value that does not depend on what was there before: the
+    /// changes made since `start`, replayed in order over what was read, give the state at the
+    /// position read now, whenever each tenant was read. Anything else (a service, an instance,
+    /// a rule changed, the history replaced, more changes than the stream holds or than
+    /// `CATCH_UP_MAX_CHANGES`): `None`, read everything again.
+    async fn catch_up(
+        &self,
+        start: Position,
+        loader: &mut StateLoader,
+    ) -> Result<Option<Position>, StoreError> {
+        let now = self.position().await?;
+        if now == start {
+            return Ok(Some(start));
+        }
+        if now.2 != start.2 || now.0 <= start.0 || now.0 - start.0 > CATCH_UP_MAX_CHANGES {
+            return Ok(None);
+        }
+        let count = usize::try_from(now.0 - start.0).unwrap_or(usize::MAX);
+        let changes = match self.changes_after(start.0, count, Duration::ZERO).await {
+            Ok(changes) => changes,
+            Err(StoreError::Compacted { .. }) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let history = now.2.as_deref().unwrap_or_default();
+        let changes: Vec<&Change> = changes
+            .iter()
+            .take_while(|change| change.revision <= now.0)
+            .collect();
+        if changes.last().map(|change| change.revision) != Some(now.0)
+            || changes
+                .iter()
+                .any(|change| !change.history.is_empty() && change.history != history)
+        {
+            return Ok(None);
+        }
+        for change in changes {
+            // A change that is not a tenant's, or does not apply (it should), is read again.
+            if !matches!(loader.replay_tenant_change(&change.mutation), Ok(true)) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(now))
     }
 
     /// Reads the tenants through the client, a few pipelines in flight, into `loader`.
@@ -587,7 +646,7 @@ impl RedisStore {
     }
 
     /// Reads the revision, the head and the history at once.
-    async fn position(&self) -> Result<(Revision, String, Option<String>), StoreError> {
+    async fn position(&self) -> Result<Position, StoreError> {
         let values: Vec<Option<String>> = self
             .client
             .mget(vec![
@@ -849,10 +908,8 @@ impl Store for RedisStore {
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         for _ in 0..LOAD_ATTEMPTS {
-            let before = self.position().await?;
-            let state = self.read_state(before.0).await?;
-            if self.position().await? == before {
-                let (_, head, history) = before;
+            let start = self.position().await?;
+            if let Some((state, (_, head, history))) = self.read_state(start).await? {
                 return Ok(Snapshot {
                     state,
                     history,

@@ -579,3 +579,98 @@ async fn a_load_over_its_own_connection_reads_what_the_client_reads() {
         .expect("connect");
     assert_eq!(other.load().await.expect("load").tenant_count(), 0);
 }
+
+/// A load while tenants' pins keep changing (steady traffic on a large fleet) does not start
+/// over: it re-reads the tenants changed meanwhile and answers the exact state of one
+/// revision. Before, every change during a load meant reading everything again, and a store
+/// that never paused for a whole load could not be loaded at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_while_tenants_change_catches_up_with_them() {
+    let server = RedisServer::start();
+    let writer = RedisStore::connect(fast(server.url()))
+        .await
+        .expect("connect");
+    populate(&writer).await;
+    let mut state = writer.load().await.expect("load");
+    let tenants = 2_000;
+    for i in 0..tenants {
+        state = commit_on(&writer, &state, tenant(&format!("tenant-{i:04}"))).await;
+    }
+    let seeded = state.revision();
+
+    // One writer pins tenants one after another, as fast as it can, recording each pin.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, String, String)>::new()));
+    let writing = {
+        let (stop, made) = (stop.clone(), made.clone());
+        tokio::spawn(async move {
+            let mut i: usize = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("tenant-{:04}", (i * 7_919) % tenants);
+                let version = if i.is_multiple_of(2) { "v2" } else { "v1" };
+                let meta = ChangeMeta {
+                    actor: "test".to_owned(),
+                    reason: String::new(),
+                    at_ms: 0,
+                    before: String::new(),
+                    after: String::new(),
+                };
+                let mutation = pin(&id, version);
+                let (next, _) = state.apply(&mutation).expect("valid");
+                let commit = writer.commit(&state, mutation, meta).await.expect("commit");
+                state = next;
+                made.lock()
+                    .expect("not poisoned")
+                    .push((commit.revision, id, version.to_owned()));
+                i += 1;
+            }
+            state
+        })
+    };
+    let pins_made = || made.lock().expect("not poisoned").len();
+    while pins_made() < 20 {
+        tokio::task::yield_now().await;
+    }
+
+    let bulk = RedisStore::connect(fast(server.url()))
+        .await
+        .expect("connect");
+    let through_client = RedisStore::connect(RedisConfig {
+        bulk_load: false,
+        ..fast(server.url())
+    })
+    .await
+    .expect("connect");
+    let mut snapshots = Vec::new();
+    for store in [&bulk, &through_client, &bulk, &through_client] {
+        let before = pins_made();
+        let snapshot = store.snapshot().await.expect("a load while pins change");
+        assert!(pins_made() > before, "the store moved during the load");
+        snapshots.push(snapshot);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = writing.await.expect("writer");
+
+    // Each load is the state of its revision exactly: every tenant's pin is the last one made
+    // at or before it (none before `seeded`).
+    let made = made.lock().expect("not poisoned").clone();
+    for snapshot in &snapshots {
+        let revision = snapshot.state.revision();
+        assert!(revision > seeded);
+        let mut expected = std::collections::BTreeMap::new();
+        for (_, id, version) in made.iter().filter(|(at, _, _)| *at <= revision) {
+            expected.insert(id.clone(), version.clone());
+        }
+        let read: std::collections::BTreeMap<String, String> = snapshot
+            .state
+            .dump()
+            .pins
+            .into_iter()
+            .map(|pin| (pin.tenant_id, pin.version))
+            .collect();
+        assert_eq!(read, expected, "pins at revision {revision}");
+        assert_eq!(snapshot.state.tenant_count(), tenants + 1);
+    }
+    // And once the writing stops, a load is the writer's state.
+    assert_eq!(bulk.load().await.expect("load").dump(), last.dump());
+}

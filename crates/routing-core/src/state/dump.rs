@@ -257,6 +257,32 @@ impl StateLoader {
         Ok(())
     }
 
+    /// Applies a change to one tenant (its record, or one of its pins) made after its record
+    /// may have been read: a pin is set without the change's compare-and-set and instance
+    /// checks (they held when it was made), so the change writes the same value whatever the
+    /// tenant held, as the store wrote it. Returns `false`, changing nothing, for any other
+    /// change.
+    pub fn replay_tenant_change(&mut self, mutation: &Mutation) -> Result<bool, RoutingError> {
+        let unchecked = match mutation {
+            Mutation::SetTenantVersion {
+                tenant_id,
+                service,
+                version,
+                ..
+            } => Mutation::SetTenantVersion {
+                tenant_id: tenant_id.clone(),
+                service: service.clone(),
+                version: version.clone(),
+                expected_version: None,
+                force: true,
+            },
+            Mutation::ClearTenantVersion { .. } | Mutation::UpsertTenant { .. } => mutation.clone(),
+            _ => return Ok(false),
+        };
+        self.state.apply_in_place(&unchecked)?;
+        Ok(true)
+    }
+
     /// Adds the rules and returns the state at `revision`.
     pub fn finish(
         mut self,

@@ -2065,6 +2065,64 @@ fn the_loader_takes_tenants_one_at_a_time_and_checks_their_pins() {
     assert_eq!(state.dump().overrides, dump.overrides);
 }
 
+#[test]
+fn the_loader_replays_tenant_changes_whatever_the_tenant_held() {
+    let dump = full_state().dump();
+    let mut loader = StateLoader::new(&dump.services, &dump.instances).expect("loader");
+    // acme was read with its pin already moved to v2 by a change that is replayed below.
+    loader
+        .tenant(tenant("acme"), [("api", "v2")])
+        .expect("acme");
+    let replays = [
+        // Made when acme was on v1: its compare-and-set no longer holds, the value is set all
+        // the same.
+        Mutation::SetTenantVersion {
+            tenant_id: "acme".into(),
+            service: "api".into(),
+            version: "v2".into(),
+            expected_version: Some("v1".into()),
+            force: false,
+        },
+        // A tenant made during the read, then pinned.
+        Mutation::UpsertTenant {
+            tenant: tenant("initech"),
+        },
+        Mutation::SetTenantVersion {
+            tenant_id: "initech".into(),
+            service: "api".into(),
+            version: "v2".into(),
+            expected_version: None,
+            force: false,
+        },
+        Mutation::ClearTenantVersion {
+            tenant_id: "initech".into(),
+            service: "billing".into(),
+        },
+    ];
+    for mutation in &replays {
+        assert_eq!(loader.replay_tenant_change(mutation), Ok(true));
+    }
+    // Anything but a tenant's change is not replayed.
+    let other = Mutation::SetDefaultVersion {
+        service: "api".into(),
+        version: "v2".into(),
+        force: true,
+    };
+    assert_eq!(loader.replay_tenant_change(&other), Ok(false));
+    let state = loader
+        .finish(9, &dump.overrides, &dump.rollouts, &dump.experiments)
+        .expect("finish");
+    assert_eq!(state.tenant_count(), 2);
+    for id in ["acme", "initech"] {
+        let entry = state.tenant(id).expect("tenant");
+        assert_eq!(state.pins_of(entry), vec![("api", "v2")], "{id}");
+    }
+    assert_eq!(
+        state.service("api").expect("api").service.default_version,
+        "v1"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dumps
 
