@@ -43,6 +43,19 @@ fn route(cache: &Cache, tenant: &str, service: &str) -> Result<Decision, ClientE
     cache.route(&RouteRequest::new(tenant, service), 7, 1_000, &[])
 }
 
+/// The instance each tenant's decision picks, one decision after another.
+fn picks(cache: &Cache, tenants: &[&str]) -> Vec<String> {
+    tenants
+        .iter()
+        .map(|tenant| {
+            route(cache, tenant, "api")
+                .expect("held")
+                .instance_id()
+                .to_owned()
+        })
+        .collect()
+}
+
 fn snapshot_of_two_tenants() -> CacheBuilder {
     let mut builder = CacheBuilder::default();
     let applied = builder.accept(update(
@@ -88,17 +101,11 @@ fn a_snapshot_fills_the_cache_and_decisions_come_from_it() {
 fn tenants_on_the_same_version_share_one_pool_and_its_round_robin() {
     let builder = snapshot_of_two_tenants();
     let cache = builder.current();
-    let picks: Vec<String> = (0..4)
-        .map(|i| {
-            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
-            route(cache, tenant, "api")
-                .expect("held")
-                .instance_id()
-                .to_owned()
-        })
-        .collect();
     // One cursor for both tenants: a1 a2 a1 a2 whoever asks.
-    assert_eq!(picks, ["a1", "a2", "a1", "a2"]);
+    assert_eq!(
+        picks(cache, &["acme", "globex", "acme", "globex"]),
+        ["a1", "a2", "a1", "a2"]
+    );
 }
 
 #[test]
@@ -204,16 +211,10 @@ fn instances_listed_once_per_version_serve_every_tenant_of_that_version() {
     let cache = builder.current();
     assert_eq!(cache.pairs, 3);
     // Both tenants of v1 pick from v1's one pool: a1 a2 a1 a2 whoever asks.
-    let picks: Vec<String> = ["acme", "globex", "acme", "globex"]
-        .iter()
-        .map(|tenant| {
-            route(cache, tenant, "api")
-                .expect("held")
-                .instance_id()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(picks, ["a1", "a2", "a1", "a2"]);
+    assert_eq!(
+        picks(cache, &["acme", "globex", "acme", "globex"]),
+        ["a1", "a2", "a1", "a2"]
+    );
     // A version the message does not list has no instances: unavailable, not missing.
     assert!(matches!(
         route(cache, "acme", "billing"),
@@ -230,17 +231,9 @@ fn instances_listed_once_per_version_serve_every_tenant_of_that_version() {
     builder.accept(change);
     let after = Arc::as_ptr(&builder.pools[&("api".to_owned(), "v1".to_owned())]);
     assert_eq!(before, after);
-    let picks: Vec<String> = ["initech", "acme"]
-        .iter()
-        .map(|tenant| {
-            route(builder.current(), tenant, "api")
-                .expect("held")
-                .instance_id()
-                .to_owned()
-        })
-        .collect();
+    let later = picks(builder.current(), &["initech", "acme"]);
     // The same cursor: it goes on from where the snapshot's tenants left it.
-    assert_eq!(picks, ["a1", "a2"]);
+    assert_eq!(later, ["a1", "a2"]);
 }
 
 #[test]
